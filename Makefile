@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv itself on a fresh machine.
+PYTHON ?= python3
+# torch is pinned here, not in pyproject.toml, so that a user can choose their own build: make TORCH_VERSION=2.9.1 test
+TORCH_VERSION ?= 2.13.0
+# Exactly one ONNX Runtime extra: cpu (onnxruntime) or gpu (onnxruntime-gpu).
+ORT_EXTRA ?= cpu
+EXTRAS ?= $(ORT_EXTRA),export,airflow,dev
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Tests never touch a model hub or the network.
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m training.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

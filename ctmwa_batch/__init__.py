@@ -1,0 +1,6 @@
+"""ctmwa-batch runtime: preprocessing, model bundles, ONNX Runtime sessions, scoring of Parquet partitions.
+
+This package never imports torch or airflow; a scoring worker installs it with one ONNX Runtime extra.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""The one place that knows the Arrow schemas: features (training input), posts (scoring input), scores (output).
+
+DESIGN.md section 5 is the contract; writers take their schema from here.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from ctmwa_batch.errors import InputSchemaError
+
+# Features Parquet (training input).
+POST_ID = "post_id"
+SPLIT = "split"
+TEXT_EMB = "text_emb"
+IMAGE_EMB = "image_emb"
+LABEL = "label"
+T_LABEL = "t_label"
+V_LABEL = "v_label"
+QUERY = "query"
+HAS_TEXT = "has_text"
+HAS_IMAGE = "has_image"
+SPLITS = ("train", "valid", "test")
+
+EMBEDDING_TYPE = pa.list_(pa.float32())
+
+FEATURES_FIELDS = [
+    pa.field(POST_ID, pa.string(), nullable=False),
+    pa.field(SPLIT, pa.string(), nullable=False),
+    pa.field(TEXT_EMB, EMBEDDING_TYPE),
+    pa.field(IMAGE_EMB, EMBEDDING_TYPE),
+    pa.field(LABEL, pa.int64(), nullable=False),
+    pa.field(T_LABEL, pa.int64()),
+    pa.field(V_LABEL, pa.int64()),
+    pa.field(QUERY, pa.bool_(), nullable=False),
+    pa.field(HAS_TEXT, pa.bool_()),
+    pa.field(HAS_IMAGE, pa.bool_()),
+]
+FEATURES_SCHEMA = pa.schema(FEATURES_FIELDS)
+FEATURES_REQUIRED = (POST_ID, SPLIT, TEXT_EMB, IMAGE_EMB, LABEL, T_LABEL, V_LABEL, QUERY)
+
+# Posts Parquet (scoring input): default column names, all configurable.
+DEFAULT_ID_COLUMN = "post_id"
+DEFAULT_TEXT_COLUMN = "text"
+DEFAULT_IMAGE_COLUMN = "image"
+
+# Scores Parquet (output).
+STATUS_OK = "ok"
+STATUS_TEXT_MISSING = "text_missing"
+STATUS_IMAGE_MISSING = "image_missing"
+STATUS_NO_CONTENT = "no_content"
+STATUS_ERROR = "error"
+STATUSES = (STATUS_OK, STATUS_TEXT_MISSING, STATUS_IMAGE_MISSING, STATUS_NO_CONTENT, STATUS_ERROR)
+
+
+def prob_column(label: str) -> str:
+    """Name of the probability column of one class."""
+    return f"prob_{label}"
+
+
+def scores_schema(labels: list[str], id_field: pa.Field | None = None) -> pa.Schema:
+    """Arrow schema of the scores Parquet for a model with these class labels."""
+    id_field = id_field if id_field is not None else pa.field(DEFAULT_ID_COLUMN, pa.string())
+    fields = [
+        id_field.with_nullable(True),
+        pa.field("sentiment", pa.string()),
+        pa.field("confidence", pa.float32()),
+        *[pa.field(prob_column(label), pa.float32()) for label in labels],
+        pa.field("text_weight", pa.float32()),
+        pa.field("image_weight", pa.float32()),
+        pa.field("text_sentiment", pa.string()),
+        pa.field("image_sentiment", pa.string()),
+        pa.field(HAS_TEXT, pa.bool_()),
+        pa.field(HAS_IMAGE, pa.bool_()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+    return pa.schema(fields)
+
+
+def require_columns(schema: pa.Schema, columns: dict[str, str], where: str) -> None:
+    """Fail fast when a needed column is absent; `columns` maps column name -> the CLI flag that sets it."""
+    names = schema.names
+    for column, flag in columns.items():
+        if column not in names:
+            raise InputSchemaError(
+                f"column {column!r} not in {where}; columns are {names}; set {flag} to the right column name"
+            )
