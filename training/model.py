@@ -146,9 +146,13 @@ class Translator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D_in) -> (N, D_out)."""
-        h = self.conv(x[:, None, None, :])  # (N, D_out, 1, 1): the padded kernel's centre row alone meets x
-        h = F.relu(h.flatten(1))[:, None, :]  # (N, 1, D_out) a sequence of one token
-        return self.self_attn(h)[:, 0, :]  # (N, D_out)
+        # The conv slides a (kernel, D_in) window over a zero-padded sequence of one row: only the kernel's centre
+        # row meets x, the others meet padding and get zero gradient. A linear map with the centre row is the same
+        # function and gradient (a test checks it against F.conv2d) at a fifth of the cost; its double backward
+        # in the meta step was over half the training time. The parameter keeps the reference's conv shape.
+        centre = (self.kernel - 1) // 2
+        h = F.relu(F.linear(x, self.conv.weight[:, 0, centre, :], self.conv.bias))  # (N, D_out)
+        return self.self_attn(h[:, None, :])[:, 0, :]  # (N, D_out) via a sequence of one token
 
     def eval_pieces(self) -> TranslatorEvalPieces:
         """The weights of the eval-mode form `o(v(relu(W_c x + b)))` (softmax over one key is 1; no dropout)."""

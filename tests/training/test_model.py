@@ -87,6 +87,29 @@ def test_translator_eval_equals_folded_form(name):
     torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
 
 
+def reference_translator(translator, x):
+    """The reference seqEncoder: Conv2d over the padded length-1 sequence, ReLU, self-attention."""
+    h = translator.conv(x[:, None, None, :])  # (N, D_out, 1, 1)
+    h = torch.relu(h.squeeze(3)).transpose(1, 2)  # (N, 1, D_out)
+    return translator.self_attn(h)[:, 0, :]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_translator_equals_the_reference_conv_in_value_and_gradient(train):
+    model = tiny_model(attn_dropout=0.3).train(train)
+    translator = model.img2txt
+    x = torch.randn(9, 12)
+    torch.manual_seed(11)
+    got = translator(x)
+    g_got = torch.autograd.grad(got.square().sum(), translator.conv.weight)[0]
+    torch.manual_seed(11)  # same dropout draws
+    expected = reference_translator(translator, x)
+    g_exp = torch.autograd.grad(expected.square().sum(), translator.conv.weight)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_got, g_exp, rtol=1e-5, atol=1e-6)
+    assert g_exp[:, :, [0, 1, 3, 4], :].abs().max() == 0  # only the centre row ever meets data
+
+
 def test_translator_training_drops_whole_heads_of_the_attention_matrix():
     model = tiny_model(attn_dropout=0.5).train()
     translator = model.txt2img
