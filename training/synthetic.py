@@ -31,7 +31,7 @@ class SyntheticSpec:
 
     cue_both: float = 0.5  # share of posts whose cue is in text and image
     cue_text_only: float = 0.25  # share whose cue is in the text alone (the rest: image alone)
-    cue_strength: float = 0.22  # norm of the class prototype in an embedding, against noise of norm about 1
+    cue_snr: float = 3.0  # cue size along its prototype, in units of the noise's std along any direction (1/sqrt(dim))
     missing_text: float = 0.05  # share of posts without a text
     missing_image: float = 0.05  # share of posts without an image (never both)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / valid / test shares
@@ -63,7 +63,9 @@ def synthetic_table(n: int, num_classes: int = 3, dim: int = 512, seed: int = 0,
     t_label = np.where(cue_in_text, label, neutral)
     v_label = np.where(cue_in_image, label, neutral)
 
-    strength = spec.cue_strength * rng.uniform(0.3, 1.7, (n, 1))  # (n, 1) some cues are faint
+    # Noise of norm about 1 has std 1/sqrt(dim) along any direction; scaling the cue alike keeps the task
+    # equally hard at every width. Some cues are faint.
+    strength = spec.cue_snr / np.sqrt(dim) * rng.uniform(0.3, 1.7, (n, 1))  # (n, 1)
     text = proto_t[t_label] * strength + rng.standard_normal((n, dim)) / np.sqrt(dim)  # (n, D)
     image = proto_v[v_label] * strength + rng.standard_normal((n, dim)) / np.sqrt(dim)  # (n, D)
     text, image = _unit(text).astype(np.float32), _unit(image).astype(np.float32)
