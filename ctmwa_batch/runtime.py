@@ -120,7 +120,9 @@ def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) ->
             "needs (or call onnxruntime.preload_dlls() with the nvidia-* pip packages), or run with --device cpu"
         )
     model = OnnxModel(session, path, config)
-    log = logger.info if config.device == "auto" else logger.debug
-    log("%s on %s (asked for %s%s)", path.name, model.provider, config.device,
-        ", CUDA unavailable" if config.device == "auto" and not model.on_gpu and CUDA in ort.get_available_providers() else "")
+    if config.device == "auto":
+        logger.info("%s runs on %s (device auto; CUDA %s)", path.name, model.provider,
+                    "in use" if model.on_gpu else "not available")
+    else:
+        logger.debug("%s runs on %s", path.name, model.provider)
     return model
