@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        # onnx_ir logs every optimisation pass at INFO; keep the export log readable.
-        logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+        # onnx_ir and onnxscript log every optimisation pass at INFO; keep the export log readable.
+        for name in ("onnx_ir", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return modules[args.command].run(args)
     except CtmwaError as e:

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,17 +95,27 @@ def _as_outputs(result: object, names: tuple[str, ...]) -> dict[str, np.ndarray]
 def _export(spec: ExportSpec, module: torch.nn.Module, path: Path) -> None:
     example = spec.make_inputs(spec.export_batch_size)
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in spec.input_names)
-    kwargs = {"external_data": False, "verbose": False} if spec.dynamo else {}
+    if spec.dynamo:
+        # Input axes that share a symbolic name share one Dim; output axes follow from the graph.
+        dims: dict[str, torch.export.Dim] = {}
+        dynamic = tuple(
+            {axis: dims.setdefault(symbol, torch.export.Dim(symbol)) for axis, symbol in spec.dynamic_axes.get(name, {}).items()} or None
+            for name in spec.input_names
+        )
+        kwargs = {"dynamic_shapes": dynamic, "external_data": False, "verbose": False}
+    else:
+        kwargs = {"dynamic_axes": {name: dict(axes) for name, axes in spec.dynamic_axes.items()}}
     # The dynamo exporter prints progress to stdout; keep it in the debug log instead.
     captured = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(captured):
+    with torch.no_grad(), contextlib.redirect_stdout(captured), warnings.catch_warnings():
+        # Shared axis names (input_ids and attention_mask both "sequence") are intended; torch warns about them.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
         torch.onnx.export(
             module,
             args,
             str(path),
             input_names=list(spec.input_names),
             output_names=list(spec.output_names),
-            dynamic_axes={name: dict(axes) for name, axes in spec.dynamic_axes.items()},
             opset_version=spec.opset,
             dynamo=spec.dynamo,
             **kwargs,
