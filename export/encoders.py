@@ -99,6 +99,10 @@ def load_clip(source: str, revision: str | None = None) -> tuple[Any, Any, Any]:
     from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
     where = f"{source!r}" + (f" at revision {revision!r}" if revision else "")
+    looks_local = Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise ModelSourceError(f"--from {source!r} is not a folder; pass a folder written by save_pretrained or a hub id like {DEFAULT_SOURCE!r}")
+    source = str(Path(source).expanduser()) if looks_local else source
     try:
         model = CLIPModel.from_pretrained(source, revision=revision).eval()
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)

@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -124,6 +125,15 @@ def _export(spec: ExportSpec, module: torch.nn.Module, path: Path) -> None:
         logger.debug("torch.onnx.export(%s): %s", spec.name, captured.getvalue().strip())
 
 
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception of a chain, without terminal colour codes: what a user needs to see first."""
+    inner = e
+    while inner.__cause__ is not None or (inner.__context__ is not None and not inner.__suppress_context__):
+        inner = inner.__cause__ or inner.__context__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(inner).__name__}: {inner}")
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
 def _axis_sizes(spec: ExportSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for name, axes in spec.dynamic_axes.items():
@@ -207,7 +217,7 @@ def export_and_validate(spec: ExportSpec, module: torch.nn.Module, out_path: str
         try:
             _export(spec, module, staged)
         except Exception as e:
-            raise ExportValidationError(spec.name, [f"torch.onnx.export failed: {type(e).__name__}: {e}"]) from e
+            raise ExportValidationError(spec.name, [f"torch.onnx.export failed: {_root_cause(e)}"]) from e
         t1 = time.perf_counter()
         failures, max_diff = _validate(spec, module, staged)
         t2 = time.perf_counter()
