@@ -58,6 +58,7 @@ class Settings:
     shard_retries: int = 2  # retries of a scoring task; a retry scores only what did not finish
     retry_delay_minutes: int = 5  # wait before a retry
     shard_timeout_minutes: int = 120  # execution_timeout of a scoring task (a hung GPU or a stuck read ends as a failure)
+    backfill_timeout_minutes: int = 720  # execution_timeout of a backfill task, which scores whole days one after another
     input_wait_hours: float = 6.0  # how long the nightly DAG waits for its input partition to land before failing
     input_poke_minutes: int = 10  # how often it looks (the sensor frees its worker slot in between)
     max_map_length: int = 1024  # Airflow's [core] max_map_length: a backfill maps at most this many tasks
@@ -66,7 +67,7 @@ class Settings:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise SettingsError(f"device {self.device!r} unknown; set CTMWA_DEVICE (or the device param) to one of {list(DEVICES)}")
-        for name in ("batch_size", "max_rows_per_shard", "max_active_shards", "input_poke_minutes", "max_map_length", "shard_timeout_minutes"):
+        for name in ("batch_size", "max_rows_per_shard", "max_active_shards", "input_poke_minutes", "max_map_length", "shard_timeout_minutes", "backfill_timeout_minutes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must be at least 1 (CTMWA_{name.upper()})")
         for name in ("shard_retries", "retry_delay_minutes", "input_wait_hours"):
@@ -104,6 +105,34 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+# The settings a DAG run may override through its params (the ones read at task run time), with the help text the
+# Airflow trigger form shows. A null param leaves the deployment's value (environment variable or default).
+RUN_OVERRIDES = {
+    "input_root": "posts partitions root (path or URI); null = CTMWA_INPUT_ROOT",
+    "output_root": "scores root (path or URI); null = CTMWA_OUTPUT_ROOT",
+    "models_root": "published models root; null = CTMWA_MODELS_ROOT",
+    "model_version": "'current' or a published model version; null = CTMWA_MODEL_VERSION (default 'current')",
+    "device": "cuda | cpu | auto; null = CTMWA_DEVICE (default cuda)",
+    "batch_size": "rows per ONNX Runtime batch; null = CTMWA_BATCH_SIZE",
+    "max_rows_per_shard": "rows per scoring task; null = CTMWA_MAX_ROWS_PER_SHARD",
+}
+
+
+def override_param_specs() -> dict[str, dict[str, Any]]:
+    """JSON-schema specs of the override params (name -> Param keyword arguments), for the DAG files to wrap in
+    airflow.sdk.Param; this package does not import Airflow."""
+    specs = {}
+    for name, description in RUN_OVERRIDES.items():
+        kind = type(_FIELDS[name].default)
+        json_type = {str: "string", int: "integer", float: "number"}[kind]
+        spec: dict[str, Any] = {"type": ["null", json_type], "description": description}
+        if name == "device":
+            spec["enum"] = [None, *DEVICES]
+        if kind is int:
+            spec["minimum"] = 1
+        specs[name] = spec
+    return specs
 
 
 def _coerce(field: dataclasses.Field, value: Any, where: str) -> Any:
