@@ -148,8 +148,8 @@ class _Content:
 
     text: str | None
     image: bytes | None
-    text_problem: str | None  # None, "missing_text", "empty_text"
-    image_problem: str | None  # None, "missing_image", "unreadable_image"
+    text_problem: str | None  # None, "missing_texts", "empty_texts" (the ReadReport counter to increment)
+    image_problem: str | None  # None, "missing_images", "unreadable_images"
     replaced: int
 
 
@@ -248,13 +248,13 @@ def read_content(post: RawPost, options: ReadOptions) -> _Content:
         except FileNotFoundError:
             raw_text = None
     if raw_text is None:
-        text_problem = "missing_text"
+        text_problem = "missing_texts"
     else:
         if isinstance(raw_text, bytes):
             raw_text, replaced = decode_text(raw_text, options.text_fallback_encoding)
         text = raw_text.strip()
         if not text:
-            text, text_problem = None, "empty_text"
+            text, text_problem = None, "empty_texts"
 
     image = post.image
     image_problem: str | None = None
@@ -265,15 +265,15 @@ def read_content(post: RawPost, options: ReadOptions) -> _Content:
             image = None
         except OSError as e:
             logger.warning("cannot read image %s (%s); the post is kept without an image", post.image_path, e)
-            image, image_problem = None, "unreadable_image"
+            image, image_problem = None, "unreadable_images"
     if image is None:
-        image_problem = image_problem or "missing_image"
+        image_problem = image_problem or "missing_images"
     else:
         reason = check_image(image, options.check_images)
         if reason is not None:
             where = post.image_path if post.image_path is not None else f"post {post.post_id}"
             logger.debug("unreadable image %s (%s); the post is kept without an image", where, reason)
-            image, image_problem = None, "unreadable_image"
+            image, image_problem = None, "unreadable_images"
     return _Content(text, image, text_problem, image_problem, replaced)
 
 
@@ -298,18 +298,10 @@ def build_posts(
                     continue
                 report.kept += 1
                 report.per_class[names[post.label]] += 1
-                if content.text_problem == "missing_text":
-                    report.missing_texts += 1
-                elif content.text_problem == "empty_text":
-                    report.empty_texts += 1
-                if content.text_problem:
-                    report.example(content.text_problem, post.post_id)
-                if content.image_problem == "missing_image":
-                    report.missing_images += 1
-                elif content.image_problem == "unreadable_image":
-                    report.unreadable_images += 1
-                if content.image_problem:
-                    report.example(content.image_problem, post.post_id)
+                for problem in (content.text_problem, content.image_problem):
+                    if problem is not None:
+                        setattr(report, problem, getattr(report, problem) + 1)
+                        report.example(problem, post.post_id)
                 if content.replaced:
                     report.replaced_chars += content.replaced
                     report.texts_with_replacements += 1
