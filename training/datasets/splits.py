@@ -60,7 +60,7 @@ class SplitReport:
     per_split_class: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> posts
     query: int = 0  # posts in the query set
     query_eligible: int = 0  # training posts that could serve in the query set
-    query_target: int = 0  # round(query_fraction * training posts)
+    query_target: int = 0  # max(1, round(query_fraction * training posts)); 0 when query_fraction is 0
     not_in_split_file: int = 0  # posts the split file does not list (left out)
     unknown_in_split_file: int = 0  # split file ids that are not among the posts (e.g. dropped by label cleaning)
 
@@ -161,12 +161,11 @@ def choose_query(
 ) -> tuple[list[int], int]:
     """Indices of the query posts among `eligible`, stratified by label, and the target size.
 
-    Target: round(fraction * n_train), at least 1 when fraction > 0 and anything is eligible, at most all eligible.
-    Posts are ordered by (label, seeded rank) and picked at evenly spaced positions, so classes keep their shares.
+    Target: round(fraction * n_train), at least 1 when fraction > 0 (the rounding the training reader uses, so it
+    keeps exactly the rows marked here); at most all eligible. Posts are ordered by (label, seeded rank) and
+    picked at evenly spaced positions, so classes keep their shares.
     """
-    target = math.floor(fraction * n_train + 0.5)
-    if fraction > 0 and target == 0 and n_train > 0:
-        target = 1
+    target = max(1, round(fraction * n_train)) if fraction > 0 and n_train > 0 else 0
     k = min(target, len(eligible))
     if k == 0:
         return [], target
