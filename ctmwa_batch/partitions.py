@@ -1,0 +1,388 @@
+"""Partition planning and the commit protocol: the one place that knows the output layout.
+
+A posts partition (a Parquet file, a folder of files, or a hive path such as `posts/dt=2026-11-26`) is scored into
+
+    {output_root}/model_version={v}/{partition}/part-{shard:05d}-{plan}.parquet
+    {output_root}/model_version={v}/{partition}/_shards/{plan}-{shard:05d}.json   (one per finished shard)
+    {output_root}/model_version={v}/{partition}/_SUCCESS.json                      (written last)
+
+Planning is a pure function of the input listing (paths, sizes, row-group sizes) and the model version, so every
+worker that plans the same partition gets the same shards. A part is written under a hidden temporary name and moved
+into place when complete; readers (pyarrow.dataset, Spark, DuckDB) skip names starting with `.` or `_`, so a killed
+run leaves nothing they would read. `_SUCCESS.json` appears only after every shard of the plan has its marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from ctmwa_batch.errors import CtmwaError, InputSchemaError
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS.json"
+SHARDS_DIR = "_shards"
+DEFAULT_MAX_ROWS_PER_SHARD = 200_000
+_HIVE_SEGMENT = re.compile(r"^[^=/]+=[^/]*$")
+
+
+class PartitionNotReady(CtmwaError):
+    """A partition cannot be committed: some shard of its plan has not finished."""
+
+
+def open_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path or any URI pyarrow supports (s3://, gs://...)."""
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One Parquet file of a partition, as planning sees it."""
+
+    path: str  # path inside the filesystem
+    size: int  # bytes
+    row_groups: tuple[int, ...]  # rows per row group
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_groups)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A contiguous run of row groups of one file: the unit a shard is made of."""
+
+    path: str
+    row_group_start: int
+    row_group_stop: int  # exclusive
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A part of a partition scored by one task; `index` orders the output parts."""
+
+    index: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.num_rows for p in self.pieces)
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """Everything a worker needs to score one shard and a committer to commit the partition (JSON-serialisable)."""
+
+    input_path: str  # as given (path or URI)
+    output_dir: str  # path or URI of model_version={v}/{partition}
+    partition: str  # relative partition path, e.g. dt=2026-11-26
+    model_version: str
+    fingerprint: dict  # files, sizes, rows, sha256 of the listing
+    shards: tuple[Shard, ...] = field(default_factory=tuple)
+
+    @property
+    def plan_id(self) -> str:
+        """Short id of (input fingerprint, model version, shard layout): names this plan's parts and markers."""
+        layout = [[(p.path, p.row_group_start, p.row_group_stop) for p in s.pieces] for s in self.shards]
+        blob = json.dumps([self.fingerprint["sha256"], self.model_version, layout], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def num_rows(self) -> int:
+        return self.fingerprint["num_rows"]
+
+    def part_name(self, shard_index: int) -> str:
+        return f"part-{shard_index:05d}-{self.plan_id}.parquet"
+
+    def marker_name(self, shard_index: int) -> str:
+        return f"{SHARDS_DIR}/{self.plan_id}-{shard_index:05d}.json"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartitionPlan:
+        shards = tuple(Shard(s["index"], tuple(Piece(**p) for p in s["pieces"])) for s in d["shards"])
+        return cls(d["input_path"], d["output_dir"], d["partition"], d["model_version"], d["fingerprint"], shards)
+
+
+def list_input(input_path: str) -> list[InputFile]:
+    """The Parquet files of a partition, sorted, with their row-group sizes (reads footers only)."""
+    fs, path = open_filesystem(input_path)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputSchemaError(f"input {input_path!r} does not exist; pass a Parquet file or a folder of them")
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        infos = [
+            i
+            for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+            if i.type == pafs.FileType.File
+            and i.path.endswith(".parquet")
+            and not any(seg.startswith((".", "_")) for seg in posixpath.relpath(i.path, path).split("/"))
+        ]
+    files = []
+    for i in sorted(infos, key=lambda i: i.path):
+        try:
+            with fs.open_input_file(i.path) as f:
+                meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputSchemaError(f"{i.path!r} is not a readable Parquet file ({e}); remove or fix it") from e
+        files.append(InputFile(i.path, i.size, tuple(meta.row_group(k).num_rows for k in range(meta.num_row_groups))))
+    if not files:
+        raise InputSchemaError(f"no .parquet files under {input_path!r}; point --input at a partition of posts")
+    return files
+
+
+def fingerprint(files: list[InputFile]) -> dict:
+    """What identifies an input: its files, their sizes and row counts (a changed input gets a new sha256)."""
+    listing = [{"path": f.path, "size": f.size, "num_rows": f.num_rows} for f in files]
+    sha = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+    return {"files": listing, "num_rows": sum(f.num_rows for f in files), "sha256": sha}
+
+
+def partition_of(input_path: str) -> str:
+    """The partition path to mirror in the output: trailing hive segments (`dt=.../hour=...`), else the base name."""
+    parts = input_path.rstrip("/").split("/")
+    hive = []
+    for seg in reversed(parts):
+        if not _HIVE_SEGMENT.match(seg):
+            break
+        hive.append(seg)
+    if hive:
+        return "/".join(reversed(hive))
+    base = parts[-1]
+    return base[: -len(".parquet")] if base.endswith(".parquet") else base
+
+
+def output_dir(output_root: str, model_version: str, partition: str) -> str:
+    """Where one partition's scores for one model version live."""
+    return f"{output_root.rstrip('/')}/model_version={model_version}/{partition}"
+
+
+def plan_shards(files: list[InputFile], max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD) -> tuple[Shard, ...]:
+    """Cut the files into shards of whole row groups, in listing order, each at most `max_rows_per_shard` rows
+    (a single larger row group makes a shard of its own). Pure: same listing, same shards."""
+    if max_rows_per_shard < 1:
+        raise ValueError(f"max_rows_per_shard must be >= 1, got {max_rows_per_shard}")
+    shards: list[list[Piece]] = []
+    current: list[Piece] = []
+    current_rows = 0
+
+    def close() -> None:
+        nonlocal current, current_rows
+        if current:
+            shards.append(current)
+        current, current_rows = [], 0
+
+    for f in files:
+        start = 0
+        for k, rows in enumerate(f.row_groups):
+            if current_rows and current_rows + rows > max_rows_per_shard:
+                if start < k:
+                    current.append(Piece(f.path, start, k, sum(f.row_groups[start:k])))
+                close()
+                start = k
+            current_rows += rows
+        if start < len(f.row_groups):
+            current.append(Piece(f.path, start, len(f.row_groups), sum(f.row_groups[start:])))
+    close()
+    return tuple(Shard(i, tuple(pieces)) for i, pieces in enumerate(shards))
+
+
+def plan_partition(
+    input_path: str,
+    output_root: str,
+    model_version: str,
+    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD,
+    partition: str | None = None,
+) -> PartitionPlan:
+    """Plan the scoring of one partition: list it, fingerprint it, cut it into shards."""
+    files = list_input(input_path)
+    partition = partition if partition is not None else partition_of(input_path)
+    return PartitionPlan(
+        input_path=input_path,
+        output_dir=output_dir(output_root, model_version, partition),
+        partition=partition,
+        model_version=model_version,
+        fingerprint=fingerprint(files),
+        shards=plan_shards(files, max_rows_per_shard),
+    )
+
+
+def read_success(out_dir: str) -> dict | None:
+    """The partition's `_SUCCESS.json`, or None when it is not committed."""
+    fs, path = open_filesystem(out_dir)
+    try:
+        with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def is_committed(plan: PartitionPlan) -> bool:
+    """True when this partition is committed for the same input and model version (any shard layout)."""
+    success = read_success(plan.output_dir)
+    return (
+        success is not None
+        and success.get("model_version") == plan.model_version
+        and success.get("input", {}).get("sha256") == plan.fingerprint["sha256"]
+    )
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    tmp = f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
+    """Get the output ready for scoring; False when there is nothing to do (already committed, not forced).
+
+    A rescore withdraws `_SUCCESS.json` first, so no reader takes a half-rewritten partition for output.
+    """
+    if is_committed(plan) and not overwrite:
+        log.info("partition %s already committed for model %s: nothing to do", plan.partition, plan.model_version)
+        return False
+    fs, path = open_filesystem(plan.output_dir)
+    fs.create_dir(f"{path}/{SHARDS_DIR}", recursive=True)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(f"{path}/{SUCCESS}")
+    if overwrite:
+        for shard in plan.shards:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(f"{path}/{plan.marker_name(shard.index)}")
+    return True
+
+
+def shard_done(plan: PartitionPlan, shard_index: int) -> dict | None:
+    """The marker of a finished shard of this plan, or None."""
+    fs, path = open_filesystem(plan.output_dir)
+    try:
+        with fs.open_input_stream(f"{path}/{plan.marker_name(shard_index)}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+@dataclass
+class PartSink:
+    """What `part_writer` yields: the Parquet writer, and the stats that go into the shard marker."""
+
+    writer: pq.ParquetWriter
+    # output_rows, status_counts {status: n} and timings {stage: seconds} are read by `commit`
+    stats: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Iterator[PartSink]:
+    """Write one shard's part under a temporary name; on clean exit move it into place and mark the shard done.
+
+    On an exception the temporary file is removed and nothing is published. Two workers scoring the same shard at
+    once both succeed: the parts are equal and each move replaces the other's atomically.
+    """
+    fs, path = open_filesystem(plan.output_dir)
+    fs.create_dir(f"{path}/{SHARDS_DIR}", recursive=True)
+    final = f"{path}/{plan.part_name(shard_index)}"
+    tmp = f"{path}/.{plan.part_name(shard_index)}.tmp-{uuid.uuid4().hex}"
+    started = time.monotonic()
+    sink = fs.open_output_stream(tmp)
+    out = PartSink(pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=True))
+    try:
+        yield out
+        out.writer.close()
+        sink.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            out.writer.close()
+        with contextlib.suppress(Exception):
+            sink.close()
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(tmp)
+        raise
+    try:
+        fs.move(tmp, final)
+    except FileNotFoundError:
+        # A concurrent worker committed the partition and swept our temporary file: its part is ours.
+        if shard_done(plan, shard_index) is None:
+            raise
+        log.info("shard %d of %s was finished by another worker", shard_index, plan.partition)
+        return
+    marker = {
+        "shard": shard_index,
+        "plan_id": plan.plan_id,
+        "part": plan.part_name(shard_index),
+        "input_rows": plan.shards[shard_index].num_rows,
+        "seconds": round(time.monotonic() - started, 3),
+        **out.stats,
+    }
+    _write_atomic(fs, f"{path}/{plan.marker_name(shard_index)}", json.dumps(marker, sort_keys=True).encode())
+
+
+def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
+    """Publish the partition: check every shard of the plan finished, remove what other plans or killed runs left,
+    then write `_SUCCESS.json` last. Returns its content. Idempotent."""
+    fs, path = open_filesystem(plan.output_dir)
+    markers = [shard_done(plan, s.index) for s in plan.shards]
+    missing = [s.index for s, m in zip(plan.shards, markers) if m is None]
+    if missing:
+        raise PartitionNotReady(
+            f"partition {plan.partition}: shard(s) {missing} of {len(plan.shards)} have not finished; "
+            "score them first (a retry of the failed shard tasks is safe)"
+        )
+    keep = {plan.part_name(s.index) for s in plan.shards} | {plan.marker_name(s.index) for s in plan.shards}
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        rel = posixpath.relpath(info.path, path)
+        if info.type == pafs.FileType.File and rel not in keep and rel != SUCCESS:
+            log.info("removing stale %s", info.path)
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(info.path)
+    status_counts: dict[str, int] = {}
+    for m in markers:
+        for status, n in m.get("status_counts", {}).items():
+            status_counts[status] = status_counts.get(status, 0) + n
+    output_rows = sum(m.get("output_rows", 0) for m in markers)
+    if output_rows != plan.num_rows:
+        raise PartitionNotReady(
+            f"partition {plan.partition}: shards wrote {output_rows} rows for {plan.num_rows} input rows; "
+            "rescore with --overwrite"
+        )
+    seconds = sum(m.get("seconds", 0.0) for m in markers)
+    success = {
+        "model_version": plan.model_version,
+        "partition": plan.partition,
+        "plan_id": plan.plan_id,
+        "input": plan.fingerprint | {"path": plan.input_path},
+        "parts": [plan.part_name(s.index) for s in plan.shards],
+        "rows": {"input": plan.num_rows, "output": output_rows, "by_status": dict(sorted(status_counts.items()))},
+        "timings": {
+            "shard_seconds_total": round(seconds, 3),
+            "rows_per_second_per_shard": round(output_rows / seconds, 1) if seconds else None,
+            "shards": [{"shard": m["shard"], "seconds": m["seconds"], **m.get("timings", {})} for m in markers],
+        },
+        "committed_at": datetime.now(timezone.utc).isoformat(),
+        **(extra or {}),
+    }
+    _write_atomic(fs, f"{path}/{SUCCESS}", json.dumps(success, indent=2, sort_keys=True).encode())
+    log.info("committed %s: %d rows %s", plan.output_dir, output_rows, success["rows"]["by_status"])
+    return success
