@@ -74,8 +74,8 @@ class PrepareConfig:
     generic: GenericConfig = field(default_factory=GenericConfig)
     # Posts per encoder batch.
     batch_size: int = 64
-    # Encoder device, passed to the embed path (cpu | cuda | auto).
-    device: str = "cpu"
+    # Encoder device, passed to the embed path: auto | cpu | cuda (cuda unavailable is an error, not a fallback).
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -236,7 +236,7 @@ def prepare(config: PrepareConfig, embed: EmbedFn | None = None) -> dict:
         raw = paths.features.with_name(paths.features.name + ".embed-tmp.parquet")
         try:
             logger.info("embedding %s with the encoders in %s", paths.posts, config.bundle)
-            embed(
+            stats = embed(
                 config.bundle,
                 str(paths.posts),
                 str(raw),
@@ -257,7 +257,9 @@ def prepare(config: PrepareConfig, embed: EmbedFn | None = None) -> dict:
         summary["features_path"] = str(paths.features)
         summary["missing_modalities"] = counts
         summary["embed_seconds"] = round(time.monotonic() - started, 3)
-    paths.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        if isinstance(stats, dict):
+            summary["embed"] = stats
+    paths.summary.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     summary["summary_path"] = str(paths.summary)
     return summary
 

@@ -129,7 +129,7 @@ def test_prepare_features_contract(tmp_path):
     )
     summary = prep.prepare(config, embed=_stand_in_embed(calls))
     assert calls == [dict(bundle_dir="enc/", id_column="post_id", text_column="text", image_column="image",
-                          batch_size=4, device="cpu")]
+                          batch_size=4, device="auto")]
     features = pq.read_table(tmp_path / "features.parquet")
     assert features.schema.equals(FEATURES_SCHEMA, check_metadata=False)
     assert json.loads(features.schema.metadata[b"ctmwa.labels"]) == ["positive", "neutral", "negative"]
