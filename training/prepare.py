@@ -318,6 +318,7 @@ def format_summary(summary: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `ctmwa-train prepare`."""
     parser.add_argument("dataset", choices=DATASETS, help="raw layout of --root")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--root", required=True, help="dataset folder (generic: the table file)")
     parser.add_argument("--bundle", help="encoder bundle folder from `ctmwa-export encoders`")
     parser.add_argument("--out", required=True, help="features Parquet to write (posts and summary go beside it)")
@@ -399,7 +400,6 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`python -m training.prepare ...` (the same as `ctmwa-train prepare ...`)."""
     parser = argparse.ArgumentParser(prog="ctmwa-train prepare", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
