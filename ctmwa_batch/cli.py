@@ -11,8 +11,8 @@ from ctmwa_batch.errors import CtmwaError
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
-    # "embed": "ctmwa_batch.embed",
-    # "inspect": "ctmwa_batch.bundle",
+    "embed": "ctmwa_batch.embed",
+    "inspect": "ctmwa_batch.bundle",
     # "score": "ctmwa_batch.job",
 }
 

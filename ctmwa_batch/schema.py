@@ -20,6 +20,7 @@ V_LABEL = "v_label"
 QUERY = "query"
 HAS_TEXT = "has_text"
 HAS_IMAGE = "has_image"
+IMAGE_ERROR = "image_error"  # embed output: why present image bytes were unusable (null when fine or absent)
 SPLITS = ("train", "valid", "test")
 
 EMBEDDING_TYPE = pa.list_(pa.float32())
@@ -38,6 +39,15 @@ FEATURES_FIELDS = [
 ]
 FEATURES_SCHEMA = pa.schema(FEATURES_FIELDS)
 FEATURES_REQUIRED = (POST_ID, SPLIT, TEXT_EMB, IMAGE_EMB, LABEL, T_LABEL, V_LABEL, QUERY)
+
+# Columns `ctmwa-batch embed` adds to the posts it reads (the other columns pass through).
+EMBED_FIELDS = [
+    pa.field(TEXT_EMB, EMBEDDING_TYPE),
+    pa.field(IMAGE_EMB, EMBEDDING_TYPE),
+    pa.field(HAS_TEXT, pa.bool_(), nullable=False),
+    pa.field(HAS_IMAGE, pa.bool_(), nullable=False),
+    pa.field(IMAGE_ERROR, pa.string()),
+]
 
 # Posts Parquet (scoring input): default column names, all configurable.
 DEFAULT_ID_COLUMN = "post_id"

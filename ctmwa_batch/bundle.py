@@ -1,0 +1,308 @@
+"""Verify a model bundle and print its manifest (the one place that knows the bundle layout).
+
+A bundle is a folder (DESIGN.md section 5):
+
+    manifest.json        format version, model version, labels, dims, encoder source, preprocessing,
+                         graph signatures, opset, training metrics, created at, sha256 + size of every file
+    image_encoder.onnx   pixels uint8 (N, S, S, 3) -> image_emb float32 (N, D), L2-normalised
+    text_encoder.onnx    input_ids, attention_mask int64 (N, L) -> text_emb float32 (N, D), L2-normalised
+    tokenizer.json       the text tokenizer, loadable by the `tokenizers` library alone
+    head.onnx            the CTMWA head (text_emb, image_emb, has_text, has_image -> logits, probs, ...); joins later
+
+Encoders alone make a partial bundle that `embed` can use; `add_files` puts the head in and rewrites the manifest.
+Loading verifies every checksum and rejects missing, changed and unexpected files, naming each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctmwa_batch.errors import BundleError
+from ctmwa_batch.preprocess import ImageSpec, TextSpec
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IMAGE_ENCODER = "image_encoder.onnx"
+TEXT_ENCODER = "text_encoder.onnx"
+HEAD = "head.onnx"
+TOKENIZER = "tokenizer.json"
+ENCODER_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
+
+# Graph input names of the encoders (their outputs are schema.IMAGE_EMB / schema.TEXT_EMB).
+PIXELS = "pixels"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+
+# Manifest fields that change what a bundle computes, besides its files: they enter the model version.
+_VERSIONED_FIELDS = ("labels", "preprocessing")
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_version(manifest: Mapping[str, Any]) -> str:
+    """16 hex digits derived from every file's sha256 plus the manifest fields that change the outputs."""
+    payload = {
+        "files": {name: entry["sha256"] for name, entry in sorted(manifest["files"].items())},
+        **{key: manifest.get(key) for key in _VERSIONED_FIELDS},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified model bundle: its folder and its manifest."""
+
+    root: Path  # the bundle folder
+    manifest: Mapping[str, Any]  # manifest.json as read and verified
+
+    @property
+    def model_version(self) -> str:
+        """Version string derived from the file hashes (goes into output paths and score rows)."""
+        return self.manifest["model_version"]
+
+    @property
+    def files(self) -> dict[str, str]:
+        """File name -> sha256 of every file in the bundle."""
+        return {name: entry["sha256"] for name, entry in self.manifest["files"].items()}
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Class labels in output order; None until a head joins."""
+        return self.manifest.get("labels")
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """Embedding (and, with a head, class) dimensions."""
+        return dict(self.manifest.get("dims") or {})
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        """How images are decoded for this bundle's image encoder."""
+        return ImageSpec.from_dict(self.manifest["preprocessing"]["image"])
+
+    @property
+    def text_spec(self) -> TextSpec:
+        """How texts are tokenized for this bundle's text encoder."""
+        return TextSpec.from_dict(self.manifest["preprocessing"]["text"])
+
+    @property
+    def has_encoders(self) -> bool:
+        """Whether the image and text encoders and the tokenizer are present."""
+        return all(name in self.manifest["files"] for name in ENCODER_FILES)
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the CTMWA head graph is present (a full, scoring-ready bundle)."""
+        return HEAD in self.manifest["files"]
+
+    def path(self, name: str) -> Path:
+        """Path of one of the bundle's files; BundleError if the bundle has no such file."""
+        if name not in self.manifest["files"]:
+            hint = ""
+            if name == HEAD:
+                hint = "; this is an encoders-only bundle: add a head (ctmwa-export head) before scoring"
+            elif name in ENCODER_FILES:
+                hint = "; export the encoders into it (ctmwa-export encoders)"
+            raise BundleError(f"bundle {str(self.root)!r} has no {name!r}; it has {sorted(self.manifest['files'])}{hint}")
+        return self.root / name
+
+    def require(self, *names: str) -> None:
+        """Fail with BundleError unless every named file is present."""
+        for name in names:
+            self.path(name)
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"bundle folder {str(root)!r} does not exist or is not a folder; pass --bundle DIR of an exported bundle")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise BundleError(f"bundle {str(root)!r} has no {MANIFEST}; it is not a model bundle (export one with ctmwa-export)") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{MANIFEST} of bundle {str(root)!r} is unreadable: {e}; re-export the bundle") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"{MANIFEST} of bundle {str(root)!r} has no 'files' table; re-export the bundle")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"{MANIFEST} of bundle {str(root)!r} has format_version {version!r}; this ctmwa-batch reads up to "
+            f"{FORMAT_VERSION}: upgrade ctmwa-batch or re-export the bundle"
+        )
+    return manifest
+
+
+def _files_on_disk(root: Path) -> set[str]:
+    found = set()
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for filename in filenames:
+            found.add(Path(dirpath, filename).relative_to(root).as_posix())
+    found.discard(MANIFEST)
+    return found
+
+
+def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
+    """Read a bundle; with verify (the default) check every file's sha256 and fail naming each bad file."""
+    root = Path(root)
+    manifest = _read_manifest(root)
+    if verify:
+        problems = []
+        listed = manifest["files"]
+        for name, entry in sorted(listed.items()):
+            path = root / name
+            if not path.is_file():
+                problems.append(f"{name}: listed in {MANIFEST} but missing")
+                continue
+            size = path.stat().st_size
+            if size != entry.get("bytes", size):
+                problems.append(f"{name}: changed ({size} bytes, manifest says {entry['bytes']})")
+                continue
+            digest = sha256_file(path)
+            if digest != entry.get("sha256"):
+                problems.append(f"{name}: changed (sha256 {digest[:12]}..., manifest says {str(entry.get('sha256'))[:12]}...)")
+        for name in sorted(_files_on_disk(root) - set(listed)):
+            problems.append(f"{name}: unexpected file, not listed in {MANIFEST}")
+        if not problems and manifest.get("model_version") != model_version(manifest):
+            problems.append(f"{MANIFEST}: model_version does not match its files and preprocessing (edited by hand?)")
+        if problems:
+            raise BundleError(
+                f"bundle {str(root)!r} failed verification; re-export it or restore these files:\n  - " + "\n  - ".join(problems)
+            )
+    bundle = Bundle(root=root, manifest=manifest)
+    try:
+        if "preprocessing" in manifest:
+            bundle.image_spec, bundle.text_spec  # noqa: B018 - parse now, fail at load rather than mid-job
+    except (TypeError, ValueError, KeyError) as e:
+        raise BundleError(f"{MANIFEST} of bundle {str(root)!r} has bad preprocessing settings: {e}; re-export the bundle") from e
+    logger.debug("loaded bundle %s (model_version %s, files %s)", root, bundle.model_version, sorted(bundle.files))
+    return bundle
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; a bundle is read by other users (workers)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finish_manifest(root: Path, manifest: dict[str, Any]) -> Bundle:
+    """Hash every file in root, derive the model version, write manifest.json, return the verified bundle."""
+    manifest["files"] = {
+        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size} for name in sorted(_files_on_disk(root))
+    }
+    manifest["model_version"] = model_version(manifest)
+    _write_json_atomic(root / MANIFEST, manifest)
+    logger.info("wrote %s (model_version %s, %d files)", root / MANIFEST, manifest["model_version"], len(manifest["files"]))
+    return load_bundle(root)
+
+
+def write_manifest(
+    root: str | Path,
+    *,
+    image: ImageSpec,
+    text: TextSpec,
+    dims: Mapping[str, int],
+    encoder: Mapping[str, Any],
+    opset: int,
+    graphs: Mapping[str, Any] | None = None,
+    labels: list[str] | None = None,
+    training_metrics: Mapping[str, Any] | None = None,
+    created_at: str | None = None,
+) -> Bundle:
+    """Write manifest.json for every file now in `root` (all of them are listed and hashed) and return the bundle."""
+    root = Path(root)
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model_version": None,  # filled from the hashes below
+        "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "labels": list(labels) if labels is not None else None,
+        "dims": dict(dims),
+        "encoder": dict(encoder),
+        "preprocessing": {"image": image.to_dict(), "text": text.to_dict(), "normalized_outputs": True},
+        "opset": opset,
+        "graphs": dict(graphs or {}),
+        "training_metrics": dict(training_metrics or {}),
+    }
+    return _finish_manifest(root, manifest)
+
+
+def add_files(
+    root: str | Path,
+    files: Mapping[str, str | Path] | None = None,
+    *,
+    updates: Mapping[str, Any] | None = None,
+    replace: bool = False,
+) -> Bundle:
+    """Copy files into a verified bundle (e.g. {"head.onnx": path}), merge top-level manifest updates, re-hash.
+
+    `updates` merges dict-valued fields one level deep (e.g. {"dims": {"classes": 3}, "graphs": {...}}) and
+    replaces the others (e.g. "labels", "training_metrics"). The model version changes with the new files.
+    """
+    root = Path(root)
+    bundle = load_bundle(root)
+    manifest = dict(bundle.manifest)
+    for name, src in (files or {}).items():
+        if Path(name).is_absolute() or ".." in Path(name).parts or name == MANIFEST:
+            raise BundleError(f"cannot add {name!r} to a bundle: give a plain file name such as {HEAD!r}")
+        if name in manifest["files"] and not replace:
+            raise BundleError(f"bundle {str(root)!r} already has {name!r}; pass replace=True to overwrite it")
+        dest = root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    for key, value in (updates or {}).items():
+        if key in ("files", "model_version", "format_version"):
+            raise BundleError(f"manifest field {key!r} is derived, not set; drop it from the updates")
+        if isinstance(value, Mapping) and isinstance(manifest.get(key), Mapping):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    return _finish_manifest(root, manifest)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`ctmwa-batch inspect` arguments."""
+    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder")
+    parser.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Verify the bundle and print its manifest (files as name: sha256 prefix)."""
+    bundle = load_bundle(args.bundle, verify=not args.no_verify)
+    summary = {key: value for key, value in bundle.manifest.items() if key != "files"}
+    summary["files"] = {name: f"{entry['sha256'][:12]} ({entry['bytes']} bytes)" for name, entry in bundle.manifest["files"].items()}
+    summary["has_head"] = bundle.has_head
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,413 @@
+"""Embed posts: text and image embeddings from a bundle's ONNX encoders, streamed Parquet to Parquet.
+
+`ctmwa-batch embed --bundle DIR --input PARQUET_OR_DIR --output PATH` reads the posts in record batches, decodes
+images and tokenizes texts the one way (ctmwa_batch.preprocess), runs the encoders, and writes every input row
+once with `text_emb`, `image_emb` (list<float32>, null where missing), `has_text`, `has_image`, `image_error`
+and the other input columns passed through (the image bytes are dropped unless --keep-image-column). The output
+appears atomically (written under a temporary name, then renamed). Training features and scoring share this path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import logging
+import math
+import multiprocessing
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from ctmwa_batch import schema
+from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
+from ctmwa_batch.errors import InputSchemaError
+from ctmwa_batch.preprocess import ImageSpec, TextTokenizer, decode_images
+from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """What `ctmwa-batch embed` does."""
+
+    bundle_dir: Path  # model bundle with image_encoder.onnx, text_encoder.onnx, tokenizer.json (a head is not needed)
+    input_path: Path  # a posts Parquet file or a folder of them (hive partitions become columns)
+    output_path: Path  # the features Parquet file to write (replaced atomically if it exists)
+    id_column: str | None = schema.DEFAULT_ID_COLUMN  # must exist when set; passed through like other columns
+    text_column: str | None = schema.DEFAULT_TEXT_COLUMN  # string column; None = posts have no text
+    image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI) column; None = no images
+    batch_size: int = 256  # rows per record batch read, decoded, encoded and written
+    device: str = "auto"  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
+    workers: int = 0  # image-decoding processes; 0 decodes in this process
+    intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = all cores
+    keep_image_column: bool = False  # pass the image bytes through to the output too (large)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size}: must be at least 1")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} unknown; use one of {list(DEVICES)}")
+        if self.workers < 0:
+            raise ValueError(f"workers {self.workers}: must be 0 (in process) or more")
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """Text embeddings of a batch: zeros where the text is missing."""
+
+    emb: np.ndarray  # float32 (N, D), L2-normalised where ok
+    ok: np.ndarray  # bool (N,)
+    reasons: list[str | None]  # why a text is missing (null, empty, whitespace only)
+
+
+class Encoders:
+    """A bundle's two encoders plus its tokenizer: texts / uint8 pixels -> L2-normalised embeddings."""
+
+    def __init__(self, bundle: Bundle, runtime: RuntimeConfig = RuntimeConfig()):
+        bundle.require(IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
+        self.bundle = bundle
+        self.image_spec: ImageSpec = bundle.image_spec
+        self.tokenizer = TextTokenizer(bundle.path(TOKENIZER), bundle.text_spec)
+        self.image_session = create_session(bundle.path(IMAGE_ENCODER), runtime)
+        self.text_session = create_session(bundle.path(TEXT_ENCODER), runtime)
+        self.text_dim = int(bundle.dims[schema.TEXT_EMB])
+        self.image_dim = int(bundle.dims[schema.IMAGE_EMB])
+
+    @property
+    def provider(self) -> str:
+        """Execution provider the sessions run on."""
+        return self.image_session.provider
+
+    def encode_texts(self, texts: Sequence[str | None]) -> EncodedTexts:
+        """Tokenize and encode; only the present texts go through the graph."""
+        tokens = self.tokenizer.encode(texts)
+        emb = np.zeros((len(texts), self.text_dim), dtype=np.float32)
+        if tokens.ok.any():
+            # Trim the padding to the longest present row (the dummy rows of missing texts are dropped).
+            ids, mask = tokens.input_ids[tokens.ok], tokens.attention_mask[tokens.ok]
+            length = int(mask.sum(axis=1).max())
+            out = self.text_session.run({INPUT_IDS: ids[:, :length], ATTENTION_MASK: mask[:, :length]})
+            emb[tokens.ok] = out[schema.TEXT_EMB]
+        return EncodedTexts(emb=emb, ok=tokens.ok, reasons=tokens.reasons)
+
+    def encode_pixels(self, pixels: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float32 (N, D); rows that are not ok stay zero and are not computed."""
+        emb = np.zeros((len(pixels), self.image_dim), dtype=np.float32)
+        if ok.any():
+            emb[ok] = self.image_session.run({PIXELS: np.ascontiguousarray(pixels[ok])})[schema.IMAGE_EMB]
+        return emb
+
+
+# --------------------------------------------------------------------------------------------------- input
+
+
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
+_BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)
+
+
+def _open_input(path: Path) -> ds.Dataset:
+    if not path.exists():
+        raise InputSchemaError(f"input {str(path)!r} does not exist; pass --input a posts Parquet file or a folder of them")
+    try:
+        return ds.dataset(str(path), format="parquet", partitioning="hive")
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputSchemaError(f"input {str(path)!r} is not readable as Parquet: {e}; pass --input a posts Parquet file or folder") from e
+
+
+def check_posts_schema(posts_schema: pa.Schema, config: EmbedConfig, where: str) -> bool:
+    """Fail before any output when a column is missing or of the wrong type; returns whether images are paths."""
+    needed = {}
+    if config.id_column:
+        needed[config.id_column] = "--id-column"
+    if config.text_column:
+        needed[config.text_column] = "--text-column"
+    if config.image_column:
+        needed[config.image_column] = "--image-column"
+    schema.require_columns(posts_schema, needed, where)
+    if config.text_column:
+        t = posts_schema.field(config.text_column).type
+        if not any(check(t) for check in _TEXT_TYPES):
+            raise InputSchemaError(
+                f"text column {config.text_column!r} in {where} has type {t}, expected string; set --text-column to the text column"
+            )
+    image_paths = False
+    if config.image_column:
+        t = posts_schema.field(config.image_column).type
+        if any(check(t) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)):
+            image_paths = True
+        elif not any(check(t) for check in (*_BYTES_TYPES, pa.types.is_null)):
+            raise InputSchemaError(
+                f"image column {config.image_column!r} in {where} has type {t}, expected binary (image bytes) or string "
+                "(path/URI); set --image-column to the image column"
+            )
+    return image_paths
+
+
+def _read_path(location: str | None, base: Path) -> tuple[bytes | None, str | None]:
+    """Bytes of an image given by path or URI; (None, reason) when unreadable."""
+    if location is None or location == "":
+        return None, None
+    try:
+        if "://" in location:
+            from pyarrow import fs
+
+            filesystem, inner = fs.FileSystem.from_uri(location)
+            with filesystem.open_input_stream(inner) as f:
+                return f.read(), None
+        p = Path(location)
+        return (p if p.is_absolute() else base / p).read_bytes(), None
+    except Exception as e:  # noqa: BLE001 - an unreadable image is a per-row result
+        return None, f"unreadable image path: {type(e).__name__}: {str(e)[:100]}"
+
+
+# --------------------------------------------------------------------------------------------------- output
+
+
+def embedding_array(emb: np.ndarray, ok: np.ndarray) -> pa.ListArray:
+    """float32 (N, D) + ok (N,) -> list<float32> with nulls where not ok (no copy of rows that are null)."""
+    n, d = emb.shape
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.where(ok, d, 0), out=offsets[1:])
+    values = pa.array(np.ascontiguousarray(emb[ok], dtype=np.float32).reshape(-1), type=pa.float32())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=schema.EMBEDDING_TYPE, mask=pa.array(~ok))
+
+
+def _output_schema(posts_schema: pa.Schema, config: EmbedConfig, metadata: dict[str, str]) -> tuple[pa.Schema, list[str]]:
+    added = {f.name for f in schema.EMBED_FIELDS}
+    passthrough = [
+        f for f in posts_schema
+        if f.name not in added and (config.keep_image_column or f.name != config.image_column)
+    ]
+    replaced = sorted(added & set(posts_schema.names))
+    if replaced:
+        logger.warning("input already has %s; they are recomputed and replaced", replaced)
+    return pa.schema([*passthrough, *schema.EMBED_FIELDS], metadata=metadata), [f.name for f in passthrough]
+
+
+# --------------------------------------------------------------------------------------------------- pipeline
+
+
+class _Decoder:
+    """Image decoding in this process or in a process pool, one batch ahead of inference."""
+
+    def __init__(self, spec: ImageSpec, workers: int):
+        self.spec = spec
+        self.workers = workers
+        self.pool = None
+        if workers > 0:
+            # spawn, not fork: the parent holds ONNX Runtime threads, which fork would copy in a broken state.
+            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, items: list[bytes | None]) -> Any:
+        if self.pool is None:
+            return decode_images(items, self.spec)
+        chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
+        return [self.pool.submit(decode_images, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
+
+    def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        if self.pool is None:
+            return handle
+        parts = [future.result() for future in handle]
+        if not parts:
+            return np.zeros((0, self.spec.size, self.spec.size, 3), np.uint8), np.zeros(0, bool), []
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            [r for p in parts for r in p[2]],
+        )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _image_items(batch: pa.RecordBatch, config: EmbedConfig, image_paths: bool, base: Path) -> tuple[list[bytes | None], list[str | None]]:
+    """The image bytes of a batch and, for path columns, why a path could not be read."""
+    if not config.image_column:
+        return [None] * batch.num_rows, [None] * batch.num_rows
+    values = batch.column(config.image_column).to_pylist()
+    if not image_paths:
+        return values, [None] * len(values)
+    read = [_read_path(v, base) for v in values]
+    return [r[0] for r in read], [r[1] for r in read]
+
+
+def embed(config: EmbedConfig) -> dict[str, Any]:
+    """Run the embed job; returns stats (rows, rows with text / image, image errors by reason, seconds, rows/s)."""
+    t0 = time.perf_counter()
+    dataset = _open_input(Path(config.input_path))
+    where = f"input {str(config.input_path)!r}"
+    image_paths = check_posts_schema(dataset.schema, config, where)
+    bundle = load_bundle(config.bundle_dir)
+    encoders = Encoders(bundle, RuntimeConfig(device=config.device, intra_op_threads=config.intra_op_threads))
+    base = Path(config.input_path) if Path(config.input_path).is_dir() else Path(config.input_path).parent
+    metadata = {
+        "ctmwa_batch.embed": json.dumps(
+            {"model_version": bundle.model_version, "encoder": bundle.manifest.get("encoder", {}).get("source"), "bundle": str(config.bundle_dir)}
+        )
+    }
+    out_schema, passthrough = _output_schema(dataset.schema, config, metadata)
+    output = Path(config.output_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    stats = Counter()
+    reasons: Counter[str] = Counter()
+    decoder = _Decoder(encoders.image_spec, config.workers)
+    last_log = time.perf_counter()
+    try:
+        with pq.ParquetWriter(str(tmp), out_schema) as writer:
+            # Bounded readahead: at most a few batches of image bytes are in memory at once.
+            batches = dataset.to_batches(batch_size=config.batch_size, batch_readahead=2, fragment_readahead=1)
+            pending = None
+            for batch in batches:
+                # Decode batch k+1 (in the pool, when there is one) while batch k is encoded and written.
+                items, read_errors = _image_items(batch, config, image_paths, base)
+                ahead = (batch, decoder.submit(items), read_errors)
+                if pending is not None:
+                    _write_batch(writer, out_schema, passthrough, pending, decoder, encoders, config, stats, reasons)
+                    if time.perf_counter() - last_log > PROGRESS_EVERY_S:
+                        last_log = time.perf_counter()
+                        logger.info("embedded %d rows (%.0f rows/s)", stats["rows"], stats["rows"] / (last_log - t0))
+                pending = ahead
+            if pending is not None:
+                _write_batch(writer, out_schema, passthrough, pending, decoder, encoders, config, stats, reasons)
+        os.replace(tmp, output)
+    finally:
+        decoder.close()
+        tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    result = {
+        "rows": stats["rows"],
+        "has_text": stats["has_text"],
+        "has_image": stats["has_image"],
+        "no_content": stats["no_content"],
+        "image_errors": sum(reasons.values()),
+        "image_error_reasons": dict(reasons.most_common(10)),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(stats["rows"] / seconds, 1) if seconds > 0 else None,
+        "provider": encoders.provider,
+        "model_version": bundle.model_version,
+        "output": str(output),
+    }
+    logger.info("embed done: %s", json.dumps(result))
+    return result
+
+
+def _write_batch(
+    writer: pq.ParquetWriter,
+    out_schema: pa.Schema,
+    passthrough: list[str],
+    pending: tuple[pa.RecordBatch, Any, list[str | None]],
+    decoder: _Decoder,
+    encoders: Encoders,
+    config: EmbedConfig,
+    stats: Counter,
+    reasons: Counter,
+) -> None:
+    batch, handle, read_errors = pending
+    n = batch.num_rows
+    texts = batch.column(config.text_column).to_pylist() if config.text_column else [None] * n
+    text = encoders.encode_texts(texts)
+    pixels, image_ok, image_reasons = decoder.result(handle)
+    image_emb = encoders.encode_pixels(pixels, image_ok)
+    # A present but unusable image is an error worth a reason; a null or empty one is just a missing modality.
+    errors = [
+        read_err or (None if ok or reason in ("null", "empty") else reason)
+        for ok, reason, read_err in zip(image_ok, image_reasons, read_errors)
+    ]
+    columns = [batch.column(name) for name in passthrough]
+    columns += [
+        embedding_array(text.emb, text.ok),
+        embedding_array(image_emb, image_ok),
+        pa.array(text.ok, type=pa.bool_()),
+        pa.array(image_ok, type=pa.bool_()),
+        pa.array(errors, type=pa.string()),
+    ]
+    writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
+    stats["rows"] += n
+    stats["has_text"] += int(text.ok.sum())
+    stats["has_image"] += int(image_ok.sum())
+    stats["no_content"] += int((~text.ok & ~image_ok).sum())
+    reasons.update(e.split(":")[0] for e in errors if e)
+
+
+def embed_posts(
+    bundle_dir: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    id_column: str | None = schema.DEFAULT_ID_COLUMN,
+    text_column: str | None = schema.DEFAULT_TEXT_COLUMN,
+    image_column: str | None = schema.DEFAULT_IMAGE_COLUMN,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int = 0,
+    keep_image_column: bool = False,
+) -> dict[str, Any]:
+    """Library entry point of `ctmwa-batch embed`: posts Parquet -> features Parquet; returns the stats."""
+    return embed(
+        EmbedConfig(
+            bundle_dir=Path(bundle_dir),
+            input_path=Path(input_path),
+            output_path=Path(output_path),
+            id_column=id_column,
+            text_column=text_column,
+            image_column=image_column,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            keep_image_column=keep_image_column,
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`ctmwa-batch embed` arguments."""
+    d = EmbedConfig(Path("."), Path("."), Path("."))
+    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder (encoders needed, head not)")
+    parser.add_argument("--input", required=True, type=Path, help="posts Parquet file or folder")
+    parser.add_argument("--output", required=True, type=Path, help="features Parquet file to write")
+    parser.add_argument("--id-column", default=d.id_column, help=f"id column (default {d.id_column!r})")
+    parser.add_argument("--text-column", default=d.text_column, help=f"text column (default {d.text_column!r})")
+    parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
+    parser.add_argument("--device", choices=DEVICES, default=d.device, help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: in process)")
+    parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
+    parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config from the arguments and embed."""
+    config = EmbedConfig(
+        bundle_dir=args.bundle,
+        input_path=args.input,
+        output_path=args.output,
+        id_column=args.id_column or None,
+        text_column=args.text_column,
+        image_column=args.image_column,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        intra_op_threads=args.threads,
+        keep_image_column=args.keep_image_column,
+    )
+    stats = embed(config)
+    print(json.dumps(stats, indent=2))
+    return 0

@@ -1,0 +1,128 @@
+"""ONNX Runtime sessions: provider choice (auto | cpu | cuda), thread settings, IO binding on CUDA.
+
+A requested GPU that is not there is an error (ProviderUnavailable), never a silent CPU fallback; `auto`
+takes CUDA when it works and says in the log which provider it got.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctmwa_batch.errors import ProviderUnavailable
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+GPU_EXTRA_HINT = "install the GPU runtime: pip install 'ctmwa-batch[gpu]' (onnxruntime-gpu, in place of onnxruntime)"
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or ProviderUnavailable naming the extra to install."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ProviderUnavailable(
+            f"onnxruntime is not installed ({e}); install one runtime extra: "
+            "pip install 'ctmwa-batch[cpu]' (CPU) or pip install 'ctmwa-batch[gpu]' (CUDA workers), never both"
+        ) from e
+    return onnxruntime
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How ONNX Runtime sessions are made."""
+
+    device: str = "auto"  # auto: CUDA if it works, else CPU (logged); cpu; cuda: CUDA or ProviderUnavailable
+    intra_op_threads: int = 0  # threads inside one operator; 0 lets ONNX Runtime use every core
+    inter_op_threads: int = 0  # threads across independent operators; 0 = ONNX Runtime's default
+    device_id: int = 0  # which CUDA device
+    io_binding: bool | None = None  # None: use IO binding on CUDA only; True/False forces it (tests use True on CPU)
+    log_severity: int = 3  # ONNX Runtime's own log level (0 verbose .. 4 fatal); 3 keeps fallback noise out of logs
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} unknown; use one of {list(DEVICES)}")
+
+
+class OnnxModel:
+    """An inference session plus how to run it: `run(feeds) -> {output name: array}`."""
+
+    def __init__(self, session: Any, path: Path, config: RuntimeConfig):
+        self.session = session
+        self.path = path
+        self.config = config
+        self.provider = session.get_providers()[0]
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.io_binding = config.io_binding if config.io_binding is not None else self.provider == CUDA
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the session runs on CUDA."""
+        return self.provider == CUDA
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on numpy inputs; on CUDA through IO binding (one host->device copy per input)."""
+        if set(feeds) != set(self.input_names):
+            raise ValueError(f"{self.path.name} takes inputs {self.input_names}, got {sorted(feeds)}")
+        if not self.io_binding:
+            return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        device = "cuda" if self.on_gpu else "cpu"
+        for name in self.output_names:
+            binding.bind_output(name, device, self.config.device_id if self.on_gpu else 0)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+
+def _providers_for(device: str, available: list[str], device_id: int) -> list[Any]:
+    if device == "cpu":
+        return [CPU]
+    if CUDA not in available:
+        if device == "cuda":
+            raise ProviderUnavailable(
+                f"device 'cuda' requested but this onnxruntime offers only {available}; {GPU_EXTRA_HINT}, "
+                "or run with --device cpu"
+            )
+        return [CPU]
+    return [(CUDA, {"device_id": device_id}), CPU]
+
+
+def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) -> OnnxModel:
+    """Open an ONNX graph on the configured device; ProviderUnavailable if `cuda` was asked for and is not usable."""
+    ort = import_onnxruntime()
+    path = Path(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.log_severity_level = config.log_severity
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = _providers_for(config.device, ort.get_available_providers(), config.device_id)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:
+        raise ProviderUnavailable(f"cannot open {str(path)!r} on {config.device} ({providers}): {e}") from e
+    got = session.get_providers()
+    if config.device == "cuda" and CUDA not in got:
+        # onnxruntime-gpu is installed but CUDA/cuDNN could not be loaded: it fell back to CPU after logging.
+        raise ProviderUnavailable(
+            f"device 'cuda' requested but {path.name} got {got}: onnxruntime-gpu is installed but its CUDA libraries "
+            "(CUDA runtime, cuBLAS, cuDNN) could not be loaded; install the CUDA/cuDNN versions this onnxruntime-gpu "
+            "needs (or call onnxruntime.preload_dlls() with the nvidia-* pip packages), or run with --device cpu"
+        )
+    model = OnnxModel(session, path, config)
+    if config.device == "auto":
+        logger.info("%s runs on %s (device auto; CUDA %s)", path.name, model.provider,
+                    "in use" if model.on_gpu else "not available")
+    else:
+        logger.debug("%s runs on %s", path.name, model.provider)
+    return model

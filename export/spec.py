@@ -1,0 +1,237 @@
+"""Declarative export specs and the one engine that exports a PyTorch module to ONNX and validates it.
+
+An `ExportSpec` says what a graph looks like (names, dynamic axes, opset), how close it must stay to PyTorch
+(tolerance) and how to make inputs for any batch size. `export_and_validate(spec, module, out_path)` exports into
+a temporary folder, checks the graph with onnx, runs onnxruntime against PyTorch at batch sizes other than the
+export's, collects every failure and raises one ExportValidationError; only a graph that passes is moved to
+`out_path`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ctmwa_batch.errors import ExportValidationError
+from ctmwa_batch.runtime import RuntimeConfig, create_session
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+
+InputMaker = Callable[[int], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What one exported graph must look like and how to check it against PyTorch."""
+
+    name: str  # graph name, used in logs and errors (e.g. "image_encoder", "head")
+    input_names: tuple[str, ...]  # graph inputs, in the order the module's forward takes them
+    output_names: tuple[str, ...]  # graph outputs, in the order the module returns them (tensor, tuple or dict)
+    dynamic_axes: Mapping[str, Mapping[int, str]]  # input/output name -> {axis: symbolic name}, e.g. {0: "batch"}
+    make_inputs: InputMaker  # batch size -> {input name: numpy array}; the reference gets the same arrays as tensors
+    output_shapes: Mapping[str, tuple[int | str, ...]] = field(default_factory=dict)  # expected shapes; str = a symbolic axis of the inputs
+    opset: int = DEFAULT_OPSET  # ONNX opset of the exported graph
+    atol: float = 1e-4  # largest |onnxruntime - PyTorch| allowed on any output element
+    export_batch_size: int = 2  # batch size of the example the export traces (not 0 or 1: exporters specialise those)
+    validation_batch_sizes: tuple[int, ...] = (1, 3, 7)  # batch sizes validated, none of them the export's
+    extra_batch_sizes: tuple[int, ...] = ()  # more batch sizes to validate (e.g. 1000 for a small head)
+    dynamo: bool = True  # torch.onnx's dynamo exporter (False: the TorchScript one)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.dynamic_axes) - set(self.input_names) - set(self.output_names)
+        if unknown:
+            raise ValueError(f"dynamic_axes names {sorted(unknown)} are neither inputs {self.input_names} nor outputs {self.output_names}")
+        if self.export_batch_size < 2:
+            raise ValueError(f"export_batch_size {self.export_batch_size}: use 2 or more, exporters specialise 0 and 1")
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """Every batch size validated, in order, without repeats."""
+        return tuple(dict.fromkeys((*self.validation_batch_sizes, *self.extra_batch_sizes)))
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What a successful export checked."""
+
+    graph: str  # the spec's name
+    path: Path  # where the validated graph now is
+    batch_sizes: tuple[int, ...]  # batch sizes compared against PyTorch
+    max_abs_diff: dict[str, float]  # output name -> largest |onnxruntime - PyTorch| over all cases
+    export_seconds: float  # time spent in torch.onnx.export
+    validate_seconds: float  # time spent in checks
+
+
+def _as_outputs(result: object, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Module output (tensor, tuple/list, dict or object with attributes) -> {output name: numpy array}."""
+    if isinstance(result, torch.Tensor):
+        values = [result]
+    elif isinstance(result, Mapping):
+        values = [result[name] for name in names]
+    elif isinstance(result, (tuple, list)):
+        values = list(result)
+    else:
+        values = [getattr(result, name) for name in names]
+    if len(values) != len(names):
+        raise ValueError(f"module returned {len(values)} outputs, spec names {len(names)}: {list(names)}")
+    return {name: value.detach().cpu().numpy() for name, value in zip(names, values)}
+
+
+def _export(spec: ExportSpec, module: torch.nn.Module, path: Path) -> None:
+    example = spec.make_inputs(spec.export_batch_size)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in spec.input_names)
+    if spec.dynamo:
+        # Input axes that share a symbolic name share one Dim; output axes follow from the graph.
+        dims: dict[str, torch.export.Dim] = {}
+        dynamic = tuple(
+            {axis: dims.setdefault(symbol, torch.export.Dim(symbol)) for axis, symbol in spec.dynamic_axes.get(name, {}).items()} or None
+            for name in spec.input_names
+        )
+        kwargs = {"dynamic_shapes": dynamic, "external_data": False, "verbose": False}
+    else:
+        kwargs = {"dynamic_axes": {name: dict(axes) for name, axes in spec.dynamic_axes.items()}}
+    # The dynamo exporter prints progress to stdout; keep it in the debug log instead.
+    captured = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(captured), warnings.catch_warnings():
+        # Shared axis names (input_ids and attention_mask both "sequence") are intended; torch warns about them.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            opset_version=spec.opset,
+            dynamo=spec.dynamo,
+            **kwargs,
+        )
+    if captured.getvalue().strip():
+        logger.debug("torch.onnx.export(%s): %s", spec.name, captured.getvalue().strip())
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception of a chain, without terminal colour codes: what a user needs to see first."""
+    inner = e
+    while inner.__cause__ is not None or (inner.__context__ is not None and not inner.__suppress_context__):
+        inner = inner.__cause__ or inner.__context__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(inner).__name__}: {inner}")
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def _axis_sizes(spec: ExportSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for name, axes in spec.dynamic_axes.items():
+        if name in inputs:
+            for axis, symbol in axes.items():
+                sizes.setdefault(symbol, int(inputs[name].shape[axis]))
+    return sizes
+
+
+def _validate(spec: ExportSpec, module: torch.nn.Module, path: Path) -> tuple[list[str], dict[str, float]]:
+    """Every check on the exported file; returns (failures, max |diff| per output)."""
+    failures: list[str] = []
+    max_diff = {name: 0.0 for name in spec.output_names}
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001 - each check's failure is collected
+        failures.append(f"onnx checker: {type(e).__name__}: {e}")
+    try:
+        session = create_session(path, RuntimeConfig(device="cpu"))
+    except Exception as e:  # noqa: BLE001
+        return [*failures, f"onnxruntime cannot load the graph: {e}"], max_diff
+    if tuple(session.input_names) != spec.input_names:
+        failures.append(f"graph inputs are {session.input_names}, spec says {list(spec.input_names)}")
+    if tuple(session.output_names) != spec.output_names:
+        failures.append(f"graph outputs are {session.output_names}, spec says {list(spec.output_names)}")
+        return failures, max_diff
+    for batch_size in spec.batch_sizes:
+        inputs = spec.make_inputs(batch_size)
+        case = f"batch {batch_size}" + "".join(
+            f", {symbol} {size}" for symbol, size in _axis_sizes(spec, inputs).items() if symbol != "batch"
+        )
+        try:
+            with torch.no_grad():
+                ref = _as_outputs(module(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names)), spec.output_names)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"{case}: PyTorch reference failed: {type(e).__name__}: {e}")
+            continue
+        try:
+            got = session.run({name: inputs[name] for name in spec.input_names})
+        except Exception as e:  # noqa: BLE001 - e.g. a batch axis baked in at export
+            failures.append(f"{case}: onnxruntime failed: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        sizes = _axis_sizes(spec, inputs)
+        for name in spec.output_names:
+            r, g = ref[name], got[name]
+            expected = spec.output_shapes.get(name)
+            if expected is not None:
+                want = tuple(sizes.get(d, d) if isinstance(d, str) else d for d in expected)
+                if g.shape != want:
+                    failures.append(f"{case}: output {name!r} has shape {g.shape}, spec says {want}")
+            if g.shape != r.shape:
+                failures.append(f"{case}: output {name!r} has shape {g.shape}, PyTorch gives {r.shape}")
+                continue
+            if g.dtype != r.dtype:
+                failures.append(f"{case}: output {name!r} has dtype {g.dtype}, PyTorch gives {r.dtype}")
+            if r.size == 0:
+                continue
+            if r.dtype == np.bool_ or np.issubdtype(r.dtype, np.integer):
+                diff = float(np.max(r.astype(np.int64) != g.astype(np.int64)))
+            else:
+                finite = np.isfinite(r) == np.isfinite(g)
+                if not finite.all():
+                    failures.append(f"{case}: output {name!r} is non-finite where PyTorch is not (or the reverse)")
+                diff = float(np.nanmax(np.abs(r.astype(np.float64) - g.astype(np.float64))))
+            max_diff[name] = max(max_diff[name], diff)
+            if not diff <= spec.atol:
+                failures.append(f"{case}: output {name!r} max |onnxruntime - PyTorch| {diff:.3g} > tolerance {spec.atol:g}")
+    return failures, max_diff
+
+
+def export_and_validate(spec: ExportSpec, module: torch.nn.Module, out_path: str | Path) -> ValidationReport:
+    """Export `module` per `spec`, validate it against PyTorch, and move it to `out_path` only if every check passes."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.eval()
+    # The staging folder sits beside the destination so that the final move is a rename on one filesystem.
+    staging = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".export-{spec.name}-"))
+    try:
+        staged = staging / out_path.name
+        t0 = time.perf_counter()
+        try:
+            _export(spec, module, staged)
+        except Exception as e:
+            raise ExportValidationError(spec.name, [f"torch.onnx.export failed: {_root_cause(e)}"]) from e
+        t1 = time.perf_counter()
+        failures, max_diff = _validate(spec, module, staged)
+        t2 = time.perf_counter()
+        worst = max(max_diff.values(), default=0.0)
+        if failures:
+            raise ExportValidationError(spec.name, failures, max_abs_diff=worst)
+        extra = sorted(p.name for p in staging.iterdir() if p != staged)
+        if extra:
+            raise ExportValidationError(spec.name, [f"export wrote extra files {extra}; the graph must be one self-contained file"])
+        os.replace(staged, out_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info(
+        "%s: exported in %.1fs, validated at batch sizes %s (max |diff| %.2g <= %g) -> %s",
+        spec.name, t1 - t0, list(spec.batch_sizes), worst, spec.atol, out_path,
+    )
+    return ValidationReport(spec.name, out_path, spec.batch_sizes, max_diff, t1 - t0, t2 - t1)
