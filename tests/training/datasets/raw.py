@@ -129,13 +129,16 @@ TUMEMO_EXPECTED = {
 
 
 def make_balanced_mvsa_single(root: Path, per_class: tuple[int, int, int], seed: int = 0) -> Path:
-    """An MVSA-Single folder with `per_class` posts of positive, neutral, negative; every post complete."""
+    """An MVSA-Single folder with `per_class` posts of positive, neutral, negative; every post complete.
+
+    Each class has its own image colour and its own word in the text, so a model can learn the classes.
+    """
     data = root / "data"
     lines = ["ID\ttext,image"]
     words = ("positive", "neutral", "negative")
     n = 0
-    image = jpeg(seed)
     for label, count in enumerate(per_class):
+        image = jpeg(seed + 3 * label + 1)
         for _ in range(count):
             n += 1
             post_id = str(1000 + n)
