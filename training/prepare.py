@@ -309,7 +309,9 @@ def format_summary(summary: dict) -> str:
         )
     if "missing_modalities" in summary:
         m = summary["missing_modalities"]
-        lines.append(f"features: {m['posts']} rows, {m['without_text']} without text, {m['without_image']} without image")
+        lines.append(
+            f"features: {m['posts']} rows, {m['without_text']} without text, {m['without_image']} without image"
+        )
         lines.append(f"wrote {summary['features_path']}")
     lines.append(f"wrote {summary['posts_path']} and {summary['summary_path']}")
     return "\n".join(lines)

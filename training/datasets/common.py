@@ -8,6 +8,7 @@ batches of the posts table. Nothing is dropped without a count in the `ReadRepor
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -247,6 +248,10 @@ def read_content(post: RawPost, options: ReadOptions) -> _Content:
             raw_text = post.text_path.read_bytes()
         except FileNotFoundError:
             raw_text = None
+        except OSError as e:  # permissions, a folder named ID.txt: the environment, not the data, is wrong
+            raise DatasetError(
+                f"{post.text_path}: cannot read the text file ({e}); fix its permissions or remove it"
+            ) from e
     if raw_text is None:
         text_problem = "missing_texts"
     else:
@@ -331,8 +336,6 @@ def _chunks(items: Iterable[RawPost], size: int) -> Iterator[list[RawPost]]:
 
 def posts_metadata(report: ReadReport) -> dict[bytes, bytes]:
     """Schema metadata of a posts or features table: class names, whether unimodal labels exist, the source."""
-    import json
-
     return {
         META_LABELS: json.dumps(list(report.labels)).encode(),
         META_UNIMODAL: b"true" if report.unimodal_labels else b"false",

@@ -32,7 +32,9 @@ from training.datasets.common import (
 logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_EXTENSIONS = {
+    ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
+}
 _INT = re.compile(r"[+-]?\d+")
 
 
@@ -63,7 +65,9 @@ class GenericConfig:
             raise ValueError(f"format must be one of {FORMATS}, not {self.format!r}")
 
 
-def read_generic(path: str | Path, config: GenericConfig = GenericConfig(), options: ReadOptions = ReadOptions()) -> PostsRead:
+def read_generic(
+    path: str | Path, config: GenericConfig = GenericConfig(), options: ReadOptions = ReadOptions()
+) -> PostsRead:
     """Read a generic labelled table into a posts table and a report."""
     return read_all(generic_source(path, config, options))
 
@@ -80,7 +84,9 @@ def generic_source(
         raise DatasetError(f"{path} not found; give --root the CSV, TSV, JSONL or Parquet file of the labelled set")
     fmt = config.format or ("parquet" if path.is_dir() else _EXTENSIONS.get(path.suffix.lower()))
     if fmt is None:
-        raise DatasetError(f"{path}: cannot tell the format from the extension {path.suffix!r}; set --format to one of {FORMATS}")
+        raise DatasetError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; set --format to one of {FORMATS}"
+        )
     dataset = _open(path, fmt, config)
     names = dataset.schema.names
 
@@ -94,7 +100,9 @@ def generic_source(
     text_col = need(config.text_column, "--text-column") if config.text_column else None
     image_col = need(config.image_column, "--image-column") if config.image_column else None
     if text_col is None and image_col is None:
-        raise DatasetError(f"{path}: neither a text nor an image column configured; set --text-column or --image-column")
+        raise DatasetError(
+            f"{path}: neither a text nor an image column configured; set --text-column or --image-column"
+        )
     t_col = need(config.t_label_column, "--t-label-column") if config.t_label_column else (
         "t_label" if "t_label" in names else None
     )
@@ -111,12 +119,16 @@ def generic_source(
         if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)
                 or pa.types.is_string(image_type) or pa.types.is_large_string(image_type)):
             raise DatasetError(
-                f"{path}: image column {image_col!r} has type {image_type}; it must hold bytes (binary) or paths (string)"
+                f"{path}: image column {image_col!r} has type {image_type}; "
+                "it must hold bytes (binary) or paths (string)"
             )
 
     label_cols = [c for c in (label_col, t_col, v_col) if c is not None]
     label_table = dataset.to_table(columns=[id_col, *label_cols])
-    values = {c: [_label_value(v, path, i, c) for i, v in enumerate(label_table.column(c).to_pylist(), start=1)] for c in label_cols}
+    values = {
+        c: [_label_value(v, path, row, c) for row, v in enumerate(label_table.column(c).to_pylist(), start=1)]
+        for c in label_cols
+    }
     class_names, index_of = _class_names(values, config.labels, path)
     ids = ["" if v is None else str(v) for v in label_table.column(id_col).to_pylist()]
     _check_ids(ids, path, id_col)

@@ -253,3 +253,11 @@ def test_blank_lines_are_not_posts(tmp_path):
     write_post(tmp_path / "data", "1", "hi", jpeg(1))
     (tmp_path / "labelResultAll.txt").write_text("ID\ttext,image\n\n1\tpositive,positive\n\n")
     assert read_mvsa_single(tmp_path).report.read == 1
+
+
+def test_unreadable_text_file_is_an_error(tmp_path):
+    write_post(tmp_path / "data", "1", None, jpeg(1))
+    (tmp_path / "data" / "1.txt").mkdir()  # a folder where the text file should be: cannot be read
+    (tmp_path / "labelResultAll.txt").write_text("ID\ttext,image\n1\tpositive,positive\n")
+    with pytest.raises(DatasetError, match=r"1\.txt: cannot read the text file"):
+        read_mvsa_single(tmp_path)
