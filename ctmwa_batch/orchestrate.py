@@ -118,9 +118,18 @@ def resolve_bundle(settings: Settings) -> tuple[str, str]:
     return str(path), bundle.model_version
 
 
-def score_config(settings: Settings) -> dict[str, Any]:
-    """The scorer's configuration (ctmwa_batch.job.ScoreConfig fields) from the settings."""
-    return {"batch_size": settings.batch_size, "device": settings.device}
+def score_config(settings: Settings, overwrite: bool = False) -> dict[str, Any]:
+    """The scorer's configuration (ctmwa_batch.job.ScoreConfig fields, JSON for XCom) from the settings."""
+    return {
+        "device": settings.device,
+        "batch_size": settings.batch_size,
+        "max_rows_per_shard": settings.max_rows_per_shard,
+        "id_column": settings.id_column,
+        "text_column": settings.text_column,
+        "image_column": settings.image_column,
+        "passthrough": list(settings.passthrough_columns),
+        "overwrite": overwrite,
+    }
 
 
 # --------------------------------------------------------------------------------------------------- nightly
@@ -138,7 +147,8 @@ def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | Non
     _require_input(input_path, settings, date)
     bundle_dir, version = resolve_bundle(settings)
     overwrite = bool(params.get("overwrite", False))
-    plan = job.plan(input_path, settings.output_root, bundle_dir, max_rows_per_shard=settings.max_rows_per_shard, overwrite=overwrite)
+    config = score_config(settings, overwrite)
+    plan = job.plan(input_path, settings.output_root, bundle_dir, config=config)
     skip = bool(plan.get("skip", False))
     shards = [] if skip else [s["index"] for s in plan["shards"]]
     if skip:
@@ -154,7 +164,7 @@ def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | Non
         "skip": skip,
         "shards": shards,
         "plan": plan,
-        "config": score_config(settings),
+        "config": config,
     }
 
 
@@ -178,8 +188,8 @@ def commit_day(planned: Mapping[str, Any]) -> dict[str, Any]:
         success = read_success(planned["output_dir"])
         if success is None:  # removed between plan and commit: the next run scores it
             raise CtmwaError(f"{planned['output_dir']} lost its _SUCCESS.json after planning; rerun this DAG run")
-        return summarize(success, date=planned["date"], skipped=True)
-    return summarize(job.commit(dict(planned["plan"])), date=planned["date"], skipped=False)
+        return summarize(success, date=planned["date"], output_dir=planned["output_dir"], skipped=True)
+    return summarize(job.commit(dict(planned["plan"])), date=planned["date"], output_dir=planned["output_dir"], skipped=False)
 
 
 # --------------------------------------------------------------------------------------------------- backfill
@@ -246,19 +256,19 @@ def score_days(backfill: Mapping[str, Any], dates: list[str]) -> list[dict[str, 
     from ctmwa_batch import job
 
     settings = Settings.load(overrides=backfill["settings"])
-    config = score_config(settings)
+    config = score_config(settings, backfill["overwrite"])
     out = []
     for date in dates:
         input_path = settings.input_path(date)
         _require_input(input_path, settings, date)
-        plan = job.plan(input_path, settings.output_root, backfill["bundle_dir"], max_rows_per_shard=settings.max_rows_per_shard, overwrite=backfill["overwrite"])
+        plan = job.plan(input_path, settings.output_root, backfill["bundle_dir"], config=config)
         if plan.get("skip"):
             logger.info("%s was committed since the backfill was planned; leaving it", date)
-            out.append(summarize(read_success(plan["output_dir"]) or {}, date=date, skipped=True))
+            out.append(summarize(read_success(plan["output_dir"]) or {}, date=date, output_dir=plan["output_dir"], skipped=True))
             continue
         for shard in plan["shards"]:
             job.score_shard(plan, shard["index"], backfill["bundle_dir"], config)
-        out.append(summarize(job.commit(plan), date=date, skipped=False))
+        out.append(summarize(job.commit(plan), date=date, output_dir=plan["output_dir"], skipped=False))
         logger.info("%s committed: %s", date, out[-1]["rows"])
     return out
 
@@ -272,19 +282,19 @@ def _run_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- reports
 
 
-def summarize(success: Mapping[str, Any], *, date: str, skipped: bool) -> dict[str, Any]:
+def summarize(success: Mapping[str, Any], *, date: str, output_dir: str, skipped: bool) -> dict[str, Any]:
     """A partition's _SUCCESS.json cut to what a report and an XCom need (no file listings, no per-shard timings)."""
-    rows = dict(success.get("rows") or {})
+    rows = {k: v for k, v in (success.get("rows") or {}).items() if k != "by_sentiment"}
     timings = {k: v for k, v in (success.get("timings") or {}).items() if k != "shards"}
     out = {
         "date": date,
         "partition": success.get("partition"),
         "model_version": success.get("model_version"),
-        "output_dir": success.get("output_dir"),
+        "output_dir": output_dir,
         "committed_at": success.get("committed_at"),
         "skipped": skipped,
         "rows": rows,
-        "sentiments": dict(success.get("sentiments") or rows.get("by_sentiment") or {}),
+        "sentiments": dict(rows.get("by_sentiment") or {}),
         "timings": timings,
     }
     return out

@@ -46,6 +46,10 @@ class Settings:
     model_version: str = CURRENT  # "current" (follow the CURRENT pointer when a run starts) or a published version
     partition_template: str = "dt={date}"  # one day's input partition under input_root; {date} is YYYY-MM-DD
     input_ready_marker: str = ""  # a file the upstream writes last into a partition (e.g. _SUCCESS); "" = any .parquet file
+    id_column: str = "post_id"  # the posts' id column (string, integer or binary), copied to the scores
+    text_column: str = "text"  # the posts' text column (string)
+    image_column: str = "image"  # the posts' image column: bytes, or a path/URI string
+    passthrough: str = ""  # comma-separated further input columns copied to the scores (e.g. "created_at,user_id")
     # ---- how a shard is scored (task run time; params override)
     device: str = "cuda"  # cuda | cpu | auto; cuda on a worker without a GPU fails the task (never a silent CPU fallback)
     batch_size: int = 256  # rows per ONNX Runtime batch
@@ -73,7 +77,7 @@ class Settings:
         for name in ("shard_retries", "retry_delay_minutes", "input_wait_hours"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must not be negative (CTMWA_{name.upper()})")
-        for name in ("input_root", "output_root", "models_root", "model_version", "queue", "pool"):
+        for name in ("input_root", "output_root", "models_root", "model_version", "queue", "pool", "id_column", "text_column", "image_column"):
             if not getattr(self, name):
                 raise SettingsError(f"{name} is empty; set CTMWA_{name.upper()} or leave it unset for the default")
         if "{date}" not in self.partition_template:
@@ -99,6 +103,11 @@ class Settings:
         """The input partition of one day (YYYY-MM-DD)."""
         return f"{self.input_root.rstrip('/')}/{self.partition_template.format(date=date)}"
 
+    @property
+    def passthrough_columns(self) -> tuple[str, ...]:
+        """The passthrough setting as a tuple of column names."""
+        return tuple(c.strip() for c in self.passthrough.split(",") if c.strip())
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (what a task logs and hands on through XCom)."""
         return dataclasses.asdict(self)
@@ -113,6 +122,10 @@ RUN_OVERRIDES = {
     "output_root": "scores root (path or URI); null = CTMWA_OUTPUT_ROOT",
     "models_root": "published models root; null = CTMWA_MODELS_ROOT",
     "model_version": "'current' or a published model version; null = CTMWA_MODEL_VERSION (default 'current')",
+    "id_column": "the posts' id column; null = CTMWA_ID_COLUMN (default post_id)",
+    "text_column": "the posts' text column; null = CTMWA_TEXT_COLUMN (default text)",
+    "image_column": "the posts' image column (bytes or path); null = CTMWA_IMAGE_COLUMN (default image)",
+    "passthrough": "comma-separated input columns copied to the scores; null = CTMWA_PASSTHROUGH",
     "device": "cuda | cpu | auto; null = CTMWA_DEVICE (default cuda)",
     "batch_size": "rows per ONNX Runtime batch; null = CTMWA_BATCH_SIZE",
     "max_rows_per_shard": "rows per scoring task; null = CTMWA_MAX_ROWS_PER_SHARD",

@@ -31,7 +31,8 @@ SCORES = Asset(name=SCORES_ASSET_NAME, uri=SCORES_ASSET_URI)
     max_active_runs=1,  # two backfills of overlapping ranges would race for the same partitions
     tags=["ctmwa", "scoring", "backfill"],
     doc_md=__doc__,
-    default_args={"owner": "ctmwa"},
+    # The light tasks (plan, commit, report) read footers and markers: one retry covers a storage hiccup.
+    default_args={"owner": "ctmwa", "retries": 1, "retry_delay": timedelta(minutes=2)},
     params={
         "start_date": Param(type="string", format="date", description="first day to score (YYYY-MM-DD)"),
         "end_date": Param(type="string", format="date", description="last day to score, included (YYYY-MM-DD)"),
