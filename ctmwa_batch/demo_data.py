@@ -287,3 +287,49 @@ def _write(table: pa.Table, path: Path, row_group_size: int | None) -> Path:
     pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
     tmp.replace(path)
     return path
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate(lake_root: str | Path, output_root: str | Path, model_version: str, dates: list[str]) -> list[dict]:
+    """Accuracy of committed scores against the generated labels, per day and over all days, overall and by where the
+    cue was (text and image / text only / image only). Rows without a label (bad rows) or a score do not count."""
+    import pyarrow.dataset as ds
+
+    per_day = []
+    for date in dates:
+        labels = {r["post_id"]: r for r in pq.read_table(Path(lake_root) / "labels" / f"dt={date}" / "labels.parquet").to_pylist() if r["post_id"]}
+        scores = ds.dataset(str(Path(output_root) / f"model_version={model_version}" / f"dt={date}"), format="parquet").to_table(columns=["post_id", "sentiment"]).to_pylist()
+        counts: dict[str, list[int]] = {}
+        for row in scores:
+            truth = labels.get(row["post_id"])
+            if truth is None or truth["label"] is None or row["sentiment"] is None:
+                continue
+            for group in ("all", truth["cue"]):
+                hit_total = counts.setdefault(group, [0, 0])
+                hit_total[0] += row["sentiment"] == truth["label"]
+                hit_total[1] += 1
+        per_day.append({"date": date, "counts": counts})
+    total: dict[str, list[int]] = {}
+    for day in per_day:
+        for group, (hits, n) in day["counts"].items():
+            t = total.setdefault(group, [0, 0])
+            t[0] += hits
+            t[1] += n
+    return [*per_day, {"date": "all days", "counts": total}]
+
+
+def format_accuracy(rows: list[dict]) -> str:
+    """evaluate()'s result as a small table (accuracy and the number of rows it is over)."""
+    groups = [("all", "all posts"), ("both", "cue in text+image"), ("text", "cue in text only"), ("image", "cue in image only"), ("bad", "bad rows with a label")]
+    head = ["date", *[name for _, name in groups]]
+    lines = [head]
+    for row in rows:
+        cells = [row["date"]]
+        for key, _ in groups:
+            hits, n = row["counts"].get(key, (0, 0))
+            cells.append(f"{hits / n:.3f} ({n})" if n else "-")
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in [lines[0], ["-" * w for w in widths], *lines[1:]])
