@@ -188,7 +188,7 @@ def bad_posts(key: str, rng: np.random.Generator) -> list[dict]:
         {"post_id": f"{key}-bad-{name}", "text": text, "image": image, "label": label, "text_label": None, "image_label": None, "cue": "bad"}
         for name, text, image, label in rows
     ]
-    # A null id: the row is still scored and kept (the id column is the caller's, not ours to drop).
+    # A null id: the scorer keeps the row (every input row gets one output row) with status "error".
     out.append({"post_id": None, "text": "good coffee this morning", "image": encode_image(make_image_array(POSITIVE, rng)), "label": None, "text_label": None, "image_label": None, "cue": "bad"})
     return out
 

@@ -294,7 +294,7 @@ def summarize(success: Mapping[str, Any], *, date: str, output_dir: str, skipped
         "committed_at": success.get("committed_at"),
         "skipped": skipped,
         "rows": rows,
-        "sentiments": dict(rows.get("by_sentiment") or {}),
+        "sentiments": dict((success.get("rows") or {}).get("by_sentiment") or {}),
         "timings": timings,
     }
     return out

@@ -116,11 +116,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     story = Story(sys.stdout)
     story.say(f"ctmwa-batch demo: {args.days} days of posts, Airflow on SQLite, everything under {out}")
+    log_path = home / "demo.log"
+    story.say(f"(the libraries' and Airflow's own output goes to {log_path})")
+    with output_to(log_path) as terminal:
+        story.out = terminal
+        ok = _run(story, args, out, home, lake, dates)
+    story.out = sys.stdout
+    if not ok:
+        story.say(f"\nSomething failed; the last lines of {log_path}:\n")
+        story.say("".join(log_path.read_text().splitlines(keepends=True)[-60:]))
+        return 1
+    summarize(story, out, lake, models, dates)
+    story.say()
+    story.say(NOTE)
+    story.step("done")
+    return 0
 
+
+def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Path, dates: list[str]) -> bool:
+    """Build the lake and the Airflow home, release the demo model, score every day; False when a step failed."""
     from ctmwa_batch import demo_data
 
     story.step(f"writing the lake: {len(dates)} partitions of {args.rows} posts + 10 bad rows each, and {args.train_posts} labelled training posts")
-    partitions = demo_data.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
+    demo_data.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
     training_posts = demo_data.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
 
     story.step("building a tiny CLIP offline (random weights: export/tiny.py)")
@@ -130,60 +148,48 @@ def main(argv: list[str] | None = None) -> int:
 
     story.step(f"airflow db migrate (SQLite at {home / 'airflow.db'})")
     proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True)
-    (home / "migrate.log").write_text(proc.stdout + proc.stderr)
+    print(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        story.say(proc.stdout[-3000:] + proc.stderr[-3000:])
-        return 1
+        return False
 
-    log_path = home / "demo.log"
-    story.step(f"Airflow's output goes to {log_path}")
-    runs: list[tuple[str, str, str]] = []
-    with output_to(log_path) as terminal:
-        story.out = terminal
-        from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-        if bag.import_errors:
-            story.say(f"DAG import errors: {json.dumps(bag.import_errors, indent=2)}")
-            return 1
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    if bag.import_errors:
+        story.step(f"DAG import errors: {json.dumps(bag.import_errors, indent=2)}")
+        return False
 
-        def run(dag_id: str, logical_date: dt.datetime, conf: dict | None = None, label: str = "") -> bool:
-            t0 = time.perf_counter()
-            dr = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf)
-            state = str(getattr(dr.state, "value", dr.state))
-            story.step(f"  {dag_id} {label}: {state} in {time.perf_counter() - t0:.1f}s")
-            runs.append((dag_id, label, state))
-            return state == "success"
+    def run(dag_id: str, logical_date: dt.datetime, conf: dict | None, label: str) -> bool:
+        t0 = time.perf_counter()
+        dr = bag.get_dag(dag_id).test(logical_date=logical_date, run_conf=conf)
+        state = str(getattr(dr.state, "value", dr.state))
+        story.step(f"  {dag_id} {label}: {state} in {time.perf_counter() - t0:.1f}s")
+        return state == "success"
 
-        story.step("ctmwa_export_model: export encoders -> embed training posts -> train -> export head -> validate -> publish")
-        conf = {
-            "clip_source": str(clip_dir),
-            "training_posts": str(training_posts),
-            "labels": ",".join(demo_data.LABELS),
-            "epochs": args.epochs,
-            "train_config": {"training": {"batch_size": 64}},
-        }
-        ok = run("ctmwa_export_model", dt.datetime.fromisoformat(dates[0]).replace(tzinfo=dt.timezone.utc), conf, "(demo model)")
-        if ok:
-            for date in dates:
-                # The nightly run for day D starts after D ends: its data interval is [D, D+1), so it scores dt=D.
-                night = dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
-                ok = run("ctmwa_score_daily", night, None, f"dt={date}") and ok
-            first_night = dt.datetime.fromisoformat(dates[0]).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
-            ok = run("ctmwa_score_daily", first_night, None, f"dt={dates[0]} again (a rerun: nothing to do)") and ok
-    story.out = sys.stdout
-    if not ok:
-        story.say(f"\nA DAG run failed; the last lines of {log_path}:\n")
-        story.say("".join(log_path.read_text().splitlines(keepends=True)[-60:]))
-        return 1
-    summarize(story, out, lake, models, dates, partitions)
-    story.say()
-    story.say(NOTE)
-    story.step("done")
-    return 0
+    story.step("ctmwa_export_model: export encoders -> embed training posts -> train -> export head -> validate -> publish")
+    conf = {
+        "clip_source": str(clip_dir),
+        "training_posts": str(training_posts),
+        "labels": ",".join(demo_data.LABELS),
+        "epochs": args.epochs,
+        "train_config": {"training": {"batch_size": 64, "lr": 0.005}},
+    }
+    if not run("ctmwa_export_model", _utc(dates[0]), conf, "(the demo model)"):
+        return False
+    story.step("ctmwa_score_daily, night by night: wait_for_input -> plan -> score_shard (mapped) -> commit -> publish, report")
+    for date in dates:
+        # The nightly run for day D starts once D is over: its data interval is [D, D+1), so it scores dt=D.
+        if not run("ctmwa_score_daily", _utc(date) + dt.timedelta(days=1), None, f"dt={date}"):
+            return False
+    return run("ctmwa_score_daily", _utc(dates[0]) + dt.timedelta(days=1), None, f"dt={dates[0]} again (committed already: a no-op)")
 
 
-def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str], partitions: list[dict]) -> None:
+def _utc(date: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
+
+
+def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
+    """Where the model and the scores are, the per-day table, and the demo model's accuracy."""
     from ctmwa_batch import demo_data, orchestrate, registry
     from ctmwa_batch.partitions import output_dir, read_success
 
