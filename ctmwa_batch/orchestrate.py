@@ -293,6 +293,7 @@ def summarize(success: Mapping[str, Any], *, date: str, output_dir: str, skipped
         "output_dir": output_dir,
         "committed_at": success.get("committed_at"),
         "skipped": skipped,
+        "shards": len(success.get("parts") or []) if isinstance(success.get("parts"), list) else success.get("parts"),
         "rows": rows,
         "sentiments": dict((success.get("rows") or {}).get("by_sentiment") or {}),
         "timings": timings,
@@ -320,7 +321,7 @@ def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None =
         for s in summaries:
             seen.update(dict.fromkeys(s.get("sentiments") or {}))
         labels = list(seen)
-    head = ["date", "model", "rows", *STATUSES, *labels, "rows/s", "run"]
+    head = ["date", "model", "shards", "rows", *STATUSES, *labels, "rows/s", "run"]
     lines = []
     for s in sorted(summaries, key=lambda s: s["date"]):
         rows = s.get("rows") or {}
@@ -331,6 +332,7 @@ def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None =
             [
                 s["date"],
                 str(s.get("model_version") or "")[:8],
+                str(s.get("shards") or ""),
                 str(rows.get("output", rows.get("input", ""))),
                 *[str(by_status.get(k, 0)) for k in STATUSES],
                 *[str(sentiments.get(k, 0)) for k in labels],
@@ -339,7 +341,8 @@ def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None =
             ]
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    last = len(head) - 1
+    fmt = lambda cells: "  ".join(c.rjust(w) if 2 <= i < last else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)])
 
 
