@@ -1,0 +1,144 @@
+"""The DAGs run under Airflow (`dag.test()` against a migrated SQLite home, in a subprocess): the nightly DAG over
+two days with bad rows, its rerun as a no-op, a missing day, the backfill over a range with a committed day, and
+the export DAG publishing a bundle and moving CURRENT."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ctmwa_batch import demo_data, job, registry
+from ctmwa_batch.partitions import output_dir
+from tests.dags.conftest import task_states
+
+pytestmark = pytest.mark.slow
+
+DAYS = ("2026-01-05", "2026-01-06")
+
+
+def _night_after(day: str) -> str:
+    """The logical date of the scheduled run that scores `day`: a manual run scores the last full day before it."""
+    return (dt.datetime.fromisoformat(day) + dt.timedelta(days=1)).replace(tzinfo=dt.timezone.utc).isoformat()
+
+
+@pytest.fixture(scope="module")
+def models_root(full_bundle: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    registry.publish(full_bundle, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, models_root: Path) -> dict[str, str]:
+    """A lake of two days (40 posts + 10 bad rows each, row groups of 10) and the CTMWA_* environment of the workers."""
+    root = tmp_path_factory.mktemp("deploy")
+    for day in DAYS:
+        demo_data.write_partition(root / "lake", day, rows=40, row_group_size=10)
+    return {
+        "CTMWA_INPUT_ROOT": str(root / "lake" / "posts"),
+        "CTMWA_OUTPUT_ROOT": str(root / "scores"),
+        "CTMWA_MODELS_ROOT": str(models_root),
+        "CTMWA_DEVICE": "cpu",
+        "CTMWA_MAX_ROWS_PER_SHARD": "20",
+        "CTMWA_INPUT_WAIT_HOURS": "0",  # a missing day fails at the first look instead of waiting hours
+        "CTMWA_RETRY_DELAY_MINUTES": "0",
+    }
+
+
+def _out(deployment: dict, models_root: Path, day: str) -> Path:
+    return Path(output_dir(deployment["CTMWA_OUTPUT_ROOT"], registry.current_version(models_root), f"dt={day}"))
+
+
+def test_daily_dag_scores_two_days_then_a_rerun_is_a_noop(run_dags, deployment, models_root):
+    first = run_dags([{"dag_id": "ctmwa_score_daily", "logical_date": _night_after(day)} for day in DAYS], env=deployment)
+    for day, run in zip(DAYS, first):
+        assert run["state"] == "success", run["tasks"]
+        assert run["data_interval_start"].startswith(day)
+        assert task_states(run, "score_shard") == ["success"] * 3  # 50 rows in row groups of 10, 20 rows a shard
+        out = _out(deployment, models_root, day)
+        success = json.loads((out / "_SUCCESS.json").read_text())
+        inputs = pq.read_table(Path(deployment["CTMWA_INPUT_ROOT"]) / f"dt={day}")
+        scores = pq.read_table(out)
+        assert success["rows"]["input"] == success["rows"]["output"] == inputs.num_rows == scores.num_rows == 50
+        assert scores.column("post_id").to_pylist() == inputs.column("post_id").to_pylist()  # one row per input row, in order
+        statuses = success["rows"]["by_status"]
+        assert statuses["no_content"] == 2 and statuses["text_missing"] >= 2 and statuses["image_missing"] >= 2
+        assert run["xcom"]["commit"]["rows"]["output"] == 50 and not run["xcom"]["commit"]["skipped"]
+        assert run["xcom"]["publish"]["partitions"][0]["output_dir"] == str(out)  # the Asset event's extra
+        assert run["xcom"]["report"]["rows"] == 50 and day in run["xcom"]["report"]["table"]
+    before = {day: (_out(deployment, models_root, day) / "_SUCCESS.json").read_bytes() for day in DAYS}
+
+    # The same night again, and the second day named by the partition_date param: nothing to do, nothing rewritten.
+    rerun = run_dags(
+        [
+            {"dag_id": "ctmwa_score_daily", "logical_date": _night_after(DAYS[0])},
+            {"dag_id": "ctmwa_score_daily", "logical_date": "2026-03-01T00:00:00+00:00", "conf": {"partition_date": DAYS[1]}},
+        ],
+        env=deployment,
+    )
+    for day, run in zip(DAYS, rerun):
+        assert run["state"] == "success", run["tasks"]
+        assert run["xcom"]["shards"] == []
+        assert set(task_states(run, "score_shard")) == {"skipped"}
+        assert task_states(run, "publish") == ["skipped"]  # no new scores: no Asset event
+        assert run["xcom"]["commit"]["skipped"] and run["xcom"]["commit"]["date"] == day
+        assert (_out(deployment, models_root, day) / "_SUCCESS.json").read_bytes() == before[day]
+
+
+def test_daily_dag_fails_clearly_when_the_day_never_landed(run_dags, deployment, models_root):
+    run = run_dags([{"dag_id": "ctmwa_score_daily", "logical_date": _night_after("2026-02-01")}], env=deployment)[0]
+    assert run["state"] == "failed"
+    assert task_states(run, "wait_for_input") == ["failed"]
+    assert task_states(run, "plan") == ["upstream_failed"]
+    assert "waiting for input partition" in run_dags.log and "dt=2026-02-01: no such folder" in run_dags.log
+    assert not _out(deployment, models_root, "2026-02-01").exists()
+
+
+def test_backfill_scores_exactly_the_uncommitted_days(run_dags, tmp_path, models_root):
+    days = ("2026-01-10", "2026-01-11", "2026-01-12")
+    for day in days:
+        demo_data.write_partition(tmp_path / "lake", day, rows=20, row_group_size=10)
+    posts, scores = tmp_path / "lake" / "posts", tmp_path / "scores"
+    job.score_partition(str(posts / f"dt={days[1]}"), str(scores), registry.resolve(models_root), {"device": "cpu"})
+    committed = _out({"CTMWA_OUTPUT_ROOT": str(scores)}, models_root, days[1]) / "_SUCCESS.json"
+    before = committed.read_bytes()
+
+    conf = {"start_date": days[0], "end_date": days[-1], "input_root": str(posts), "output_root": str(scores), "models_root": str(models_root), "device": "cpu"}
+    run = run_dags([{"dag_id": "ctmwa_backfill", "logical_date": "2026-02-01T00:00:00+00:00", "conf": conf}])[0]
+    assert run["state"] == "success", run["tasks"]
+    assert run["xcom"]["chunks"] == [[days[0]], [days[2]]]
+    assert task_states(run, "score_days") == ["success", "success"]
+    report = run["xcom"]["report"]
+    assert report["scored"] == 2 and report["committed_before"] == [days[1]] and report["missing"] == []
+    assert committed.read_bytes() == before
+    for day in (days[0], days[2]):
+        success = json.loads((_out({"CTMWA_OUTPUT_ROOT": str(scores)}, models_root, day) / "_SUCCESS.json").read_text())
+        assert success["rows"]["input"] == success["rows"]["output"] == 30
+
+
+def test_export_dag_publishes_a_bundle_and_moves_current(run_dags, tmp_path, tiny_clip_dir, full_bundle):
+    models = tmp_path / "models"
+    first = registry.publish(full_bundle, models)["model_version"]
+    posts = demo_data.write_training_posts(tmp_path / "train.parquet", n=120)
+    conf = {
+        "clip_source": str(tiny_clip_dir),
+        "training_posts": str(posts),
+        "labels": ",".join(demo_data.LABELS),
+        "epochs": 1,
+        "train_config": {"model": {"embed_dim": 8, "weight_net_hidden": 16}, "training": {"batch_size": 64}},
+        "models_root": str(models),
+    }
+    run = run_dags([{"dag_id": "ctmwa_export_model", "logical_date": "2026-02-01T00:00:00+00:00", "conf": conf}])[0]
+    assert run["state"] == "success", run["tasks"]
+    published = run["xcom"]["publish"]
+    version = published["model_version"]
+    assert version != first and published["previous"] == first and published["current"]
+    assert (models / "CURRENT").read_text() == version + "\n"
+    assert registry.resolve(models) == models / version
+    assert sorted(registry.list_versions(models)) == sorted([first, version])
+    assert run["xcom"]["validate"]["smoke"]["rows"] == 50 and run["xcom"]["validate"]["labels"] == list(demo_data.LABELS)
+    assert not (models / ".staging").exists() or not any((models / ".staging").iterdir())  # work files cleaned up
