@@ -13,6 +13,11 @@ import os
 import sys
 
 
+def _text(state: object) -> str:
+    """A state (an enum, a plain string or None) as its plain value."""
+    return str(getattr(state, "value", state))
+
+
 def _xcoms(dag_id: str, run_id: str) -> dict[str, object]:
     from sqlalchemy import select
 
@@ -45,12 +50,12 @@ def main(spec_path: str, result_path: str) -> int:
         dag = bag.get_dag(run["dag_id"])
         logical_date = pendulum.parse(run["logical_date"]) if run.get("logical_date") else None
         dr = dag.test(logical_date=logical_date, run_conf=run.get("conf") or None)
-        tis = sorted(((ti.task_id, ti.map_index, str(ti.state.value if ti.state else None)) for ti in dr.get_task_instances()))
+        tis = sorted((ti.task_id, ti.map_index, _text(ti.state)) for ti in dr.get_task_instances())
         results.append(
             {
                 "dag_id": run["dag_id"],
                 "run_id": dr.run_id,
-                "state": str(dr.state.value if hasattr(dr.state, "value") else dr.state),
+                "state": _text(dr.state),
                 "data_interval_start": dr.data_interval_start.isoformat() if dr.data_interval_start else None,
                 "tasks": [{"task_id": t, "map_index": m, "state": s} for t, m, s in tis],
                 "xcom": _xcoms(run["dag_id"], dr.run_id),
