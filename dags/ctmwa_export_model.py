@@ -3,7 +3,8 @@
     prepare -> export_encoders -> features -> train -> export_head -> validate -> publish
 
 Give exactly one of `training_posts` (labelled posts: embedded with the freshly exported encoders, then trained on),
-`features` (already embedded with the same encoders) or `checkpoint` (export without training). The bundle lands at
+`features` (already embedded with the same encoders) or `checkpoint` (export without training); `encoders` reuses the
+encoders of an existing bundle (a new head for the same CLIP, without exporting CLIP again). The bundle lands at
 `{models_root}/{model_version}/`; `make_current` moves `{models_root}/CURRENT` to it atomically, and the next scoring
 run picks it up when it plans. Tasks run on CTMWA_TRAIN_QUEUE (machines with the `export` extra: torch). Wiring
 only: every task is one call into export.release.
@@ -33,6 +34,7 @@ MODELS = Asset(name=MODELS_ASSET_NAME, uri=MODELS_ASSET_URI)
     params={
         "clip_source": Param("openai/clip-vit-base-patch32", type="string", description="transformers hub id or local folder of the CLIP model"),
         "clip_revision": Param(None, type=["null", "string"], description="hub revision (branch, tag, commit); null = default"),
+        "encoders": Param(None, type=["null", "string"], description="reuse this bundle's encoders (e.g. the current model's) instead of exporting clip_source"),
         "training_posts": Param(None, type=["null", "string"], description="labelled posts Parquet to embed and train on"),
         "features": Param(None, type=["null", "string"], description="or: a features Parquet embedded with the same encoders"),
         "checkpoint": Param(None, type=["null", "string"], description="or: a trained checkpoint folder to export without training"),

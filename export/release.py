@@ -48,6 +48,7 @@ class ReleaseConfig:
     models_root: str  # where the bundle is published; work files go to {models_root}/.staging/
     clip_source: str = DEFAULT_CLIP  # transformers hub id or local folder of a CLIP model (+ tokenizer, image processor)
     clip_revision: str | None = None  # hub revision of clip_source; None = default branch
+    encoders: str | None = None  # reuse this bundle's encoders (encoders-only or complete) instead of exporting clip_source
     training_posts: str | None = None  # labelled posts Parquet (post_id, text, image, split, label, t_label, v_label, query)
     features: str | None = None  # or a features Parquet already embedded with the same encoders
     checkpoint: str | None = None  # or a trained checkpoint folder: no training, export it
@@ -89,7 +90,7 @@ def _safe(name: str) -> str:
 def prepare(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     """Check the release inputs exist and make the run's work folder; returns {"work_dir", "config"} for the next steps."""
     config = ReleaseConfig.from_params(params)
-    for name in ("training_posts", "features", "checkpoint"):
+    for name in ("training_posts", "features", "checkpoint", "encoders"):
         value = getattr(config, name)
         if value and "://" not in value and not Path(value).exists():
             raise ReleaseError(f"{name} {value!r} does not exist")
@@ -104,13 +105,44 @@ def _config(release: Mapping[str, Any]) -> ReleaseConfig:
 
 
 def export_encoders(release: Mapping[str, Any]) -> str:
-    """CLIP -> encoders-only bundle in the work folder (replaced if a failed try left one)."""
-    from export.encoders import EncoderExportConfig, export_encoders as export
-
+    """CLIP -> encoders-only bundle in the work folder (replaced if a failed try left one); or, when the release names
+    an `encoders` bundle, that bundle's encoders (a new head on the same encoders: features made with them stay valid)."""
     config = _config(release)
     out = Path(release["work_dir"]) / "encoders"
+    if out.exists():
+        shutil.rmtree(out)
+    if config.encoders:
+        return str(encoders_only(config.encoders, out).root)
+    from export.encoders import EncoderExportConfig, export_encoders as export
+
     bundle = export(EncoderExportConfig(source=config.clip_source, revision=config.clip_revision, out_dir=out, overwrite=True))
     return str(bundle.root)
+
+
+def encoders_only(bundle_dir: str | Path, out_dir: str | Path):
+    """An encoders-only bundle at out_dir with the encoders, tokenizer and preprocessing of a bundle (verified first).
+    Its model version equals that of the encoders bundle the source was made from."""
+    from ctmwa_batch import bundle as layout
+    from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
+
+    source = layout.load_bundle(bundle_dir)
+    source.require(*layout.ENCODER_FILES)
+    out = Path(out_dir)
+    out.mkdir(parents=True)
+    for name in layout.ENCODER_FILES:
+        shutil.copyfile(source.path(name), out / name)
+    manifest = source.manifest
+    encoders = layout.write_manifest(
+        out,
+        image=source.image_spec,
+        text=source.text_spec,
+        dims={TEXT_EMB: source.dims[TEXT_EMB], IMAGE_EMB: source.dims[IMAGE_EMB]},
+        encoder=manifest.get("encoder") or {},
+        opset=manifest.get("opset"),
+        graphs={k: v for k, v in (manifest.get("graphs") or {}).items() if k in layout.ENCODER_FILES},
+    )
+    logger.info("reusing the encoders of %s (encoders version %s)", bundle_dir, encoders.model_version)
+    return encoders
 
 
 def features(release: Mapping[str, Any], encoders_dir: str) -> str | None:

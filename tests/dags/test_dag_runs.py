@@ -120,12 +120,12 @@ def test_backfill_scores_exactly_the_uncommitted_days(run_dags, tmp_path, models
         assert success["rows"]["input"] == success["rows"]["output"] == 30
 
 
-def test_export_dag_publishes_a_bundle_and_moves_current(run_dags, tmp_path, tiny_clip_dir, full_bundle):
+def test_export_dag_publishes_a_bundle_and_moves_current(run_dags, tmp_path, full_bundle):
     models = tmp_path / "models"
     first = registry.publish(full_bundle, models)["model_version"]
     posts = demo_data.write_training_posts(tmp_path / "train.parquet", n=120)
     conf = {
-        "clip_source": str(tiny_clip_dir),
+        "encoders": str(full_bundle),  # a new head on the current model's encoders (exporting CLIP is export's tests' job)
         "training_posts": str(posts),
         "labels": ",".join(demo_data.LABELS),
         "epochs": 1,
