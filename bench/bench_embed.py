@@ -147,7 +147,7 @@ def bench_model(name: str, clip_dir: Path, bundle_dir: Path, posts: Path, config
     print(f"{name}: transformers pipeline (CLIPProcessor + CLIPModel fp32, batch {config.transformers_batch}): {baseline:8.1f} posts/s", flush=True)
     best = max(results.values())
     print(f"{name}: ratio embed (best) / transformers = {best / baseline:.2f}x", flush=True)
-    diff = compare_outputs(work / f"embed-{name}-0.parquet", work / f"hf-{slug}.parquet")
+    diff = compare_outputs(work / f"embed-{slug}-0.parquet", work / f"hf-{slug}.parquet")
     print(f"{name}: max |image_emb difference| embed vs transformers = {diff:.2e} (JPEG draft on)", flush=True)
 
 
