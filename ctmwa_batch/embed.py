@@ -51,7 +51,7 @@ class EmbedConfig:
     image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI) column; None = no images
     batch_size: int = 256  # rows per record batch read, decoded, encoded and written
     device: str = "auto"  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
-    workers: int = 0  # image-decoding processes; 0 decodes in this process
+    workers: int = 0  # image-decoding processes; 0 decodes in a background thread of this process
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = all cores
     keep_image_column: bool = False  # pass the image bytes through to the output too (large)
 
@@ -201,28 +201,32 @@ def _output_schema(posts_schema: pa.Schema, config: EmbedConfig, metadata: dict[
 
 
 class _Decoder:
-    """Image decoding in this process or in a process pool, one batch ahead of inference."""
+    """Image decoding one batch ahead of inference: in a background thread (workers 0; Pillow releases the GIL
+    while decoding and resizing) or in a process pool (workers > 0)."""
 
     def __init__(self, spec: ImageSpec, workers: int):
         self.spec = spec
         self.workers = workers
-        self.pool = None
         if workers > 0:
             # spawn, not fork: the parent holds ONNX Runtime threads, which fork would copy in a broken state.
-            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool: cf.Executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctmwa-decode")
 
-    def submit(self, items: list[bytes | None]) -> Any:
-        if self.pool is None:
-            return decode_images(items, self.spec)
+    def submit(self, items: list[bytes | None]) -> list[cf.Future]:
+        """Start decoding a batch; returns the handle for result()."""
+        if self.workers == 0:
+            return [self.pool.submit(decode_images, items, self.spec)]
         chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
         return [self.pool.submit(decode_images, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
 
-    def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        if self.pool is None:
-            return handle
+    def result(self, handle: list[cf.Future]) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Wait for a batch: (uint8 pixels, ok, reasons) in row order."""
         parts = [future.result() for future in handle]
         if not parts:
             return np.zeros((0, self.spec.size, self.spec.size, 3), np.uint8), np.zeros(0, bool), []
+        if len(parts) == 1:
+            return parts[0]
         return (
             np.concatenate([p[0] for p in parts]),
             np.concatenate([p[1] for p in parts]),
@@ -230,8 +234,7 @@ class _Decoder:
         )
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _image_items(batch: pa.RecordBatch, config: EmbedConfig, image_paths: bool, base: Path) -> tuple[list[bytes | None], list[str | None]]:
@@ -388,7 +391,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
     parser.add_argument("--device", choices=DEVICES, default=d.device, help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: in process)")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: a thread in this process)")
     parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
     parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
 
