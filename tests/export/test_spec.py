@@ -193,9 +193,13 @@ def argmax_spec(**overrides) -> ExportSpec:
 
 def test_near_ties_flip_dependent_outputs_unless_skipped(tmp_path):
     with pytest.raises(ExportValidationError, match="output 'w' max"):
-        export_and_validate(argmax_spec(), ArgmaxBranch(), tmp_path / "a.onnx")
-    report = export_and_validate(argmax_spec(argmax_margin=1e-2, max_ambiguous=0.5), ArgmaxBranch(), tmp_path / "b.onnx")
+        export_and_validate(argmax_spec(argmax_dependent=()), ArgmaxBranch(), tmp_path / "a.onnx")
+    # The graph's logits are off by 1e-3, so rows with a top-two gap under 2e-3 may flip: their `w` is skipped.
+    report = export_and_validate(argmax_spec(max_ambiguous=0.5), ArgmaxBranch(), tmp_path / "b.onnx")
     assert report.rows == 1 + 3 + 7 + 100 and report.ambiguous_rows >= 1 + 1 + 2 + 25
     assert report.max_abs_diff["w"] == 0.0
-    with pytest.raises(ExportValidationError, match=r"rows have a near-tie \(< 0.01\) on 'logits', more than 5%"):
-        export_and_validate(argmax_spec(argmax_margin=1e-2), ArgmaxBranch(), tmp_path / "c.onnx")
+    with pytest.raises(ExportValidationError, match=r"rows have a near-tie on 'logits' .* more than 5%"):
+        export_and_validate(argmax_spec(), ArgmaxBranch(), tmp_path / "c.onnx")
+    # A floor on the margin widens the ambiguous set beyond the observed error.
+    wide = export_and_validate(argmax_spec(max_ambiguous=1.0, argmax_margin=10.0), ArgmaxBranch(), tmp_path / "d.onnx")
+    assert wide.ambiguous_rows == wide.rows
