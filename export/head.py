@@ -80,8 +80,8 @@ class HeadExportConfig:
     fold_translators: bool = True  # export o(v(relu(W_c x + b))) with o∘v merged; False keeps the attention (benchmarks)
     opset: int = DEFAULT_OPSET  # ONNX opset of head.onnx
     atol: float = 1e-4  # fp32: largest |onnxruntime - PyTorch| on any output
-    fp16_atol: float = 2e-2  # fp16: largest |diff| on probabilities and weights (values in [0, 1])
-    fp16_logits_atol: float = 1e-1  # fp16: largest |diff| on logits (unbounded, so looser)
+    fp16_atol: float = 1e-2  # fp16: largest |diff| on probabilities and weights (values in [0, 1])
+    fp16_logits_atol: float = 2e-2  # fp16: largest |diff| on logits (unbounded, so looser)
     extra_batch_sizes: tuple[int, ...] = EXTRA_BATCH_SIZES  # validated besides 1, 3 and 7
     dynamo: bool = True  # torch.onnx's dynamo exporter; False = the TorchScript exporter
     overwrite: bool = False  # replace an existing bundle folder at out_dir
@@ -216,7 +216,17 @@ def head_spec(
         extra_batch_sizes=config.extra_batch_sizes,
         input_cases=tuple(MASK_CASES),
         dynamo=config.dynamo,
+        # The weight nets take one_hot(argmax logits): where two logits are closer than the graph's error (fp16),
+        # the class, and so the weights, may flip; those rows' weights are not compared (the engine counts them).
+        argmax_of=LOGITS,
+        argmax_dependent=(TEXT_WEIGHT, IMAGE_WEIGHT),
     )
+
+
+def _tolerances(model: CTMWA, config: HeadExportConfig) -> dict[str, float]:
+    c = model.config
+    spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config)
+    return {name: spec.tolerance(name) for name in spec.output_names}
 
 
 def export_head_graph(
@@ -298,6 +308,9 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             "opset": config.opset,
             "validated_batch_sizes": list(report.batch_sizes),
             "validated_mask_cases": list(MASK_CASES),
+            "validation_max_abs_diff": report.max_abs_diff,
+            "tolerance": _tolerances(model, config),
+            "near_tie_rows": f"{report.ambiguous_rows} of {report.rows} validated rows: top-two logits closer than twice the graph's error; weights not compared there",
             "weights_from": "one_hot(argmax logits)",
             "missing_text": "img2txt(image_emb)",
             "missing_image": "txt2img(text)",
