@@ -42,7 +42,7 @@ from ctmwa_batch.bundle import Bundle, load_bundle
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
 from ctmwa_batch.partitions import PartitionNotReady, PartitionPlan, Shard, open_filesystem
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema
-from ctmwa_batch.runtime import DEVICES
+from ctmwa_batch.runtime import DEVICES, check_device
 from ctmwa_batch.scorer import ScoreConfig, Scorer, require_scoring_bundle, status_counts
 
 logger = logging.getLogger(__name__)
@@ -505,6 +505,7 @@ def score_partition(
     (others' to score) are not finished yet."""
     config = ScoreConfig.coerce(config)
     t0 = time.perf_counter()
+    check_device(config.device)  # a missing GPU fails before the output is touched
     plan_dict = plan(input_path, output_root, bundle_dir, config=config)
     p = _plan_from(plan_dict)
     if plan_dict["skip"]:
