@@ -269,23 +269,29 @@ def add_files(
     root = Path(root)
     bundle = load_bundle(root)
     manifest = dict(bundle.manifest)
-    for name, src in (files or {}).items():
+    files = dict(files or {})
+    # Check everything before touching the folder, so a refused update leaves the bundle as it was.
+    for name, src in files.items():
         if Path(name).is_absolute() or ".." in Path(name).parts or name == MANIFEST:
             raise BundleError(f"cannot add {name!r} to a bundle: give a plain file name such as {HEAD!r}")
         if name in manifest["files"] and not replace:
             raise BundleError(f"bundle {str(root)!r} already has {name!r}; pass replace=True to overwrite it")
+        if not Path(src).is_file():
+            raise BundleError(f"cannot add {name!r} to bundle {str(root)!r}: source {str(src)!r} is not a file")
+    for key in updates or {}:
+        if key in ("files", "model_version", "format_version"):
+            raise BundleError(f"manifest field {key!r} is derived, not set; drop it from the updates")
+    for key, value in (updates or {}).items():
+        if isinstance(value, Mapping) and isinstance(manifest.get(key), Mapping):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    for name, src in files.items():
         dest = root / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
-    for key, value in (updates or {}).items():
-        if key in ("files", "model_version", "format_version"):
-            raise BundleError(f"manifest field {key!r} is derived, not set; drop it from the updates")
-        if isinstance(value, Mapping) and isinstance(manifest.get(key), Mapping):
-            manifest[key] = {**manifest[key], **value}
-        else:
-            manifest[key] = value
     return _finish_manifest(root, manifest)
 
 

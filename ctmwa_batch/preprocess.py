@@ -165,7 +165,7 @@ def decode_image(data: bytes | None, spec: ImageSpec) -> tuple[np.ndarray | None
                 if spec.jpeg_draft and img.format == "JPEG":
                     img.draft(None, (spec.resize_shortest_edge, spec.resize_shortest_edge))
                 img.load()  # first frame of an animated image
-                img = ImageOps.exif_transpose(img)
+                ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
                 rgb = _to_rgb(img)
                 out = np.asarray(_resize_crop(rgb, spec), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ctmwa_batch.errors import ProviderUnavailable
+from ctmwa_batch.errors import BundleError, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) ->
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:
-        raise ProviderUnavailable(f"cannot open {str(path)!r} on {config.device} ({providers}): {e}") from e
+        if config.device != "cpu" and any(word in str(e).lower() for word in ("provider", "cuda", "cudnn")):
+            raise ProviderUnavailable(f"cannot open {str(path)!r} on {config.device}: {e}; {GPU_EXTRA_HINT}, or run with --device cpu") from e
+        raise BundleError(f"onnxruntime cannot load {str(path)!r}: {e}; re-export the graph") from e
     got = session.get_providers()
     if config.device == "cuda" and CUDA not in got:
         # onnxruntime-gpu is installed but CUDA/cuDNN could not be loaded: it fell back to CPU after logging.

@@ -12,7 +12,7 @@ from ctmwa_batch.errors import CtmwaError
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
     "encoders": "export.encoders",
-    # "head": "export.head",
+    "head": "export.head",
 }
 
 

@@ -3,8 +3,10 @@
 An `ExportSpec` says what a graph looks like (names, dynamic axes, opset), how close it must stay to PyTorch
 (tolerance) and how to make inputs for any batch size. `export_and_validate(spec, module, out_path)` exports into
 a temporary folder, checks the graph with onnx, runs onnxruntime against PyTorch at batch sizes other than the
-export's, collects every failure and raises one ExportValidationError; only a graph that passes is moved to
-`out_path`.
+export's (and, where the spec names input cases such as mask combinations, under each case), collects every
+failure and raises one ExportValidationError; only a graph that passes is moved to `out_path`. The PyTorch side
+may be another module than the exported one (`reference=`): a folded or fp16 graph is then checked against the
+model it stands for, not against itself.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 
-InputMaker = Callable[[int], dict[str, np.ndarray]]
+# batch size -> inputs; with ExportSpec.input_cases: (batch size, case name) -> inputs
+InputMaker = Callable[..., dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class ExportSpec:
     input_names: tuple[str, ...]  # graph inputs, in the order the module's forward takes them
     output_names: tuple[str, ...]  # graph outputs, in the order the module returns them (tensor, tuple or dict)
     dynamic_axes: Mapping[str, Mapping[int, str]]  # input/output name -> {axis: symbolic name}, e.g. {0: "batch"}
-    make_inputs: InputMaker  # batch size -> {input name: numpy array}; the reference gets the same arrays as tensors
+    make_inputs: InputMaker  # batch size [, case] -> {input name: numpy array}; the reference gets the same arrays as tensors
     output_shapes: Mapping[str, tuple[int | str, ...]] = field(default_factory=dict)  # expected shapes; str = a symbolic axis of the inputs
     opset: int = DEFAULT_OPSET  # ONNX opset of the exported graph
     atol: float = 1e-4  # largest |onnxruntime - PyTorch| allowed on any output element
@@ -52,6 +55,8 @@ class ExportSpec:
     validation_batch_sizes: tuple[int, ...] = (1, 3, 7)  # batch sizes validated, none of them the export's
     extra_batch_sizes: tuple[int, ...] = ()  # more batch sizes to validate (e.g. 1000 for a small head)
     dynamo: bool = True  # torch.onnx's dynamo exporter (False: the TorchScript one)
+    input_cases: tuple[str, ...] = ()  # named input variants (e.g. mask combinations) validated at every batch size; make_inputs(n, case)
+    output_atol: Mapping[str, float] = field(default_factory=dict)  # per-output tolerance overriding `atol` (e.g. fp16 logits)
 
     def __post_init__(self) -> None:
         unknown = set(self.dynamic_axes) - set(self.input_names) - set(self.output_names)
@@ -59,6 +64,21 @@ class ExportSpec:
             raise ValueError(f"dynamic_axes names {sorted(unknown)} are neither inputs {self.input_names} nor outputs {self.output_names}")
         if self.export_batch_size < 2:
             raise ValueError(f"export_batch_size {self.export_batch_size}: use 2 or more, exporters specialise 0 and 1")
+        unknown = set(self.output_atol) - set(self.output_names)
+        if unknown:
+            raise ValueError(f"output_atol names {sorted(unknown)} are not outputs {self.output_names}")
+
+    def tolerance(self, output: str) -> float:
+        """Largest |onnxruntime - PyTorch| allowed on one output."""
+        return self.output_atol.get(output, self.atol)
+
+    def cases(self) -> list[tuple[int, str | None]]:
+        """Every (batch size, input case) validated; case None where the spec names no cases."""
+        return [(n, case) for n in self.batch_sizes for case in (self.input_cases or (None,))]
+
+    def inputs_for(self, batch_size: int, case: str | None) -> dict[str, np.ndarray]:
+        """make_inputs for one validation case."""
+        return self.make_inputs(batch_size) if case is None else self.make_inputs(batch_size, case)
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
@@ -143,8 +163,8 @@ def _axis_sizes(spec: ExportSpec, inputs: Mapping[str, np.ndarray]) -> dict[str,
     return sizes
 
 
-def _validate(spec: ExportSpec, module: torch.nn.Module, path: Path) -> tuple[list[str], dict[str, float]]:
-    """Every check on the exported file; returns (failures, max |diff| per output)."""
+def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple[list[str], dict[str, float]]:
+    """Every check on the exported file against the PyTorch `reference`; returns (failures, max |diff| per output)."""
     failures: list[str] = []
     max_diff = {name: 0.0 for name in spec.output_names}
     try:
@@ -160,14 +180,14 @@ def _validate(spec: ExportSpec, module: torch.nn.Module, path: Path) -> tuple[li
     if tuple(session.output_names) != spec.output_names:
         failures.append(f"graph outputs are {session.output_names}, spec says {list(spec.output_names)}")
         return failures, max_diff
-    for batch_size in spec.batch_sizes:
-        inputs = spec.make_inputs(batch_size)
+    for batch_size, case_name in spec.cases():
+        inputs = spec.inputs_for(batch_size, case_name)
         case = f"batch {batch_size}" + "".join(
             f", {symbol} {size}" for symbol, size in _axis_sizes(spec, inputs).items() if symbol != "batch"
-        )
+        ) + (f", {case_name}" if case_name is not None else "")
         try:
             with torch.no_grad():
-                ref = _as_outputs(module(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names)), spec.output_names)
+                ref = _as_outputs(reference(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names)), spec.output_names)
         except Exception as e:  # noqa: BLE001
             failures.append(f"{case}: PyTorch reference failed: {type(e).__name__}: {e}")
             continue
@@ -199,16 +219,23 @@ def _validate(spec: ExportSpec, module: torch.nn.Module, path: Path) -> tuple[li
                     failures.append(f"{case}: output {name!r} is non-finite where PyTorch is not (or the reverse)")
                 diff = float(np.nanmax(np.abs(r.astype(np.float64) - g.astype(np.float64))))
             max_diff[name] = max(max_diff[name], diff)
-            if not diff <= spec.atol:
-                failures.append(f"{case}: output {name!r} max |onnxruntime - PyTorch| {diff:.3g} > tolerance {spec.atol:g}")
+            if not diff <= spec.tolerance(name):
+                failures.append(f"{case}: output {name!r} max |onnxruntime - PyTorch| {diff:.3g} > tolerance {spec.tolerance(name):g}")
     return failures, max_diff
 
 
-def export_and_validate(spec: ExportSpec, module: torch.nn.Module, out_path: str | Path) -> ValidationReport:
-    """Export `module` per `spec`, validate it against PyTorch, and move it to `out_path` only if every check passes."""
+def export_and_validate(
+    spec: ExportSpec, module: torch.nn.Module, out_path: str | Path, *, reference: torch.nn.Module | None = None
+) -> ValidationReport:
+    """Export `module` per `spec`, validate it against PyTorch, and move it to `out_path` only if every check passes.
+
+    `reference` is the PyTorch module the graph must agree with (default: `module` itself), e.g. the model with
+    its attention translators when `module` is their folded form.
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
+    reference = module if reference is None else reference.eval()
     # The staging folder sits beside the destination so that the final move is a rename on one filesystem.
     staging = Path(tempfile.mkdtemp(dir=out_path.parent, prefix=f".export-{spec.name}-"))
     try:
@@ -219,7 +246,7 @@ def export_and_validate(spec: ExportSpec, module: torch.nn.Module, out_path: str
         except Exception as e:
             raise ExportValidationError(spec.name, [f"torch.onnx.export failed: {_root_cause(e)}"]) from e
         t1 = time.perf_counter()
-        failures, max_diff = _validate(spec, module, staged)
+        failures, max_diff = _validate(spec, reference, staged)
         t2 = time.perf_counter()
         worst = max(max_diff.values(), default=0.0)
         if failures:
@@ -231,7 +258,8 @@ def export_and_validate(spec: ExportSpec, module: torch.nn.Module, out_path: str
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info(
-        "%s: exported in %.1fs, validated at batch sizes %s (max |diff| %.2g <= %g) -> %s",
-        spec.name, t1 - t0, list(spec.batch_sizes), worst, spec.atol, out_path,
+        "%s: exported in %.1fs, validated at batch sizes %s%s (max |diff| %s) -> %s",
+        spec.name, t1 - t0, list(spec.batch_sizes), f" x cases {list(spec.input_cases)}" if spec.input_cases else "",
+        ", ".join(f"{k} {v:.2g} <= {spec.tolerance(k):g}" for k, v in max_diff.items()), out_path,
     )
     return ValidationReport(spec.name, out_path, spec.batch_sizes, max_diff, t1 - t0, t2 - t1)

@@ -1,0 +1,363 @@
+"""Export the CTMWA head (translators included) to ONNX and assemble the full model bundle.
+
+`ctmwa-export head --checkpoint DIR --encoders DIR --out BUNDLE [--fp16] [--calibrate --features F]` reads a
+checkpoint written by `ctmwa-train`, exports
+
+    head.onnx   text_emb float32 (N, Dt), image_emb float32 (N, Dv), has_text bool (N), has_image bool (N)
+                -> logits, probs, text_probs, image_probs float32 (N, C), text_weight, image_weight float32 (N)
+
+with the missing-modality semantics of `training.model.CTMWA.forward` (DESIGN.md section 4), validates it against
+the PyTorch model at batch sizes 1, 3, 7 and 1000 under every mask combination, and writes BUNDLE: a copy of the
+encoders bundle plus head.onnx, with labels, class count, calibration and training metrics in the manifest. A
+failed validation writes nothing.
+
+In eval mode each translator is o(v(relu(W_c x + b))) (softmax over one key is 1, no dropout); the graph holds
+that folded form, with o∘v merged into one affine map, so no attention is computed at scoring time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctmwa_batch import bundle as bundle_layout
+from ctmwa_batch.bundle import HEAD
+from ctmwa_batch.errors import BundleError, CtmwaError
+from ctmwa_batch.schema import HAS_IMAGE, HAS_TEXT, IMAGE_EMB, TEXT_EMB
+from export.encoders import _prepare_out_dir, _publish, _signature
+from export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
+from training.model import CTMWA, Translator, TranslatorEvalPieces, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+# Graph outputs (DESIGN.md section 5), in graph order.
+LOGITS = "logits"
+PROBS = "probs"
+TEXT_PROBS = "text_probs"
+IMAGE_PROBS = "image_probs"
+TEXT_WEIGHT = "text_weight"
+IMAGE_WEIGHT = "image_weight"
+HEAD_INPUTS = (TEXT_EMB, IMAGE_EMB, HAS_TEXT, HAS_IMAGE)
+HEAD_OUTPUTS = (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS, TEXT_WEIGHT, IMAGE_WEIGHT)
+METRICS_FILE = "metrics.json"  # written by ctmwa-train beside the checkpoint
+
+# Validation cases: (has_text, has_image) for every row, or a random mix per row.
+MASK_CASES = {
+    "text+image": (True, True),
+    "text only": (True, False),
+    "image only": (False, True),
+    "neither": (False, False),
+    "mixed": None,
+}
+VALIDATION_BATCH_SIZES = (1, 3, 7)
+EXTRA_BATCH_SIZES = (1000,)
+
+
+@dataclass(frozen=True)
+class HeadExportConfig:
+    """What `ctmwa-export head` does besides where it reads and writes."""
+
+    fp16: bool = False  # compute in float16 inside the graph (inputs and outputs stay float32)
+    calibrate: bool = False  # fit a temperature on the valid split of `features`; probs = softmax(logits / T)
+    features: Path | None = None  # features Parquet for --calibrate (its `valid` split is used)
+    labels: tuple[str, ...] | None = None  # class names; None = the checkpoint's `labels`
+    fold_translators: bool = True  # export o(v(relu(W_c x + b))) with o∘v merged; False keeps the attention (benchmarks)
+    opset: int = DEFAULT_OPSET  # ONNX opset of head.onnx
+    atol: float = 1e-4  # fp32: largest |onnxruntime - PyTorch| on any output
+    fp16_atol: float = 2e-2  # fp16: largest |diff| on probabilities and weights (values in [0, 1])
+    fp16_logits_atol: float = 1e-1  # fp16: largest |diff| on logits (unbounded, so looser)
+    extra_batch_sizes: tuple[int, ...] = EXTRA_BATCH_SIZES  # validated besides 1, 3 and 7
+    dynamo: bool = True  # torch.onnx's dynamo exporter; False = the TorchScript exporter
+    overwrite: bool = False  # replace an existing bundle folder at out_dir
+
+    def __post_init__(self) -> None:
+        if self.calibrate and self.features is None:
+            raise CtmwaError("--calibrate needs --features F: the features Parquet whose 'valid' split fits the temperature")
+
+
+# --------------------------------------------------------------------------------------------------- graph
+
+
+class FoldedTranslator(nn.Module):
+    """A translator in eval mode, `out(relu(conv(x)))` with out = o∘v: the same function as `Translator.eval()`."""
+
+    def __init__(self, pieces: TranslatorEvalPieces):
+        super().__init__()
+        d_out, d_in = pieces.conv_weight.shape
+        self.conv = nn.Linear(d_in, d_out)
+        self.out = nn.Linear(d_out, d_out)
+        weight, bias = pieces.merged_output()  # (D_out, D_out), (D_out,)
+        with torch.no_grad():
+            self.conv.weight.copy_(pieces.conv_weight)
+            self.conv.bias.copy_(pieces.conv_bias)
+            self.out.weight.copy_(weight)
+            self.out.bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D_in) -> (N, D_out)."""
+        return self.out(F.relu(self.conv(x)))
+
+
+def fold_translators(model: CTMWA) -> CTMWA:
+    """A copy of `model` whose translators are `FoldedTranslator`s (no attention); the original is untouched."""
+    folded = copy.deepcopy(model).eval()
+    for name in ("txt2img", "img2txt"):
+        translator = getattr(folded, name)
+        assert isinstance(translator, Translator), f"{name} is already folded"
+        with torch.no_grad():
+            setattr(folded, name, FoldedTranslator(translator.eval_pieces()))
+    return folded
+
+
+class CTMWAHead(nn.Module):
+    """The inference graph: `CTMWA.forward` with masks, named outputs, optional temperature and compute dtype.
+
+    It calls the model's own forward, so the missing-modality semantics are the training code's by construction.
+    Embeddings of absent modalities are zeroed first: the forward never reads them (the translated stand-in
+    replaces them), and a NaN placeholder there must not reach a row with neither modality.
+    """
+
+    def __init__(self, model: CTMWA, temperature: float = 1.0, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature {temperature} must be positive and finite")
+        self.model = model.eval().to(dtype)
+        self.temperature = float(temperature)
+        self.dtype = dtype
+
+    def forward(
+        self, text_emb: torch.Tensor, image_emb: torch.Tensor, has_text: torch.Tensor, has_image: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """(N, Dt), (N, Dv) float32, (N,), (N,) bool -> the six named outputs, float32."""
+        text = torch.where(has_text[:, None], text_emb, torch.zeros_like(text_emb)).to(self.dtype)  # (N, Dt)
+        image = torch.where(has_image[:, None], image_emb, torch.zeros_like(image_emb)).to(self.dtype)  # (N, Dv)
+        out = self.model(text, image, has_text, has_image)
+        logits = out.logits_m.float()  # (N, C)
+        return {
+            LOGITS: logits,
+            PROBS: torch.softmax(logits / self.temperature, dim=-1),  # (N, C) calibrated when T != 1
+            TEXT_PROBS: torch.softmax(out.logits_t.float(), dim=-1),  # (N, C)
+            IMAGE_PROBS: torch.softmax(out.logits_v.float(), dim=-1),  # (N, C)
+            TEXT_WEIGHT: out.text_weight.float(),  # (N,)
+            IMAGE_WEIGHT: out.image_weight.float(),  # (N,)
+        }
+
+
+def head_modules(
+    model: CTMWA, *, fold: bool = True, temperature: float = 1.0, fp16: bool = False
+) -> tuple[CTMWAHead, CTMWAHead]:
+    """(module to export, fp32 reference with the model's own translators) for a trained model."""
+    reference = CTMWAHead(copy.deepcopy(model), temperature)
+    exported = fold_translators(model) if fold else copy.deepcopy(model)
+    return CTMWAHead(exported, temperature, torch.float16 if fp16 else torch.float32), reference
+
+
+def head_inputs(batch_size: int, case: str = "mixed", *, text_dim: int, image_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random unit-norm embeddings (like CLIP features) and masks of one MASK_CASES case."""
+    if case not in MASK_CASES:
+        raise ValueError(f"mask case {case!r} unknown; use one of {list(MASK_CASES)}")
+    # Fresh draws per (batch size, case): the validation never reuses the export's example.
+    rng = np.random.default_rng([seed, batch_size, list(MASK_CASES).index(case)])
+    text = rng.standard_normal((batch_size, text_dim)).astype(np.float32)
+    image = rng.standard_normal((batch_size, image_dim)).astype(np.float32)
+    masks = MASK_CASES[case]
+    if masks is None:
+        has_text, has_image = rng.random(batch_size) < 0.7, rng.random(batch_size) < 0.7
+    else:
+        has_text, has_image = np.full(batch_size, masks[0]), np.full(batch_size, masks[1])
+    return {
+        TEXT_EMB: text / np.linalg.norm(text, axis=1, keepdims=True),
+        IMAGE_EMB: image / np.linalg.norm(image, axis=1, keepdims=True),
+        HAS_TEXT: has_text,
+        HAS_IMAGE: has_image,
+    }
+
+
+def head_spec(
+    text_dim: int, image_dim: int, num_classes: int, *, fp16: bool = False, config: HeadExportConfig = HeadExportConfig()
+) -> ExportSpec:
+    """ExportSpec of head.onnx: all four mask combinations (and a mix) at batch sizes 1, 3, 7 and 1000."""
+    batch = {0: "batch"}
+    if fp16:
+        atol, output_atol = config.fp16_atol, {LOGITS: config.fp16_logits_atol}
+    else:
+        atol, output_atol = config.atol, {}
+    return ExportSpec(
+        name="head_fp16" if fp16 else "head",
+        input_names=HEAD_INPUTS,
+        output_names=HEAD_OUTPUTS,
+        dynamic_axes={name: batch for name in (*HEAD_INPUTS, *HEAD_OUTPUTS)},
+        make_inputs=lambda n, case="mixed": head_inputs(n, case, text_dim=text_dim, image_dim=image_dim),
+        output_shapes={
+            **{name: ("batch", num_classes) for name in (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS)},
+            TEXT_WEIGHT: ("batch",),
+            IMAGE_WEIGHT: ("batch",),
+        },
+        opset=config.opset,
+        atol=atol,
+        output_atol=output_atol,
+        validation_batch_sizes=VALIDATION_BATCH_SIZES,
+        extra_batch_sizes=config.extra_batch_sizes,
+        input_cases=tuple(MASK_CASES),
+        dynamo=config.dynamo,
+    )
+
+
+def export_head_graph(
+    model: CTMWA, out_path: str | Path, config: HeadExportConfig = HeadExportConfig(), temperature: float = 1.0
+) -> ValidationReport:
+    """Export and validate head.onnx alone (no bundle) against the fp32 PyTorch model; nothing written on failure."""
+    exported, reference = head_modules(model, fold=config.fold_translators, temperature=temperature, fp16=config.fp16)
+    c = model.config
+    spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config)
+    return export_and_validate(spec, exported, out_path, reference=reference)
+
+
+# --------------------------------------------------------------------------------------------------- bundle
+
+
+def _labels(extra: dict[str, Any], config: HeadExportConfig, num_classes: int, checkpoint: Path) -> list[str]:
+    labels = list(config.labels) if config.labels is not None else extra.get("labels")
+    if labels is None:
+        raise CtmwaError(f"checkpoint {checkpoint} names no labels (config.json has no 'labels'); pass --labels a,b,c ({num_classes} names)")
+    if len(labels) != num_classes or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
+        raise CtmwaError(f"labels {labels} do not name the model's {num_classes} classes once each; pass --labels with {num_classes} distinct names")
+    return [str(x) for x in labels]
+
+
+def _training_metrics(checkpoint: Path) -> dict[str, Any]:
+    path = checkpoint / METRICS_FILE
+    if not path.is_file():
+        logger.warning("%s has no %s; the manifest's training_metrics stay empty", checkpoint, METRICS_FILE)
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CtmwaError(f"cannot read {path}: {e}; re-run ctmwa-train or delete the file") from e
+    # The per-epoch history is for plots, not for the bundle; the summary stays.
+    return {k: v for k, v in metrics.items() if k != "history"} if isinstance(metrics, dict) else {}
+
+
+def _check_dims(encoders: bundle_layout.Bundle, model: CTMWA) -> None:
+    dims, c = encoders.dims, model.config
+    for key, want in ((TEXT_EMB, c.text_dim), (IMAGE_EMB, c.image_dim)):
+        if dims.get(key) != want:
+            raise BundleError(
+                f"the encoders in {str(encoders.root)!r} give {key} of width {dims.get(key)}, the checkpoint's model takes {want}; "
+                "export the head with a checkpoint trained on features from these encoders (ctmwa-batch embed with this bundle)"
+            )
+
+
+def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: str | Path, config: HeadExportConfig = HeadExportConfig()) -> Path:
+    """Export the checkpoint's head, validate it, and write encoders + head as a full bundle at out_dir; returns out_dir."""
+    checkpoint, out_dir = Path(checkpoint_dir), Path(out_dir)
+    _prepare_out_dir(out_dir, config.overwrite)
+    encoders = bundle_layout.load_bundle(encoders_dir)
+    encoders.require(*bundle_layout.ENCODER_FILES)
+    if encoders.has_head:
+        raise BundleError(f"{str(encoders.root)!r} already has a head; pass an encoders-only bundle to --encoders")
+    model, model_config, extra = load_checkpoint(checkpoint)
+    _check_dims(encoders, model)
+    labels = _labels(extra, config, model_config.num_classes, checkpoint)
+
+    calibration: dict[str, Any] = {"method": "none", "temperature": 1.0}
+    if config.calibrate:
+        from export.calibrate import calibrate_on_features
+
+        calibration = calibrate_on_features(model, config.features, labels)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
+    try:
+        bundle_dir = staging / "bundle"
+        # The head is exported and validated before anything is copied: a failure leaves no bundle anywhere.
+        report = export_head_graph(model, staging / HEAD, config, temperature=calibration["temperature"])
+        shutil.copytree(encoders.root, bundle_dir)
+        os.chmod(bundle_dir, 0o755)
+        head_info = {
+            "checkpoint": str(checkpoint),
+            "model_config": dataclasses.asdict(model_config),
+            "translators": "folded: o(v(relu(W_c x + b))), o∘v merged" if config.fold_translators else "attention (unfolded)",
+            "precision": "fp16" if config.fp16 else "fp32",
+            "opset": config.opset,
+            "validated_batch_sizes": list(report.batch_sizes),
+            "validated_mask_cases": list(MASK_CASES),
+            "weights_from": "one_hot(argmax logits)",
+            "missing_text": "img2txt(image_emb)",
+            "missing_image": "txt2img(text)",
+            "best_epoch": extra.get("best_epoch"),
+            "trained_at": extra.get("created_at"),
+        }
+        bundle = bundle_layout.add_files(
+            bundle_dir,
+            {HEAD: staging / HEAD},
+            updates={
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "labels": labels,
+                "dims": {"classes": model_config.num_classes},
+                "graphs": {HEAD: _signature(report)},
+                "head": head_info,
+                "calibration": calibration,
+                "training_metrics": _training_metrics(checkpoint),
+            },
+        )
+        _publish(bundle_dir, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    bundle = bundle_layout.load_bundle(out_dir)
+    logger.info("full bundle %s written to %s (labels %s, %s)", bundle.model_version, out_dir, labels, head_info["precision"])
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`ctmwa-export head` arguments."""
+    d = HeadExportConfig()
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder written by ctmwa-train")
+    parser.add_argument("--encoders", required=True, type=Path, help="encoders-only bundle written by ctmwa-export encoders")
+    parser.add_argument("--out", required=True, type=Path, help="full bundle folder to write")
+    parser.add_argument("--fp16", action="store_true", help="compute in float16 inside the graph (inputs/outputs stay float32)")
+    parser.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the valid split of --features")
+    parser.add_argument("--features", type=Path, help="features Parquet for --calibrate")
+    parser.add_argument("--labels", help="comma-separated class names (default: the checkpoint's)")
+    parser.add_argument("--no-fold", action="store_true", help="keep the translators' attention in the graph (for comparisons)")
+    parser.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset (default {d.opset})")
+    parser.add_argument("--atol", type=float, default=d.atol, help=f"fp32 validation tolerance (default {d.atol:g})")
+    parser.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config from the arguments and export."""
+    config = HeadExportConfig(
+        fp16=args.fp16,
+        calibrate=args.calibrate,
+        features=args.features,
+        labels=tuple(s.strip() for s in args.labels.split(",")) if args.labels else None,
+        fold_translators=not args.no_fold,
+        opset=args.opset,
+        atol=args.atol,
+        dynamo=not args.torchscript,
+        overwrite=args.overwrite,
+    )
+    out = export_head(args.checkpoint, args.encoders, args.out, config)
+    logger.info("done: %s (model_version %s)", out, bundle_layout.load_bundle(out).model_version)
+    return 0
