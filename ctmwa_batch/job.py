@@ -366,6 +366,18 @@ def _load(bundle_dir: str | Path) -> tuple[Bundle, list[str]]:
     return bundle, require_scoring_bundle(bundle)
 
 
+def _plan(input_path: str | Path, output_root: str | Path, bundle: Bundle, max_rows: int, overwrite: bool, config: ScoreConfig) -> dict[str, Any]:
+    p = partitions.plan_partition(str(input_path), str(output_root), bundle.model_version, max_rows)
+    _check_input(p, config)
+    require_scoring_bundle(bundle)
+    skip = not partitions.begin(p, overwrite=overwrite)
+    logger.info(
+        "planned %s: %d rows in %d shard(s), plan %s%s", p.partition, p.num_rows, len(p.shards), p.plan_id,
+        " (already committed: skip)" if skip else "",
+    )
+    return {**p.to_dict(), "skip": skip}
+
+
 def plan(
     input_path: str | Path,
     output_root: str | Path,
@@ -377,22 +389,13 @@ def plan(
     """Plan the scoring of one partition and get its output ready (partitions.begin).
 
     Returns the PartitionPlan as a dict (JSON, small) plus "skip": True when the partition is already committed for
-    this input and model (and not `overwrite`). Checks the bundle and every input file's columns first, so a bad
-    bundle or schema fails before any output. `max_rows_per_shard` / `overwrite` override the config's.
+    this input and model (and not `overwrite`). Checks every input file's columns and the bundle first, so a bad
+    schema or an encoders-only bundle fails before any output. `max_rows_per_shard` / `overwrite` override the config's.
     """
     config = ScoreConfig.coerce(config)
     max_rows = max_rows_per_shard if max_rows_per_shard is not None else config.max_rows_per_shard
     force = config.overwrite if overwrite is None else overwrite
-    bundle = load_bundle(bundle_dir)
-    p = partitions.plan_partition(str(input_path), str(output_root), bundle.model_version, max_rows)
-    _check_input(p, config)
-    require_scoring_bundle(bundle)
-    skip = not partitions.begin(p, overwrite=force)
-    logger.info(
-        "planned %s: %d rows in %d shard(s), plan %s%s", p.partition, p.num_rows, len(p.shards), p.plan_id,
-        " (already committed: skip)" if skip else "",
-    )
-    return {**p.to_dict(), "skip": skip}
+    return _plan(input_path, output_root, load_bundle(bundle_dir), max_rows, force, config)
 
 
 def _score_shards(
@@ -452,13 +455,17 @@ def score_shard(
         raise ValueError(f"shard_index {shard_index} out of range: the plan has {len(p.shards)} shard(s)")
     if plan.get("skip"):
         return {"shard": shard_index, "skipped": True, "rows": p.shards[shard_index].num_rows, "reason": "partition already committed"}
+    marker = partitions.shard_done(p, shard_index)
+    if marker is not None:  # a retry of a finished shard: no bundle to load, nothing to do
+        return _shard_summary(marker, skipped=True)
     bundle, _ = _load(bundle_dir)
     if bundle.model_version != p.model_version:
         raise PlanMismatch(
             f"bundle {str(bundle_dir)!r} is model {bundle.model_version} but the plan was made for {p.model_version}; "
             "plan the partition again with this bundle"
         )
-    return _score_shards(p, [shard_index], bundle, config, None)[0]
+    progress = Progress(p.shards[shard_index].num_rows, config.progress_interval_s, label=f"shard {shard_index}: scored")
+    return _score_shards(p, [shard_index], bundle, config, progress)[0]
 
 
 def _summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
@@ -506,7 +513,8 @@ def score_partition(
     config = ScoreConfig.coerce(config)
     t0 = time.perf_counter()
     check_device(config.device)  # a missing GPU fails before the output is touched
-    plan_dict = plan(input_path, output_root, bundle_dir, config=config)
+    bundle = load_bundle(bundle_dir)  # verified once (sha256 of every file), used for the plan and the shards
+    plan_dict = _plan(input_path, output_root, bundle, config.max_rows_per_shard, config.overwrite, config)
     p = _plan_from(plan_dict)
     if plan_dict["skip"]:
         existing = partitions.read_success(p.output_dir)
@@ -515,7 +523,6 @@ def score_partition(
     for k in indices:
         if not 0 <= k < len(p.shards):
             raise ValueError(f"shard {k} out of range: partition {p.partition} has {len(p.shards)} shard(s) (--shard 0..{len(p.shards) - 1})")
-    bundle, _ = _load(bundle_dir)
     progress = Progress(sum(p.shards[k].num_rows for k in indices), config.progress_interval_s, interactive)
     try:
         results = _score_shards(p, indices, bundle, config, progress)
