@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -55,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="training seeds")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic features")
     parser.add_argument("--reference-lr", action="store_true", help="the reference's step sizes instead of the demo's")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is faster on a busy machine")
     parser.add_argument("--json", type=Path, help="also write every run's metrics here")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     training = {} if args.reference_lr else dict(DEMO_TRAINING)
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     start = time.perf_counter()
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     total = time.perf_counter() - start
 
-    lr = "reference lr" if args.reference_lr else f"lr {training['lr']}, inner_lr {training['inner_lr']}, wnet_lr {training['wnet_lr']}"
+    lr = "reference lr" if args.reference_lr else ", ".join(f"{k} {v}" for k, v in training.items())
     print(
         f"\nCTMWA vs late fusion: {args.posts} synthetic posts, {args.dim}-d, {args.classes} classes, {args.epochs} epochs, "
         f"batch 32, {lr}; seeds {args.seeds}"
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = summary[("meta", "seconds_per_epoch")] / summary[("late_fusion", "seconds_per_epoch")]
     print(f"meta − late fusion: test acc {acc_gain:+.4f}, weighted F1 {f1_gain:+.4f}; time per epoch ratio meta / late fusion {ratio:.2f}x")
     print(
-        f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
         f"torch {torch.__version__}; total {total:.0f} s"
     )
     if args.json:
