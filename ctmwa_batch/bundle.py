@@ -10,6 +10,8 @@ A bundle is a folder (DESIGN.md section 5):
     head.onnx            the CTMWA head (text_emb, image_emb, has_text, has_image -> logits, probs, text_probs,
                          image_probs, text_weight, image_weight); joins with `ctmwa-export head`, which also sets
                          labels, dims.classes, head (precision, translators, checkpoint), calibration, training_metrics
+    end_to_end.onnx      optional (ctmwa-export head --end-to-end): pixels, input_ids, attention_mask, has_text,
+                         has_image -> the head's outputs plus text_emb, image_emb; the three graphs above in one
 
 Encoders alone make a partial bundle that `embed` can use; `add_files` puts the head in and rewrites the manifest.
 Loading verifies every checksum and rejects missing, changed and unexpected files, naming each.
@@ -40,6 +42,7 @@ MANIFEST = "manifest.json"
 IMAGE_ENCODER = "image_encoder.onnx"
 TEXT_ENCODER = "text_encoder.onnx"
 HEAD = "head.onnx"
+END_TO_END = "end_to_end.onnx"  # optional: the three graphs composed into one (for runtimes other than ctmwa-batch)
 TOKENIZER = "tokenizer.json"
 ENCODER_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
 
