@@ -43,7 +43,7 @@ from ctmwa_batch.errors import CtmwaError, InputSchemaError
 from ctmwa_batch.partitions import PartitionNotReady, PartitionPlan, Shard, open_filesystem
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema
 from ctmwa_batch.runtime import DEVICES, check_device
-from ctmwa_batch.scorer import ScoreConfig, Scorer, require_scoring_bundle, status_counts
+from ctmwa_batch.scorer import ScoreConfig, Scorer, require_scoring_bundle, value_counts
 
 logger = logging.getLogger(__name__)
 
@@ -292,8 +292,8 @@ def _run_shard(
                 if item is _END:
                     break
                 t0 = time.perf_counter()
-                statuses.update(status_counts(item, "status"))
-                sentiments.update(status_counts(item, "sentiment"))
+                statuses.update(value_counts(item, "status"))
+                sentiments.update(value_counts(item, "sentiment"))
                 pending.append(item)
                 pending_rows += item.num_rows
                 if pending_rows >= config.row_group_rows:

@@ -315,7 +315,7 @@ def require_scoring_bundle(bundle: Bundle) -> list[str]:
     return list(labels)
 
 
-def status_counts(batch: pa.RecordBatch | pa.Table, column: str) -> dict[str, int]:
-    """Counts of the non-null values of a string column."""
+def value_counts(batch: pa.RecordBatch | pa.Table, column: str) -> dict[str, int]:
+    """Counts of the non-null values of a string column (statuses, sentiments)."""
     counts = pc.value_counts(batch.column(column))
     return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["values"] is not None}

@@ -1,32 +1,22 @@
-"""`ctmwa-batch score`: one output row per input row with the right status, atomic restartable commits,
-deterministic bytes, the shard API equal to the one-call job, fast failure on unusable input."""
+"""`ctmwa-batch score`: unusable input (columns, types, bundle, device) fails before any output; the config and
+progress; helpers shared with test_score_job.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ctmwa_batch import job, partitions, schema
-from ctmwa_batch.bundle import load_bundle
+from ctmwa_batch import job
 from ctmwa_batch.cli import main as cli_main
 from ctmwa_batch.errors import BundleError, InputSchemaError, ProviderUnavailable
 from ctmwa_batch.job import Progress, ScoreConfig
-from ctmwa_batch.scorer import Scorer
 from tests import images
 
-REPO = Path(__file__).resolve().parents[2]
 FIXED_TIME = "2026-11-26T03:00:00+00:00"
 TEXTS = ["I love this cat", "terrible day, so sad", "A PHOTO of the beach!", "good morning 😀", "new car"]
 
@@ -53,10 +43,6 @@ def parts_of(out_dir: str | Path) -> list[str]:
 
 def all_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def read_scores(out_dir: str | Path) -> pa.Table:
-    return pq.read_table(out_dir)
 
 
 def cpu(**kwargs) -> ScoreConfig:
