@@ -13,7 +13,7 @@ from ctmwa_batch.errors import CtmwaError
 SUBCOMMANDS = {
     "embed": "ctmwa_batch.embed",
     "inspect": "ctmwa_batch.bundle",
-    # "score": "ctmwa_batch.job",
+    "score": "ctmwa_batch.job",
 }
 
 

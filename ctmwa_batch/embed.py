@@ -10,11 +10,8 @@ appears atomically (written under a temporary name, then renamed). Training feat
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import logging
-import math
-import multiprocessing
 import os
 import time
 from collections import Counter
@@ -31,7 +28,8 @@ import pyarrow.parquet as pq
 from ctmwa_batch import schema
 from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
 from ctmwa_batch.errors import InputSchemaError
-from ctmwa_batch.preprocess import ImageSpec, TextTokenizer, decode_images
+from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_items
+from ctmwa_batch.preprocess import ImageSpec, TextTokenizer, TokenizedTexts
 from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
 
 logger = logging.getLogger(__name__)
@@ -51,7 +49,7 @@ class EmbedConfig:
     image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI) column; None = no images
     batch_size: int = 256  # rows per record batch read, decoded, encoded and written
     device: str = "auto"  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
-    workers: int = 0  # image-decoding processes; 0 decodes in this process
+    workers: int = 0  # image-decoding processes; 0 decodes in a background thread of this process
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = all cores
     keep_image_column: bool = False  # pass the image bytes through to the output too (large)
 
@@ -93,8 +91,12 @@ class Encoders:
 
     def encode_texts(self, texts: Sequence[str | None]) -> EncodedTexts:
         """Tokenize and encode; only the present texts go through the graph."""
-        tokens = self.tokenizer.encode(texts)
-        emb = np.zeros((len(texts), self.text_dim), dtype=np.float32)
+        return self.encode_tokens(self.tokenizer.encode(texts))
+
+    def encode_tokens(self, tokens: TokenizedTexts) -> EncodedTexts:
+        """Encode tokenized texts (from `self.tokenizer`); only the present texts go through the graph."""
+        n = len(tokens.ok)
+        emb = np.zeros((n, self.text_dim), dtype=np.float32)
         if tokens.ok.any():
             # Trim the padding to the longest present row (the dummy rows of missing texts are dropped).
             ids, mask = tokens.input_ids[tokens.ok], tokens.attention_mask[tokens.ok]
@@ -114,10 +116,6 @@ class Encoders:
 # --------------------------------------------------------------------------------------------------- input
 
 
-_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
-_BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)
-
-
 def _open_input(path: Path) -> ds.Dataset:
     if not path.exists():
         raise InputSchemaError(f"input {str(path)!r} does not exist; pass --input a posts Parquet file or a folder of them")
@@ -125,52 +123,6 @@ def _open_input(path: Path) -> ds.Dataset:
         return ds.dataset(str(path), format="parquet", partitioning="hive")
     except (pa.ArrowInvalid, OSError) as e:
         raise InputSchemaError(f"input {str(path)!r} is not readable as Parquet: {e}; pass --input a posts Parquet file or folder") from e
-
-
-def check_posts_schema(posts_schema: pa.Schema, config: EmbedConfig, where: str) -> bool:
-    """Fail before any output when a column is missing or of the wrong type; returns whether images are paths."""
-    needed = {}
-    if config.id_column:
-        needed[config.id_column] = "--id-column"
-    if config.text_column:
-        needed[config.text_column] = "--text-column"
-    if config.image_column:
-        needed[config.image_column] = "--image-column"
-    schema.require_columns(posts_schema, needed, where)
-    if config.text_column:
-        t = posts_schema.field(config.text_column).type
-        if not any(check(t) for check in _TEXT_TYPES):
-            raise InputSchemaError(
-                f"text column {config.text_column!r} in {where} has type {t}, expected string; set --text-column to the text column"
-            )
-    image_paths = False
-    if config.image_column:
-        t = posts_schema.field(config.image_column).type
-        if any(check(t) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)):
-            image_paths = True
-        elif not any(check(t) for check in (*_BYTES_TYPES, pa.types.is_null)):
-            raise InputSchemaError(
-                f"image column {config.image_column!r} in {where} has type {t}, expected binary (image bytes) or string "
-                "(path/URI); set --image-column to the image column"
-            )
-    return image_paths
-
-
-def _read_path(location: str | None, base: Path) -> tuple[bytes | None, str | None]:
-    """Bytes of an image given by path or URI; (None, reason) when unreadable."""
-    if location is None or location == "":
-        return None, None
-    try:
-        if "://" in location:
-            from pyarrow import fs
-
-            filesystem, inner = fs.FileSystem.from_uri(location)
-            with filesystem.open_input_stream(inner) as f:
-                return f.read(), None
-        p = Path(location)
-        return (p if p.is_absolute() else base / p).read_bytes(), None
-    except Exception as e:  # noqa: BLE001 - an unreadable image is a per-row result
-        return None, f"unreadable image path: {type(e).__name__}: {str(e)[:100]}"
 
 
 # --------------------------------------------------------------------------------------------------- output
@@ -200,51 +152,6 @@ def _output_schema(posts_schema: pa.Schema, config: EmbedConfig, metadata: dict[
 # --------------------------------------------------------------------------------------------------- pipeline
 
 
-class _Decoder:
-    """Image decoding in this process or in a process pool, one batch ahead of inference."""
-
-    def __init__(self, spec: ImageSpec, workers: int):
-        self.spec = spec
-        self.workers = workers
-        self.pool = None
-        if workers > 0:
-            # spawn, not fork: the parent holds ONNX Runtime threads, which fork would copy in a broken state.
-            self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-    def submit(self, items: list[bytes | None]) -> Any:
-        if self.pool is None:
-            return decode_images(items, self.spec)
-        chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
-        return [self.pool.submit(decode_images, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
-
-    def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        if self.pool is None:
-            return handle
-        parts = [future.result() for future in handle]
-        if not parts:
-            return np.zeros((0, self.spec.size, self.spec.size, 3), np.uint8), np.zeros(0, bool), []
-        return (
-            np.concatenate([p[0] for p in parts]),
-            np.concatenate([p[1] for p in parts]),
-            [r for p in parts for r in p[2]],
-        )
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _image_items(batch: pa.RecordBatch, config: EmbedConfig, image_paths: bool, base: Path) -> tuple[list[bytes | None], list[str | None]]:
-    """The image bytes of a batch and, for path columns, why a path could not be read."""
-    if not config.image_column:
-        return [None] * batch.num_rows, [None] * batch.num_rows
-    values = batch.column(config.image_column).to_pylist()
-    if not image_paths:
-        return values, [None] * len(values)
-    read = [_read_path(v, base) for v in values]
-    return [r[0] for r in read], [r[1] for r in read]
-
-
 def embed(config: EmbedConfig) -> dict[str, Any]:
     """Run the embed job; returns stats (rows, rows with text / image, image errors by reason, seconds, rows/s)."""
     t0 = time.perf_counter()
@@ -265,7 +172,7 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     stats = Counter()
     reasons: Counter[str] = Counter()
-    decoder = _Decoder(encoders.image_spec, config.workers)
+    decoder = ImageDecoder(encoders.image_spec, config.workers)
     last_log = time.perf_counter()
     try:
         with pq.ParquetWriter(str(tmp), out_schema) as writer:
@@ -274,7 +181,7 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
             pending = None
             for batch in batches:
                 # Decode batch k+1 (in the pool, when there is one) while batch k is encoded and written.
-                items, read_errors = _image_items(batch, config, image_paths, base)
+                items, read_errors = image_items(batch, config.image_column, image_paths, base)
                 ahead = (batch, decoder.submit(items), read_errors)
                 if pending is not None:
                     _write_batch(writer, out_schema, passthrough, pending, decoder, encoders, config, stats, reasons)
@@ -311,7 +218,7 @@ def _write_batch(
     out_schema: pa.Schema,
     passthrough: list[str],
     pending: tuple[pa.RecordBatch, Any, list[str | None]],
-    decoder: _Decoder,
+    decoder: ImageDecoder,
     encoders: Encoders,
     config: EmbedConfig,
     stats: Counter,
@@ -388,7 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
     parser.add_argument("--device", choices=DEVICES, default=d.device, help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: in process)")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: a thread in this process)")
     parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
     parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
 

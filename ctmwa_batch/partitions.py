@@ -7,9 +7,11 @@ A posts partition (a Parquet file, a folder of files, or a hive path such as `po
     {output_root}/model_version={v}/{partition}/_SUCCESS.json                      (written last)
 
 Planning is a pure function of the input listing (paths, sizes, row-group sizes) and the model version, so every
-worker that plans the same partition gets the same shards. A part is written under a hidden temporary name and moved
-into place when complete; readers (pyarrow.dataset, Spark, DuckDB) skip names starting with `.` or `_`, so a killed
-run leaves nothing they would read. `_SUCCESS.json` appears only after every shard of the plan has its marker.
+worker that plans the same partition gets the same shards. A shard's part is written under a hidden temporary name
+inside `_shards/`, renamed there when complete (staged), and its marker written; `commit` moves the staged parts
+into place, removes what older plans or killed runs left, and writes `_SUCCESS.json` last. Readers (pyarrow.dataset,
+Spark, DuckDB) skip names starting with `.` or `_`, so until a commit nothing of a run is visible to them, and a
+killed run leaves nothing they would read.
 """
 
 from __future__ import annotations
@@ -296,15 +298,17 @@ class PartSink:
 
 @contextlib.contextmanager
 def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Iterator[PartSink]:
-    """Write one shard's part under a temporary name; on clean exit move it into place and mark the shard done.
+    """Write one shard's part under a temporary name; on clean exit stage it in `_shards/` and mark the shard done.
 
-    On an exception the temporary file is removed and nothing is published. Two workers scoring the same shard at
-    once both succeed: the parts are equal and each move replaces the other's atomically.
+    On an exception the temporary file is removed and nothing is staged. Two workers scoring the same shard at
+    once both succeed: the parts are equal and each rename replaces the other's atomically. The writer settings are
+    fixed (and the file carries no timestamp of its own), so equal rows give equal bytes.
     """
     fs, path = open_filesystem(plan.output_dir)
     fs.create_dir(f"{path}/{SHARDS_DIR}", recursive=True)
-    final = f"{path}/{plan.part_name(shard_index)}"
-    tmp = f"{path}/.{plan.part_name(shard_index)}.tmp-{uuid.uuid4().hex}"
+    staged = f"{path}/{SHARDS_DIR}/{plan.part_name(shard_index)}"
+    tmp = f"{path}/{SHARDS_DIR}/.{plan.part_name(shard_index)}.tmp-{uuid.uuid4().hex}"
+    started_at = time.time()
     started = time.monotonic()
     sink = fs.open_output_stream(tmp)
     out = PartSink(pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=True))
@@ -321,7 +325,7 @@ def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Ite
             fs.delete_file(tmp)
         raise
     try:
-        fs.move(tmp, final)
+        fs.move(tmp, staged)
     except FileNotFoundError:
         # A concurrent worker committed the partition and swept our temporary file: its part is ours.
         if shard_done(plan, shard_index) is None:
@@ -334,14 +338,38 @@ def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Ite
         "part": plan.part_name(shard_index),
         "input_rows": plan.shards[shard_index].num_rows,
         "seconds": round(time.monotonic() - started, 3),
+        "started_at": round(started_at, 3),
+        "finished_at": round(time.time(), 3),
         **out.stats,
     }
     _write_atomic(fs, f"{path}/{plan.marker_name(shard_index)}", json.dumps(marker, sort_keys=True).encode())
 
 
+def _sum_counts(markers: list[dict], key: str) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for m in markers:
+        for name, n in (m.get(key) or {}).items():
+            total[name] = total.get(name, 0) + n
+    return dict(sorted(total.items()))
+
+
+def _publish_parts(fs: pafs.FileSystem, path: str, plan: PartitionPlan) -> None:
+    """Move every staged part of the plan into place (a part already in place was moved by an earlier commit)."""
+    for shard in plan.shards:
+        name = plan.part_name(shard.index)
+        try:
+            fs.move(f"{path}/{SHARDS_DIR}/{name}", f"{path}/{name}")
+        except FileNotFoundError:
+            if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
+                raise PartitionNotReady(
+                    f"partition {plan.partition}: shard {shard.index} has a marker but its part {name} is gone; "
+                    "rescore with --overwrite"
+                ) from None
+
+
 def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
-    """Publish the partition: check every shard of the plan finished, remove what other plans or killed runs left,
-    then write `_SUCCESS.json` last. Returns its content. Idempotent."""
+    """Publish the partition: check every shard of the plan finished, move the staged parts into place, remove what
+    other plans or killed runs left, then write `_SUCCESS.json` last. Returns its content. Idempotent."""
     fs, path = open_filesystem(plan.output_dir)
     markers = [shard_done(plan, s.index) for s in plan.shards]
     missing = [s.index for s, m in zip(plan.shards, markers) if m is None]
@@ -350,6 +378,13 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
             f"partition {plan.partition}: shard(s) {missing} of {len(plan.shards)} have not finished; "
             "score them first (a retry of the failed shard tasks is safe)"
         )
+    output_rows = sum(m.get("output_rows", 0) for m in markers)
+    if output_rows != plan.num_rows:
+        raise PartitionNotReady(
+            f"partition {plan.partition}: shards wrote {output_rows} rows for {plan.num_rows} input rows; "
+            "rescore with --overwrite"
+        )
+    _publish_parts(fs, path, plan)
     keep = {plan.part_name(s.index) for s in plan.shards} | {plan.marker_name(s.index) for s in plan.shards}
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         rel = posixpath.relpath(info.path, path)
@@ -357,27 +392,33 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
             log.info("removing stale %s", info.path)
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(info.path)
-    status_counts: dict[str, int] = {}
-    for m in markers:
-        for status, n in m.get("status_counts", {}).items():
-            status_counts[status] = status_counts.get(status, 0) + n
-    output_rows = sum(m.get("output_rows", 0) for m in markers)
-    if output_rows != plan.num_rows:
-        raise PartitionNotReady(
-            f"partition {plan.partition}: shards wrote {output_rows} rows for {plan.num_rows} input rows; "
-            "rescore with --overwrite"
-        )
     seconds = sum(m.get("seconds", 0.0) for m in markers)
+    starts = [m["started_at"] for m in markers if "started_at" in m]
+    ends = [m["finished_at"] for m in markers if "finished_at" in m]
+    wall = max(ends) - min(starts) if starts and ends else None
+    stages: dict[str, float] = {}
+    for m in markers:
+        for stage, s in (m.get("timings") or {}).items():
+            stages[stage] = round(stages.get(stage, 0.0) + s, 3)
     success = {
         "model_version": plan.model_version,
         "partition": plan.partition,
         "plan_id": plan.plan_id,
         "input": plan.fingerprint | {"path": plan.input_path},
         "parts": [plan.part_name(s.index) for s in plan.shards],
-        "rows": {"input": plan.num_rows, "output": output_rows, "by_status": dict(sorted(status_counts.items()))},
+        "rows": {
+            "input": plan.num_rows,
+            "output": output_rows,
+            "by_status": _sum_counts(markers, "status_counts"),
+            "by_sentiment": _sum_counts(markers, "sentiment_counts"),
+        },
         "timings": {
             "shard_seconds_total": round(seconds, 3),
             "rows_per_second_per_shard": round(output_rows / seconds, 1) if seconds else None,
+            # first shard start to last shard end, whatever ran in parallel
+            "wall_seconds": round(wall, 3) if wall is not None else None,
+            "rows_per_second": round(output_rows / wall, 1) if wall else None,
+            "stages": dict(sorted(stages.items())),
             "shards": [{"shard": m["shard"], "seconds": m["seconds"], **m.get("timings", {})} for m in markers],
         },
         "committed_at": datetime.now(timezone.utc).isoformat(),

@@ -97,6 +97,15 @@ def _providers_for(device: str, available: list[str], device_id: int) -> list[An
     return [(CUDA, {"device_id": device_id}), CPU]
 
 
+def check_device(device: str) -> None:
+    """Fail early (ProviderUnavailable) when `device` asks for CUDA and this onnxruntime has no CUDA provider.
+
+    A cheap check before a job writes anything; create_session still makes the final check."""
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} unknown; use one of {list(DEVICES)}")
+    _providers_for(device, import_onnxruntime().get_available_providers(), 0)
+
+
 def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) -> OnnxModel:
     """Open an ONNX graph on the configured device; ProviderUnavailable if `cuda` was asked for and is not usable."""
     ort = import_onnxruntime()

@@ -91,7 +91,10 @@ def test_commit_publishes_only_a_complete_plan_and_sweeps_leftovers(partition, t
     _score_shard(plan, 0)
     with pytest.raises(RuntimeError):
         _score_shard(plan, 1, fail=True)
-    assert not [f for f in os.listdir(out) if f.startswith(".part-00001")]  # failed shard left no temp file
+    assert not [f for f in os.listdir(f"{out}/_shards") if f.startswith(".part-00001")]  # failed shard: no temp file
+    # a finished shard is staged, not visible: a reader of the folder finds no part before the commit
+    assert [f for f in os.listdir(out) if not f.startswith((".", "_"))] == ["part-00007-oldplan.parquet"]
+    assert os.listdir(f"{out}/_shards") and plan.part_name(0) in os.listdir(f"{out}/_shards")
     with pytest.raises(P.PartitionNotReady, match=r"shard\(s\) \[1, 2\]"):
         P.commit(plan)
     assert P.read_success(out) is None
@@ -99,7 +102,9 @@ def test_commit_publishes_only_a_complete_plan_and_sweeps_leftovers(partition, t
     _score_shard(plan, 2)
     success = P.commit(plan)
     assert sorted(os.listdir(out)) == sorted(["_SUCCESS.json", "_shards", *success["parts"]])
-    assert success["rows"] == {"input": 290, "output": 290, "by_status": {"ok": 290}}
+    assert success["rows"] == {"input": 290, "output": 290, "by_status": {"ok": 290}, "by_sentiment": {}}
+    assert sorted(os.listdir(f"{out}/_shards")) == sorted(plan.marker_name(i).split("/")[1] for i in range(3))
+    assert P.commit(plan)["parts"] == success["parts"]  # idempotent: the parts are already in place
     assert pq.read_table(out).num_rows == 290  # a reader sees exactly the committed parts
     assert P.is_committed(plan) and not P.begin(plan)  # a rerun is a no-op
     assert P.begin(plan, overwrite=True) and P.read_success(out) is None  # forcing withdraws the marker first

@@ -1,0 +1,180 @@
+"""Reading posts: the column checks, image bytes from a bytes or path column, and the image-decoding process pool.
+
+Shared by `embed` (training features) and `score` (scores), so both read posts and decode images one way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from ctmwa_batch import schema
+from ctmwa_batch.errors import InputSchemaError
+from ctmwa_batch.preprocess import ImageSpec, decode_images
+
+TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
+BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)
+PATH_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+ID_TYPES = (*PATH_TYPES, pa.types.is_integer, *BYTES_TYPES)
+
+
+class PostColumns(Protocol):
+    """Where a job finds the parts of a post (EmbedConfig and ScoreConfig both have these fields)."""
+
+    id_column: str | None
+    text_column: str | None
+    image_column: str | None
+
+
+def check_posts_schema(posts_schema: pa.Schema, columns: PostColumns, where: str) -> bool:
+    """Fail before any output when a column is missing or of the wrong type; returns whether images are paths."""
+    needed = {}
+    if columns.id_column:
+        needed[columns.id_column] = "--id-column"
+    if columns.text_column:
+        needed[columns.text_column] = "--text-column"
+    if columns.image_column:
+        needed[columns.image_column] = "--image-column"
+    schema.require_columns(posts_schema, needed, where)
+    if columns.id_column:
+        t = posts_schema.field(columns.id_column).type
+        if not any(check(t) for check in ID_TYPES):
+            raise InputSchemaError(
+                f"id column {columns.id_column!r} in {where} has type {t}, expected string, integer or binary; "
+                "set --id-column to the post id column"
+            )
+    if columns.text_column:
+        t = posts_schema.field(columns.text_column).type
+        if not any(check(t) for check in TEXT_TYPES):
+            raise InputSchemaError(
+                f"text column {columns.text_column!r} in {where} has type {t}, expected string; set --text-column to the text column"
+            )
+    image_paths = False
+    if columns.image_column:
+        t = posts_schema.field(columns.image_column).type
+        if any(check(t) for check in PATH_TYPES):
+            image_paths = True
+        elif not any(check(t) for check in (*BYTES_TYPES, pa.types.is_null)):
+            raise InputSchemaError(
+                f"image column {columns.image_column!r} in {where} has type {t}, expected binary (image bytes) or string "
+                "(path/URI); set --image-column to the image column"
+            )
+    return image_paths
+
+
+def read_image_path(location: str | None, base: Path) -> tuple[bytes | None, str | None]:
+    """Bytes of an image given by path or URI; (None, reason) when unreadable."""
+    if location is None or location == "":
+        return None, None
+    try:
+        if "://" in location:
+            from pyarrow import fs
+
+            filesystem, inner = fs.FileSystem.from_uri(location)
+            with filesystem.open_input_stream(inner) as f:
+                return f.read(), None
+        p = Path(location)
+        return (p if p.is_absolute() else base / p).read_bytes(), None
+    except Exception as e:  # noqa: BLE001 - an unreadable image is a per-row result
+        return None, f"unreadable image path: {type(e).__name__}: {str(e)[:100]}"
+
+
+def image_items(
+    batch: pa.RecordBatch, image_column: str | None, image_paths: bool, base: Path
+) -> tuple[list[bytes | None], list[str | None]]:
+    """The image bytes of a batch and, for path columns, why a path could not be read."""
+    if not image_column:
+        return [None] * batch.num_rows, [None] * batch.num_rows
+    values = batch.column(image_column).to_pylist()
+    if not image_paths:
+        return values, [None] * len(values)
+    read = [read_image_path(v, base) for v in values]
+    return [r[0] for r in read], [r[1] for r in read]
+
+
+# --------------------------------------------------------------------------------------------------- decoding
+
+
+def _timed_decode(items: Sequence[bytes | None], spec: ImageSpec) -> tuple[np.ndarray, np.ndarray, list[str | None], float]:
+    t0 = time.perf_counter()
+    pixels, ok, reasons = decode_images(items, spec)
+    return pixels, ok, reasons, time.perf_counter() - t0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: a decoder whose parent was killed (SIGKILL, OOM killer) exits instead of lingering."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+class ImageDecoder:
+    """Image decoding in this process or in a pool of worker processes; uint8 pixels travel back, never float32.
+
+    `submit` returns at once with a handle; `result` waits for it. With workers=0, `submit` decodes in the calling
+    thread (Pillow releases the GIL while it decodes and resizes, so a reader thread still overlaps inference).
+    """
+
+    def __init__(self, spec: ImageSpec, workers: int):
+        self.spec = spec
+        self.workers = workers
+        self.seconds = 0.0  # decode time summed over every worker (CPU-side cost, not wall time)
+        self._lock = threading.Lock()
+        self.pool = None
+        if workers > 0:
+            # spawn, not fork: the parent holds ONNX Runtime threads, which fork would copy in a broken state.
+            self.pool = cf.ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
+
+    def submit(self, items: list[bytes | None]) -> Any:
+        """Start decoding a batch; returns a handle for `result`."""
+        if self.pool is None:
+            return _timed_decode(items, self.spec)
+        # Chunks small enough that every worker gets a share of each batch.
+        chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
+        return [self.pool.submit(_timed_decode, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
+
+    def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """(uint8 pixels (N, S, S, 3), ok (N,), reasons (N,)) of a submitted batch."""
+        parts = [handle] if self.pool is None else [future.result() for future in handle]
+        with self._lock:
+            self.seconds += sum(p[3] for p in parts)
+        if not parts:
+            return np.zeros((0, self.spec.size, self.spec.size, 3), np.uint8), np.zeros(0, bool), []
+        if len(parts) == 1:
+            return parts[0][0], parts[0][1], parts[0][2]
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            [r for p in parts for r in p[2]],
+        )
+
+    def close(self) -> None:
+        """Stop the pool (pending work is cancelled)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> ImageDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

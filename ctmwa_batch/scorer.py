@@ -1,0 +1,321 @@
+"""Score posts: a bundle's encoders and head on record batches of posts -> record batches of scores.
+
+`Scorer(bundle, config).score(batch)` maps posts (id, text, image bytes or path) to the scores schema
+(ctmwa_batch.schema.scores_schema), one output row per input row, always (DESIGN.md sections 4, 5, 8):
+
+- status `ok` (text and image), `image_missing`, `text_missing`, `no_content` (neither: not scored) or `error`
+  (a null id: the row is output but not scored, since nothing could join it back);
+- `error` holds a short reason wherever something present was unusable ("image: not an image",
+  "image: truncated image: ...", "id: null"); a null, empty or whitespace text, or a null or empty image, is a
+  missing modality, not an error;
+- `text_sentiment` / `image_sentiment` are the unimodal heads' predictions where that modality is present (null
+  where it is missing: there the head only saw the translation of the other modality); `text_weight` and
+  `image_weight` are the weight nets' outputs for every scored row.
+
+The job (ctmwa_batch.job) runs the same steps split into stages: `prepare` (column extraction, tokenization) in a
+reader thread, image decoding in a process pool, `infer` (encoders + head + output assembly) in the main thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctmwa_batch import schema
+from ctmwa_batch.bundle import HEAD, Bundle, load_bundle
+from ctmwa_batch.embed import Encoders
+from ctmwa_batch.errors import BundleError, InputSchemaError
+from ctmwa_batch.partitions import DEFAULT_MAX_ROWS_PER_SHARD
+from ctmwa_batch.posts import check_posts_schema, image_items
+from ctmwa_batch.preprocess import MAX_REASON_CHARS, ImageSpec, TokenizedTexts, decode_images
+from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
+
+logger = logging.getLogger(__name__)
+
+# The head graph's contract (DESIGN.md section 5).
+HEAD_INPUTS = (schema.TEXT_EMB, schema.IMAGE_EMB, schema.HAS_TEXT, schema.HAS_IMAGE)
+HEAD_OUTPUTS = ("logits", "probs", "text_probs", "image_probs", "text_weight", "image_weight")
+# Image decode reasons that mean "no image" rather than "a bad image".
+_ABSENT = (None, "null", "empty")
+SCHEMA_METADATA_KEY = "ctmwa_batch.score"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How posts are scored: the columns, the device, batching, and how the job cuts and commits a partition."""
+
+    device: str = "auto"  # auto | cpu | cuda; cuda that is not there is ProviderUnavailable, never a CPU fallback
+    batch_size: int = 256  # rows per record batch read, decoded, encoded and scored
+    workers: int | None = None  # image-decoding processes; None = one per CPU core but one (at least 1); 0 = a thread
+    intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = every core
+    id_column: str = schema.DEFAULT_ID_COLUMN  # post id (string, integer or binary), copied to the output
+    text_column: str | None = schema.DEFAULT_TEXT_COLUMN  # string column; None = the posts have no text
+    image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI); None = no images
+    passthrough: tuple[str, ...] = ()  # further input columns copied to the output after the scores
+    overwrite: bool = False  # rescore a partition already committed for the same input and model
+    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # a shard (one task, one part file) is whole row groups up to this
+    queue_batches: int = 4  # batches in flight between two stages: bounds memory whatever the partition's size
+    row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
+    progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
+    scored_at: str | None = None  # ISO-8601 time stamped on every row (reproducible reruns); None = the time of scoring
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} unknown; use one of {list(DEVICES)}")
+        for name in ("batch_size", "queue_batches", "row_group_rows", "max_rows_per_shard"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)}: must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers {self.workers}: must be 0 (decode in a thread), more, or None (one per core)")
+        if not self.id_column:
+            raise ValueError("id_column is required: scores are joined back to posts by it; set --id-column")
+        if self.scored_at is not None:
+            _parse_time(self.scored_at)
+        object.__setattr__(self, "passthrough", tuple(self.passthrough))
+
+    @property
+    def decode_workers(self) -> int:
+        """The number of decoding processes this config asks for (None resolved against this machine)."""
+        if self.workers is not None:
+            return self.workers
+        return max(1, (os.cpu_count() or 2) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what an Airflow task passes through XCom)."""
+        return {**asdict(self), "passthrough": list(self.passthrough)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
+        """Inverse of to_dict; an unknown key is an error naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown score config key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def coerce(cls, config: ScoreConfig | dict[str, Any] | None) -> ScoreConfig:
+        """A ScoreConfig from itself, its dict form, or None (the defaults)."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        raise TypeError(f"config must be a ScoreConfig, a dict or None, got {type(config).__name__}")
+
+
+def _parse_time(value: str) -> dt.datetime:
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise ValueError(f"scored_at {value!r} is not an ISO-8601 time; use e.g. 2026-11-26T00:00:00+00:00") from e
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclass
+class Prepared:
+    """A batch after the CPU-side steps that need no model: ids, tokens, image bytes (to decode) and path errors."""
+
+    ids: pa.Array  # the id column, as read
+    tokens: TokenizedTexts  # tokenized texts (ok False where missing)
+    images: list[bytes | None]  # image bytes (None where null or unreadable)
+    read_errors: list[str | None]  # why an image path could not be read (path columns only)
+    passthrough: list[pa.Array] = field(default_factory=list)  # config.passthrough columns, as read
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+
+def _argmax_or_null(probs: np.ndarray, valid: np.ndarray) -> pa.Array:
+    return pa.array(np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64), type=pa.int64(), mask=~valid)
+
+
+def _float_column(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    return pa.array(values.astype(np.float32, copy=False), type=pa.float32(), mask=~valid)
+
+
+def _reason(prefix: str, reason: str) -> str:
+    text = f"{prefix}: {reason}"
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+class Scorer:
+    """A bundle's sessions (image and text encoders, head), loaded once; `score(batch)` scores a batch of posts."""
+
+    def __init__(self, bundle: Bundle | str | Path, config: ScoreConfig | dict[str, Any] | None = None):
+        self.config = ScoreConfig.coerce(config)
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.labels = require_scoring_bundle(self.bundle)
+        runtime = RuntimeConfig(device=self.config.device, intra_op_threads=self.config.intra_op_threads)
+        self.encoders = Encoders(self.bundle, runtime)
+        self.head = create_session(self.bundle.path(HEAD), runtime)
+        if set(self.head.input_names) != set(HEAD_INPUTS) or not set(HEAD_OUTPUTS) <= set(self.head.output_names):
+            raise BundleError(
+                f"{HEAD} of bundle {str(self.bundle.root)!r} has inputs {self.head.input_names} and outputs "
+                f"{self.head.output_names}; expected inputs {list(HEAD_INPUTS)} and outputs {list(HEAD_OUTPUTS)}: "
+                "re-export the head (ctmwa-export head)"
+            )
+        self.model_version = self.bundle.model_version
+        self._labels = pa.array(self.labels, type=pa.string())
+        self._fixed_time = _parse_time(self.config.scored_at) if self.config.scored_at else None
+        # seconds spent per model stage since construction (read by the job for its timings)
+        self.timings: dict[str, float] = {"encode_text": 0.0, "encode_image": 0.0, "head": 0.0}
+
+    @property
+    def provider(self) -> str:
+        """Execution provider the sessions run on."""
+        return self.head.provider
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        """How this bundle decodes images (what the decoding pool needs)."""
+        return self.encoders.image_spec
+
+    def output_schema(self, id_field: pa.Field, passthrough_fields: Sequence[pa.Field] = ()) -> pa.Schema:
+        """The scores schema for this model, with the input's id field and any passthrough fields after the scores."""
+        base = schema.scores_schema(self.labels, id_field)
+        clash = sorted({f.name for f in passthrough_fields} & set(base.names))
+        if clash:
+            raise InputSchemaError(
+                f"passthrough column(s) {clash} would replace score columns of the same name; drop them from --passthrough"
+            )
+        metadata = {SCHEMA_METADATA_KEY: json.dumps({"model_version": self.model_version, "labels": self.labels})}
+        return pa.schema([*base, *passthrough_fields], metadata=metadata)
+
+    def input_columns(self) -> list[str]:
+        """The input columns scoring reads (and nothing else)."""
+        c = self.config
+        return list(dict.fromkeys(x for x in (c.id_column, c.text_column, c.image_column, *c.passthrough) if x))
+
+    # ------------------------------------------------------------------------------------------- stages
+
+    def prepare(self, batch: pa.RecordBatch, base: Path | None = None, *, image_paths: bool | None = None) -> Prepared:
+        """Extract the columns of a batch and tokenize its texts (no model, no image decoding yet)."""
+        c = self.config
+        if image_paths is None:
+            image_paths = check_posts_schema(batch.schema, c, "the record batch")
+        n = batch.num_rows
+        texts = batch.column(c.text_column).to_pylist() if c.text_column else [None] * n
+        images, read_errors = image_items(batch, c.image_column, image_paths, base or Path.cwd())
+        return Prepared(
+            ids=batch.column(c.id_column),
+            tokens=self.encoders.tokenizer.encode(texts),
+            images=images,
+            read_errors=read_errors,
+            passthrough=[batch.column(name) for name in c.passthrough],
+        )
+
+    def infer(
+        self,
+        prepared: Prepared,
+        decoded: tuple[np.ndarray, np.ndarray, list[str | None]],
+        out_schema: pa.Schema | None = None,
+    ) -> pa.RecordBatch:
+        """Encoders + head on a prepared batch and its decoded images -> the scores record batch."""
+        pixels, image_ok, image_reasons = decoded
+        n = prepared.num_rows
+        text_ok = prepared.tokens.ok
+        id_ok = ~np.asarray(prepared.ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        scored = id_ok & (text_ok | image_ok)
+
+        t0 = time.perf_counter()
+        text_emb = self.encoders.encode_tokens(prepared.tokens).emb
+        t1 = time.perf_counter()
+        image_emb = self.encoders.encode_pixels(pixels, image_ok)
+        t2 = time.perf_counter()
+        C = len(self.labels)
+        outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
+        outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight")}
+        if scored.any():
+            got = self.head.run(
+                {
+                    schema.TEXT_EMB: text_emb[scored],
+                    schema.IMAGE_EMB: image_emb[scored],
+                    schema.HAS_TEXT: text_ok[scored],
+                    schema.HAS_IMAGE: image_ok[scored],
+                }
+            )
+            for name in outs:
+                outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
+        t3 = time.perf_counter()
+        self.timings["encode_text"] += t1 - t0
+        self.timings["encode_image"] += t2 - t1
+        self.timings["head"] += t3 - t2
+
+        status = np.full(n, schema.STATUS_NO_CONTENT, dtype=object)
+        status[text_ok & image_ok] = schema.STATUS_OK
+        status[text_ok & ~image_ok] = schema.STATUS_IMAGE_MISSING
+        status[~text_ok & image_ok] = schema.STATUS_TEXT_MISSING
+        status[~id_ok] = schema.STATUS_ERROR
+        errors: list[str | None] = [None] * n
+        for i in range(n):
+            reasons = []
+            if not id_ok[i]:
+                reasons.append("id: null")
+            if prepared.read_errors[i]:
+                reasons.append(_reason("image", prepared.read_errors[i]))
+            elif image_reasons[i] not in _ABSENT:
+                reasons.append(_reason("image", image_reasons[i]))
+            if reasons:
+                errors[i] = "; ".join(reasons)
+
+        probs = outs["probs"]
+        sentiment = self._labels.take(_argmax_or_null(probs, scored))
+        columns: list[pa.Array] = [
+            prepared.ids,
+            sentiment,
+            _float_column(probs.max(axis=1) if n else np.zeros(0, np.float32), scored),
+            *[_float_column(probs[:, k], scored) for k in range(C)],
+            _float_column(outs["text_weight"], scored),
+            _float_column(outs["image_weight"], scored),
+            self._labels.take(_argmax_or_null(outs["text_probs"], scored & text_ok)),
+            self._labels.take(_argmax_or_null(outs["image_probs"], scored & image_ok)),
+            pa.array(text_ok, type=pa.bool_()),
+            pa.array(image_ok, type=pa.bool_()),
+            pa.array(status.tolist(), type=pa.string()),
+            pa.array(errors, type=pa.string()),
+            pa.repeat(pa.scalar(self.model_version, pa.string()), n),
+            pa.repeat(pa.scalar(self._fixed_time or dt.datetime.now(dt.timezone.utc), pa.timestamp("us", tz="UTC")), n),
+            *prepared.passthrough,
+        ]
+        if out_schema is None:
+            id_field = pa.field(self.config.id_column, prepared.ids.type)
+            extra = [pa.field(name, col.type) for name, col in zip(self.config.passthrough, prepared.passthrough)]
+            out_schema = self.output_schema(id_field, extra)
+        columns = [col if col.type == f.type else col.cast(f.type) for col, f in zip(columns, out_schema)]
+        return pa.RecordBatch.from_arrays(columns, schema=out_schema)
+
+    def score(self, batch: pa.RecordBatch, base: Path | None = None) -> pa.RecordBatch:
+        """Score one record batch of posts in this process (the job overlaps these steps across batches)."""
+        prepared = self.prepare(batch, base)
+        return self.infer(prepared, decode_images(prepared.images, self.image_spec))
+
+
+def require_scoring_bundle(bundle: Bundle) -> list[str]:
+    """A bundle's labels, or BundleError when it cannot score (no head, no labels)."""
+    bundle.require(HEAD)
+    labels = bundle.labels
+    if not labels:
+        raise BundleError(
+            f"bundle {str(bundle.root)!r} has a head but no labels in its manifest; re-export the head (ctmwa-export head)"
+        )
+    return list(labels)
+
+
+def value_counts(batch: pa.RecordBatch | pa.Table, column: str) -> dict[str, int]:
+    """Counts of the non-null values of a string column (statuses, sentiments)."""
+    counts = pc.value_counts(batch.column(column))
+    return {str(v["values"]): int(v["counts"]) for v in counts.to_pylist() if v["values"] is not None}
