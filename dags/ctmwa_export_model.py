@@ -42,6 +42,8 @@ MODELS = Asset(name=MODELS_ASSET_NAME, uri=MODELS_ASSET_URI)
         "train_config": Param({}, type="object", description='ctmwa-train --config, e.g. {"training": {"lr": 0.001}}'),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="training epochs; null = the default (20)"),
         "seed": Param(None, type=["null", "integer"], description="training seed; null = the default (1111)"),
+        "calibrate": Param(False, type="boolean", description="fit a softmax temperature on the features' valid split"),
+        "torch_threads": Param(None, type=["null", "integer"], minimum=1, description="torch threads while training; null = every core"),
         "make_current": Param(True, type="boolean", description="move CURRENT to the new version"),
         "models_root": Param(None, type=["null", "string"], description="where to publish; null = CTMWA_MODELS_ROOT"),
     },
@@ -76,11 +78,11 @@ def ctmwa_export_model():
         return release.train(state, features_path)
 
     @task
-    def export_head(state: dict, checkpoint_dir: str, encoders_dir: str) -> str:
-        """The head (translator included) to ONNX beside the encoders: the complete bundle."""
+    def export_head(state: dict, checkpoint_dir: str, encoders_dir: str, features_path: str | None) -> str:
+        """The head (translator included) to ONNX beside the encoders: the complete bundle (calibrated on request)."""
         from export import release
 
-        return release.export_head(state, checkpoint_dir, encoders_dir)
+        return release.export_head(state, checkpoint_dir, encoders_dir, features_path)
 
     @task
     def validate(state: dict, bundle_dir: str) -> dict:
@@ -98,8 +100,9 @@ def ctmwa_export_model():
 
     state = prepare()
     encoders = export_encoders(state)
-    checkpoint = train(state, features(state, encoders))
-    bundle = export_head(state, checkpoint, encoders)
+    embedded = features(state, encoders)
+    checkpoint = train(state, embedded)
+    bundle = export_head(state, checkpoint, encoders, embedded)
     publish(state, bundle, validate(state, bundle))
 
 

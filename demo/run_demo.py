@@ -79,7 +79,7 @@ def output_to(log_path: Path) -> Iterator[IO[str]]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m demo.run_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="where everything goes (wiped first)")
+    parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="where everything goes (its demo folders are wiped first)")
     parser.add_argument("--start-date", default="2026-01-05", help="first day of the lake (YYYY-MM-DD)")
     parser.add_argument("--days", type=int, default=3, help="days of posts in the lake")
     parser.add_argument("--rows", type=int, default=300, help="good posts per day (10 bad rows come on top)")
@@ -92,9 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
     home, lake, models = out / "airflow", out / "lake", out / "models"
+    for folder in (home, lake, models, out / "training"):  # only ours: python -m training.demo writes beside them
+        shutil.rmtree(folder, ignore_errors=True)
     home.mkdir(parents=True)
     dates = [(dt.date.fromisoformat(args.start_date) + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
     # Airflow reads its configuration when it is imported; the scoring tasks read CTMWA_* when they run.
@@ -173,6 +173,7 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
         "labels": ",".join(demo_data.LABELS),
         "epochs": args.epochs,
         "train_config": {"training": {"batch_size": 64, "lr": 0.005}},
+        "torch_threads": 1,  # a tiny model: one thread is as fast, and does not stall on a busy machine
     }
     if not run("ctmwa_export_model", _utc(dates[0]), conf, "(the demo model)"):
         return False

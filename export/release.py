@@ -56,6 +56,8 @@ class ReleaseConfig:
     train_config: dict = dataclasses.field(default_factory=dict)  # ctmwa-train --config ({"model": {...}, "training": {...}})
     epochs: int | None = None  # ctmwa-train --epochs; None = the training default (20)
     seed: int | None = None  # ctmwa-train --seed; None = the training default (1111)
+    calibrate: bool = False  # fit a softmax temperature on the features' valid split, so confidence means what it says
+    torch_threads: int | None = None  # torch threads while training; None = torch's default (every core)
     make_current: bool = True  # move CURRENT to the new version once it is published
     smoke_rows: int = 40  # generated posts scored by `validate` (plus the bad rows)
 
@@ -66,6 +68,8 @@ class ReleaseConfig:
                 f"give exactly one of training_posts (train on labelled posts), features (train on embedded posts) or "
                 f"checkpoint (export without training); got {given or 'none'}"
             )
+        if self.calibrate and self.checkpoint:
+            raise ReleaseError("calibrate needs the training features: give training_posts or features, not a checkpoint")
         if not isinstance(self.train_config, dict):
             raise ReleaseError(f"train_config must be a JSON object, got {type(self.train_config).__name__}")
 
@@ -194,7 +198,7 @@ def train(release: Mapping[str, Any], features_path: str | None) -> str:
     if config.seed is not None:
         argv += ["--seed", str(config.seed)]
     logger.info("ctmwa-train %s", " ".join(argv))
-    status = cli.main(argv)
+    status = _with_torch_threads(config.torch_threads, cli.main, argv)
     if status != 0:
         raise ReleaseError(f"ctmwa-train exited with status {status} (its error is in the log above)")
     metrics = json.loads((out / cli.METRICS_FILE).read_text())
@@ -202,14 +206,30 @@ def train(release: Mapping[str, Any], features_path: str | None) -> str:
     return str(out)
 
 
-def export_head(release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: str) -> str:
-    """The checkpoint's head -> head.onnx beside a copy of the encoders: the complete bundle (parity-validated)."""
-    from export.head import export_head as export
+def _with_torch_threads(threads: int | None, fn: Any, *args: Any) -> Any:
+    if threads is None:
+        return fn(*args)
+    import torch
 
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def export_head(release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: str, features_path: str | None = None) -> str:
+    """The checkpoint's head -> head.onnx beside a copy of the encoders: the complete bundle (parity-validated);
+    with `calibrate`, a temperature fitted on the features' valid split goes into the graph."""
+    from export.head import HeadExportConfig, export_head as export
+
+    config = _config(release)
     out = Path(release["work_dir"]) / "bundle"
     if out.exists():
         shutil.rmtree(out)
-    export(checkpoint_dir, encoders_dir, out)
+    head_config = HeadExportConfig(calibrate=True, features=Path(features_path)) if config.calibrate and features_path else HeadExportConfig()
+    export(checkpoint_dir, encoders_dir, out, head_config)
     return str(out)
 
 
@@ -268,8 +288,9 @@ def release(config: ReleaseConfig, run_id: str = "manual") -> dict[str, Any]:
     """Every step in a row, without Airflow; returns publish's result plus the validation."""
     state = prepare(dataclasses.asdict(config), run_id)
     encoders = export_encoders(state)
-    checkpoint = train(state, features(state, encoders))
-    bundle = export_head(state, checkpoint, encoders)
+    features_path = features(state, encoders)
+    checkpoint = train(state, features_path)
+    bundle = export_head(state, checkpoint, encoders, features_path)
     validation = validate(state, bundle)
     return {**publish(state, bundle), "validation": validation}
 

@@ -88,6 +88,8 @@ def runs(run_dags, deployment, backfill_lake, release_inputs, full_bundle) -> di
         "training_posts": str(release_inputs["posts"]),
         "labels": ",".join(demo_data.LABELS),
         "epochs": 1,
+        "calibrate": True,
+        "torch_threads": 1,
         "train_config": {"model": {"embed_dim": 8, "weight_net_hidden": 16}, "training": {"batch_size": 64}},
         "models_root": str(release_inputs["models"]),
     }
@@ -178,4 +180,6 @@ def test_export_dag_publishes_a_bundle_and_moves_current(runs, release_inputs):
     assert registry.resolve(models) == models / version
     assert sorted(registry.list_versions(models)) == sorted([release_inputs["first"], version])
     assert run["xcom"]["validate"]["smoke"]["rows"] == 50 and run["xcom"]["validate"]["labels"] == list(demo_data.LABELS)
+    manifest = json.loads((models / version / "manifest.json").read_text())
+    assert manifest["calibration"]["method"] != "none" and manifest["training_metrics"]["epochs"] == 1
     assert not (models / ".staging").exists() or not any((models / ".staging").iterdir())  # work files cleaned up

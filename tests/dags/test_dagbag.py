@@ -77,6 +77,7 @@ def test_backfill_dag_is_bounded_and_publishes_the_asset(parsed):
 def test_export_dag_chain(parsed):
     tasks = parsed["dags"]["ctmwa_export_model"]["tasks"]
     assert tasks["publish"]["upstream"] == ["export_head", "prepare", "validate"]
+    assert tasks["export_head"]["upstream"] == ["export_encoders", "features", "prepare", "train"]
     assert tasks["validate"]["upstream"] == ["export_head", "prepare"]
     assert tasks["train"]["upstream"] == ["features", "prepare"]
     assert tasks["publish"]["outlets"] == ["ctmwa_models"]
