@@ -43,7 +43,9 @@ _OWNERS = ("my", "our", "the", "this", "that", "your")
 _SUBJECTS = ("cat", "dog", "photo", "picture", "coffee", "cake", "pizza", "friend", "friends", "family", "team", "song", "movie", "book", "party", "trip", "car", "train", "game", "food", "music")
 _PLACES = ("at the beach", "in the city", "on the street", "at home", "at work", "at school", "by the sea", "at the party")
 _TIMES = ("today", "tonight", "now", "this morning", "last night", "again", "")
-_POLAR_FRAMES = ("so {w}", "really {w}", "{w} {w2}", "very {w} , {w2}", "just {w}", "{w} !", "too {w}")
+# Short texts, a few sentiment words each: the tiny random CLIP of the demo pools a text into one vector, and a lone
+# sentiment word among many others would barely move it.
+_POLAR_FRAMES = ("{w} {w2} {desc} {w3}", "{desc} so {w} , {w2} {w3}", "{w} {desc} , {w2} {w3}", "{desc} {w} {w2} !", "really {w} {w2} {desc}")
 
 POSTS_SCHEMA = pa.schema([pa.field("post_id", pa.string()), pa.field("text", pa.string()), pa.field("image", pa.binary()), pa.field("created_at", pa.timestamp("ms", tz="UTC"))])
 LABELS_SCHEMA = pa.schema(
@@ -70,21 +72,19 @@ def _rng(*key: object) -> np.random.Generator:
 
 
 def make_text(sentiment: int, rng: np.random.Generator) -> str:
-    """A short post text; positive / negative texts carry sentiment words, neutral ones only describe."""
-    describe = f"{rng.choice(_OWNERS)} {rng.choice(_SUBJECTS)}"
-    if rng.random() < 0.7:
-        describe += f" {rng.choice(_PLACES)}"
-    when = str(rng.choice(_TIMES))
+    """A short post text; positive / negative texts carry a few sentiment words, neutral ones only describe."""
+    desc = f"{rng.choice(_OWNERS)} {rng.choice(_SUBJECTS)}"
+    if rng.random() < 0.5:
+        desc += f" {rng.choice(_PLACES)}"
     if sentiment == NEUTRAL:
-        return " ".join(x for x in (describe, when) if x)
+        when = str(rng.choice(_TIMES)) if rng.random() < 0.4 else ""
+        return " ".join(x for x in (desc, when) if x)
     words = POSITIVE_WORDS if sentiment == POSITIVE else NEGATIVE_WORDS
-    emoji = POSITIVE_EMOJI if sentiment == POSITIVE else NEGATIVE_EMOJI
-    w, w2 = rng.choice(words, 2, replace=False)
-    cue = str(rng.choice(_POLAR_FRAMES)).format(w=w, w2=w2)
-    parts = [describe, when, cue] if rng.random() < 0.6 else [cue, describe, when]
-    if rng.random() < 0.4:
-        parts.append(str(rng.choice(emoji)))
-    return " ".join(x for x in parts if x)
+    w, w2, w3 = rng.choice(words, 3, replace=False)
+    text = str(rng.choice(_POLAR_FRAMES)).format(w=w, w2=w2, w3=w3, desc=desc)
+    if rng.random() < 0.3:
+        text += " " + str(rng.choice(POSITIVE_EMOJI if sentiment == POSITIVE else NEGATIVE_EMOJI))
+    return text
 
 
 def _palette(sentiment: int, rng: np.random.Generator) -> tuple[np.ndarray, float]:

@@ -83,8 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start-date", default="2026-01-05", help="first day of the lake (YYYY-MM-DD)")
     parser.add_argument("--days", type=int, default=3, help="days of posts in the lake")
     parser.add_argument("--rows", type=int, default=300, help="good posts per day (10 bad rows come on top)")
-    parser.add_argument("--train-posts", type=int, default=1200, help="labelled posts the demo model is trained on")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of the demo model")
+    parser.add_argument("--train-posts", type=int, default=2400, help="labelled posts the demo model is trained on")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs of the demo model")
+    parser.add_argument("--clip-width", type=int, default=64, help="hidden size of the tiny CLIP's towers")
+    parser.add_argument("--clip-dim", type=int, default=32, help="embedding size of the tiny CLIP (the model's input width)")
     parser.add_argument("--rows-per-shard", type=int, default=100, help="rows per scoring task (shows the mapped shards)")
     return parser.parse_args(argv)
 
@@ -144,7 +146,7 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
     story.step("building a tiny CLIP offline (random weights: export/tiny.py)")
     from export.tiny import build_tiny_clip
 
-    clip_dir = build_tiny_clip(out / "training" / "tiny_clip", seed=0)
+    clip_dir = build_tiny_clip(out / "training" / "tiny_clip", seed=0, hidden_size=args.clip_width, projection_dim=args.clip_dim)
 
     story.step(f"airflow db migrate (SQLite at {home / 'airflow.db'})")
     proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True)
