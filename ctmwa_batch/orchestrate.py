@@ -108,12 +108,13 @@ def _require_input(path: str, settings: Settings, date: str) -> None:
 # --------------------------------------------------------------------------------------------------- models
 
 
-def resolve_bundle(settings: Settings) -> tuple[str, str]:
-    """(bundle folder, model version) of the settings' model_version, resolved once per run."""
+def resolve_bundle(settings: Settings, verify: bool = True) -> tuple[str, str]:
+    """(bundle folder, model version) of the settings' model_version, resolved once per run; `verify` checks every
+    file's checksum (job.plan does that itself, so the nightly plan skips it here)."""
     from ctmwa_batch.bundle import load_bundle
 
     path = registry.resolve(settings.models_root, settings.model_version)
-    bundle = load_bundle(path)  # verifies the checksums once, before any shard starts
+    bundle = load_bundle(path, verify=verify)
     bundle.require("head.onnx")
     return str(path), bundle.model_version
 
@@ -145,7 +146,7 @@ def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | Non
     date = day_of(interval_start, params)
     input_path = settings.input_path(date)
     _require_input(input_path, settings, date)
-    bundle_dir, version = resolve_bundle(settings)
+    bundle_dir, version = resolve_bundle(settings, verify=False)  # job.plan verifies it
     overwrite = bool(params.get("overwrite", False))
     config = score_config(settings, overwrite)
     plan = job.plan(input_path, settings.output_root, bundle_dir, config=config)

@@ -58,6 +58,8 @@ class Settings:
     schedule: str = "@daily"  # cron of the nightly DAG; each run scores the day its data interval starts on (UTC)
     queue: str = "gpu"  # Celery queue / worker label of the scoring tasks: the GPU workers listen on it
     pool: str = "ctmwa_gpu"  # Airflow pool of the scoring tasks; its slots bound the shards scored at once, all DAGs together
+    executor: str = ""  # executor of the scoring tasks when Airflow runs several (e.g. "KubernetesExecutor"); "" = the default one
+    pod_template_file: str = ""  # KubernetesExecutor: pod template of the scoring tasks (GPU resources, node selector); "" = none
     max_active_shards: int = 8  # max_active_tis_per_dag of each scoring task (one DAG's share of the GPUs)
     shard_retries: int = 2  # retries of a scoring task; a retry scores only what did not finish
     retry_delay_minutes: int = 5  # wait before a retry
@@ -107,6 +109,15 @@ class Settings:
     def passthrough_columns(self) -> tuple[str, ...]:
         """The passthrough setting as a tuple of column names."""
         return tuple(c.strip() for c in self.passthrough.split(",") if c.strip())
+
+    def scoring_task_kwargs(self) -> dict[str, Any]:
+        """Operator arguments that place a scoring task: queue and pool always, executor and pod template when set."""
+        kwargs: dict[str, Any] = {"queue": self.queue, "pool": self.pool}
+        if self.executor:
+            kwargs["executor"] = self.executor
+        if self.pod_template_file:
+            kwargs["executor_config"] = {"pod_template_file": self.pod_template_file}
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (what a task logs and hands on through XCom)."""

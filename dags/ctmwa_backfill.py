@@ -57,8 +57,7 @@ def ctmwa_backfill():
         return orchestrate.chunks_to_score(backfill)
 
     @task(
-        queue=SETTINGS.queue,
-        pool=SETTINGS.pool,
+        **SETTINGS.scoring_task_kwargs(),  # queue and pool of the GPU workers (executor, pod template when set)
         retries=SETTINGS.shard_retries,
         retry_delay=timedelta(minutes=SETTINGS.retry_delay_minutes),
         # A task scores whole days one after another; a retry skips the shards and days that finished.

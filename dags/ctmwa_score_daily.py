@@ -67,8 +67,7 @@ def ctmwa_score_daily():
         return orchestrate.shards_to_score(planned)
 
     @task(
-        queue=SETTINGS.queue,
-        pool=SETTINGS.pool,
+        **SETTINGS.scoring_task_kwargs(),  # queue and pool of the GPU workers (executor, pod template when set)
         retries=SETTINGS.shard_retries,
         retry_delay=timedelta(minutes=SETTINGS.retry_delay_minutes),
         execution_timeout=timedelta(minutes=SETTINGS.shard_timeout_minutes),

@@ -52,6 +52,7 @@ def main(dags_folder: str, result_path: str) -> int:
                 t.task_id: {
                     "queue": t.queue,
                     "pool": t.pool,
+                    "executor_config": dict(getattr(t, "executor_config", None) or {}),
                     "retries": t.retries,
                     "execution_timeout_s": t.execution_timeout.total_seconds() if t.execution_timeout else None,
                     "max_active_tis_per_dag": t.max_active_tis_per_dag,

@@ -84,11 +84,14 @@ def test_export_dag_chain(parsed):
 
 
 def test_scheduling_settings_come_from_the_environment_at_parse_time(tmp_path):
-    parsed = _probe(tmp_path, CTMWA_QUEUE="a100", CTMWA_POOL="scoring", CTMWA_SHARD_RETRIES="5", CTMWA_MAX_ACTIVE_SHARDS="3", CTMWA_TRAIN_QUEUE="trainers")
+    parsed = _probe(tmp_path, CTMWA_QUEUE="a100", CTMWA_POOL="scoring", CTMWA_SHARD_RETRIES="5", CTMWA_MAX_ACTIVE_SHARDS="3", CTMWA_TRAIN_QUEUE="trainers", CTMWA_POD_TEMPLATE_FILE="/etc/airflow/gpu-pod.yaml")
     assert parsed["import_errors"] == {}
     shard = parsed["dags"]["ctmwa_score_daily"]["tasks"]["score_shard"]
     assert (shard["queue"], shard["pool"], shard["retries"], shard["max_active_tis_per_dag"]) == ("a100", "scoring", 5, 3)
     assert parsed["dags"]["ctmwa_export_model"]["tasks"]["train"]["queue"] == "trainers"
+    assert shard["executor_config"] == {"pod_template_file": "/etc/airflow/gpu-pod.yaml"}
+    assert parsed["dags"]["ctmwa_backfill"]["tasks"]["score_days"]["executor_config"] == {"pod_template_file": "/etc/airflow/gpu-pod.yaml"}
+    assert parsed["dags"]["ctmwa_score_daily"]["tasks"]["plan"]["executor_config"] == {}  # only the GPU tasks
 
 
 def test_a_bad_setting_is_an_import_error_that_names_it(tmp_path):
