@@ -135,18 +135,19 @@ def compare_outputs(a: Path, b: Path) -> float:
 
 def bench_model(name: str, clip_dir: Path, bundle_dir: Path, posts: Path, config: BenchConfig, n: int) -> None:
     work = config.work_dir
-    embed_posts(bundle_dir, posts, work / f"warm-{name}.parquet", batch_size=config.embed_batch, device="cpu")
+    slug = "".join(c if c.isalnum() else "_" for c in name)
+    embed_posts(bundle_dir, posts, work / f"warm-{slug}.parquet", batch_size=config.embed_batch, device="cpu")
     results = {}
     for workers in (0, os.cpu_count() or 1):
-        seconds = best_of(config.repeats, embed_posts, bundle_dir, posts, work / f"embed-{name}-{workers}.parquet", batch_size=config.embed_batch, device="cpu", workers=workers)
+        seconds = best_of(config.repeats, embed_posts, bundle_dir, posts, work / f"embed-{slug}-{workers}.parquet", batch_size=config.embed_batch, device="cpu", workers=workers)
         results[workers] = n / seconds
         print(f"{name}: embed end to end, decode workers {workers}: {results[workers]:8.1f} posts/s", flush=True)
-    seconds = best_of(config.repeats, transformers_pipeline, clip_dir, posts, work / f"hf-{name}.parquet", config.transformers_batch)
+    seconds = best_of(config.repeats, transformers_pipeline, clip_dir, posts, work / f"hf-{slug}.parquet", config.transformers_batch)
     baseline = n / seconds
     print(f"{name}: transformers pipeline (CLIPProcessor + CLIPModel fp32, batch {config.transformers_batch}): {baseline:8.1f} posts/s", flush=True)
     best = max(results.values())
     print(f"{name}: ratio embed (best) / transformers = {best / baseline:.2f}x", flush=True)
-    diff = compare_outputs(work / f"embed-{name}-0.parquet", work / f"hf-{name}.parquet")
+    diff = compare_outputs(work / f"embed-{slug}-0.parquet", work / f"hf-{slug}.parquet")
     print(f"{name}: max |image_emb difference| embed vs transformers = {diff:.2e} (JPEG draft on)", flush=True)
 
 

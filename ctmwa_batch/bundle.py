@@ -7,7 +7,11 @@ A bundle is a folder (DESIGN.md section 5):
     image_encoder.onnx   pixels uint8 (N, S, S, 3) -> image_emb float32 (N, D), L2-normalised
     text_encoder.onnx    input_ids, attention_mask int64 (N, L) -> text_emb float32 (N, D), L2-normalised
     tokenizer.json       the text tokenizer, loadable by the `tokenizers` library alone
-    head.onnx            the CTMWA head (text_emb, image_emb, has_text, has_image -> logits, probs, ...); joins later
+    head.onnx            the CTMWA head (text_emb, image_emb, has_text, has_image -> logits, probs, text_probs,
+                         image_probs, text_weight, image_weight); joins with `ctmwa-export head`, which also sets
+                         labels, dims.classes, head (precision, translators, checkpoint), calibration, training_metrics
+    end_to_end.onnx      optional (ctmwa-export head --end-to-end): pixels, input_ids, attention_mask, has_text,
+                         has_image -> the head's outputs plus text_emb, image_emb; the three graphs above in one
 
 Encoders alone make a partial bundle that `embed` can use; `add_files` puts the head in and rewrites the manifest.
 Loading verifies every checksum and rejects missing, changed and unexpected files, naming each.
@@ -38,6 +42,7 @@ MANIFEST = "manifest.json"
 IMAGE_ENCODER = "image_encoder.onnx"
 TEXT_ENCODER = "text_encoder.onnx"
 HEAD = "head.onnx"
+END_TO_END = "end_to_end.onnx"  # optional: the three graphs composed into one (for runtimes other than ctmwa-batch)
 TOKENIZER = "tokenizer.json"
 ENCODER_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
 
@@ -300,15 +305,69 @@ def add_files(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch inspect` arguments."""
-    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder")
+    parser.add_argument("bundle_path", nargs="?", type=Path, metavar="BUNDLE", help="model bundle folder")
+    parser.add_argument("--bundle", type=Path, help="model bundle folder (same as the positional BUNDLE)")
     parser.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
+    parser.add_argument("--format", choices=["json", "text"], default="json", help="json (default): the manifest; text: a summary to read")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def describe(bundle: Bundle) -> list[str]:
+    """A readable summary of a bundle: version, files, labels, dims, preprocessing, head, calibration, metrics."""
+    m = bundle.manifest
+    lines = [
+        f"bundle        {bundle.root}",
+        f"model_version {bundle.model_version} (format {m.get('format_version')}, opset {m.get('opset')}, created {m.get('created_at')})",
+        f"kind          {'full (scoring-ready)' if bundle.has_head else 'encoders only (embed; add a head with ctmwa-export head)'}",
+        "files",
+        *(f"  {name:<20} {entry['bytes']:>12,} bytes  sha256 {entry['sha256'][:12]}" for name, entry in sorted(m["files"].items())),
+        f"dims          {bundle.dims}",
+    ]
+    encoder = m.get("encoder") or {}
+    if encoder:
+        lines.append(f"encoder       {encoder.get('source')} ({encoder.get('architecture')}, text pooling {encoder.get('text_pooling')})")
+    if "preprocessing" in m:
+        image, text = bundle.image_spec, bundle.text_spec
+        lines.append(
+            f"preprocess    image {image.size}px ({image.interpolation}, mean {list(image.mean)}, std {list(image.std)}); "
+            f"text max {text.max_length} tokens"
+        )
+    if bundle.has_head:
+        head = m.get("head") or {}
+        lines.append(f"labels        {bundle.labels}")
+        lines.append(f"head          {head.get('precision', '?')}, translators {head.get('translators', '?')}")
+        calibration = m.get("calibration") or {}
+        if calibration.get("method", "none") == "none":
+            lines.append("calibration   none (probs = softmax(logits))")
+        else:
+            lines.append(
+                f"calibration   {calibration['method']} T = {_fmt(calibration.get('temperature'))} on {calibration.get('rows')} "
+                f"{calibration.get('split')} rows; ECE {_fmt(calibration.get('ece_before'))} -> {_fmt(calibration.get('ece_after'))}"
+            )
+        metrics = m.get("training_metrics") or {}
+        if metrics:
+            keys = ("valid_accuracy", "test_accuracy", "test_f1_weighted", "missing_text_test_accuracy", "missing_image_test_accuracy")
+            lines.append("metrics       " + ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
-    """Verify the bundle and print its manifest (files as name: sha256 prefix)."""
-    bundle = load_bundle(args.bundle, verify=not args.no_verify)
+    """Verify the bundle and print its manifest (files as name: sha256 prefix) or a readable summary."""
+    root = args.bundle_path or args.bundle
+    if root is None or (args.bundle_path and args.bundle and args.bundle_path != args.bundle):
+        raise BundleError("give the bundle folder once: ctmwa-batch inspect BUNDLE (or --bundle BUNDLE)")
+    bundle = load_bundle(root, verify=not args.no_verify)
+    if args.format == "text":
+        print("\n".join([*describe(bundle), f"verified      {'yes: every sha256 matches' if not args.no_verify else 'no (--no-verify)'}"]))
+        return 0
     summary = {key: value for key, value in bundle.manifest.items() if key != "files"}
     summary["files"] = {name: f"{entry['sha256'][:12]} ({entry['bytes']} bytes)" for name, entry in bundle.manifest["files"].items()}
     summary["has_head"] = bundle.has_head
+    summary["verified"] = not args.no_verify
     print(json.dumps(summary, indent=2))
     return 0

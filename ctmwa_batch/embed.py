@@ -49,7 +49,7 @@ class EmbedConfig:
     image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI) column; None = no images
     batch_size: int = 256  # rows per record batch read, decoded, encoded and written
     device: str = "auto"  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
-    workers: int = 0  # image-decoding processes; 0 decodes in this process
+    workers: int = 0  # image-decoding processes; 0 decodes in a background thread of this process
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = all cores
     keep_image_column: bool = False  # pass the image bytes through to the output too (large)
 
@@ -295,7 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
     parser.add_argument("--device", choices=DEVICES, default=d.device, help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: in process)")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: a thread in this process)")
     parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
     parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ INTERPOLATIONS = {
 }
 CROPS = ("center",)
 MAX_REASON_CHARS = 160
+MAX_ASPECT = 20  # longest / shortest side kept before resizing (see _limit_aspect)
 
 # OpenAI CLIP's pixel statistics (on [0, 1] pixels), the defaults of `openai/clip-vit-base-patch32`.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -134,6 +134,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _limit_aspect(img: Image.Image) -> Image.Image:
+    """Cut an extremely elongated image (a 1 x 100,000 strip) to MAX_ASPECT around its centre before resizing.
+
+    Resizing its short side to 224 would otherwise blow the long side up to millions of pixels; the centre crop that
+    follows keeps only the middle anyway, so the result only moves by a sub-pixel rounding of the resize scale.
+    """
+    w, h = img.size
+    if w > MAX_ASPECT * h:
+        keep = MAX_ASPECT * h
+        return img.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+    if h > MAX_ASPECT * w:
+        keep = MAX_ASPECT * w
+        return img.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+    return img
+
+
 def _resize_crop(img: Image.Image, spec: ImageSpec) -> Image.Image:
     """Shortest side to spec.resize_shortest_edge (long side floored, as CLIP's processor does), then centre crop."""
     w, h = img.size
@@ -158,17 +174,19 @@ def decode_image(data: bytes | None, spec: ImageSpec) -> tuple[np.ndarray | None
     if len(data) == 0:
         return None, "empty"
     try:
-        with warnings.catch_warnings():
-            # Pillow warns between MAX_IMAGE_PIXELS and twice that and refuses above; untrusted input refuses both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if spec.jpeg_draft and img.format == "JPEG":
-                    img.draft(None, (spec.resize_shortest_edge, spec.resize_shortest_edge))
-                img.load()  # first frame of an animated image
-                ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
-                rgb = _to_rgb(img)
-                out = np.asarray(_resize_crop(rgb, spec), dtype=np.uint8)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with Image.open(io.BytesIO(data)) as img:
+            # Pillow refuses above twice MAX_IMAGE_PIXELS and only warns above it; untrusted input stops at the limit.
+            # (Checked here rather than by turning the warning into an error: warning filters are process-global.)
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                return None, f"decompression bomb: {img.width}x{img.height} pixels exceeds the limit of {limit}"
+            if spec.jpeg_draft and img.format == "JPEG":
+                img.draft(None, (spec.resize_shortest_edge, spec.resize_shortest_edge))
+            img.load()  # first frame of an animated image
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+            rgb = _to_rgb(_limit_aspect(img))
+            out = np.asarray(_resize_crop(rgb, spec), dtype=np.uint8)
+    except Image.DecompressionBombError as e:
         return None, _short_reason("decompression bomb", e)
     except Image.UnidentifiedImageError:
         return None, "not an image"

@@ -20,7 +20,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
         raise ConfigError(f"{where}: unknown {cls.__name__} key(s) {unknown}; known keys are {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls, name, None) if fields[name].default is not dataclasses.MISSING else None
+        default = None if fields[name].default is dataclasses.MISSING else fields[name].default
         # JSON has no tuples; ints may stand for floats, never the other way round.
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)

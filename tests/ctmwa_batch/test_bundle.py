@@ -144,3 +144,74 @@ def test_inspect_cli_reports_a_broken_bundle(bundle_dir, capsys):
     (bundle_dir / "tokenizer.json").write_text("{}")
     assert cli_main(["inspect", "--bundle", str(bundle_dir)]) == 2
     assert "tokenizer.json: changed" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- full bundles
+
+
+@pytest.fixture
+def full_dir(full_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's full bundle (encoders + head), free to break."""
+    return Path(shutil.copytree(full_bundle, tmp_path / "full"))
+
+
+@pytest.mark.parametrize("name", ["head.onnx", "image_encoder.onnx", "text_encoder.onnx", "tokenizer.json"])
+def test_full_bundle_one_changed_byte_names_the_file(full_dir, name):
+    path = full_dir / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{name}: changed \(sha256") as e:
+        B.load_bundle(full_dir)
+    assert str(full_dir) in str(e.value) and "re-export" in str(e.value)
+
+
+def test_full_bundle_one_changed_byte_in_the_manifest_labels_is_caught(full_dir):
+    path = full_dir / B.MANIFEST
+    text = path.read_text()
+    assert text.count('"positive"') == 1
+    path.write_text(text.replace('"positive"', '"pasitive"'))  # one byte: a relabelled model is another model
+    with pytest.raises(BundleError, match=r"manifest.json: model_version does not match"):
+        B.load_bundle(full_dir)
+
+
+def test_inspect_full_bundle_json(full_bundle, capsys):
+    assert cli_main(["inspect", str(full_bundle)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["has_head"] is True and out["verified"] is True
+    assert out["labels"] == ["positive", "neutral", "negative"] and out["dims"]["classes"] == 3
+    assert out["calibration"]["method"] == "none" and "test_accuracy" in out["training_metrics"]
+    assert out["head"]["precision"] == "fp32" and "head.onnx" in out["files"]
+
+
+def test_inspect_full_bundle_text(full_bundle, capsys):
+    assert cli_main(["inspect", "--bundle", str(full_bundle), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    version = B.load_bundle(full_bundle).model_version
+    for expected in (
+        f"model_version {version}",
+        "full (scoring-ready)",
+        "head.onnx",
+        "labels        ['positive', 'neutral', 'negative']",
+        "'classes': 3",
+        "fp32, translators folded",
+        "calibration   none",
+        "metrics       valid_accuracy",
+        "verified      yes",
+    ):
+        assert expected in out, expected
+
+
+def test_inspect_text_of_an_encoders_bundle_and_argument_errors(encoder_bundle, full_bundle, capsys):
+    assert cli_main(["inspect", str(encoder_bundle), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    assert "encoders only" in out and "labels" not in out
+    assert cli_main(["inspect"]) == 2
+    assert "give the bundle folder" in capsys.readouterr().err
+    assert cli_main(["inspect", str(encoder_bundle), "--bundle", str(full_bundle)]) == 2
+
+
+def test_inspect_names_a_changed_head(full_dir, capsys):
+    (full_dir / "head.onnx").write_bytes(b"not a graph")
+    assert cli_main(["inspect", str(full_dir)]) == 2
+    assert "head.onnx: changed" in capsys.readouterr().err

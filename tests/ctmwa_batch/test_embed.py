@@ -197,3 +197,19 @@ def test_embedding_array_nulls():
     arr = embedding_array(emb, np.array([True, False, True]))
     assert arr.to_pylist() == [[0.0, 1.0], None, [4.0, 5.0]]
     assert arr.type == pa.list_(pa.float32())
+
+
+def test_empty_input_writes_an_empty_features_file(encoder_bundle, tmp_path):
+    empty = pa.table({"post_id": pa.array([], pa.string()), "text": pa.array([], pa.string()), "image": pa.array([], pa.binary())})
+    pq.write_table(empty, tmp_path / "posts.parquet")
+    stats = embed_posts(encoder_bundle, tmp_path / "posts.parquet", tmp_path / "f.parquet", device="cpu")
+    assert stats["rows"] == 0
+    assert pq.read_table(tmp_path / "f.parquet").column_names[-5:] == ["text_emb", "image_emb", "has_text", "has_image", "image_error"]
+
+
+def test_text_only_posts_without_id(encoder_bundle, tmp_path):
+    pq.write_table(pa.table({"body": ["good day", None]}), tmp_path / "posts.parquet")
+    stats = embed_posts(encoder_bundle, tmp_path / "posts.parquet", tmp_path / "f.parquet", id_column=None, text_column="body", image_column=None, device="cpu")
+    assert stats["has_text"] == 1 and stats["has_image"] == 0
+    rows = pq.read_table(tmp_path / "f.parquet").to_pylist()
+    assert [r["has_text"] for r in rows] == [True, False] and all(r["image_emb"] is None for r in rows)

@@ -70,6 +70,13 @@ def test_decompression_bomb_limit_stays_on():
     assert Image.MAX_IMAGE_PIXELS is not None
 
 
+def test_extreme_aspect_ratio_does_not_blow_up_memory():
+    strip = images.encode(Image.new("RGB", (100_000, 2), (10, 200, 10)), "PNG")
+    arr, reason = decode_image(strip, ImageSpec())  # 224: unguarded, the resize would be 11,200,000 x 224
+    assert reason is None and arr.shape == (224, 224, 3)
+    assert np.all(np.abs(arr.astype(int) - [10, 200, 10]) <= 1)
+
+
 def test_one_pixel_image_is_usable():
     arr, reason = decode_image(images.one_pixel(), SPEC)
     assert reason is None

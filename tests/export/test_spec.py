@@ -127,3 +127,79 @@ def test_spec_rejects_unknown_axis_names_and_batch_one():
         head_spec(dynamic_axes={"pixels": {0: "batch"}})
     with pytest.raises(ValueError, match="export_batch_size 1"):
         head_spec(export_batch_size=1)
+
+
+# --------------------------------------------------------------------------------------------------- reference, cases, tolerances
+
+
+def test_graph_is_checked_against_the_reference_module(tmp_path):
+    import copy
+
+    exported = HeadLike()
+    export_and_validate(head_spec(extra_batch_sizes=()), exported, tmp_path / "a.onnx", reference=copy.deepcopy(exported))
+    other = HeadLike()
+    with torch.no_grad():
+        other.cls.bias += 0.1
+    with pytest.raises(ExportValidationError, match="output 'logits' max"):
+        export_and_validate(head_spec(extra_batch_sizes=()), exported, tmp_path / "b.onnx", reference=other)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def cased_inputs(batch_size: int, case: str) -> dict[str, np.ndarray]:
+    inputs = head_inputs(batch_size)
+    present = case == "all present"
+    return {**inputs, "has_text": np.full(batch_size, present), "has_image": np.full(batch_size, present)}
+
+
+def test_every_input_case_is_validated_at_every_batch_size_and_named(tmp_path):
+    spec = head_spec(make_inputs=lambda n, case="all present": cased_inputs(n, case), input_cases=("all present", "none present"), extra_batch_sizes=())
+    assert spec.cases() == [(n, c) for n in (1, 3, 7) for c in ("all present", "none present")]
+    with pytest.raises(ExportValidationError) as e:
+        export_and_validate(spec, LiesWhenExported(), tmp_path / "h.onnx")
+    assert [f.split(": output")[0] for f in e.value.failures] == [f"batch {n}, {c}" for n in (1, 3, 7) for c in ("all present", "none present")]
+
+
+def test_per_output_tolerance(tmp_path):
+    report = export_and_validate(head_spec(output_atol={"logits": 1e3}, extra_batch_sizes=()), LiesWhenExported(), tmp_path / "h.onnx")
+    assert report.max_abs_diff["logits"] > 1e-3 and report.path.is_file()
+    with pytest.raises(ValueError, match="not outputs"):
+        head_spec(output_atol={"nope": 1.0})
+
+
+class ArgmaxBranch(torch.nn.Module):
+    """`w` depends on argmax(logits); the exported graph nudges the logits by 1e-3, as lower precision would."""
+
+    def forward(self, x):
+        logits = x + (torch.tensor([0.0, 1e-3, 0.0]) if torch.compiler.is_exporting() else 0.0)  # (N, 3)
+        return {"logits": logits, "w": (logits.argmax(dim=1) == 1).float()}
+
+
+def near_ties(batch_size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch_size)
+    x = rng.standard_normal((batch_size, 3)).astype(np.float32)
+    x[::4, 1] = x[::4, 0] - 5e-4  # every fourth row: class 1 just behind class 0, flipped by the nudge
+    x[::4, 2] = x[::4, 0] - 1.0
+    return {"x": x}
+
+
+def argmax_spec(**overrides) -> ExportSpec:
+    fields = dict(
+        name="argmax", input_names=("x",), output_names=("logits", "w"), make_inputs=near_ties,
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}, "w": {0: "batch"}}, atol=2e-3, extra_batch_sizes=(100,),
+        argmax_of="logits", argmax_dependent=("w",),
+    )
+    return ExportSpec(**{**fields, **overrides})
+
+
+def test_near_ties_flip_dependent_outputs_unless_skipped(tmp_path):
+    with pytest.raises(ExportValidationError, match="output 'w' max"):
+        export_and_validate(argmax_spec(argmax_dependent=()), ArgmaxBranch(), tmp_path / "a.onnx")
+    # The graph's logits are off by 1e-3, so rows with a top-two gap under 2e-3 may flip: their `w` is skipped.
+    report = export_and_validate(argmax_spec(max_ambiguous=0.5), ArgmaxBranch(), tmp_path / "b.onnx")
+    assert report.rows == 1 + 3 + 7 + 100 and report.ambiguous_rows >= 1 + 1 + 2 + 25
+    assert report.max_abs_diff["w"] == 0.0
+    with pytest.raises(ExportValidationError, match=r"rows have a near-tie on 'logits' .* more than 5%"):
+        export_and_validate(argmax_spec(), ArgmaxBranch(), tmp_path / "c.onnx")
+    # A floor on the margin widens the ambiguous set beyond the observed error.
+    wide = export_and_validate(argmax_spec(max_ambiguous=1.0, argmax_margin=10.0), ArgmaxBranch(), tmp_path / "d.onnx")
+    assert wide.ambiguous_rows == wide.rows

@@ -1,8 +1,7 @@
 """`prepare`: posts Parquet with splits and query flags, summary JSON, and the features rewrite around the embed step.
 
-The embed step itself (ONNX encoders) is exercised by the end-to-end test; here a stand-in with the embed contract
-(`text_emb`, `image_emb`, `has_text`, `has_image` added, other columns passed through) checks what prepare does
-around it.
+The contract test runs the real embed step on the tiny ONNX encoders of the shared fixture; one fault-injection test
+hands prepare an embed step that loses columns, to show prepare refuses to publish such output.
 """
 
 from __future__ import annotations
@@ -103,33 +102,13 @@ def test_bundle_required_unless_posts_only(tmp_path, capsys):
     assert "an encoder bundle is needed" in capsys.readouterr().err
 
 
-def _stand_in_embed(calls):
-    """Writes what the embed contract promises: embeddings and presence flags added, other columns passed through."""
-
-    def embed(bundle_dir, input_path, output_path, *, id_column, text_column, image_column, batch_size, device):
-        calls.append(dict(bundle_dir=bundle_dir, id_column=id_column, text_column=text_column,
-                          image_column=image_column, batch_size=batch_size, device=device))
-        posts = pq.read_table(input_path)
-        has_text = posts.column(text_column).is_valid()
-        has_image = posts.column(image_column).is_valid()
-        emb = lambda present: pa.array([[0.5, -0.5] if p else None for p in present.to_pylist()],  # noqa: E731
-                                       pa.list_(pa.float32()))
-        out = posts.append_column("text_emb", emb(has_text)).append_column("image_emb", emb(has_image))
-        out = out.append_column("has_text", has_text).append_column("has_image", has_image)
-        pq.write_table(out.replace_schema_metadata(None), output_path)  # metadata not carried: prepare adds it
-
-    return embed
-
-
-def test_prepare_features_contract(tmp_path):
+def test_prepare_features_contract(tmp_path, encoder_bundle):
     root = make_mvsa_single(tmp_path / "MVSA_Single")
-    calls = []
     config = prep.PrepareConfig(
-        dataset="mvsa-single", root=str(root), out=str(tmp_path / "features.parquet"), bundle="enc/", batch_size=4
+        dataset="mvsa-single", root=str(root), out=str(tmp_path / "features.parquet"), bundle=str(encoder_bundle),
+        batch_size=4,
     )
-    summary = prep.prepare(config, embed=_stand_in_embed(calls))
-    assert calls == [dict(bundle_dir="enc/", id_column="post_id", text_column="text", image_column="image",
-                          batch_size=4, device="auto")]
+    summary = prep.prepare(config)  # the real embed path: the tiny ONNX encoders of the shared fixture
     features = pq.read_table(tmp_path / "features.parquet")
     assert features.schema.equals(FEATURES_SCHEMA, check_metadata=False)
     assert json.loads(features.schema.metadata[b"ctmwa.labels"]) == ["positive", "neutral", "negative"]
