@@ -213,12 +213,13 @@ class MetaWeightTrainer:
         )
 
     def end_epoch(self, epoch: int) -> None:
-        """Apply the optional linear decay after `epoch` (1-based): constant for the first half, then down to zero."""
+        """Set the optional decay's rate for epoch `epoch` + 1: constant for the first half of the epochs, then
+        linear, one step per epoch, reaching zero just after the last."""
         if not self.config.lr_decay:
             return
-        epochs = self.config.epochs
+        epochs, upcoming = self.config.epochs, epoch + 1
         hold = epochs // 2
-        factor = 1.0 - max(0, epoch - hold) / float(epochs - hold + 1)
+        factor = 1.0 if upcoming <= hold else max(0.0, (epochs - upcoming + 1) / (epochs - hold + 1))
         for optimizer, base in zip((self.backbone_optimizer, self.wnet_optimizer), self._base_lrs):
             for group in optimizer.param_groups:
                 group["lr"] = base * factor
