@@ -67,6 +67,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig batch_size = {self.batch_size}, epochs = {self.epochs}: both must be at least 1")
         if not 0.0 < self.query_fraction < 1.0:
             raise ConfigError(f"TrainConfig.query_fraction = {self.query_fraction} must be in (0, 1)")
+        if self.unimodal_labels not in (None, True, False):
+            raise ConfigError(f"TrainConfig.unimodal_labels = {self.unimodal_labels!r} must be true, false or null")
         if len(self.wnet_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.wnet_betas):
             raise ConfigError(f"TrainConfig.wnet_betas = {self.wnet_betas} must be two numbers in [0, 1)")
 

@@ -222,6 +222,10 @@ def test_train_config_validation_names_the_value():
         TrainConfig(query_fraction=1.5)
     with pytest.raises(ConfigError, match="lr_decy"):
         TrainConfig.from_dict({"lr_decy": True})
+    with pytest.raises(ConfigError, match="epochs = True"):
+        TrainConfig.from_dict({"epochs": True})
+    with pytest.raises(ConfigError, match="unimodal_labels = 'false'"):
+        TrainConfig.from_dict({"unimodal_labels": "false"})
     cfg = TrainConfig.from_dict({"lr": 1, "wnet_betas": [0.9, 0.99]})
     assert cfg.lr == 1.0 and cfg.wnet_betas == (0.9, 0.99)
 
