@@ -1,0 +1,400 @@
+"""What the Airflow tasks call: one function per task, small JSON in and out, no Airflow import.
+
+The DAG files (dags/) only wire these together. Each function reads the deployment settings (ctmwa_batch.settings)
+when it runs, on the worker, with the run's params laid over them, and hands on through XCom only paths, counts and
+the partition plan (a few KB), never data. The scoring itself is ctmwa_batch.job's: `plan`, `score_shard`, `commit`.
+
+Dates: a nightly run scores the UTC day its data interval starts on (a run of the `@daily` schedule that starts at
+midnight of the 6th scores dt=<the 5th>); a manual run scores the last complete day before it; the param
+`partition_date` names a day outright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from ctmwa_batch import registry
+from ctmwa_batch.errors import CtmwaError
+from ctmwa_batch.partitions import open_filesystem, read_success
+from ctmwa_batch.settings import Settings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+
+class InputPartitionMissing(CtmwaError):
+    """The input partition of a day has not landed (no folder, no Parquet file, or no ready marker)."""
+
+
+# --------------------------------------------------------------------------------------------------- processes
+
+
+@contextlib.contextmanager
+def spawn_safe() -> Iterator[None]:
+    """While scoring, worker processes that are spawned (the scorer's image decoders) do not re-run this process's
+    main script. In an Airflow task that script is the `airflow` command itself: a spawned child would import Airflow,
+    which fails there (task processes get no metadata database URL), and the decoders need nothing from it.
+    multiprocessing re-runs a main script only when it has a __file__ and no module spec (`python -m` is left alone)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+# --------------------------------------------------------------------------------------------------- dates
+
+
+def parse_date(value: Any, name: str) -> str:
+    """A YYYY-MM-DD string (a date or datetime is accepted too); SettingsError otherwise."""
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    try:
+        return dt.date.fromisoformat(str(value).strip()[:10]).isoformat()
+    except ValueError as e:
+        raise SettingsError(f"{name} = {value!r} is not a date; give YYYY-MM-DD") from e
+
+
+def day_of(interval_start: dt.datetime | None, params: Mapping[str, Any] | None) -> str:
+    """The day a nightly run scores: the param `partition_date` if given, else the UTC date its data interval starts on."""
+    override = (params or {}).get("partition_date")
+    if override:
+        return parse_date(override, "partition_date")
+    if interval_start is None:
+        raise SettingsError("this run has no data interval (triggered without a logical date); pass the param partition_date=YYYY-MM-DD")
+    return interval_start.astimezone(dt.timezone.utc).date().isoformat()
+
+
+def date_range(start: str, end: str) -> list[str]:
+    """Every day from start to end, both included."""
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    if last < first:
+        raise SettingsError(f"end_date {end} is before start_date {start}; swap them")
+    return [(first + dt.timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
+
+
+# --------------------------------------------------------------------------------------------------- input
+
+
+def input_state(path: str, marker: str = "") -> str | None:
+    """None when the partition at `path` is ready to score, else why not (for the log)."""
+    fs, inner = open_filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        return "no such folder"
+    if info.type == pafs.FileType.File:
+        return None if inner.endswith(".parquet") else "not a Parquet file"
+    if marker:
+        return None if fs.get_file_info(f"{inner}/{marker}").type == pafs.FileType.File else f"no {marker} marker yet"
+    for entry in fs.get_file_info(pafs.FileSelector(inner, recursive=True)):
+        rel = entry.path[len(inner) :].lstrip("/")
+        if entry.type == pafs.FileType.File and rel.endswith(".parquet") and not any(s.startswith((".", "_")) for s in rel.split("/")):
+            return None
+    return "no .parquet file in it"
+
+
+def input_ready(interval_start: dt.datetime | None, params: Mapping[str, Any] | None) -> bool:
+    """Sensor body of the nightly DAG: has the day's input partition landed?"""
+    settings = Settings.load(overrides=params)
+    path = settings.input_path(day_of(interval_start, params))
+    why = input_state(path, settings.input_ready_marker)
+    if why is None:
+        logger.info("input partition %s is ready", path)
+        return True
+    logger.info("waiting for input partition %s: %s", path, why)
+    return False
+
+
+def _require_input(path: str, settings: Settings, date: str) -> None:
+    why = input_state(path, settings.input_ready_marker)
+    if why is not None:
+        raise InputPartitionMissing(
+            f"input partition for {date} is missing: {path} ({why}); the upstream load has not landed it. "
+            "Rerun this task once it exists, or check CTMWA_INPUT_ROOT / CTMWA_PARTITION_TEMPLATE"
+        )
+
+
+# --------------------------------------------------------------------------------------------------- models
+
+
+def resolve_bundle(settings: Settings, verify: bool = True) -> tuple[str, str]:
+    """(bundle folder, model version) of the settings' model_version, resolved once per run; `verify` checks every
+    file's checksum (job.plan does that itself, so the nightly plan skips it here)."""
+    from ctmwa_batch.bundle import load_bundle
+
+    path = registry.resolve(settings.models_root, settings.model_version)
+    bundle = load_bundle(path, verify=verify)
+    bundle.require("head.onnx")
+    return str(path), bundle.model_version
+
+
+def score_config(settings: Settings, overwrite: bool = False) -> dict[str, Any]:
+    """The scorer's configuration (ctmwa_batch.job.ScoreConfig fields, JSON for XCom) from the settings."""
+    return {
+        "device": settings.device,
+        "batch_size": settings.batch_size,
+        "max_rows_per_shard": settings.max_rows_per_shard,
+        "id_column": settings.id_column,
+        "text_column": settings.text_column,
+        "image_column": settings.image_column,
+        "passthrough": list(settings.passthrough_columns),
+        "overwrite": overwrite,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- nightly
+
+
+def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Plan task: resolve the model, plan the day's partition into shards. `shards` is empty when the partition is
+    already committed for this input and model (the run is then a no-op) and overwrite is off."""
+    from ctmwa_batch import job
+
+    params = dict(params or {})
+    settings = Settings.load(overrides=params)
+    date = day_of(interval_start, params)
+    input_path = settings.input_path(date)
+    _require_input(input_path, settings, date)
+    bundle_dir, version = resolve_bundle(settings, verify=False)  # job.plan verifies it
+    overwrite = bool(params.get("overwrite", False))
+    config = score_config(settings, overwrite)
+    plan = job.plan(input_path, settings.output_root, bundle_dir, config=config)
+    skip = bool(plan.get("skip", False))
+    shards = [] if skip else [s["index"] for s in plan["shards"]]
+    if skip:
+        logger.info("%s is already committed for model %s at %s: nothing to score (set overwrite to rescore)", input_path, version, plan["output_dir"])
+    else:
+        logger.info("%s: %d rows in %d shard(s) of at most %d rows, model %s", input_path, plan["fingerprint"]["num_rows"], len(shards), settings.max_rows_per_shard, version)
+    return {
+        "date": date,
+        "input_path": input_path,
+        "output_dir": plan["output_dir"],
+        "bundle_dir": bundle_dir,
+        "model_version": version,
+        "skip": skip,
+        "shards": shards,
+        "plan": plan,
+        "config": config,
+    }
+
+
+def shards_to_score(planned: Mapping[str, Any]) -> list[int]:
+    """What the mapped scoring task expands over: the plan's shard indexes (empty for a no-op run)."""
+    return list(planned["shards"])
+
+
+def score_shard(planned: Mapping[str, Any], shard_index: int) -> dict[str, Any]:
+    """Mapped task: score one shard (a finished shard is skipped, so a retry redoes only what is missing)."""
+    from ctmwa_batch import job
+
+    with spawn_safe():
+        return job.score_shard(dict(planned["plan"]), shard_index, planned["bundle_dir"], dict(planned["config"]))
+
+
+def commit_day(planned: Mapping[str, Any]) -> dict[str, Any]:
+    """Commit task: write _SUCCESS.json last (job.commit); for a skipped run, read the existing one unchanged."""
+    from ctmwa_batch import job
+
+    if planned["skip"]:
+        success = read_success(planned["output_dir"])
+        if success is None:  # removed between plan and commit: the next run scores it
+            raise CtmwaError(f"{planned['output_dir']} lost its _SUCCESS.json after planning; rerun this DAG run")
+        return summarize(success, date=planned["date"], output_dir=planned["output_dir"], skipped=True)
+    return summarize(job.commit(dict(planned["plan"])), date=planned["date"], output_dir=planned["output_dir"], skipped=False)
+
+
+# --------------------------------------------------------------------------------------------------- backfill
+
+
+def plan_backfill(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Backfill plan task: which days of [start_date, end_date] need scoring for the model, in chunks of days.
+
+    Days already committed for the model (same input fingerprint) are skipped unless overwrite; days without input
+    are reported as missing (and fail the run when on_missing is "fail"). Chunks keep the mapped task count within
+    Airflow's max_map_length: one day per task until the range is longer than that.
+    """
+    from ctmwa_batch.partitions import is_committed, plan_partition
+
+    params = dict(params or {})
+    settings = Settings.load(overrides=params)
+    days = date_range(parse_date(params.get("start_date"), "start_date"), parse_date(params.get("end_date"), "end_date"))
+    overwrite = bool(params.get("overwrite", False))
+    on_missing = params.get("on_missing") or "skip"
+    if on_missing not in ("skip", "fail"):
+        raise SettingsError(f"on_missing = {on_missing!r}; use 'skip' or 'fail'")
+    bundle_dir, version = resolve_bundle(settings)
+    entries = []
+    for date in days:
+        path = settings.input_path(date)
+        why = input_state(path, settings.input_ready_marker)
+        if why is not None:
+            entries.append({"date": date, "input_path": path, "state": "missing", "why": why})
+            continue
+        plan = plan_partition(path, settings.output_root, version, settings.max_rows_per_shard)
+        state = "committed" if is_committed(plan) and not overwrite else "todo"
+        entries.append({"date": date, "input_path": path, "state": state, "rows": plan.num_rows, "shards": len(plan.shards)})
+    missing = [e["date"] for e in entries if e["state"] == "missing"]
+    if missing and on_missing == "fail":
+        raise InputPartitionMissing(f"{len(missing)} day(s) have no input partition: {missing[:10]}{' ...' if len(missing) > 10 else ''}; set on_missing to 'skip' to score the others")
+    todo = [e["date"] for e in entries if e["state"] == "todo"]
+    per_task = max(1, math.ceil(len(todo) / settings.max_map_length))
+    chunks = [todo[k : k + per_task] for k in range(0, len(todo), per_task)]
+    counts = {s: sum(e["state"] == s for e in entries) for s in ("todo", "committed", "missing")}
+    logger.info("backfill %s..%s with model %s: %s; %d task(s) of %d day(s)", days[0], days[-1], version, counts, len(chunks), per_task)
+    for e in entries:
+        if e["state"] == "missing":
+            logger.warning("no input for %s: %s (%s)", e["date"], e["input_path"], e["why"])
+    return {
+        "start_date": days[0],
+        "end_date": days[-1],
+        "bundle_dir": bundle_dir,
+        "model_version": version,
+        "overwrite": overwrite,
+        "days": entries,
+        "counts": counts,
+        "chunks": chunks,
+        "settings": _run_overrides(params),
+    }
+
+
+def chunks_to_score(backfill: Mapping[str, Any]) -> list[list[str]]:
+    """What the backfill's mapped task expands over: chunks of days (empty when nothing needs scoring)."""
+    return [list(chunk) for chunk in backfill["chunks"]]
+
+
+def score_days(backfill: Mapping[str, Any], dates: list[str]) -> list[dict[str, Any]]:
+    """Backfill mapped task: score and commit each day of a chunk with the run's model (plan, shards, commit)."""
+    from ctmwa_batch import job
+
+    settings = Settings.load(overrides=backfill["settings"])
+    config = score_config(settings, backfill["overwrite"])
+    out = []
+    for date in dates:
+        input_path = settings.input_path(date)
+        _require_input(input_path, settings, date)
+        plan = job.plan(input_path, settings.output_root, backfill["bundle_dir"], config=config)
+        if plan.get("skip"):
+            logger.info("%s was committed since the backfill was planned; leaving it", date)
+            out.append(summarize(read_success(plan["output_dir"]) or {}, date=date, output_dir=plan["output_dir"], skipped=True))
+            continue
+        with spawn_safe():
+            for shard in plan["shards"]:
+                job.score_shard(plan, shard["index"], backfill["bundle_dir"], config)
+        out.append(summarize(job.commit(plan), date=date, output_dir=plan["output_dir"], skipped=False))
+        logger.info("%s committed: %s", date, out[-1]["rows"])
+    return out
+
+
+def _run_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params that override settings (handed to the mapped tasks, so they see what the plan saw)."""
+    names = set(Settings.__dataclass_fields__)
+    return {k: v for k, v in params.items() if k in names and v not in (None, "")}
+
+
+# --------------------------------------------------------------------------------------------------- reports
+
+
+def summarize(success: Mapping[str, Any], *, date: str, output_dir: str, skipped: bool) -> dict[str, Any]:
+    """A partition's _SUCCESS.json cut to what a report and an XCom need (no file listings, no per-shard timings)."""
+    rows = {k: v for k, v in (success.get("rows") or {}).items() if k != "by_sentiment"}
+    timings = {k: v for k, v in (success.get("timings") or {}).items() if k != "shards"}
+    out = {
+        "date": date,
+        "partition": success.get("partition"),
+        "model_version": success.get("model_version"),
+        "output_dir": output_dir,
+        "committed_at": success.get("committed_at"),
+        "skipped": skipped,
+        "shards": len(success.get("parts") or []) if isinstance(success.get("parts"), list) else success.get("parts"),
+        "rows": rows,
+        "sentiments": dict((success.get("rows") or {}).get("by_sentiment") or {}),
+        "timings": timings,
+    }
+    return out
+
+
+def asset_extra(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The extra of the scores Asset event: which partitions of which model were committed, and where."""
+    return {
+        "partitions": [
+            {"date": s["date"], "partition": s["partition"], "model_version": s["model_version"], "output_dir": s["output_dir"], "rows": (s["rows"] or {}).get("output")}
+            for s in summaries
+            if not s.get("skipped")
+        ]
+    }
+
+
+def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None = None) -> str:
+    """A fixed-width table: one line per day with rows per status, sentiment distribution and throughput."""
+    from ctmwa_batch.schema import STATUSES
+
+    if labels is None:
+        seen: dict[str, None] = {}
+        for s in summaries:
+            seen.update(dict.fromkeys(s.get("sentiments") or {}))
+        labels = list(seen)
+    head = ["date", "model", "shards", "rows", *STATUSES, *labels, "rows/s", "run"]
+    lines = []
+    for s in sorted(summaries, key=lambda s: s["date"]):
+        rows = s.get("rows") or {}
+        by_status = rows.get("by_status") or {}
+        sentiments = s.get("sentiments") or {}
+        rate = (s.get("timings") or {}).get("rows_per_second") or (s.get("timings") or {}).get("rows_per_second_per_shard")
+        lines.append(
+            [
+                s["date"],
+                str(s.get("model_version") or "")[:8],
+                str(s.get("shards") or ""),
+                str(rows.get("output", rows.get("input", ""))),
+                *[str(by_status.get(k, 0)) for k in STATUSES],
+                *[str(sentiments.get(k, 0)) for k in labels],
+                "" if rate is None else f"{rate:,.0f}",
+                "skipped" if s.get("skipped") else "scored",
+            ]
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    last = len(head) - 1
+    fmt = lambda cells: "  ".join(c.rjust(w) if 2 <= i < last else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)])
+
+
+def report(summaries: list[Mapping[str, Any]] | Mapping[str, Any], title: str = "ctmwa scores") -> dict[str, Any]:
+    """Report task: log the table (it lands in the task log) and return the totals."""
+    items = [summaries] if isinstance(summaries, Mapping) else [s for group in summaries for s in (group if isinstance(group, list) else [group])]
+    table = format_report(items)
+    logger.info("%s\n%s", title, table)
+    totals: dict[str, Any] = {"days": len(items), "scored": sum(not s.get("skipped") for s in items), "rows": 0, "by_status": {}, "sentiments": {}}
+    for s in items:
+        rows = s.get("rows") or {}
+        totals["rows"] += int(rows.get("output", 0) or 0)
+        for key, source in (("by_status", rows.get("by_status") or {}), ("sentiments", s.get("sentiments") or {})):
+            for k, v in source.items():
+                totals[key][k] = totals[key].get(k, 0) + int(v)
+    totals["table"] = table
+    return totals
+
+
+def report_backfill(backfill: Mapping[str, Any], results: list[list[Mapping[str, Any]]] | None) -> dict[str, Any]:
+    """Backfill report task: the scored days' table plus the days skipped as committed or missing."""
+    out = report([s for chunk in (results or []) for s in chunk], title=f"ctmwa backfill {backfill['start_date']}..{backfill['end_date']} (model {backfill['model_version']})")
+    out["committed_before"] = [e["date"] for e in backfill["days"] if e["state"] == "committed"]
+    out["missing"] = [e["date"] for e in backfill["days"] if e["state"] == "missing"]
+    if out["committed_before"]:
+        logger.info("already committed for this model, left as they were: %s", out["committed_before"])
+    if out["missing"]:
+        logger.warning("no input partition, not scored: %s", out["missing"])
+    return out

@@ -1,0 +1,116 @@
+"""Nightly CTMWA scoring of one day's posts partition.
+
+    wait_for_input -> plan -> shards -> score_shard (mapped: one task per shard, GPU queue and pool) -> commit -> publish, report
+
+Each run scores the UTC day its data interval starts on, `{input_root}/dt=YYYY-MM-DD`, into
+`{output_root}/model_version={v}/dt=YYYY-MM-DD/` (param `partition_date` names another day). A partition that has not
+landed is waited for (`CTMWA_INPUT_WAIT_HOURS`), then the run fails: a missing day is an upstream incident to look at,
+not a silent success. A day already committed for the same input and model is a no-op (param `overwrite` rescores).
+The tasks are idempotent, so `airflow backfill create --dag-id ctmwa_score_daily ...` works as well as the
+ctmwa_backfill DAG. Wiring only: every task is one call into ctmwa_batch.orchestrate.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from ctmwa_batch.settings import SCORES_ASSET_NAME, SCORES_ASSET_URI, Settings, override_param_specs
+
+SETTINGS = Settings.load()  # parse time: only the scheduling fields (schedule, queue, pool, retries, timeouts) are used
+SCORES = Asset(name=SCORES_ASSET_NAME, uri=SCORES_ASSET_URI)
+
+
+@dag(
+    dag_id="ctmwa_score_daily",
+    description="Score each day's posts with the current CTMWA model",
+    schedule=CronDataIntervalTimetable(SETTINGS.schedule, timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["ctmwa", "scoring"],
+    doc_md=__doc__,
+    # The light tasks (plan, commit, report) read footers and markers: one retry covers a storage hiccup.
+    default_args={"owner": "ctmwa", "retries": 1, "retry_delay": timedelta(minutes=2)},
+    params={
+        "partition_date": Param(None, type=["null", "string"], format="date", description="score this day (YYYY-MM-DD) instead of the data interval's"),
+        "overwrite": Param(False, type="boolean", description="rescore even if the day is committed for this model"),
+        **{name: Param(None, **spec) for name, spec in override_param_specs().items()},
+    },
+)
+def ctmwa_score_daily():
+    @task.sensor(
+        poke_interval=SETTINGS.input_poke_minutes * 60,
+        timeout=SETTINGS.input_wait_hours * 3600,
+        mode="reschedule",
+    )
+    def wait_for_input(params=None, data_interval_start=None) -> bool:
+        """Wait until the day's input partition has landed (a Parquet file, or the configured ready marker)."""
+        from ctmwa_batch import orchestrate
+
+        return orchestrate.input_ready(data_interval_start, params)
+
+    @task
+    def plan(params=None, data_interval_start=None) -> dict:
+        """Resolve the model once for the run and cut the partition into shards (none when already committed)."""
+        from ctmwa_batch import orchestrate
+
+        return orchestrate.plan_day(data_interval_start, params)
+
+    @task
+    def shards(planned: dict) -> list:
+        """The shard indexes score_shard maps over (none when the day is already committed)."""
+        from ctmwa_batch import orchestrate
+
+        return orchestrate.shards_to_score(planned)
+
+    @task(
+        **SETTINGS.scoring_task_kwargs(),  # queue and pool of the GPU workers (executor, pod template when set)
+        retries=SETTINGS.shard_retries,
+        retry_delay=timedelta(minutes=SETTINGS.retry_delay_minutes),
+        execution_timeout=timedelta(minutes=SETTINGS.shard_timeout_minutes),
+        max_active_tis_per_dag=SETTINGS.max_active_shards,
+    )
+    def score_shard(planned: dict, shard_index: int) -> dict:
+        """Score one shard on a GPU worker; a retry skips what already finished."""
+        from ctmwa_batch import orchestrate
+
+        return orchestrate.score_shard(planned, shard_index)
+
+    @task(trigger_rule="none_failed")  # runs after zero shards too: a committed day reports its existing summary
+    def commit(planned: dict) -> dict:
+        """Write _SUCCESS.json after every shard finished (unchanged when the run had nothing to score)."""
+        from ctmwa_batch import orchestrate
+
+        return orchestrate.commit_day(planned)
+
+    @task(outlets=[SCORES])
+    def publish(summary: dict, outlet_events=None) -> dict:
+        """Update the ctmwa_scores Asset for downstream DAGs; skipped when the run committed nothing new."""
+        from ctmwa_batch import orchestrate
+
+        extra = orchestrate.asset_extra([summary])
+        if not extra["partitions"]:
+            raise AirflowSkipException(f"{summary['date']} was already committed: no new scores, no Asset event")
+        outlet_events[SCORES].extra = extra
+        return extra
+
+    @task
+    def report(summary: dict) -> dict:
+        """Rows per status, sentiment distribution and throughput of the day, in the task log."""
+        from ctmwa_batch import orchestrate
+
+        return orchestrate.report(summary, title=f"ctmwa_score_daily {summary['date']}")
+
+    planned = plan()
+    wait_for_input() >> planned
+    scored = score_shard.partial(planned=planned).expand(shard_index=shards(planned))
+    summary = commit(planned)
+    scored >> summary
+    publish(summary)
+    report(summary)
+
+
+ctmwa_score_daily()

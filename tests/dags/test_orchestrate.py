@@ -1,0 +1,172 @@
+"""ctmwa_batch.orchestrate without Airflow: dates, input readiness, the daily plan/score/commit path, backfill
+planning (committed and missing days, chunking under max_map_length), reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ctmwa_batch import demo_data, job, orchestrate, registry
+from ctmwa_batch.settings import SettingsError
+
+
+@pytest.fixture(scope="module")
+def models_root(full_bundle: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    registry.publish(full_bundle, root)
+    return root
+
+
+def _params(tmp_path: Path, models_root: Path, **more) -> dict:
+    return {
+        "input_root": str(tmp_path / "lake" / "posts"),
+        "output_root": str(tmp_path / "scores"),
+        "models_root": str(models_root),
+        "device": "cpu",
+        "max_rows_per_shard": 20,
+        **more,
+    }
+
+
+def test_day_of_the_data_interval_or_the_param():
+    start = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+    assert orchestrate.day_of(start, {}) == "2026-01-05"
+    assert orchestrate.day_of(dt.datetime(2026, 1, 5, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2))), None) == "2026-01-06"  # UTC days
+    assert orchestrate.day_of(start, {"partition_date": "2026-02-01"}) == "2026-02-01"
+    with pytest.raises(SettingsError, match="no data interval .*partition_date"):
+        orchestrate.day_of(None, {})
+    with pytest.raises(SettingsError, match="partition_date = 'yesterday' is not a date"):
+        orchestrate.day_of(start, {"partition_date": "yesterday"})
+
+
+def test_date_range():
+    assert orchestrate.date_range("2026-01-30", "2026-02-02") == ["2026-01-30", "2026-01-31", "2026-02-01", "2026-02-02"]
+    with pytest.raises(SettingsError, match="before start_date"):
+        orchestrate.date_range("2026-01-05", "2026-01-04")
+
+
+def test_input_state(tmp_path):
+    part = tmp_path / "dt=2026-01-05"
+    assert orchestrate.input_state(str(part)) == "no such folder"
+    part.mkdir()
+    (part / "_SUCCESS").write_text("")
+    (part / ".part-0.parquet.tmp").write_text("")
+    assert orchestrate.input_state(str(part)) == "no .parquet file in it"
+    assert orchestrate.input_state(str(part), "_SUCCESS") is None
+    demo_data.write_partition(tmp_path, "2026-01-06", rows=5)
+    assert orchestrate.input_state(str(tmp_path / "posts" / "dt=2026-01-06")) is None
+    assert orchestrate.input_state(str(tmp_path / "posts" / "dt=2026-01-06"), "_SUCCESS") == "no _SUCCESS marker yet"
+
+
+def test_daily_path_plan_score_commit_then_noop(tmp_path, models_root):
+    info = demo_data.write_partition(tmp_path / "lake", "2026-01-05", rows=30, row_group_size=10)  # 40 rows, 4 groups
+    params = _params(tmp_path, models_root)
+    interval = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+    assert orchestrate.input_ready(interval, params)
+    planned = orchestrate.plan_day(interval, params)
+    json.dumps(planned)  # XCom is JSON
+    assert planned["shards"] == [0, 1] and not planned["skip"]
+    assert planned["bundle_dir"] == str(models_root / registry.current_version(models_root))
+    stats = [orchestrate.score_shard(planned, k) for k in orchestrate.shards_to_score(planned)]
+    assert [s["rows"] for s in stats] == [20, 20]
+    summary = orchestrate.commit_day(planned)
+    assert summary["rows"]["input"] == summary["rows"]["output"] == info["rows"]
+    assert sum(summary["sentiments"].values()) == summary["rows"]["by_status"].get("ok", 0) + summary["rows"]["by_status"].get("text_missing", 0) + summary["rows"]["by_status"].get("image_missing", 0)
+    assert pq.read_table(summary["output_dir"]).num_rows == info["rows"]
+    assert orchestrate.asset_extra([summary])["partitions"][0]["rows"] == info["rows"]
+    success = (Path(summary["output_dir"]) / "_SUCCESS.json").read_bytes()
+
+    again = orchestrate.plan_day(interval, params)
+    assert again["skip"] and orchestrate.shards_to_score(again) == []
+    noop = orchestrate.commit_day(again)
+    assert noop["skipped"] and noop["rows"] == summary["rows"]
+    assert (Path(summary["output_dir"]) / "_SUCCESS.json").read_bytes() == success
+    assert orchestrate.asset_extra([noop]) == {"partitions": []}
+
+    table = orchestrate.report([summary, noop])["table"]
+    assert "2026-01-05" in table and "skipped" in table and "scored" in table
+
+
+def test_missing_input_fails_clearly(tmp_path, models_root):
+    params = _params(tmp_path, models_root)
+    interval = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+    assert not orchestrate.input_ready(interval, params)
+    with pytest.raises(orchestrate.InputPartitionMissing, match=r"input partition for 2026-01-05 is missing: .*dt=2026-01-05 \(no such folder\)"):
+        orchestrate.plan_day(interval, params)
+
+
+def test_backfill_plan_skips_committed_and_reports_missing(tmp_path, models_root):
+    for day in ("2026-01-01", "2026-01-02", "2026-01-04"):
+        demo_data.write_partition(tmp_path / "lake", day, rows=10)
+    params = _params(tmp_path, models_root, start_date="2026-01-01", end_date="2026-01-04")
+    job.score_partition(f"{params['input_root']}/dt=2026-01-02", params["output_root"], registry.resolve(models_root), {"device": "cpu"})
+    plan = orchestrate.plan_backfill(params)
+    json.dumps(plan)
+    assert {e["date"]: e["state"] for e in plan["days"]} == {"2026-01-01": "todo", "2026-01-02": "committed", "2026-01-03": "missing", "2026-01-04": "todo"}
+    assert orchestrate.chunks_to_score(plan) == [["2026-01-01"], ["2026-01-04"]]
+    assert plan["counts"] == {"todo": 2, "committed": 1, "missing": 1}
+    assert orchestrate.plan_backfill({**params, "overwrite": True})["counts"]["todo"] == 3
+    with pytest.raises(orchestrate.InputPartitionMissing, match=r"1 day\(s\) have no input partition: \['2026-01-03'\]"):
+        orchestrate.plan_backfill({**params, "on_missing": "fail"})
+
+    results = [orchestrate.score_days(plan, chunk) for chunk in orchestrate.chunks_to_score(plan)]
+    report = orchestrate.report_backfill(plan, results)
+    assert report["scored"] == 2 and report["committed_before"] == ["2026-01-02"] and report["missing"] == ["2026-01-03"]
+    assert orchestrate.plan_backfill(params)["counts"] == {"todo": 0, "committed": 3, "missing": 1}
+
+
+def test_backfill_chunks_stay_under_max_map_length(tmp_path, models_root):
+    days = [f"2026-01-{d:02d}" for d in range(1, 8)]
+    for day in days:
+        demo_data.write_partition(tmp_path / "lake", day, rows=3, bad_rows=False)
+    plan = orchestrate.plan_backfill(_params(tmp_path, models_root, start_date=days[0], end_date=days[-1], max_map_length=3))
+    chunks = orchestrate.chunks_to_score(plan)
+    assert len(chunks) <= 3 and [d for c in chunks for d in c] == days
+    with pytest.raises(SettingsError, match="end_date = None is not a date"):
+        orchestrate.plan_backfill({"start_date": "2026-01-01"})
+
+
+def test_model_version_param_pins_a_published_version(tmp_path, models_root):
+    demo_data.write_partition(tmp_path / "lake", "2026-01-05", rows=5)
+    version = registry.current_version(models_root)
+    interval = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+    assert orchestrate.plan_day(interval, _params(tmp_path, models_root, model_version=version))["model_version"] == version
+    with pytest.raises(registry.RegistryError, match="'nope' is not published"):
+        orchestrate.plan_day(interval, _params(tmp_path, models_root, model_version="nope"))
+
+
+SPAWNING_SCRIPT = """
+import sys
+if __name__ == "__mp_main__":
+    raise SystemExit("the main script ran again in a spawned child")  # what `airflow` does in a task's child
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from ctmwa_batch.orchestrate import spawn_safe
+guard = spawn_safe() if sys.argv[1] == "safe" else __import__("contextlib").nullcontext()
+with guard:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        print("result", pool.submit(abs, -3).result())
+print("main file kept", __file__.endswith("main_script.py"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["safe", "unsafe"])
+def test_spawned_workers_do_not_rerun_the_main_script(tmp_path, mode):
+    # An Airflow task's main script is the `airflow` command: the scorer's spawned decoders must not run it again.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "main_script.py"
+    script.write_text(SPAWNING_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, env=env, timeout=120)
+    if mode == "safe":
+        assert proc.returncode == 0, proc.stderr
+        assert "result 3" in proc.stdout and "main file kept True" in proc.stdout
+    else:
+        assert proc.returncode != 0 and "BrokenProcessPool" in proc.stderr
