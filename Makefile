@@ -27,5 +27,16 @@ test: install
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m training.demo
 
+# Every suite, GPU-marked tests included (they skip themselves where no CUDA device is).
+test-all: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The benchmarks of the README (minutes each; not tests). Each measures against the obvious alternative in the same run.
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_training.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_embed.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_head.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_score.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -71,7 +71,9 @@ def write_posts(path: Path, n: int, seed: int, image_size: tuple[int, int], dist
     jpegs = [photo_jpeg(rng, *image_size) for _ in range(k)]
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([("post_id", pa.string()), ("text", pa.string()), ("image", pa.binary())])
-    with pq.ParquetWriter(path, schema) as writer:
+    # No dictionary on the image column: every row's bytes are in the file, as in a real partition (cycled JPEGs
+    # would otherwise be stored once).
+    with pq.ParquetWriter(path, schema, use_dictionary=["post_id", "text"]) as writer:
         for start in range(0, n, row_group_size):
             stop = min(n, start + row_group_size)
             writer.write_table(

@@ -366,10 +366,22 @@ def _load(bundle_dir: str | Path) -> tuple[Bundle, list[str]]:
     return bundle, require_scoring_bundle(bundle)
 
 
-def _plan(input_path: str | Path, output_root: str | Path, bundle: Bundle, max_rows: int, overwrite: bool, config: ScoreConfig) -> dict[str, Any]:
+def _plan(
+    input_path: str | Path,
+    output_root: str | Path,
+    bundle: Bundle,
+    max_rows: int,
+    overwrite: bool,
+    config: ScoreConfig,
+    shards: list[int] | None = None,
+) -> dict[str, Any]:
+    """Plan, check everything that can be checked (columns, bundle, shard indices), then partitions.begin."""
     p = partitions.plan_partition(str(input_path), str(output_root), bundle.model_version, max_rows)
     _check_input(p, config)
     require_scoring_bundle(bundle)
+    for k in shards or []:
+        if not 0 <= k < len(p.shards):
+            raise CtmwaError(f"shard {k} out of range: partition {p.partition} has {len(p.shards)} shard(s); pass --shard 0..{len(p.shards) - 1}")
     skip = not partitions.begin(p, overwrite=overwrite)
     logger.info(
         "planned %s: %d rows in %d shard(s), plan %s%s", p.partition, p.num_rows, len(p.shards), p.plan_id,
@@ -514,15 +526,12 @@ def score_partition(
     t0 = time.perf_counter()
     check_device(config.device)  # a missing GPU fails before the output is touched
     bundle = load_bundle(bundle_dir)  # verified once (sha256 of every file), used for the plan and the shards
-    plan_dict = _plan(input_path, output_root, bundle, config.max_rows_per_shard, config.overwrite, config)
+    plan_dict = _plan(input_path, output_root, bundle, config.max_rows_per_shard, config.overwrite, config, shards)
     p = _plan_from(plan_dict)
     if plan_dict["skip"]:
         existing = partitions.read_success(p.output_dir)
         return {"skipped": True, **_summary(existing, p.output_dir)}
     indices = list(range(len(p.shards))) if shards is None else shards
-    for k in indices:
-        if not 0 <= k < len(p.shards):
-            raise ValueError(f"shard {k} out of range: partition {p.partition} has {len(p.shards)} shard(s) (--shard 0..{len(p.shards) - 1})")
     progress = Progress(sum(p.shards[k].num_rows for k in indices), config.progress_interval_s, interactive)
     try:
         results = _score_shards(p, indices, bundle, config, progress)

@@ -315,16 +315,15 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             "opset": config.opset,
             "validated_batch_sizes": list(report.batch_sizes),
             "validated_mask_cases": list(MASK_CASES),
-            "validation_max_abs_diff": report.max_abs_diff,
             "tolerance": _tolerances(model, config),
             "near_tie_rows": f"{report.ambiguous_rows} of {report.rows} validated rows: top-two logits closer than twice the graph's error; weights not compared there",
             "weights_from": "one_hot(argmax logits)",
             "missing_text": "img2txt(image_emb)",
-            "missing_image": "txt2img(text)",
+            "missing_image": "txt2img(text_encoder(text_emb)), or of img2txt(image_emb) where the text is missing too",
             "best_epoch": extra.get("best_epoch"),
             "trained_at": extra.get("created_at"),
         }
-        bundle = bundle_layout.add_files(
+        bundle_layout.add_files(
             bundle_dir,
             files,
             updates={

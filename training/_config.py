@@ -26,7 +26,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
             value = tuple(value)
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if default is not None and not isinstance(value, type(default)):
+        wrong_bool = isinstance(value, bool) != isinstance(default, bool)  # bool is an int to isinstance
+        if default is not None and (wrong_bool or not isinstance(value, type(default))):
             raise ConfigError(
                 f"{where}: {cls.__name__}.{name} = {value!r} has type {type(value).__name__}; "
                 f"expected {type(default).__name__} like the default {default!r}"

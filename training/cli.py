@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the dataset has no text/image labels (TumEmo): the query step uses the multimodal label",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice, one per core); 1 avoids stalls on a CPU shared with other jobs",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -77,11 +82,17 @@ def load_config_json(value: str | None) -> dict[str, Any]:
 def train(args: argparse.Namespace) -> int:
     """Read features, train, write the checkpoint and metrics; returns the exit status."""
     # torch is imported here, not at the top, so `ctmwa-train prepare` and --help stay quick.
+    import torch
+
     from training.data import read_features
     from training.fit import fit
     from training.meta import TrainConfig
     from training.model import CTMWAConfig, save_checkpoint
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads} must be at least 1")
+        torch.set_num_threads(args.threads)
     sections = load_config_json(args.config)
     train_values = dict(sections.get("training", {}))
     for key in ("mode", "seed", "epochs"):

@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512, help="embedding width (text and image)")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs per run")
     parser.add_argument("--seed", type=int, default=1111, help="seed of data and training")
+    # Batches of 32 gain little from a second thread, and two threads stall badly when another job shares the CPU.
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
 
     features = write_synthetic_features(args.out / "features.parquet", n=args.posts, num_classes=3, dim=args.dim, seed=args.seed)
@@ -63,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("meta", "late_fusion"):
         run_dir = args.out / mode
         status = train_main(
-            ["--features", str(features), "--out", str(run_dir), "--mode", mode, "--epochs", str(args.epochs), "--seed", str(args.seed), "--config", config]
+            [
+                "--features", str(features), "--out", str(run_dir), "--mode", mode, "--epochs", str(args.epochs),
+                "--seed", str(args.seed), "--config", config, "--threads", str(args.threads),
+            ]
         )
         if status != 0:
             return status

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import FeatureBatch, FeatureSet
+from training.errors import DatasetError
 from training.meta import MetaWeightTrainer, TrainConfig
 from training.model import CTMWA, CTMWAConfig
 
@@ -95,11 +96,13 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
     test_loss, missing_text_test_accuracy / _f1_weighted, missing_image_test_accuracy / _f1_weighted,
     majority_test_accuracy (always predicting the most common train label), seconds_per_epoch, history.
     """
+    meta = config.mode == "meta"
+    if meta and len(data.query) == 0:
+        raise DatasetError(f"{data.path}: meta mode needs a query set and this one is empty; read it with with_query=True")
     torch.manual_seed(config.seed)
     model = CTMWA(model_config)
     trainer = MetaWeightTrainer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
-    meta = config.mode == "meta"
     queries = _query_stream(data.query, config.batch_size, generator) if meta else None
 
     history: list[dict] = []

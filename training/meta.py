@@ -67,6 +67,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig batch_size = {self.batch_size}, epochs = {self.epochs}: both must be at least 1")
         if not 0.0 < self.query_fraction < 1.0:
             raise ConfigError(f"TrainConfig.query_fraction = {self.query_fraction} must be in (0, 1)")
+        if self.unimodal_labels not in (None, True, False):
+            raise ConfigError(f"TrainConfig.unimodal_labels = {self.unimodal_labels!r} must be true, false or null")
         if len(self.wnet_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.wnet_betas):
             raise ConfigError(f"TrainConfig.wnet_betas = {self.wnet_betas} must be two numbers in [0, 1)")
 
@@ -213,12 +215,13 @@ class MetaWeightTrainer:
         )
 
     def end_epoch(self, epoch: int) -> None:
-        """Apply the optional linear decay after `epoch` (1-based): constant for the first half, then down to zero."""
+        """Set the optional decay's rate for epoch `epoch` + 1: constant for the first half of the epochs, then
+        linear, one step per epoch, reaching zero just after the last."""
         if not self.config.lr_decay:
             return
-        epochs = self.config.epochs
+        epochs, upcoming = self.config.epochs, epoch + 1
         hold = epochs // 2
-        factor = 1.0 - max(0, epoch - hold) / float(epochs - hold + 1)
+        factor = 1.0 if upcoming <= hold else max(0.0, (epochs - upcoming + 1) / (epochs - hold + 1))
         for optimizer, base in zip((self.backbone_optimizer, self.wnet_optimizer), self._base_lrs):
             for group in optimizer.param_groups:
                 group["lr"] = base * factor

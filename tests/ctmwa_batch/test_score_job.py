@@ -154,6 +154,9 @@ def test_cli_shards_and_summary(full_bundle, tmp_path, capsys):
     assert cli_main(args) == 0 and json.loads(capsys.readouterr().out)["skipped"] is True
     assert cli_main([*args, "--text-column", "body"]) == 2
     assert "set --text-column" in capsys.readouterr().err
+    assert cli_main([*args, "--overwrite", "--shard", "5"]) == 2
+    assert "pass --shard 0..1" in capsys.readouterr().err
+    assert cli_main(args) == 0 and json.loads(capsys.readouterr().out)["skipped"] is True  # a bad --shard undid nothing
 
 
 def _session_pids(sid: int) -> list[int]:

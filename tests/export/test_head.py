@@ -154,6 +154,7 @@ def test_folded_graph_has_no_attention(full_bundle):
     assert not [i.name for i in graph.initializer if "self_attn" in i.name or "fc_q" in i.name or "fc_k" in i.name]
 
 
+@pytest.mark.slow
 def test_unfolded_export_keeps_the_attention_and_agrees(tiny_checkpoint, tmp_path):
     model, _, _ = load_checkpoint(tiny_checkpoint)
     config = H.HeadExportConfig(fold_translators=False, extra_batch_sizes=())
@@ -178,7 +179,7 @@ def test_a_wrong_fold_is_caught_and_writes_no_bundle(tiny_checkpoint, encoder_bu
 
 def test_fp16_stays_within_tolerance(tiny_checkpoint, tmp_path):
     model, _, _ = load_checkpoint(tiny_checkpoint)
-    config = H.HeadExportConfig(fp16=True)
+    config = H.HeadExportConfig(fp16=True, extra_batch_sizes=())  # 1000 rows are checked below
     report = H.export_head_graph(model, tmp_path / "head16.onnx", config)
     assert report.max_abs_diff["probs"] <= config.fp16_atol and report.max_abs_diff["logits"] <= config.fp16_logits_atol
     graph = onnx.load(str(report.path)).graph

@@ -222,5 +222,23 @@ def test_train_config_validation_names_the_value():
         TrainConfig(query_fraction=1.5)
     with pytest.raises(ConfigError, match="lr_decy"):
         TrainConfig.from_dict({"lr_decy": True})
+    with pytest.raises(ConfigError, match="epochs = True"):
+        TrainConfig.from_dict({"epochs": True})
+    with pytest.raises(ConfigError, match="unimodal_labels = 'false'"):
+        TrainConfig.from_dict({"unimodal_labels": "false"})
     cfg = TrainConfig.from_dict({"lr": 1, "wnet_betas": [0.9, 0.99]})
     assert cfg.lr == 1.0 and cfg.wnet_betas == (0.9, 0.99)
+
+
+def test_optional_linear_decay_holds_then_falls_to_zero():
+    trainer = MetaWeightTrainer(tiny(), TrainConfig(lr=0.3, wnet_lr=0.03, epochs=4, lr_decay=True))
+    lrs = []
+    for epoch in range(1, 5):
+        trainer.end_epoch(epoch)
+        lrs.append((trainer.backbone_optimizer.param_groups[0]["lr"], trainer.wnet_optimizer.param_groups[0]["lr"]))
+    # epochs 1-2 at the full rate; epoch 3 at 2/3, epoch 4 at 1/3; zero after the last
+    assert [lr for lr, _ in lrs] == pytest.approx([0.3, 0.2, 0.1, 0.0])
+    assert [lr for _, lr in lrs] == pytest.approx([0.03, 0.02, 0.01, 0.0])
+    constant = MetaWeightTrainer(tiny(), TrainConfig(lr=0.3, epochs=4))
+    constant.end_epoch(4)
+    assert all(g["lr"] == 0.3 for g in constant.backbone_optimizer.param_groups)
