@@ -1,4 +1,4 @@
-"""`ctmwa-batch`: the runtime's command line (embed, inspect, score). Subcommands live beside their modules."""
+"""`ctmwa-batch`: the runtime's command line (embed, inspect, score, models). Subcommands live beside their modules."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "embed": "ctmwa_batch.embed",
     "inspect": "ctmwa_batch.bundle",
     "score": "ctmwa_batch.job",
+    "models": "ctmwa_batch.registry",
 }
 
 

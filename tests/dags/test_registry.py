@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -114,18 +113,40 @@ def test_publish_refuses_a_damaged_bundle(tmp_path, encoder_bundle):
         registry.publish(damaged, tmp_path / "models")
 
 
-def test_cli_set_current_and_current(tmp_path, encoder_bundle, capsys):
-    import argparse
+def test_cli_models_subcommand(tmp_path, encoder_bundle, capsys):
+    from ctmwa_batch.cli import main
 
     _place(encoder_bundle, tmp_path, "v1")
-    parser = argparse.ArgumentParser()
-    registry.add_arguments(parser)
-    assert registry.run(parser.parse_args(["--models-root", str(tmp_path), "set-current", "v1"])) == 0
+    root = ["models", "--models-root", str(tmp_path)]
+    assert main([*root, "current"]) == 2  # no CURRENT yet: a clear error, no traceback
+    assert "RegistryError: no current model" in capsys.readouterr().err
+    assert main([*root, "set-current", "v1"]) == 0
     assert json.loads(capsys.readouterr().out) == {"current": "v1", "previous": None}
-    assert registry.run(parser.parse_args(["--models-root", str(tmp_path), "current"])) == 0
+    assert main([*root, "current"]) == 0
     assert capsys.readouterr().out.strip() == "v1"
-    assert registry.run(parser.parse_args(["--models-root", str(tmp_path), "list"])) == 0
+    assert main([*root, "list"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(e["model_version"], e["current"]) for e in listed] == [("v1", True)]
     assert listed[0]["created_at"] == load_bundle(tmp_path / "v1").manifest["created_at"]
-    assert os.path.exists(tmp_path / "CURRENT")
+    assert main([*root, "publish", str(encoder_bundle)]) == 2  # encoders only: refused
+    assert "not scoring-ready" in capsys.readouterr().err
+
+
+def test_publish_copies_verifies_and_moves_current(tmp_path, full_bundle):
+    models = tmp_path / "models"
+    result = registry.publish(full_bundle, models, make_current=False)
+    version = load_bundle(full_bundle).model_version
+    assert result == {"model_version": version, "bundle_dir": str(models / version), "current": False, "previous": None}
+    assert load_bundle(models / version).files == load_bundle(full_bundle).files
+    assert registry.current_version(models) is None
+    again = registry.publish(full_bundle, models)  # idempotent (a retried task): only the pointer moves
+    assert again["current"] and registry.resolve(models) == models / version
+    assert sorted(p.name for p in models.iterdir()) == ["CURRENT", version]  # no staging folder left
+
+
+def test_republishing_over_a_damaged_copy_fails(tmp_path, full_bundle):
+    models = tmp_path / "models"
+    version = registry.publish(full_bundle, models)["model_version"]
+    (models / version / "head.onnx").write_bytes(b"not a graph")
+    with pytest.raises(BundleError, match="head.onnx: changed"):
+        registry.publish(full_bundle, models)
