@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Mapping
 
 from ctmwa_batch.errors import CtmwaError
 
@@ -18,23 +19,35 @@ SUBCOMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `ctmwa-batch`."""
-    parser = argparse.ArgumentParser(prog="ctmwa-batch", description=__doc__)
+def run_subcommands(
+    prog: str, description: str, subcommands: Mapping[str, str], argv: list[str] | None, quiet_loggers: tuple[str, ...] = ()
+) -> int:
+    """Parse `argv` for one of `subcommands` and run it; a CtmwaError is one line on stderr and exit status 2.
+
+    `quiet_loggers` are raised to WARNING unless --verbose (libraries that log every step at INFO)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
-    for name, module_name in SUBCOMMANDS.items():
+    for name, module_name in subcommands.items():
         module = importlib.import_module(module_name)
         modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
+        module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for name in quiet_loggers:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return modules[args.command].run(args)
     except CtmwaError as e:
-        print(f"ctmwa-batch {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{prog} {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ctmwa-batch`."""
+    return run_subcommands("ctmwa-batch", __doc__, SUBCOMMANDS, argv)
 
 
 if __name__ == "__main__":
