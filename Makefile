@@ -24,8 +24,10 @@ install: $(VENV)/.installed
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
 
+# Lake of generated posts -> demo bundle (tiny CLIP built offline, head trained on generated posts) -> Airflow on
+# SQLite runs the export and daily DAGs -> scores and a summary. Everything under demo_output/.
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m training.demo
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m demo.run_demo
 
 # Every suite, GPU-marked tests included (they skip themselves where no CUDA device is).
 test-all: install

@@ -11,12 +11,10 @@ midnight of the 6th scores dt=<the 5th>); a manual run scores the last complete 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import math
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -31,27 +29,6 @@ logger = logging.getLogger(__name__)
 
 class InputPartitionMissing(CtmwaError):
     """The input partition of a day has not landed (no folder, no Parquet file, or no ready marker)."""
-
-
-# --------------------------------------------------------------------------------------------------- processes
-
-
-@contextlib.contextmanager
-def spawn_safe() -> Iterator[None]:
-    """While scoring, worker processes that are spawned (the scorer's image decoders) do not re-run this process's
-    main script. In an Airflow task that script is the `airflow` command itself: a spawned child would import Airflow,
-    which fails there (task processes get no metadata database URL), and the decoders need nothing from it.
-    multiprocessing re-runs a main script only when it has a __file__ and no module spec (`python -m` is left alone)."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None or getattr(main, "__spec__", None) is not None:
-        yield
-        return
-    del main.__file__
-    try:
-        yield
-    finally:
-        main.__file__ = path
 
 
 # --------------------------------------------------------------------------------------------------- dates
@@ -201,8 +178,7 @@ def score_shard(planned: Mapping[str, Any], shard_index: int) -> dict[str, Any]:
     """Mapped task: score one shard (a finished shard is skipped, so a retry redoes only what is missing)."""
     from ctmwa_batch import job
 
-    with spawn_safe():
-        return job.score_shard(dict(planned["plan"]), shard_index, planned["bundle_dir"], dict(planned["config"]))
+    return job.score_shard(dict(planned["plan"]), shard_index, planned["bundle_dir"], dict(planned["config"]))
 
 
 def commit_day(planned: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,9 +267,8 @@ def score_days(backfill: Mapping[str, Any], dates: list[str]) -> list[dict[str, 
             logger.info("%s was committed since the backfill was planned; leaving it", date)
             out.append(summarize(read_success(plan["output_dir"]) or {}, date=date, output_dir=plan["output_dir"], skipped=True))
             continue
-        with spawn_safe():
-            for shard in plan["shards"]:
-                job.score_shard(plan, shard["index"], backfill["bundle_dir"], config)
+        for shard in plan["shards"]:
+            job.score_shard(plan, shard["index"], backfill["bundle_dir"], config)
         out.append(summarize(job.commit(plan), date=date, output_dir=plan["output_dir"], skipped=False))
         logger.info("%s committed: %s", date, out[-1]["rows"])
     return out

@@ -6,12 +6,14 @@ Shared by `embed` (training features) and `score` (scores), so both read posts a
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -122,6 +124,25 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While worker processes start, hide this process's main script from multiprocessing's spawn.
+
+    spawn re-runs a main script that has a __file__ and no module spec. Under an Airflow worker that script is the
+    `airflow` command itself, which fails in a task's child (task processes get no metadata database URL) and would
+    break the pool; the decoders need nothing from it. `python -m` mains have a spec and are left alone."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 class ImageDecoder:
     """Image decoding in this process or in a pool of worker processes; uint8 pixels travel back, never float32.
 
@@ -137,6 +158,7 @@ class ImageDecoder:
         self.pool = None
         if workers > 0:
             # spawn, not fork: the parent holds ONNX Runtime threads, which fork would copy in a broken state.
+            # Workers start lazily in submit(), which hides the main script too.
             self.pool = cf.ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=multiprocessing.get_context("spawn"),
@@ -150,7 +172,8 @@ class ImageDecoder:
             return _timed_decode(items, self.spec)
         # Chunks small enough that every worker gets a share of each batch.
         chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
-        return [self.pool.submit(_timed_decode, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
+        with _main_script_hidden():
+            return [self.pool.submit(_timed_decode, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
 
     def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """(uint8 pixels (N, S, S, 3), ok (N,), reasons (N,)) of a submitted batch."""

@@ -239,7 +239,6 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from ctmwa_batch import demo_data, job
-    from ctmwa_batch.orchestrate import spawn_safe
     from ctmwa_batch.bundle import ENCODER_FILES, HEAD, load_bundle
 
     smoke_rows = _config(release).smoke_rows
@@ -247,8 +246,7 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     bundle.require(*ENCODER_FILES, HEAD)
     with tempfile.TemporaryDirectory(prefix="ctmwa-validate-") as tmp:
         lake = demo_data.write_partition(tmp, "2000-01-01", rows=smoke_rows, row_group_size=max(1, smoke_rows // 2))
-        with spawn_safe():  # under an Airflow worker, the decoders must not re-run the `airflow` command
-            job.score_partition(lake["posts"], f"{tmp}/scores", bundle_dir, {"device": "auto"})
+        job.score_partition(lake["posts"], f"{tmp}/scores", bundle_dir, {"device": "auto"})
         scores = pq.read_table(f"{tmp}/scores/model_version={bundle.model_version}/dt=2000-01-01").to_pylist()
     problems = []
     if len(scores) != lake["rows"]:

@@ -137,36 +137,3 @@ def test_model_version_param_pins_a_published_version(tmp_path, models_root):
     assert orchestrate.plan_day(interval, _params(tmp_path, models_root, model_version=version))["model_version"] == version
     with pytest.raises(registry.RegistryError, match="'nope' is not published"):
         orchestrate.plan_day(interval, _params(tmp_path, models_root, model_version="nope"))
-
-
-SPAWNING_SCRIPT = """
-import sys
-if __name__ == "__mp_main__":
-    raise SystemExit("the main script ran again in a spawned child")  # what `airflow` does in a task's child
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from ctmwa_batch.orchestrate import spawn_safe
-guard = spawn_safe() if sys.argv[1] == "safe" else __import__("contextlib").nullcontext()
-with guard:
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        print("result", pool.submit(abs, -3).result())
-print("main file kept", __file__.endswith("main_script.py"))
-"""
-
-
-@pytest.mark.parametrize("mode", ["safe", "unsafe"])
-def test_spawned_workers_do_not_rerun_the_main_script(tmp_path, mode):
-    # An Airflow task's main script is the `airflow` command: the scorer's spawned decoders must not run it again.
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "main_script.py"
-    script.write_text(SPAWNING_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, env=env, timeout=120)
-    if mode == "safe":
-        assert proc.returncode == 0, proc.stderr
-        assert "result 3" in proc.stdout and "main file kept True" in proc.stdout
-    else:
-        assert proc.returncode != 0 and "BrokenProcessPool" in proc.stderr
