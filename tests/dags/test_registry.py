@@ -141,7 +141,7 @@ def test_publish_copies_verifies_and_moves_current(tmp_path, full_bundle):
     assert registry.current_version(models) is None
     again = registry.publish(full_bundle, models)  # idempotent (a retried task): only the pointer moves
     assert again["current"] and registry.resolve(models) == models / version
-    assert sorted(p.name for p in models.iterdir()) == ["CURRENT", version]  # no staging folder left
+    assert {p.name for p in models.iterdir()} == {"CURRENT", version}  # no staging folder left
 
 
 def test_republishing_over_a_damaged_copy_fails(tmp_path, full_bundle):
