@@ -154,6 +154,24 @@ def _export(spec: ExportSpec, module: torch.nn.Module, path: Path) -> None:
         )
     if captured.getvalue().strip():
         logger.debug("torch.onnx.export(%s): %s", spec.name, captured.getvalue().strip())
+    _strip_provenance(path)
+
+
+def _strip_provenance(path: Path) -> None:
+    """Drop the exporter's per-node stack traces and doc strings: they hold absolute source paths of the machine that
+    exported, so the same model exported from two checkouts would get different bytes (and a new model version)."""
+    model = onnx.load(str(path))
+    graphs = [model.graph, *model.functions]  # functions have nodes (and doc strings) like graphs
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            graphs.extend(attr.g for attr in node.attribute if attr.HasField("g"))
+            graphs.extend(g for attr in node.attribute for g in attr.graphs)
+        if hasattr(graph, "doc_string"):
+            graph.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def _root_cause(e: BaseException) -> str:

@@ -203,3 +203,14 @@ def test_near_ties_flip_dependent_outputs_unless_skipped(tmp_path):
     # A floor on the margin widens the ambiguous set beyond the observed error.
     wide = export_and_validate(argmax_spec(max_ambiguous=1.0, argmax_margin=10.0), ArgmaxBranch(), tmp_path / "d.onnx")
     assert wide.ambiguous_rows == wide.rows
+
+
+def test_export_is_reproducible_and_carries_no_build_paths(tmp_path):
+    # the model version is a hash of the files: the same module exported from any checkout must give the same bytes
+    a = tmp_path / "a" / "head.onnx"
+    b = tmp_path / "elsewhere" / "b" / "head.onnx"
+    export_and_validate(head_spec(extra_batch_sizes=()), HeadLike(), a)
+    export_and_validate(head_spec(extra_batch_sizes=()), HeadLike(), b)
+    data = a.read_bytes()
+    assert data == b.read_bytes()
+    assert b"spec.py" not in data and b"test_spec.py" not in data and str(tmp_path).encode() not in data
