@@ -98,18 +98,19 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     """(full bundle dir, CLIP source dir) for `size` in {"vit-b32", "tiny"}, built once and cached under work."""
     import torch
 
+    from ctmwa_batch.bundle import MANIFEST
     from export.encoders import EncoderExportConfig, export_encoders
     from export.head import export_head
     from export.tiny import build_random_clip_vit_b32, build_tiny_clip
     from training.model import CTMWA, CTMWAConfig, save_checkpoint
 
     clip_dir, enc_dir, ckpt_dir, full_dir = (work / f"{size}-{p}" for p in ("clip", "encoders", "ctmwa", "bundle"))
-    if (full_dir / "manifest.json").exists():
+    if (full_dir / MANIFEST).exists():
         return full_dir, clip_dir
     t0 = time.perf_counter()
     if not (clip_dir / "config.json").exists():
         (build_random_clip_vit_b32 if size == "vit-b32" else build_tiny_clip)(clip_dir, seed=0)
-    if not (enc_dir / "manifest.json").exists():
+    if not (enc_dir / MANIFEST).exists():
         export_encoders(EncoderExportConfig(source=str(clip_dir), out_dir=enc_dir, overwrite=True))
     dim = 512 if size == "vit-b32" else 16
     config = CTMWAConfig(text_dim=dim, image_dim=dim, embed_dim=128 if size == "vit-b32" else 8, num_classes=len(LABELS))

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctmwa_batch import schema
 from ctmwa_batch.errors import BundleError
 from ctmwa_batch.preprocess import ImageSpec, TextSpec
 
@@ -50,6 +51,16 @@ ENCODER_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
 PIXELS = "pixels"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
+
+# The head graph's signature (DESIGN.md section 5), in graph order.
+HEAD_INPUTS = (schema.TEXT_EMB, schema.IMAGE_EMB, schema.HAS_TEXT, schema.HAS_IMAGE)
+LOGITS = "logits"
+PROBS = "probs"
+TEXT_PROBS = "text_probs"
+IMAGE_PROBS = "image_probs"
+TEXT_WEIGHT = "text_weight"
+IMAGE_WEIGHT = "image_weight"
+HEAD_OUTPUTS = (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS, TEXT_WEIGHT, IMAGE_WEIGHT)
 
 # Manifest fields that change what a bundle computes, besides its files: they enter the model version.
 _VERSIONED_FIELDS = ("labels", "preprocessing")

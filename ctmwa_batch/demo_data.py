@@ -128,15 +128,6 @@ def encode_image(array: np.ndarray, fmt: str = "JPEG", mode: str | None = None, 
     return buf.getvalue()
 
 
-def combine(text_label: int, image_label: int) -> int:
-    """MVSA's rule: equal -> that label; one neutral -> the polar one (posts with opposite cues are not drawn)."""
-    if text_label == image_label or image_label == NEUTRAL:
-        return text_label
-    if text_label == NEUTRAL:
-        return image_label
-    raise ValueError(f"opposite cues {LABELS[text_label]} / {LABELS[image_label]} have no MVSA label")
-
-
 def generate_posts(n: int, key: str, spec: DemoSpec = DemoSpec()) -> list[dict]:
     """n clean labelled posts (a few miss their text or image); `key` seeds them and prefixes their ids."""
     rng = _rng("posts", key, n)
@@ -297,10 +288,12 @@ def evaluate(lake_root: str | Path, output_root: str | Path, model_version: str,
     cue was (text and image / text only / image only). Rows without a label (bad rows) or a score do not count."""
     import pyarrow.dataset as ds
 
+    from ctmwa_batch.partitions import output_dir
+
     per_day = []
     for date in dates:
         labels = {r["post_id"]: r for r in pq.read_table(Path(lake_root) / "labels" / f"dt={date}" / "labels.parquet").to_pylist() if r["post_id"]}
-        scores = ds.dataset(str(Path(output_root) / f"model_version={model_version}" / f"dt={date}"), format="parquet").to_table(columns=["post_id", "sentiment"]).to_pylist()
+        scores = ds.dataset(output_dir(str(output_root), model_version, f"dt={date}"), format="parquet").to_table(columns=["post_id", "sentiment"]).to_pylist()
         counts: dict[str, list[int]] = {}
         for row in scores:
             truth = labels.get(row["post_id"])

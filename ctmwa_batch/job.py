@@ -480,8 +480,8 @@ def score_shard(
     return _score_shards(p, [shard_index], bundle, config, progress)[0]
 
 
-def _summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
-    """_SUCCESS.json without the file listing and the per-shard timings (small enough for XCom)."""
+def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """A partition's _SUCCESS.json without the file listing and the per-shard timings (small enough for XCom)."""
     timings = {k: v for k, v in success["timings"].items() if k != "shards"}
     inp = {k: v for k, v in success["input"].items() if k != "files"}
     return {
@@ -506,8 +506,8 @@ def commit(plan: dict[str, Any]) -> dict[str, Any]:
     p = _plan_from(plan)
     existing = partitions.read_success(p.output_dir)
     if existing is not None and existing.get("plan_id") == p.plan_id and partitions.is_committed(p):
-        return _summary(existing, p.output_dir)
-    return _summary(partitions.commit(p), p.output_dir)
+        return summary(existing, p.output_dir)
+    return summary(partitions.commit(p), p.output_dir)
 
 
 def score_partition(
@@ -530,7 +530,7 @@ def score_partition(
     p = _plan_from(plan_dict)
     if plan_dict["skip"]:
         existing = partitions.read_success(p.output_dir)
-        return {"skipped": True, **_summary(existing, p.output_dir)}
+        return {"skipped": True, **summary(existing, p.output_dir)}
     indices = list(range(len(p.shards))) if shards is None else shards
     progress = Progress(sum(p.shards[k].num_rows for k in indices), config.progress_interval_s, interactive)
     try:
@@ -538,19 +538,19 @@ def score_partition(
     finally:
         progress.close()
     try:
-        summary = commit(plan_dict)
+        committed = commit(plan_dict)
     except PartitionNotReady:
         waiting = [s.index for s in p.shards if partitions.shard_done(p, s.index) is None]
         logger.info("scored shard(s) %s of %s; waiting for shard(s) %s before the commit", indices, p.partition, waiting)
         return {"committed": False, "output_dir": p.output_dir, "shards": results, "waiting_for": waiting}
     seconds = time.perf_counter() - t0
-    summary["run"] = {
+    committed["run"] = {
         "seconds": round(seconds, 3),
         "rows_per_s": round(sum(r["rows"] for r in results if not r["skipped"]) / seconds, 1) if seconds else None,
         "shards_scored": sum(not r["skipped"] for r in results),
         "shards_skipped": sum(r["skipped"] for r in results),
     }
-    return summary
+    return committed
 
 
 # --------------------------------------------------------------------------------------------------- CLI

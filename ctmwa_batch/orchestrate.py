@@ -112,10 +112,11 @@ def resolve_bundle(settings: Settings, verify: bool = True) -> tuple[str, str]:
     """(bundle folder, model version) of the settings' model_version, resolved once per run; `verify` checks every
     file's checksum (job.plan does that itself, so the nightly plan skips it here)."""
     from ctmwa_batch.bundle import load_bundle
+    from ctmwa_batch.scorer import require_scoring_bundle
 
     path = registry.resolve(settings.models_root, settings.model_version)
     bundle = load_bundle(path, verify=verify)
-    bundle.require("head.onnx")
+    require_scoring_bundle(bundle)
     return str(path), bundle.model_version
 
 
@@ -189,8 +190,8 @@ def commit_day(planned: Mapping[str, Any]) -> dict[str, Any]:
         success = read_success(planned["output_dir"])
         if success is None:  # removed between plan and commit: the next run scores it
             raise CtmwaError(f"{planned['output_dir']} lost its _SUCCESS.json after planning; rerun this DAG run")
-        return summarize(success, date=planned["date"], output_dir=planned["output_dir"], skipped=True)
-    return summarize(job.commit(dict(planned["plan"])), date=planned["date"], output_dir=planned["output_dir"], skipped=False)
+        return summarize(job.summary(success, planned["output_dir"]), date=planned["date"], skipped=True)
+    return summarize(job.commit(dict(planned["plan"])), date=planned["date"], skipped=False)
 
 
 # --------------------------------------------------------------------------------------------------- backfill
@@ -212,7 +213,7 @@ def plan_backfill(params: Mapping[str, Any]) -> dict[str, Any]:
     on_missing = params.get("on_missing") or "skip"
     if on_missing not in ("skip", "fail"):
         raise SettingsError(f"on_missing = {on_missing!r}; use 'skip' or 'fail'")
-    bundle_dir, version = resolve_bundle(settings)
+    bundle_dir, version = resolve_bundle(settings, verify=False)  # job.score_partition verifies it
     entries = []
     for date in days:
         path = settings.input_path(date)
@@ -253,7 +254,8 @@ def chunks_to_score(backfill: Mapping[str, Any]) -> list[list[str]]:
 
 
 def score_days(backfill: Mapping[str, Any], dates: list[str]) -> list[dict[str, Any]]:
-    """Backfill mapped task: score and commit each day of a chunk with the run's model (plan, shards, commit)."""
+    """Backfill mapped task: score and commit each day of a chunk with the run's model (one bundle check, one set of
+    sessions and one decoding pool per day, whatever its shard count)."""
     from ctmwa_batch import job
 
     settings = Settings.load(overrides=backfill["settings"])
@@ -262,15 +264,13 @@ def score_days(backfill: Mapping[str, Any], dates: list[str]) -> list[dict[str, 
     for date in dates:
         input_path = settings.input_path(date)
         _require_input(input_path, settings, date)
-        plan = job.plan(input_path, settings.output_root, backfill["bundle_dir"], config=config)
-        if plan.get("skip"):
+        result = job.score_partition(input_path, settings.output_root, backfill["bundle_dir"], config)
+        skipped = bool(result.get("skipped"))
+        out.append(summarize(result, date=date, skipped=skipped))
+        if skipped:
             logger.info("%s was committed since the backfill was planned; leaving it", date)
-            out.append(summarize(read_success(plan["output_dir"]) or {}, date=date, output_dir=plan["output_dir"], skipped=True))
-            continue
-        for shard in plan["shards"]:
-            job.score_shard(plan, shard["index"], backfill["bundle_dir"], config)
-        out.append(summarize(job.commit(plan), date=date, output_dir=plan["output_dir"], skipped=False))
-        logger.info("%s committed: %s", date, out[-1]["rows"])
+        else:
+            logger.info("%s committed: %s", date, out[-1]["rows"])
     return out
 
 
@@ -283,23 +283,21 @@ def _run_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- reports
 
 
-def summarize(success: Mapping[str, Any], *, date: str, output_dir: str, skipped: bool) -> dict[str, Any]:
-    """A partition's _SUCCESS.json cut to what a report and an XCom need (no file listings, no per-shard timings)."""
-    rows = {k: v for k, v in (success.get("rows") or {}).items() if k != "by_sentiment"}
-    timings = {k: v for k, v in (success.get("timings") or {}).items() if k != "shards"}
-    out = {
+def summarize(summary: Mapping[str, Any], *, date: str, skipped: bool) -> dict[str, Any]:
+    """A day's line for reports and the Asset: `job.summary` of its partition, with the date and whether it was skipped."""
+    rows = summary["rows"]
+    return {
         "date": date,
-        "partition": success.get("partition"),
-        "model_version": success.get("model_version"),
-        "output_dir": output_dir,
-        "committed_at": success.get("committed_at"),
+        "partition": summary["partition"],
+        "model_version": summary["model_version"],
+        "output_dir": summary["output_dir"],
+        "committed_at": summary["committed_at"],
         "skipped": skipped,
-        "shards": len(success.get("parts") or []) if isinstance(success.get("parts"), list) else success.get("parts"),
-        "rows": rows,
-        "sentiments": dict((success.get("rows") or {}).get("by_sentiment") or {}),
-        "timings": timings,
+        "shards": summary["parts"],
+        "rows": {k: v for k, v in rows.items() if k != "by_sentiment"},
+        "sentiments": dict(rows.get("by_sentiment") or {}),
+        "timings": dict(summary["timings"]),
     }
-    return out
 
 
 def asset_extra(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -349,7 +347,7 @@ def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None =
 
 def report(summaries: list[Mapping[str, Any]] | Mapping[str, Any], title: str = "ctmwa scores") -> dict[str, Any]:
     """Report task: log the table (it lands in the task log) and return the totals."""
-    items = [summaries] if isinstance(summaries, Mapping) else [s for group in summaries for s in (group if isinstance(group, list) else [group])]
+    items = [summaries] if isinstance(summaries, Mapping) else list(summaries)
     table = format_report(items)
     logger.info("%s\n%s", title, table)
     totals: dict[str, Any] = {"days": len(items), "scored": sum(not s.get("skipped") for s in items), "rows": 0, "by_status": {}, "sentiments": {}}

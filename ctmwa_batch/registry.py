@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ctmwa_batch.bundle import Bundle, load_bundle
+from ctmwa_batch.bundle import MANIFEST, Bundle, load_bundle
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.settings import CURRENT
 
@@ -46,7 +46,7 @@ def list_versions(models_root: str | Path) -> list[str]:
     root = Path(models_root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").is_file())
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
 
 
 def current_version(models_root: str | Path) -> str | None:
@@ -74,7 +74,7 @@ def resolve(models_root: str | Path, version: str = CURRENT) -> Path:
         where = "model version"
     _check_version_name(version)
     path = root / version
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         raise RegistryError(
             f"{where} {version!r} is not published under {str(root)!r}; published versions: {list_versions(root) or 'none'}"
         )

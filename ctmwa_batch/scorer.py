@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctmwa_batch import schema
-from ctmwa_batch.bundle import HEAD, Bundle, load_bundle
+from ctmwa_batch.bundle import HEAD, HEAD_INPUTS, HEAD_OUTPUTS, Bundle, load_bundle
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.errors import BundleError, InputSchemaError
 from ctmwa_batch.partitions import DEFAULT_MAX_ROWS_PER_SHARD
@@ -44,8 +44,6 @@ from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
 logger = logging.getLogger(__name__)
 
 # The head graph's contract (DESIGN.md section 5).
-HEAD_INPUTS = (schema.TEXT_EMB, schema.IMAGE_EMB, schema.HAS_TEXT, schema.HAS_IMAGE)
-HEAD_OUTPUTS = ("logits", "probs", "text_probs", "image_probs", "text_weight", "image_weight")
 # Image decode reasons that mean "no image" rather than "a bad image".
 _ABSENT = (None, "null", "empty")
 SCHEMA_METADATA_KEY = "ctmwa_batch.score"

@@ -193,11 +193,12 @@ def _utc(date: str) -> dt.datetime:
 
 def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
     """Where the model and the scores are, the per-day table, and the demo model's accuracy."""
-    from ctmwa_batch import demo_data, orchestrate, registry
+    from ctmwa_batch import demo_data, job, orchestrate, registry
+    from ctmwa_batch.bundle import load_bundle
     from ctmwa_batch.partitions import output_dir, read_success
 
     version = registry.current_version(models)
-    manifest = json.loads((models / str(version) / "manifest.json").read_text())
+    manifest = load_bundle(registry.resolve(models), verify=False).manifest
     metrics = manifest.get("training_metrics") or {}
     story.say()
     story.say(f"Model: {models / str(version)}  (CURRENT -> {version}; labels {manifest.get('labels')})")
@@ -209,7 +210,7 @@ def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str
     summaries = []
     for date in dates:
         path = output_dir(str(lake / "scores"), str(version), f"dt={date}")
-        summaries.append(orchestrate.summarize(read_success(path) or {}, date=date, output_dir=path, skipped=False))
+        summaries.append(orchestrate.summarize(job.summary(read_success(path), path), date=date, skipped=False))
     story.say(f"\nScores: {lake / 'scores'}/model_version={version}/dt=YYYY-MM-DD/part-*.parquet (+ _SUCCESS.json)")
     story.say(orchestrate.format_report(summaries, labels=list(demo_data.LABELS)))
     story.say("\nThe demo model against the generated labels (rows with a label and a score):")

@@ -37,7 +37,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctmwa_batch import bundle as bundle_layout
-from ctmwa_batch.bundle import END_TO_END, HEAD
+from ctmwa_batch.bundle import (  # the head graph's signature lives with the bundle layout
+    END_TO_END,
+    HEAD,
+    HEAD_INPUTS,
+    HEAD_OUTPUTS,
+    IMAGE_PROBS,
+    IMAGE_WEIGHT,
+    LOGITS,
+    PROBS,
+    TEXT_PROBS,
+    TEXT_WEIGHT,
+)
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.schema import HAS_IMAGE, HAS_TEXT, IMAGE_EMB, TEXT_EMB
 from export.encoders import _prepare_out_dir, _publish, _signature
@@ -46,15 +57,6 @@ from training.model import CTMWA, Translator, TranslatorEvalPieces, load_checkpo
 
 logger = logging.getLogger(__name__)
 
-# Graph outputs (DESIGN.md section 5), in graph order.
-LOGITS = "logits"
-PROBS = "probs"
-TEXT_PROBS = "text_probs"
-IMAGE_PROBS = "image_probs"
-TEXT_WEIGHT = "text_weight"
-IMAGE_WEIGHT = "image_weight"
-HEAD_INPUTS = (TEXT_EMB, IMAGE_EMB, HAS_TEXT, HAS_IMAGE)
-HEAD_OUTPUTS = (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS, TEXT_WEIGHT, IMAGE_WEIGHT)
 METRICS_FILE = "metrics.json"  # written by ctmwa-train beside the checkpoint
 
 # Validation cases: (has_text, has_image) for every row, or a random mix per row.

@@ -246,8 +246,8 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     bundle.require(*ENCODER_FILES, HEAD)
     with tempfile.TemporaryDirectory(prefix="ctmwa-validate-") as tmp:
         lake = demo_data.write_partition(tmp, "2000-01-01", rows=smoke_rows, row_group_size=max(1, smoke_rows // 2))
-        job.score_partition(lake["posts"], f"{tmp}/scores", bundle_dir, {"device": "auto"})
-        scores = pq.read_table(f"{tmp}/scores/model_version={bundle.model_version}/dt=2000-01-01").to_pylist()
+        scored = job.score_partition(lake["posts"], f"{tmp}/scores", bundle_dir, {"device": "auto"})
+        scores = pq.read_table(scored["output_dir"]).to_pylist()
     problems = []
     if len(scores) != lake["rows"]:
         problems.append(f"{lake['rows']} posts in, {len(scores)} score rows out")

@@ -125,7 +125,7 @@ def test_backfill_chunks_stay_under_max_map_length(tmp_path, models_root):
         demo_data.write_partition(tmp_path / "lake", day, rows=3, bad_rows=False)
     plan = orchestrate.plan_backfill(_params(tmp_path, models_root, start_date=days[0], end_date=days[-1], max_map_length=3))
     chunks = orchestrate.chunks_to_score(plan)
-    assert len(chunks) <= 3 and [d for c in chunks for d in c] == days
+    assert [len(c) for c in chunks] == [3, 3, 1] and [d for c in chunks for d in c] == days
     with pytest.raises(SettingsError, match="end_date = None is not a date"):
         orchestrate.plan_backfill({"start_date": "2026-01-01"})
 
