@@ -40,6 +40,11 @@ FEATURES_FIELDS = [
 FEATURES_SCHEMA = pa.schema(FEATURES_FIELDS)
 FEATURES_REQUIRED = (POST_ID, SPLIT, TEXT_EMB, IMAGE_EMB, LABEL, T_LABEL, V_LABEL, QUERY)
 
+# Schema metadata of posts and features files made for training.
+LABELS_KEY = "ctmwa.labels"  # JSON list of class names, in label-index order
+UNIMODAL_KEY = "ctmwa.unimodal_labels"  # "true" / "false": whether t_label / v_label exist (TumEmo: false)
+DATASET_KEY = "ctmwa.dataset"  # which reader made the posts (mvsa-single, tumemo, ...)
+
 # Columns `ctmwa-batch embed` adds to the posts it reads (the other columns pass through).
 EMBED_FIELDS = [
     pa.field(TEXT_EMB, EMBEDDING_TYPE),

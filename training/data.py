@@ -26,8 +26,8 @@ from training.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-LABELS_KEY = "ctmwa.labels"
-UNIMODAL_KEY = "ctmwa.unimodal_labels"
+LABELS_KEY = schema.LABELS_KEY
+UNIMODAL_KEY = schema.UNIMODAL_KEY
 
 
 @dataclass

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctmwa_batch import schema
+from training.datasets.mvsa import MVSA_LABELS
 
 logger = logging.getLogger(__name__)
 
-MVSA_LABELS = ("positive", "neutral", "negative")
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ def synthetic_table(n: int, num_classes: int = 3, dim: int = 512, seed: int = 0,
         schema.HAS_IMAGE: pa.array(has_image),
     }
     metadata = {
-        "ctmwa.labels": json.dumps(label_names(num_classes)),
-        "ctmwa.unimodal_labels": "true" if unimodal else "false",
+        schema.LABELS_KEY: json.dumps(label_names(num_classes)),
+        schema.UNIMODAL_KEY: "true" if unimodal else "false",
         "ctmwa.source": f"synthetic(n={n}, num_classes={num_classes}, dim={dim}, seed={seed})",
     }
     return pa.table(columns, schema=schema.FEATURES_SCHEMA.with_metadata(metadata))

@@ -184,7 +184,8 @@ def test_outer_clip_is_per_module():
     trainer.outer_step(batch(8, seed=8))
     for m in BACKBONE_MODULES:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in getattr(model, m).parameters()]))
-        assert norm <= 1e-3 * 1.001, m
+        # per-module clipping brings every module to the limit; a global clip would leave each part below it
+        assert norm.item() == pytest.approx(1e-3, rel=1e-3), m
 
 
 def test_late_fusion_counts_every_loss_once_and_leaves_weight_nets_alone():

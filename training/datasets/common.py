@@ -20,7 +20,17 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from ctmwa_batch.errors import DatasetError
-from ctmwa_batch.schema import DEFAULT_IMAGE_COLUMN, DEFAULT_TEXT_COLUMN, LABEL, POST_ID, T_LABEL, V_LABEL
+from ctmwa_batch.schema import (
+    DATASET_KEY,
+    DEFAULT_IMAGE_COLUMN,
+    DEFAULT_TEXT_COLUMN,
+    LABEL,
+    LABELS_KEY,
+    POST_ID,
+    T_LABEL,
+    UNIMODAL_KEY,
+    V_LABEL,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +50,9 @@ POSTS_SCHEMA = pa.schema(
 )
 
 # Schema metadata keys that carry the class names and whether t_label / v_label exist (DESIGN.md section 5).
-META_LABELS = b"ctmwa.labels"
-META_UNIMODAL = b"ctmwa.unimodal_labels"
-META_DATASET = b"ctmwa.dataset"
+META_LABELS = LABELS_KEY.encode()
+META_UNIMODAL = UNIMODAL_KEY.encode()
+META_DATASET = DATASET_KEY.encode()
 
 # Reasons a labelled post is dropped (keys of ReadReport.dropped).
 DROP_CONTRADICTION = "contradiction"  # MVSA: text positive with image negative or the reverse
