@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from ctmwa_batch import schema
 from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
 from ctmwa_batch.errors import InputSchemaError
-from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_items
+from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_errors, image_items
 from ctmwa_batch.preprocess import ImageSpec, TextTokenizer, TokenizedTexts
 from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
 
@@ -230,11 +230,7 @@ def _write_batch(
     text = encoders.encode_texts(texts)
     pixels, image_ok, image_reasons = decoder.result(handle)
     image_emb = encoders.encode_pixels(pixels, image_ok)
-    # A present but unusable image is an error worth a reason; a null or empty one is just a missing modality.
-    errors = [
-        read_err or (None if ok or reason in ("null", "empty") else reason)
-        for ok, reason, read_err in zip(image_ok, image_reasons, read_errors)
-    ]
+    errors = image_errors(image_ok, image_reasons, read_errors)
     columns = [batch.column(name) for name in passthrough]
     columns += [
         embedding_array(text.emb, text.ok),

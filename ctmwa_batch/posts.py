@@ -124,6 +124,12 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def image_errors(ok: Sequence[bool], reasons: Sequence[str | None], read_errors: Sequence[str | None]) -> list[str | None]:
+    """Per row, why a present image could not be used (its path unreadable, its bytes undecodable); None where the
+    image was usable or simply absent (null or empty: a missing modality, not an error)."""
+    return [read_err or (None if usable or reason in ("null", "empty") else reason) for usable, reason, read_err in zip(ok, reasons, read_errors)]
+
+
 @contextlib.contextmanager
 def _main_script_hidden() -> Iterator[None]:
     """While worker processes start, hide this process's main script from multiprocessing's spawn.

@@ -37,7 +37,7 @@ from ctmwa_batch.bundle import HEAD, HEAD_INPUTS, HEAD_OUTPUTS, Bundle, load_bun
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.errors import BundleError, InputSchemaError
 from ctmwa_batch.partitions import DEFAULT_MAX_ROWS_PER_SHARD
-from ctmwa_batch.posts import check_posts_schema, image_items
+from ctmwa_batch.posts import check_posts_schema, image_errors, image_items
 from ctmwa_batch.preprocess import MAX_REASON_CHARS, ImageSpec, TokenizedTexts, decode_images
 from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
 
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 # The head graph's contract (DESIGN.md section 5).
 # Image decode reasons that mean "no image" rather than "a bad image".
-_ABSENT = (None, "null", "empty")
 SCHEMA_METADATA_KEY = "ctmwa_batch.score"
 
 
@@ -259,14 +258,8 @@ class Scorer:
         status[~text_ok & image_ok] = schema.STATUS_TEXT_MISSING
         status[~id_ok] = schema.STATUS_ERROR
         errors: list[str | None] = [None] * n
-        for i in range(n):
-            reasons = []
-            if not id_ok[i]:
-                reasons.append("id: null")
-            if prepared.read_errors[i]:
-                reasons.append(_reason("image", prepared.read_errors[i]))
-            elif image_reasons[i] not in _ABSENT:
-                reasons.append(_reason("image", image_reasons[i]))
+        for i, image_error in enumerate(image_errors(image_ok, image_reasons, prepared.read_errors)):
+            reasons = ([] if id_ok[i] else ["id: null"]) + ([] if image_error is None else [_reason("image", image_error)])
             if reasons:
                 errors[i] = "; ".join(reasons)
 
