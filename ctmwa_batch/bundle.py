@@ -8,8 +8,9 @@ A bundle is a folder (DESIGN.md section 5):
     text_encoder.onnx    input_ids, attention_mask int64 (N, L) -> text_emb float32 (N, D), L2-normalised
     tokenizer.json       the text tokenizer, loadable by the `tokenizers` library alone
     head.onnx            the CTMWA head (text_emb, image_emb, has_text, has_image -> logits, probs, text_probs,
-                         image_probs, text_weight, image_weight); joins with `ctmwa-export head`, which also sets
-                         labels, dims.classes, head (precision, translators, checkpoint), calibration, training_metrics
+                         image_probs, text_weight, image_weight, text_evidence, image_evidence); joins with
+                         `ctmwa-export head`, which also sets labels, dims.classes, head (precision, translators,
+                         checkpoint, class bias, evidence), calibration, training_metrics
     end_to_end.onnx      optional (ctmwa-export head --end-to-end): pixels, input_ids, attention_mask, has_text,
                          has_image -> the head's outputs plus text_emb, image_emb; the three graphs above in one
 
@@ -60,7 +61,12 @@ TEXT_PROBS = "text_probs"
 IMAGE_PROBS = "image_probs"
 TEXT_WEIGHT = "text_weight"
 IMAGE_WEIGHT = "image_weight"
-HEAD_OUTPUTS = (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS, TEXT_WEIGHT, IMAGE_WEIGHT)
+TEXT_EVIDENCE = "text_evidence"
+IMAGE_EVIDENCE = "image_evidence"
+# Heads exported before the evidence outputs existed lack the last two; they still score (evidence columns null).
+CORE_HEAD_OUTPUTS = (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS, TEXT_WEIGHT, IMAGE_WEIGHT)
+EVIDENCE_OUTPUTS = (TEXT_EVIDENCE, IMAGE_EVIDENCE)
+HEAD_OUTPUTS = (*CORE_HEAD_OUTPUTS, *EVIDENCE_OUTPUTS)
 
 # Manifest fields that change what a bundle computes, besides its files: they enter the model version.
 _VERSIONED_FIELDS = ("labels", "preprocessing")
@@ -352,6 +358,20 @@ def describe(bundle: Bundle) -> list[str]:
         head = m.get("head") or {}
         lines.append(f"labels        {bundle.labels}")
         lines.append(f"head          {head.get('precision', '?')}, translators {head.get('translators', '?')}")
+        bias = head.get("class_bias") or {}
+        if bias.get("method", "none") == "none":
+            lines.append("class bias    none (argmax of the classifier's logits)")
+        else:
+            lines.append(
+                f"class bias    {[round(float(b), 3) for b in bias.get('bias', [])]} added to the logits ({bias['method']}: "
+                f"valid weighted F1 {_fmt(bias.get('valid_f1_weighted_before'))} -> {_fmt(bias.get('valid_f1_weighted_after'))})"
+            )
+        evidence = head.get("evidence")
+        lines.append(
+            f"evidence      {evidence['method']}" if evidence
+            else "evidence      none: text_evidence/image_evidence score null (head exported before they existed; re-export it)"
+        )
+        lines.append("weights       text_weight/image_weight: the paper's meta-learned loss weights, not an attribution")
         calibration = m.get("calibration") or {}
         if calibration.get("method", "none") == "none":
             lines.append("calibration   none (probs = softmax(logits))")
@@ -362,7 +382,10 @@ def describe(bundle: Bundle) -> list[str]:
             )
         metrics = m.get("training_metrics") or {}
         if metrics:
-            keys = ("valid_accuracy", "test_accuracy", "test_f1_weighted", "missing_text_test_accuracy", "missing_image_test_accuracy")
+            keys = (
+                "valid_accuracy", "test_accuracy", "test_f1_weighted", "missing_text_test_accuracy", "missing_image_test_accuracy",
+                "test_text_evidence_auc", "test_image_evidence_auc",
+            )
             lines.append("metrics       " + ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
     return lines
 

@@ -83,6 +83,8 @@ def scores_schema(labels: list[str], id_field: pa.Field | None = None) -> pa.Sch
         *[pa.field(prob_column(label), pa.float32()) for label in labels],
         pa.field("text_weight", pa.float32()),
         pa.field("image_weight", pa.float32()),
+        pa.field("text_evidence", pa.float32()),
+        pa.field("image_evidence", pa.float32()),
         pa.field("text_sentiment", pa.string()),
         pa.field("image_sentiment", pa.string()),
         pa.field(HAS_TEXT, pa.bool_()),

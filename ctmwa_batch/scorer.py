@@ -10,7 +10,9 @@
   missing modality, not an error;
 - `text_sentiment` / `image_sentiment` are the unimodal heads' predictions where that modality is present (null
   where it is missing: there the head only saw the translation of the other modality); `text_weight` and
-  `image_weight` are the weight nets' outputs for every scored row.
+  `image_weight` are the weight nets' outputs (the paper's meta-learned loss weights) for every scored row;
+  `text_evidence` / `image_evidence` say how strongly that modality on its own supports the predicted sentiment
+  (null where the modality is missing, and everywhere for a head exported before these outputs existed).
 
 The job (ctmwa_batch.job) runs the same steps split into stages: `prepare` (column extraction, tokenization) in a
 reader thread, image decoding in a process pool, `infer` (encoders + head + output assembly) in the main thread.
@@ -33,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctmwa_batch import schema
-from ctmwa_batch.bundle import HEAD, HEAD_INPUTS, HEAD_OUTPUTS, Bundle, load_bundle
+from ctmwa_batch.bundle import CORE_HEAD_OUTPUTS, EVIDENCE_OUTPUTS, HEAD, HEAD_INPUTS, HEAD_OUTPUTS, Bundle, load_bundle
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.errors import BundleError, InputSchemaError
 from ctmwa_batch.partitions import DEFAULT_MAX_ROWS_PER_SHARD
@@ -159,11 +161,19 @@ class Scorer:
         runtime = RuntimeConfig(device=self.config.device, intra_op_threads=self.config.intra_op_threads)
         self.encoders = Encoders(self.bundle, runtime)
         self.head = create_session(self.bundle.path(HEAD), runtime)
-        if set(self.head.input_names) != set(HEAD_INPUTS) or not set(HEAD_OUTPUTS) <= set(self.head.output_names):
+        if set(self.head.input_names) != set(HEAD_INPUTS) or not set(CORE_HEAD_OUTPUTS) <= set(self.head.output_names):
             raise BundleError(
                 f"{HEAD} of bundle {str(self.bundle.root)!r} has inputs {self.head.input_names} and outputs "
                 f"{self.head.output_names}; expected inputs {list(HEAD_INPUTS)} and outputs {list(HEAD_OUTPUTS)}: "
                 "re-export the head (ctmwa-export head)"
+            )
+        # A head from before the evidence outputs still scores: its evidence columns are null, and the log says why.
+        self.has_evidence = set(EVIDENCE_OUTPUTS) <= set(self.head.output_names)
+        if not self.has_evidence:
+            logger.warning(
+                "%s of bundle %s has no %s outputs (exported by an older ctmwa-export): those columns will be null; "
+                "re-export the head (ctmwa-export head) to fill them",
+                HEAD, self.bundle.root, "/".join(EVIDENCE_OUTPUTS),
             )
         self.model_version = self.bundle.model_version
         self._labels = pa.array(self.labels, type=pa.string())
@@ -235,7 +245,7 @@ class Scorer:
         t2 = time.perf_counter()
         C = len(self.labels)
         outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
-        outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight")}
+        outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight", *EVIDENCE_OUTPUTS)}
         if scored.any():
             got = self.head.run(
                 {
@@ -246,7 +256,8 @@ class Scorer:
                 }
             )
             for name in outs:
-                outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
+                if name in got:
+                    outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
         t3 = time.perf_counter()
         self.timings["encode_text"] += t1 - t0
         self.timings["encode_image"] += t2 - t1
@@ -272,6 +283,8 @@ class Scorer:
             *[_float_column(probs[:, k], scored) for k in range(C)],
             _float_column(outs["text_weight"], scored),
             _float_column(outs["image_weight"], scored),
+            _float_column(outs["text_evidence"], scored & text_ok & self.has_evidence),
+            _float_column(outs["image_evidence"], scored & image_ok & self.has_evidence),
             self._labels.take(_argmax_or_null(outs["text_probs"], scored & text_ok)),
             self._labels.take(_argmax_or_null(outs["image_probs"], scored & image_ok)),
             pa.array(text_ok, type=pa.bool_()),

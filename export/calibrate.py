@@ -103,8 +103,12 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_B
     }
 
 
-def calibrate_on_features(model: CTMWA, features: str | Path, labels: list[str]) -> dict[str, Any]:
-    """Fit the temperature of `model` on the `valid` split of a features Parquet (missing modalities as marked)."""
+def calibrate_on_features(
+    model: CTMWA, features: str | Path, labels: list[str], class_bias: list[float] | None = None
+) -> dict[str, Any]:
+    """Fit the temperature of `model` on the `valid` split of a features Parquet (missing modalities as marked).
+
+    With a class bias the temperature scales the biased logits, as the head graph does: softmax((logits + b) / T)."""
     features = Path(features)
     c = model.config
     try:
@@ -120,6 +124,8 @@ def calibrate_on_features(model: CTMWA, features: str | Path, labels: list[str])
     valid = data.valid
     with torch.no_grad():
         logits = model.eval()(valid.text, valid.image, valid.has_text, valid.has_image).logits_m.double().numpy()
+    if class_bias is not None:
+        logits = logits + np.asarray(class_bias, dtype=np.float64)
     report = {**calibration_report(logits, valid.label.numpy()), "features": str(features), "split": "valid"}
     logger.info(
         "temperature scaling on %d valid rows of %s: T = %.3f; ECE %.4f -> %.4f, NLL %.4f -> %.4f",

@@ -4,7 +4,12 @@
 checkpoint written by `ctmwa-train`, exports
 
     head.onnx   text_emb float32 (N, Dt), image_emb float32 (N, Dv), has_text bool (N), has_image bool (N)
-                -> logits, probs, text_probs, image_probs float32 (N, C), text_weight, image_weight float32 (N)
+                -> logits, probs, text_probs, image_probs float32 (N, C), text_weight, image_weight,
+                   text_evidence, image_evidence float32 (N)
+
+`logits` carry the checkpoint's class bias (training.class_bias), so argmax(logits) = argmax(probs) is the
+prediction the weight nets and the evidence see; probs = softmax(logits / T) with the calibration's T. The
+evidence of a missing modality is 0 (the scorer writes null there).
 
 with the missing-modality semantics of `training.model.CTMWA.forward` (DESIGN.md section 4), validates it against
 the PyTorch model at batch sizes 1, 3, 7 and 1000 under every mask combination, and writes BUNDLE: a copy of the
@@ -42,10 +47,12 @@ from ctmwa_batch.bundle import (  # the head graph's signature lives with the bu
     HEAD,
     HEAD_INPUTS,
     HEAD_OUTPUTS,
+    IMAGE_EVIDENCE,
     IMAGE_PROBS,
     IMAGE_WEIGHT,
     LOGITS,
     PROBS,
+    TEXT_EVIDENCE,
     TEXT_PROBS,
     TEXT_WEIGHT,
 )
@@ -129,29 +136,41 @@ def fold_translators(model: CTMWA) -> CTMWA:
 
 
 class CTMWAHead(nn.Module):
-    """The inference graph: `CTMWA.forward` with masks, named outputs, optional temperature and compute dtype.
+    """The inference graph: `CTMWA.forward` with masks, named outputs, optional class bias, temperature and dtype.
 
     It calls the model's own forward, so the missing-modality semantics are the training code's by construction.
     Embeddings of absent modalities are zeroed first: the forward never reads them (the translated stand-in
     replaces them), and a NaN placeholder there must not reach a row with neither modality.
     """
 
-    def __init__(self, model: CTMWA, temperature: float = 1.0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        model: CTMWA,
+        temperature: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+        class_bias: list[float] | torch.Tensor | None = None,
+    ):
         super().__init__()
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature {temperature} must be positive and finite")
         self.model = model.eval().to(dtype)
         self.temperature = float(temperature)
         self.dtype = dtype
+        c = model.config.num_classes
+        bias = torch.zeros(c) if class_bias is None else torch.as_tensor(class_bias, dtype=torch.float32).reshape(-1)
+        if bias.shape != (c,) or not torch.isfinite(bias).all():
+            raise ValueError(f"class bias {bias.tolist()} must be {c} finite numbers, one per class")
+        self.register_buffer("class_bias", bias.to(dtype))  # (C,)
 
     def forward(
         self, text_emb: torch.Tensor, image_emb: torch.Tensor, has_text: torch.Tensor, has_image: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """(N, Dt), (N, Dv) float32, (N,), (N,) bool -> the six named outputs, float32."""
+        """(N, Dt), (N, Dv) float32, (N,), (N,) bool -> the eight named outputs, float32."""
         text = torch.where(has_text[:, None], text_emb, torch.zeros_like(text_emb)).to(self.dtype)  # (N, Dt)
         image = torch.where(has_image[:, None], image_emb, torch.zeros_like(image_emb)).to(self.dtype)  # (N, Dv)
-        out = self.model(text, image, has_text, has_image)
-        logits = out.logits_m.float()  # (N, C)
+        out = self.model(text, image, has_text, has_image, class_bias=self.class_bias)
+        logits = (out.logits_m + self.class_bias).float()  # (N, C) the same sum the forward took its argmax of
+        zero = torch.zeros_like(out.text_evidence)
         return {
             LOGITS: logits,
             PROBS: torch.softmax(logits / self.temperature, dim=-1),  # (N, C) calibrated when T != 1
@@ -159,16 +178,18 @@ class CTMWAHead(nn.Module):
             IMAGE_PROBS: torch.softmax(out.logits_v.float(), dim=-1),  # (N, C)
             TEXT_WEIGHT: out.text_weight.float(),  # (N,)
             IMAGE_WEIGHT: out.image_weight.float(),  # (N,)
+            TEXT_EVIDENCE: torch.where(has_text, out.text_evidence, zero).float(),  # (N,) 0 where the text is missing
+            IMAGE_EVIDENCE: torch.where(has_image, out.image_evidence, zero).float(),  # (N,) 0 where the image is missing
         }
 
 
 def head_modules(
-    model: CTMWA, *, fold: bool = True, temperature: float = 1.0, fp16: bool = False
+    model: CTMWA, *, fold: bool = True, temperature: float = 1.0, fp16: bool = False, class_bias: list[float] | None = None
 ) -> tuple[CTMWAHead, CTMWAHead]:
     """(module to export, fp32 reference with the model's own translators) for a trained model."""
-    reference = CTMWAHead(copy.deepcopy(model), temperature)
+    reference = CTMWAHead(copy.deepcopy(model), temperature, class_bias=class_bias)
     exported = fold_translators(model) if fold else copy.deepcopy(model)
-    return CTMWAHead(exported, temperature, torch.float16 if fp16 else torch.float32), reference
+    return CTMWAHead(exported, temperature, torch.float16 if fp16 else torch.float32, class_bias=class_bias), reference
 
 
 def head_inputs(batch_size: int, case: str = "mixed", *, text_dim: int, image_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -209,8 +230,7 @@ def head_spec(
         make_inputs=lambda n, case="mixed": head_inputs(n, case, text_dim=text_dim, image_dim=image_dim),
         output_shapes={
             **{name: ("batch", num_classes) for name in (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS)},
-            TEXT_WEIGHT: ("batch",),
-            IMAGE_WEIGHT: ("batch",),
+            **{name: ("batch",) for name in (TEXT_WEIGHT, IMAGE_WEIGHT, TEXT_EVIDENCE, IMAGE_EVIDENCE)},
         },
         opset=config.opset,
         atol=atol,
@@ -219,10 +239,10 @@ def head_spec(
         extra_batch_sizes=config.extra_batch_sizes,
         input_cases=tuple(MASK_CASES),
         dynamo=config.dynamo,
-        # The weight nets take one_hot(argmax logits): where two logits are closer than the graph's error (fp16),
-        # the class, and so the weights, may flip; those rows' weights are not compared (the engine counts them).
+        # The weight nets and the evidence take argmax logits: where two logits are closer than the graph's error
+        # (fp16), the class, and so they, may flip; those rows are not compared there (the engine counts them).
         argmax_of=LOGITS,
-        argmax_dependent=(TEXT_WEIGHT, IMAGE_WEIGHT),
+        argmax_dependent=(TEXT_WEIGHT, IMAGE_WEIGHT, TEXT_EVIDENCE, IMAGE_EVIDENCE),
     )
 
 
@@ -233,10 +253,16 @@ def _tolerances(model: CTMWA, config: HeadExportConfig) -> dict[str, float]:
 
 
 def export_head_graph(
-    model: CTMWA, out_path: str | Path, config: HeadExportConfig = HeadExportConfig(), temperature: float = 1.0
+    model: CTMWA,
+    out_path: str | Path,
+    config: HeadExportConfig = HeadExportConfig(),
+    temperature: float = 1.0,
+    class_bias: list[float] | None = None,
 ) -> ValidationReport:
     """Export and validate head.onnx alone (no bundle) against the fp32 PyTorch model; nothing written on failure."""
-    exported, reference = head_modules(model, fold=config.fold_translators, temperature=temperature, fp16=config.fp16)
+    exported, reference = head_modules(
+        model, fold=config.fold_translators, temperature=temperature, fp16=config.fp16, class_bias=class_bias
+    )
     c = model.config
     spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config)
     return export_and_validate(spec, exported, out_path, reference=reference)
@@ -252,6 +278,19 @@ def _labels(extra: dict[str, Any], config: HeadExportConfig, num_classes: int, c
     if len(labels) != num_classes or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
         raise CtmwaError(f"labels {labels} do not name the model's {num_classes} classes once each; pass --labels with {num_classes} distinct names")
     return [str(x) for x in labels]
+
+
+def _class_bias(extra: dict[str, Any], num_classes: int, checkpoint: Path) -> dict[str, Any]:
+    entry = extra.get("class_bias")
+    if entry is None:  # a checkpoint from before the class bias existed
+        return {"method": "none", "bias": [0.0] * num_classes}
+    bias = entry.get("bias") if isinstance(entry, dict) else None
+    if not (isinstance(bias, list) and len(bias) == num_classes and all(isinstance(b, (int, float)) and math.isfinite(b) for b in bias)):
+        raise CtmwaError(
+            f"checkpoint {checkpoint}: config.json 'class_bias' {entry!r} is not {num_classes} finite numbers under 'bias'; "
+            "fix or remove the entry (removing it means no class bias)"
+        )
+    return {**entry, "bias": [float(b) for b in bias]}
 
 
 def _training_metrics(checkpoint: Path) -> dict[str, Any]:
@@ -288,19 +327,22 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
     model, model_config, extra = load_checkpoint(checkpoint)
     _check_dims(encoders, model)
     labels = _labels(extra, config, model_config.num_classes, checkpoint)
+    class_bias = _class_bias(extra, model_config.num_classes, checkpoint)
 
     calibration: dict[str, Any] = {"method": "none", "temperature": 1.0}
     if config.calibrate:
         from export.calibrate import calibrate_on_features
 
-        calibration = calibrate_on_features(model, config.features, labels)
+        calibration = calibrate_on_features(model, config.features, labels, class_bias=class_bias["bias"])
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
     try:
         bundle_dir = staging / "bundle"
         # The head is exported and validated before anything is copied: a failure leaves no bundle anywhere.
-        report = export_head_graph(model, staging / HEAD, config, temperature=calibration["temperature"])
+        report = export_head_graph(
+            model, staging / HEAD, config, temperature=calibration["temperature"], class_bias=class_bias["bias"]
+        )
         files, graphs = {HEAD: staging / HEAD}, {HEAD: _signature(report)}
         if config.end_to_end:
             from export.end_to_end import write_end_to_end
@@ -320,6 +362,12 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             "tolerance": _tolerances(model, config),
             "near_tie_rows": f"{report.ambiguous_rows} of {report.rows} validated rows: top-two logits closer than twice the graph's error; weights not compared there",
             "weights_from": "one_hot(argmax logits)",
+            "class_bias": class_bias,
+            "evidence": {
+                "method": "P(post label = predicted class | that modality's neck output): logistic regression "
+                "(txt_e_c, img_e_c) fitted on the training rows after training; 0 in the graph where the modality is missing",
+                **{k: v for k, v in (extra.get("evidence") or {}).items() if k != "method"},
+            },
             "missing_text": "img2txt(image_emb)",
             "missing_image": "txt2img(text_encoder(text_emb)), or of img2txt(image_emb) where the text is missing too",
             "best_epoch": extra.get("best_epoch"),

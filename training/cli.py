@@ -132,6 +132,7 @@ def train(args: argparse.Namespace) -> int:
         "unimodal_labels": data.unimodal_labels,
         "features": str(args.features),
         "best_epoch": result.metrics["best_epoch"],
+        "class_bias": result.class_bias,  # added to the logits before softmax and argmax (training.class_bias)
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     save_checkpoint(result.model, model_config, args.out, extra)

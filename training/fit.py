@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from training.data import FeatureBatch, FeatureSet
 from training.errors import DatasetError
+from training.evidence import evidence_metrics, fit_evidence
 from training.meta import MetaWeightTrainer, TrainConfig
 from training.model import CTMWA, CTMWAConfig
 
@@ -30,9 +31,10 @@ EVAL_BATCH = 4096
 class FitResult:
     """A trained model (best-validation weights) and its metrics."""
 
-    model: CTMWA  # in eval mode, weights of `metrics["best_epoch"]`
+    model: CTMWA  # in eval mode, weights of `metrics["best_epoch"]`, evidence classifiers fitted
     metrics: dict  # JSON-ready: see `fit`
     history: list[dict] = field(default_factory=list)  # one entry per epoch
+    class_bias: dict = field(default_factory=dict)  # {"method", "bias": [C floats], ...}: added to logits_m before argmax
 
 
 def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
@@ -50,14 +52,29 @@ def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def evaluate(model: CTMWA, data: FeatureBatch) -> dict[str, float]:
-    """accuracy, f1_weighted, loss (CE of logits_m) and mean modality weights of the model on `data`."""
+def logits_of(model: CTMWA, data: FeatureBatch) -> torch.Tensor:
+    """logits_m (N, C) of the model in eval mode on `data`."""
+    was_training = model.training
+    model.eval()
+    parts = [
+        model(p.text, p.image, p.has_text, p.has_image).logits_m
+        for p in (data.take(np.arange(s, min(s + EVAL_BATCH, len(data)))) for s in range(0, len(data), EVAL_BATCH))
+    ]
+    model.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, model.config.num_classes)
+
+
+@torch.no_grad()
+def evaluate(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None) -> dict[str, float]:
+    """accuracy, f1_weighted, loss (CE of logits_m) and mean modality weights of the model on `data`.
+
+    With `class_bias`, the prediction (and the weight nets' input) is argmax(logits_m + class_bias)."""
     was_training = model.training
     model.eval()
     logits, w_t, w_v = [], [], []
     for start in range(0, len(data), EVAL_BATCH):
         part = data.take(np.arange(start, min(start + EVAL_BATCH, len(data))))
-        out = model(part.text, part.image, part.has_text, part.has_image)
+        out = model(part.text, part.image, part.has_text, part.has_image, class_bias=class_bias)
         logits.append(out.logits_m)
         w_t.append(out.text_weight)
         w_v.append(out.image_weight)
@@ -65,7 +82,8 @@ def evaluate(model: CTMWA, data: FeatureBatch) -> dict[str, float]:
     if not logits:
         return {"accuracy": float("nan"), "f1_weighted": float("nan"), "loss": float("nan"), "rows": 0}
     logits_m = torch.cat(logits)  # (N, C)
-    accuracy, f1 = accuracy_f1(data.label.numpy(), logits_m.argmax(1).numpy())
+    predicted = (logits_m if class_bias is None else logits_m + class_bias).argmax(1)
+    accuracy, f1 = accuracy_f1(data.label.numpy(), predicted.numpy())
     return {
         "accuracy": accuracy,
         "f1_weighted": f1,
@@ -92,9 +110,14 @@ def _query_stream(query: FeatureBatch, size: int, generator: torch.Generator) ->
 def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> FitResult:
     """Train for `config.epochs`, keep the best validation accuracy, return the model and metrics.
 
-    metrics: mode, seed, epochs, best_epoch, valid_accuracy, valid_f1_weighted, test_accuracy, test_f1_weighted,
-    test_loss, missing_text_test_accuracy / _f1_weighted, missing_image_test_accuracy / _f1_weighted,
-    majority_test_accuracy (always predicting the most common train label), seconds_per_epoch, history.
+    Then, on the best epoch: the evidence classifiers (training.evidence) and the class bias (training.class_bias).
+
+    metrics: mode, seed, epochs, best_epoch, valid_accuracy, valid_f1_weighted (both without the class bias),
+    test_accuracy, test_f1_weighted, test_loss (with it), test_accuracy / test_f1_weighted_without_class_bias,
+    class_bias (the choice and its valid figures), missing_text_test_accuracy / _f1_weighted,
+    missing_image_test_accuracy / _f1_weighted, test_{text,image}_{evidence,weight}_auc (training.evidence),
+    evidence (its fit), majority_test_accuracy (always predicting the most common train label), seconds_per_epoch,
+    history.
     """
     meta = config.mode == "meta"
     if meta and len(data.query) == 0:
@@ -146,9 +169,13 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    test = evaluate(model, data.test)
-    no_text = evaluate(model, data.test.take(data.test.has_image).without(text=True))
-    no_image = evaluate(model, data.test.take(data.test.has_text).without(image=True))
+    # After training, on the frozen best epoch: the evidence classifiers, then the class bias (valid split).
+    evidence = fit_evidence(model, data)
+    class_bias, bias_report = choose_class_bias(model, data, config)
+    raw_test = evaluate(model, data.test)
+    test = evaluate(model, data.test, class_bias)
+    no_text = evaluate(model, data.test.take(data.test.has_image).without(text=True), class_bias)
+    no_image = evaluate(model, data.test.take(data.test.has_text).without(image=True), class_bias)
     majority = int(torch.bincount(data.train.label, minlength=len(data.labels)).argmax())
     metrics = {
         "mode": config.mode,
@@ -160,8 +187,13 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
         "test_accuracy": test["accuracy"],
         "test_f1_weighted": test["f1_weighted"],
         "test_loss": test["loss"],
+        "test_accuracy_without_class_bias": raw_test["accuracy"],
+        "test_f1_weighted_without_class_bias": raw_test["f1_weighted"],
+        "class_bias": bias_report,
         "test_text_weight": test["text_weight"],
         "test_image_weight": test["image_weight"],
+        **evidence_metrics(model, data.test, class_bias),
+        "evidence": evidence,
         "missing_text_test_accuracy": no_text["accuracy"],
         "missing_text_test_f1_weighted": no_text["f1_weighted"],
         "missing_image_test_accuracy": no_image["accuracy"],
@@ -175,4 +207,20 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
         "best epoch %d: valid acc %.4f; test acc %.4f, weighted F1 %.4f; text missing %.4f, image missing %.4f",
         best_epoch, best_accuracy, test["accuracy"], test["f1_weighted"], no_text["accuracy"], no_image["accuracy"],
     )
-    return FitResult(model=model, metrics=metrics, history=history)
+    return FitResult(model=model, metrics=metrics, history=history, class_bias=bias_report)
+
+
+def choose_class_bias(model: CTMWA, data: FeatureSet, config: TrainConfig) -> tuple[torch.Tensor | None, dict]:
+    """The class bias `config.class_bias` asks for, chosen on the valid split: (bias (C,) or None, report)."""
+    from training.class_bias import fit_class_bias, no_bias_report
+
+    c = model.config.num_classes
+    if config.class_bias == "none":
+        return None, no_bias_report(c)
+    values, report = fit_class_bias(logits_of(model, data.valid).numpy(), data.valid.label.numpy())
+    logger.info(
+        "class bias %s on %d valid rows: weighted F1 %.4f -> %.4f, accuracy %.4f -> %.4f",
+        [round(v, 3) for v in report["bias"]], report["rows"], report["valid_f1_weighted_before"],
+        report["valid_f1_weighted_after"], report["valid_accuracy_before"], report["valid_accuracy_after"],
+    )
+    return (torch.tensor(values, dtype=torch.float32) if np.any(values) else None), report

@@ -53,6 +53,7 @@ class TrainConfig:
     query_fraction: float = 0.1  # share of the train split that forms the meta query set
     lr_decay: bool = False  # linear decay to zero over the second half of the epochs (the reference builds it but never steps it)
     unimodal_labels: bool | None = None  # None: ask the features file; False: the query step uses the multimodal label
+    class_bias: str = "valid_f1"  # "valid_f1": per-class logit bias chosen on the valid split (training.class_bias); "none"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -69,6 +70,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.query_fraction = {self.query_fraction} must be in (0, 1)")
         if self.unimodal_labels not in (None, True, False):
             raise ConfigError(f"TrainConfig.unimodal_labels = {self.unimodal_labels!r} must be true, false or null")
+        if self.class_bias not in ("none", "valid_f1"):
+            raise ConfigError(f"TrainConfig.class_bias = {self.class_bias!r} is not one of ['none', 'valid_f1']")
         if len(self.wnet_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.wnet_betas):
             raise ConfigError(f"TrainConfig.wnet_betas = {self.wnet_betas} must be two numbers in [0, 1)")
 

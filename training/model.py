@@ -34,6 +34,9 @@ CHECKPOINT_FORMAT_VERSION = 1
 # Modules trained by the outer SGD step; the weight nets are trained by the query step alone.
 BACKBONE_MODULES = ("text_encoder", "txt2img", "img2txt", "txt_neck", "img_neck", "m_c", "t_c", "v_c")
 WEIGHT_NET_MODULES = ("txt_w_net", "img_w_net")
+# Modality-evidence classifiers over the (detached) neck outputs, fitted after training by training.evidence;
+# neither the outer step nor the query step touches them, and they touch neither.
+EVIDENCE_MODULES = ("txt_e_c", "img_e_c")
 INITS = ("kaiming", "pytorch")
 
 
@@ -87,6 +90,10 @@ class CTMWAOutput:
     iti: torch.Tensor  # (N, Dv) txt2img(it), cycle term for training
     text_weight: torch.Tensor  # (N,) txt_w_net output in (0, 1)
     image_weight: torch.Tensor  # (N,) img_w_net output in (0, 1)
+    m_t: torch.Tensor  # (N, E) text-side neck output
+    m_v: torch.Tensor  # (N, E) image-side neck output
+    text_evidence: torch.Tensor  # (N,) P(class = label | the text side alone), from txt_e_c; label = the given or predicted one
+    image_evidence: torch.Tensor  # (N,) P(class = label | the image side alone), from img_e_c
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,14 @@ class CTMWA(nn.Module):
         self.img_w_net = WeightNet(3 * c + dt + dv, config.weight_net_hidden)
         if config.init == "kaiming":
             self.apply(_reference_init)
+        # The evidence classifiers start at zero (uniform evidence 1/C) and draw no random numbers, so adding them
+        # left the paper's modules' initialisation and every later random draw of training as they were.
+        with torch.random.fork_rng(devices=[]):
+            self.txt_e_c = nn.Linear(e, c)
+            self.img_e_c = nn.Linear(e, c)
+        for module in (self.txt_e_c, self.img_e_c):
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
 
     def forward(
         self,
@@ -223,11 +238,13 @@ class CTMWA(nn.Module):
         has_text: torch.Tensor | None = None,
         has_image: torch.Tensor | None = None,
         label: torch.Tensor | None = None,
+        class_bias: torch.Tensor | None = None,
     ) -> CTMWAOutput:
         """Score a batch: text_emb (N, Dt), image_emb (N, Dv), optional bool masks (N,), optional int labels (N,).
 
-        Without `label`, the weight nets take the model's own prediction, one_hot(argmax logits_m).
-        A row with neither modality gets numbers that mean nothing; the caller marks it `no_content`.
+        Without `label`, the weight nets and the evidence take the model's own prediction, argmax(logits_m +
+        class_bias) (training.class_bias; `logits_m` itself stays raw). A row with neither modality gets numbers
+        that mean nothing; the caller marks it `no_content`.
         """
         # Missing modalities (DESIGN.md section 4). The text encoder acts on the raw text first, so the stand-in
         # for a missing text is img2txt(image), which training pulls towards text_encoder(text) (the L1(t, it)
@@ -255,7 +272,10 @@ class CTMWA(nn.Module):
         logits_v = self.v_c(m_v)  # (N, C)
 
         if label is None:
-            label = logits_m.argmax(dim=1)
+            label = (logits_m if class_bias is None else logits_m + class_bias).argmax(dim=1)  # (N,)
+        # Evidence reads the necks' outputs and sends no gradient back into them (see EVIDENCE_MODULES).
+        e_t = torch.softmax(self.txt_e_c(m_t.detach()), dim=1)  # (N, C)
+        e_v = torch.softmax(self.img_e_c(m_v.detach()), dim=1)  # (N, C)
         one_hot = F.one_hot(label, self.config.num_classes).to(logits_m.dtype)  # (N, C)
         w_in_t = torch.cat([one_hot, logits_m, logits_t, fused_t], dim=1).detach()  # (N, 3C+Dt+Dv)
         w_in_v = torch.cat([one_hot, logits_m, logits_v, fused_v], dim=1).detach()  # (N, 3C+Dt+Dv)
@@ -272,6 +292,10 @@ class CTMWA(nn.Module):
             iti=iti,
             text_weight=self.txt_w_net(w_in_t),
             image_weight=self.img_w_net(w_in_v),
+            m_t=m_t,
+            m_v=m_v,
+            text_evidence=e_t.gather(1, label[:, None])[:, 0],
+            image_evidence=e_v.gather(1, label[:, None])[:, 0],
         )
 
     def backbone_parameters(self) -> dict[str, nn.Parameter]:
@@ -281,6 +305,10 @@ class CTMWA(nn.Module):
     def weight_net_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters of `txt_w_net` and `img_w_net` by state-dict name (what the query step trains)."""
         return {f"{m}.{n}": p for m in WEIGHT_NET_MODULES for n, p in getattr(self, m).named_parameters()}
+
+    def evidence_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters of `txt_e_c` and `img_e_c` by state-dict name (what training.evidence fits, after training)."""
+        return {f"{m}.{n}": p for m in EVIDENCE_MODULES for n, p in getattr(self, m).named_parameters()}
 
 
 def _reference_init(module: nn.Module) -> None:
@@ -343,6 +371,12 @@ def load_checkpoint(path: str | Path) -> tuple[CTMWA, CTMWAConfig, dict[str, Any
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"cannot read {weights_path}: {e}") from e
     model = CTMWA(config)
+    missing_evidence = sorted(set(model.evidence_parameters()) - set(state))
+    if missing_evidence:
+        raise CheckpointError(
+            f"{weights_path} has no modality-evidence classifiers ({', '.join(EVIDENCE_MODULES)}): it was trained before "
+            "they existed; retrain it with this version (ctmwa-train) to get text_evidence / image_evidence"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

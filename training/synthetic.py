@@ -23,6 +23,7 @@ from training.datasets.mvsa import MVSA_LABELS
 
 logger = logging.getLogger(__name__)
 
+CUES = ("both", "text", "image")  # where a post's sentiment cue is: `synthetic_cues` gives it per row
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,7 @@ def synthetic_table(n: int, num_classes: int = 3, dim: int = 512, seed: int = 0,
         raise ValueError(f"n = {n} is too small for three splits; use n >= 10")
     rng = np.random.default_rng(seed)
     neutral = num_classes // 2
-    # Prototypes: one direction per class and modality; the neutral one carries no sentiment.
-    proto_t = _unit(rng.standard_normal((num_classes, dim)))  # (C, D)
-    proto_v = _unit(rng.standard_normal((num_classes, dim)))  # (C, D)
-
-    label = rng.integers(0, num_classes, n)  # (n,)
-    kind = rng.choice(3, n, p=[spec.cue_both, spec.cue_text_only, 1 - spec.cue_both - spec.cue_text_only])
+    proto_t, proto_v, label, kind = _draw_cues(rng, n, num_classes, dim, spec)
     cue_in_text = (kind == 0) | (kind == 1)
     cue_in_image = (kind == 0) | (kind == 2)
     t_label = np.where(cue_in_text, label, neutral)
@@ -118,6 +114,24 @@ def write_synthetic_features(
     pq.write_table(synthetic_table(n, num_classes, dim, seed, spec), path)
     logger.info("wrote %d synthetic posts (%d classes, %d-d) to %s", n, num_classes, dim, path)
     return path
+
+
+def synthetic_cues(n: int, num_classes: int = 3, dim: int = 512, seed: int = 0, spec: SyntheticSpec = SyntheticSpec()) -> np.ndarray:
+    """Where each post of `synthetic_table(n, num_classes, dim, seed, spec)` has its cue: (n,) of CUES, row order."""
+    _, _, _, kind = _draw_cues(np.random.default_rng(seed), n, num_classes, dim, spec)
+    return np.asarray(CUES, dtype=object)[kind]
+
+
+def _draw_cues(
+    rng: np.random.Generator, n: int, num_classes: int, dim: int, spec: SyntheticSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # The first draws of a table: prototypes, labels and where each cue is (an index into CUES).
+    # Prototypes: one direction per class and modality; the neutral one carries no sentiment.
+    proto_t = _unit(rng.standard_normal((num_classes, dim)))  # (C, D)
+    proto_v = _unit(rng.standard_normal((num_classes, dim)))  # (C, D)
+    label = rng.integers(0, num_classes, n)  # (n,)
+    kind = rng.choice(3, n, p=[spec.cue_both, spec.cue_text_only, 1 - spec.cue_both - spec.cue_text_only])
+    return proto_t, proto_v, label, kind
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,235 @@
+"""Benchmark: which output says "this modality carried the post's sentiment"? And does the minority class starve?
+
+    python bench/bench_evidence.py [--posts 2000] [--epochs 20] [--seeds 1111 1112 1113] [--jobs 1] [--json F]
+
+Per seed: synthetic features (`training/synthetic.py`, which knows where each post's cue is: both modalities, the
+text only, the image only), the default `ctmwa-train` (meta mode, reference step sizes, 20 epochs), the head
+exported to ONNX (what a bundle ships) and run by ONNX Runtime on the test split. Then:
+
+AUC of each candidate score for "this modality carries the cue", on the test posts that have both a text and an
+image: text AUC = P(score of a random text-only-cue post > score of a random image-only-cue post), ties counting
+half; image AUC = the same with the roles swapped (image-only-cue posts against text-only-cue posts). Posts with
+the cue in both modalities are in neither side. Candidates:
+
+- paper weights: `text_weight` / `image_weight` (the meta weight nets, fed the model's own prediction);
+- unimodal head: the text (image) classifier t_c (v_c)'s probability of the predicted class;
+- counterfactual: the drop in the predicted class's probability when the text (image) is replaced by its translation;
+- query head: a logistic regression of the *unimodal* label (t_label, v_label) on the neck output m_t (m_v),
+  fitted on the query rows only, its probability of the predicted class;
+- evidence (shipped): `text_evidence` / `image_evidence` from head.onnx (training.evidence: a logistic regression
+  of the post label on m_t (m_v), fitted on all training rows after training), probability of the predicted class.
+
+Also printed: test accuracy and weighted F1 with and without the class bias (training.class_bias, chosen on the valid
+split) and of a logistic regression on the concatenated embeddings (L2 chosen on the valid split), the obvious
+alternative. Not a test: each seed trains for minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctmwa_batch.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENCE, TEXT_WEIGHT
+from ctmwa_batch.runtime import RuntimeConfig, create_session
+from export.head import HeadExportConfig, export_head_graph
+from training.data import FeatureBatch, read_features
+from training.evidence import auc, fit_logistic
+from training.fit import accuracy_f1, fit
+from training.meta import TrainConfig
+from training.model import CTMWAConfig, save_checkpoint
+from training.synthetic import synthetic_cues, write_synthetic_features
+
+logger = logging.getLogger("bench_evidence")
+
+CANDIDATES = ("paper weights", "unimodal head", "counterfactual", "query head", "evidence (shipped)")
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def cpu_flags() -> str:
+    """The CPU's vector extensions that matter for inference (avx2, avx512*, vnni, amx)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    keep = [f for f in flags if f in ("avx2", "fma") or f.startswith(("avx512", "amx")) or "vnni" in f]
+    return " ".join(sorted(keep)) or "none of avx2/avx512/vnni/amx"
+
+
+def logistic_baseline(train: FeatureBatch, valid: FeatureBatch, test: FeatureBatch, num_classes: int) -> tuple[float, float]:
+    """Test (accuracy, weighted F1) of a logistic regression on [text_emb, image_emb, has_text, has_image]."""
+
+    def x(b: FeatureBatch) -> torch.Tensor:
+        return torch.cat([b.text, b.image, b.has_text[:, None].float(), b.has_image[:, None].float()], dim=1)
+
+    best = (-1.0, None)
+    for l2 in L2_GRID:
+        w, b = fit_logistic(x(train), train.label, num_classes, l2)
+        acc, _ = accuracy_f1(valid.label.numpy(), (x(valid).double() @ w.T + b).argmax(1).numpy())
+        if acc > best[0]:
+            best = (acc, (w, b))
+    w, b = best[1]
+    return accuracy_f1(test.label.numpy(), (x(test).double() @ w.T + b).argmax(1).numpy())
+
+
+def run_seed(args: argparse.Namespace, features: Path, seed: int, work: Path) -> dict:
+    """Train, export, score the test split, and measure every candidate for one seed."""
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    config = TrainConfig(seed=seed, epochs=args.epochs)
+    data = read_features(features, query_fraction=config.query_fraction, seed=seed)
+    result = fit(data, CTMWAConfig(text_dim=args.dim, image_dim=args.dim, num_classes=args.classes), config)
+    model, bias = result.model, result.class_bias["bias"]
+    train_seconds = time.perf_counter() - start
+    if args.keep:
+        save_checkpoint(model, model.config, args.keep / f"seed-{seed}", {"class_bias": result.class_bias, "labels": data.labels})
+        (args.keep / f"seed-{seed}" / "metrics.json").write_text(json.dumps(result.metrics, indent=1, default=str))
+
+    # The shipped outputs, from the exported graph through ONNX Runtime.
+    test = data.test
+    report = export_head_graph(model, work / f"head-{seed}.onnx", HeadExportConfig(extra_batch_sizes=()), class_bias=bias)
+    session = create_session(report.path, RuntimeConfig(device="cpu", intra_op_threads=args.threads))
+    onnx_out = session.run(
+        {"text_emb": test.text.numpy(), "image_emb": test.image.numpy(), "has_text": test.has_text.numpy(), "has_image": test.has_image.numpy()}
+    )
+    predicted = torch.from_numpy(onnx_out[PROBS].argmax(1))
+    rows = torch.arange(len(test))
+    bias_t = torch.tensor(bias, dtype=torch.float32)
+
+    def p_pred(logits: torch.Tensor) -> np.ndarray:
+        return torch.softmax(logits, dim=1)[rows, predicted].numpy()
+
+    with torch.no_grad():
+        out = model(test.text, test.image, test.has_text, test.has_image, class_bias=bias_t)
+        assert torch.equal((out.logits_m + bias_t).argmax(1), predicted), "torch and onnx disagree on the prediction"
+        p_both = p_pred(out.logits_m + bias_t)
+        no_text = model(test.text, test.image, torch.zeros_like(test.has_text), test.has_image, label=predicted)
+        no_image = model(test.text, test.image, test.has_text, torch.zeros_like(test.has_image), label=predicted)
+        # The query head: unimodal labels, query rows only (the issue's third candidate).
+        q = data.query
+        q_out = model(q.text, q.image, q.has_text, q.has_image)
+        wt, bt = fit_logistic(q_out.m_t, q.t_label, args.classes, 1e-2)
+        wv, bv = fit_logistic(q_out.m_v, q.v_label, args.classes, 1e-2)
+        scores = {
+            "paper weights": (onnx_out[TEXT_WEIGHT], onnx_out[IMAGE_WEIGHT]),
+            "unimodal head": (p_pred(out.logits_t), p_pred(out.logits_v)),
+            "counterfactual": (p_both - p_pred(no_text.logits_m + bias_t), p_both - p_pred(no_image.logits_m + bias_t)),
+            "query head": (p_pred(out.m_t.double() @ wt.T + bt), p_pred(out.m_v.double() @ wv.T + bv)),
+            "evidence (shipped)": (onnx_out[TEXT_EVIDENCE], onnx_out[IMAGE_EVIDENCE]),
+        }
+
+    cues = synthetic_cues(args.posts, args.classes, args.dim, args.data_seed)
+    cue = cues[[int(p.rsplit("-", 1)[1]) for p in test.post_id]]
+    both = (test.has_text & test.has_image).numpy()
+    text_only, image_only = (cue == "text") & both, (cue == "image") & both
+    aucs = {
+        name: (float(auc(t[text_only], t[image_only])), float(auc(v[image_only], v[text_only])))
+        for name, (t, v) in scores.items()
+    }
+    lr_acc, lr_f1 = logistic_baseline(_concat(data.train, data.query), data.valid, test, args.classes)
+    m = result.metrics
+    return {
+        "seed": seed,
+        "auc": aucs,
+        "rows": {"text_only": int(text_only.sum()), "image_only": int(image_only.sum())},
+        "test_accuracy": m["test_accuracy"],
+        "test_f1_weighted": m["test_f1_weighted"],
+        "test_accuracy_without_class_bias": m["test_accuracy_without_class_bias"],
+        "test_f1_weighted_without_class_bias": m["test_f1_weighted_without_class_bias"],
+        "class_bias": result.class_bias,
+        "logreg_test_accuracy": lr_acc,
+        "logreg_test_f1_weighted": lr_f1,
+        "best_epoch": m["best_epoch"],
+        "train_seconds": train_seconds,
+    }
+
+
+def _concat(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
+    return FeatureBatch(
+        post_id=np.concatenate([a.post_id, b.post_id]),
+        **{n: torch.cat([getattr(a, n), getattr(b, n)]) for n in ("text", "image", "has_text", "has_image", "label", "t_label", "v_label")},
+    )
+
+
+def _ms(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--posts", type=int, default=2000, help="synthetic posts (80/10/10 split)")
+    parser.add_argument("--dim", type=int, default=512, help="text and image embedding width")
+    parser.add_argument("--classes", type=int, default=3, help="number of classes")
+    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="epochs (default: ctmwa-train's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="training seeds")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic features")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads per seed")
+    parser.add_argument("--json", type=Path, help="also write every seed's figures here")
+    parser.add_argument("--keep", type=Path, help="keep each seed's checkpoint and metrics.json under this folder")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        features = write_synthetic_features(work / "features.parquet", args.posts, args.classes, args.dim, args.data_seed)
+        if args.jobs > 1:
+            with ProcessPoolExecutor(args.jobs) as pool:
+                runs = list(pool.map(run_seed, [args] * len(args.seeds), [features] * len(args.seeds), args.seeds, [work] * len(args.seeds)))
+        else:
+            runs = [run_seed(args, features, seed, work) for seed in args.seeds]
+    total = time.perf_counter() - start
+    for r in runs:
+        print(
+            f"  seed {r['seed']}: test acc {r['test_accuracy']:.4f} F1 {r['test_f1_weighted']:.4f} (no bias {r['test_accuracy_without_class_bias']:.4f} / "
+            f"{r['test_f1_weighted_without_class_bias']:.4f}; bias {[round(b, 2) for b in r['class_bias']['bias']]}), logreg {r['logreg_test_accuracy']:.4f} / "
+            f"{r['logreg_test_f1_weighted']:.4f}; best epoch {r['best_epoch']}, {r['train_seconds']:.0f} s; AUC rows {r['rows']}"
+        )
+    print(
+        f"\nModality evidence: {args.posts} synthetic posts, {args.dim}-d, {args.classes} classes; default ctmwa-train "
+        f"(meta, {args.epochs} epochs); seeds {args.seeds}; test posts with text and image"
+    )
+    print("AUC for 'this modality carries the cue' (text: text-only-cue vs image-only-cue posts; image: the reverse)")
+    print(f"{'candidate':<22}{'text':>16}{'image':>16}")
+    for name in CANDIDATES:
+        t = [r["auc"][name][0] for r in runs]
+        v = [r["auc"][name][1] for r in runs]
+        print(f"{name:<22}{_ms(t):>16}{_ms(v):>16}")
+    print("\nTest accuracy and weighted F1 (mean ± std over seeds)")
+    for label, acc, f1 in (
+        ("CTMWA, class bias", "test_accuracy", "test_f1_weighted"),
+        ("CTMWA, no class bias", "test_accuracy_without_class_bias", "test_f1_weighted_without_class_bias"),
+        ("logistic regression", "logreg_test_accuracy", "logreg_test_f1_weighted"),
+    ):
+        print(f"{label:<22} acc {_ms([r[acc] for r in runs])}   F1 {_ms([r[f1] for r in runs])}")
+    gap = statistics.fmean(r["test_f1_weighted"] - r["logreg_test_f1_weighted"] for r in runs)
+    gain = statistics.fmean(r["test_f1_weighted"] - r["test_f1_weighted_without_class_bias"] for r in runs)
+    dacc = statistics.fmean(r["test_accuracy"] - r["test_accuracy_without_class_bias"] for r in runs)
+    print(f"class bias: F1 {gain:+.4f}, accuracy {dacc:+.4f}; CTMWA (class bias) − logistic regression: F1 {gap:+.4f}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_flags()}), {args.threads} thread(s) per seed, {args.jobs} job(s), "
+        f"Python {platform.python_version()}, torch {torch.__version__}; total {total:.0f} s"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

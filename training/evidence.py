@@ -1,0 +1,163 @@
+"""Modality evidence: how strongly the text (or the image) on its own supports the predicted sentiment.
+
+The paper's weight nets learn *loss weights* for the training step; as an attribution they run the wrong way
+(bench/bench_evidence.py). The evidence is a separate pair of classifiers, `txt_e_c` and `img_e_c` (one linear
+layer each over the model's text-side and image-side neck outputs m_t, m_v), fitted after training on the frozen
+best-epoch model: multinomial logistic regression of the post's label on m_t alone (rows with a text) and on m_v
+alone (rows with an image), over every training row (query rows included), the L2 strength chosen by validation
+log-loss. `text_evidence` = P(post label = predicted class | m_t), a calibrated probability in [0, 1]; likewise
+`image_evidence`. The backbone and the weight nets are not touched: the fit reads detached neck outputs and
+steps only the evidence parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.data import FeatureBatch, FeatureSet
+from training.model import CTMWA
+
+logger = logging.getLogger(__name__)
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried (on standardised inputs); the valid split picks one
+LBFGS_STEPS = 200
+EVAL_BATCH = 4096
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a random positive scores above a random negative), ties counting half (Mann-Whitney); nan if a side is empty."""
+    positive, negative = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    values = np.concatenate([positive, negative])
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    # Average ranks over ties.
+    start = 0
+    while start < len(values):
+        stop = start + 1
+        while stop < len(values) and sorted_values[stop] == sorted_values[start]:
+            stop += 1
+        ranks[order[start:stop]] = (start + stop + 1) / 2
+        start = stop
+    n_pos = len(positive)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * len(negative)))
+
+
+def carrier_masks(label: np.ndarray, t_label: np.ndarray, v_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text carries it, image carries it): rows whose text label equals the post's and image label does not, and
+    the reverse. Rows where both or neither agree are in neither mask."""
+    text = (t_label == label) & (v_label != label)
+    image = (v_label == label) & (t_label != label)
+    return text, image
+
+
+@torch.no_grad()
+def _necks(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    m_t, m_v, ev_t, ev_v, w_t, w_v = [], [], [], [], [], []
+    for start in range(0, len(data), EVAL_BATCH):
+        part = data.take(np.arange(start, min(start + EVAL_BATCH, len(data))))
+        out = model(part.text, part.image, part.has_text, part.has_image, class_bias=class_bias)
+        m_t.append(out.m_t)
+        m_v.append(out.m_v)
+        ev_t.append(out.text_evidence)
+        ev_v.append(out.image_evidence)
+        w_t.append(out.text_weight)
+        w_v.append(out.image_weight)
+    if not m_t:
+        e, z = model.config.embed_dim, torch.zeros(0)
+        return torch.zeros(0, e), torch.zeros(0, e), z, z, z, z
+    return tuple(torch.cat(x) for x in (m_t, m_v, ev_t, ev_v, w_t, w_v))
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression (L2 on standardised x, L-BFGS); returns (W (C, D), b (C,)) acting on raw x."""
+    x = x.double()
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=LBFGS_STEPS, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z @ weight.T + bias, y) + l2 * (weight**2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    w = weight.detach() / std  # fold the standardisation into the layer
+    return w, bias.detach() - w @ mean
+
+
+def _nll(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cross_entropy(x.double() @ w.T + b, y).item() if len(y) else float("nan")
+
+
+def fit_evidence(model: CTMWA, data: FeatureSet) -> dict:
+    """Fit `txt_e_c` / `img_e_c` of a trained model in place (nothing else changes); returns a JSON-ready report."""
+    c = model.config.num_classes
+    was_training = model.training
+    model.eval()
+    rows = _concat(data.train, data.query)
+    m_t, m_v, *_ = _necks(model, rows)
+    vm_t, vm_v, *_ = _necks(model, data.valid)
+    report: dict = {"method": "logistic regression of the post label on each neck output (m_t, m_v)", "rows": {}}
+    for side, module, x, xv, present, present_v in (
+        ("text", model.txt_e_c, m_t, vm_t, rows.has_text, data.valid.has_text),
+        ("image", model.img_e_c, m_v, vm_v, rows.has_image, data.valid.has_image),
+    ):
+        x, y = x[present], rows.label[present]
+        xv, yv = xv[present_v], data.valid.label[present_v]
+        best = (math.inf, None, None, None)
+        for l2 in L2_GRID:
+            w, b = fit_logistic(x, y, c, l2)
+            score = _nll(xv, yv, w, b)
+            score = score if math.isfinite(score) else _nll(x, y, w, b)
+            if score < best[0]:
+                best = (score, l2, w, b)
+        score, l2, w, b = best
+        with torch.no_grad():
+            module.weight.copy_(w.float())
+            module.bias.copy_(b.float())
+        report[f"{side}_l2"] = l2
+        report[f"{side}_valid_nll"] = score
+        report["rows"][side] = int(len(y))
+        logger.info("%s evidence: logistic regression on %d rows, L2 %g, valid log-loss %.4f", side, len(y), l2, score)
+    model.train(was_training)
+    return report
+
+
+def evidence_metrics(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None, prefix: str = "test") -> dict:
+    """AUCs of the evidence and of the paper's weights for "this modality carries the post's label", from unimodal labels.
+
+    Text: rows whose text label is the post's and image label is not, against the reverse; image: the reverse.
+    Only rows with both modalities count. Null (nan) where the data has no such rows (no unimodal labels).
+    """
+    was_training = model.training
+    model.eval()
+    _, _, ev_t, ev_v, w_t, w_v = _necks(model, data, class_bias)
+    model.train(was_training)
+    both = (data.has_text & data.has_image).numpy()
+    text, image = carrier_masks(data.label.numpy(), data.t_label.numpy(), data.v_label.numpy())
+    text, image = text & both, image & both
+    out = {}
+    for name, t_score, v_score in (("evidence", ev_t, ev_v), ("weight", w_t, w_v)):
+        t_score, v_score = t_score.numpy(), v_score.numpy()
+        out[f"{prefix}_text_{name}_auc"] = auc(t_score[text], t_score[image])
+        out[f"{prefix}_image_{name}_auc"] = auc(v_score[image], v_score[text])
+    out[f"{prefix}_evidence_auc_rows"] = {"text_carries": int(text.sum()), "image_carries": int(image.sum())}
+    return out
+
+
+def _concat(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
+    return FeatureBatch(
+        post_id=np.concatenate([a.post_id, b.post_id]),
+        **{name: torch.cat([getattr(a, name), getattr(b, name)]) for name in ("text", "image", "has_text", "has_image", "label", "t_label", "v_label")},
+    )
