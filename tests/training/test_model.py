@@ -13,6 +13,7 @@ from training.errors import CheckpointError, ConfigError
 from training.model import (
     BACKBONE_MODULES,
     CTMWA,
+    EVIDENCE_MODULES,
     WEIGHT_NET_MODULES,
     CTMWAConfig,
     load_checkpoint,
@@ -30,7 +31,7 @@ def tiny_model(seed: int = 0, **changes) -> CTMWA:
 def test_module_names_and_shapes_follow_design():
     model = tiny_model()
     names = {n.split(".")[0] for n, _ in model.named_parameters()}
-    assert names == set(BACKBONE_MODULES) | set(WEIGHT_NET_MODULES)
+    assert names == set(BACKBONE_MODULES) | set(WEIGHT_NET_MODULES) | set(EVIDENCE_MODULES)
     dt, dv, e, c = 16, 12, 8, 3
     assert model.text_encoder.weight.shape == (dt, dt)
     assert model.txt2img.conv.weight.shape == (dv, 1, 5, dt)
@@ -48,6 +49,31 @@ def test_module_names_and_shapes_follow_design():
     assert out.fused_t.shape == out.fused_v.shape == (5, dt + dv)
     assert out.text_weight.shape == out.image_weight.shape == (5,)
     assert ((out.text_weight > 0) & (out.text_weight < 1)).all()
+    assert model.txt_e_c.weight.shape == model.img_e_c.weight.shape == (c, e)
+    # untrained evidence classifiers are zero: every class 1/C
+    torch.testing.assert_close(out.text_evidence, torch.full((5,), 1 / c))
+    torch.testing.assert_close(out.image_evidence, torch.full((5,), 1 / c))
+
+
+def test_evidence_is_the_evidence_classifier_at_the_prediction_and_detached():
+    model = tiny_model(seed=2)
+    with torch.no_grad():
+        for m in (model.txt_e_c, model.img_e_c):
+            m.weight.normal_()
+            m.bias.normal_()
+    text, image = torch.randn(6, 16), torch.randn(6, 12)
+    bias = torch.tensor([0.0, 3.0, 0.0])
+    out = model(text, image, class_bias=bias)
+    predicted = (out.logits_m + bias).argmax(1)
+    assert predicted.eq(1).any()  # the bias moved some predictions
+    want_t = torch.softmax(model.txt_e_c(out.m_t), 1)[torch.arange(6), predicted]
+    want_v = torch.softmax(model.img_e_c(out.m_v), 1)[torch.arange(6), predicted]
+    torch.testing.assert_close(out.text_evidence, want_t)
+    torch.testing.assert_close(out.image_evidence, want_v)
+    # no gradient from the evidence reaches the backbone
+    (out.text_evidence.sum() + out.image_evidence.sum()).backward()
+    assert all(p.grad is None for p in model.backbone_parameters().values())
+    assert model.txt_e_c.weight.grad is not None
 
 
 def test_reference_init_is_kaiming_normal_with_zero_bias():
