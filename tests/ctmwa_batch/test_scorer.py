@@ -78,10 +78,14 @@ def check_scores(out: pa.Table | pa.RecordBatch, labels: list[str], model_versio
             assert row["sentiment"] == labels[int(probs.argmax())]
             assert row["confidence"] == pytest.approx(probs.max())
             assert 0 < row["text_weight"] < 1 and 0 < row["image_weight"] < 1
+            # evidence of a modality the post lacks is null, not a number made from the translated stand-in
+            assert (row["text_evidence"] is not None) == row["has_text"] and (row["image_evidence"] is not None) == row["has_image"]
+            assert all(0 <= row[k] <= 1 for k in ("text_evidence", "image_evidence") if row[k] is not None)
             assert (row["text_sentiment"] in labels) == row["has_text"]
             assert (row["image_sentiment"] in labels) == row["has_image"]
         else:
             assert row["sentiment"] is None and row["confidence"] is None and row["text_weight"] is None
+            assert row["text_evidence"] is None and row["image_evidence"] is None
             assert all(row[schema.prob_column(label)] is None for label in labels)
             assert row["text_sentiment"] is None and row["image_sentiment"] is None
 
@@ -130,3 +134,30 @@ def test_text_only_and_image_only_posts(full_bundle):
     image_only = Scorer(full_bundle, ScoreConfig(device="cpu", text_column=None, id_column="id"))
     out = image_only.score(pa.RecordBatch.from_pydict({"id": ["a"], "image": pa.array([images.jpeg()], pa.binary())}))
     assert out.column("status").to_pylist() == [TM] and out.column("sentiment").to_pylist()[0] is not None
+
+
+def test_a_head_without_evidence_outputs_scores_with_null_evidence(full_bundle, tmp_path, caplog):
+    """A bundle exported before text_evidence / image_evidence existed keeps scoring (same numbers elsewhere); its
+    evidence columns are null, and the log says to re-export the head."""
+    import shutil
+
+    import onnx
+
+    from ctmwa_batch.bundle import EVIDENCE_OUTPUTS, HEAD, add_files
+
+    old = tmp_path / "old"
+    shutil.copytree(full_bundle, old)
+    graph = onnx.load(str(old / HEAD))
+    kept = [o for o in graph.graph.output if o.name not in EVIDENCE_OUTPUTS]
+    del graph.graph.output[:]
+    graph.graph.output.extend(kept)
+    onnx.save(graph, str(tmp_path / "old_head.onnx"))
+    add_files(old, {HEAD: tmp_path / "old_head.onnx"}, replace=True)
+    with caplog.at_level("WARNING", logger="ctmwa_batch.scorer"):
+        scorer = Scorer(old, ScoreConfig(device="cpu", intra_op_threads=1, scored_at=FIXED_TIME))
+    assert not scorer.has_evidence and "re-export the head" in caplog.text and "text_evidence" in caplog.text
+    out = scorer.score(bad_batch())
+    assert out.column("text_evidence").null_count == out.num_rows == out.column("image_evidence").null_count
+    new = Scorer(full_bundle, ScoreConfig(device="cpu", intra_op_threads=1, scored_at=FIXED_TIME)).score(bad_batch())
+    for name in ("sentiment", "confidence", "text_weight", "image_weight", "status"):
+        assert out.column(name).to_pylist() == new.column(name).to_pylist(), name

@@ -98,28 +98,39 @@ def test_absent_embeddings_are_never_read_even_when_nan(full_bundle):
         np.testing.assert_allclose(b[name], a[name], atol=1e-6)
 
 
-def by_hand(model: CTMWA, t: torch.Tensor, image: torch.Tensor) -> dict[str, np.ndarray]:
-    """DESIGN.md sections 3-4 written out from the model's modules: t lives in text_encoder space."""
+def by_hand(model: CTMWA, t: torch.Tensor, image: torch.Tensor, bias: list[float], missing: str = "none") -> dict[str, np.ndarray]:
+    """DESIGN.md sections 3-4 written out from the model's modules: t lives in text_encoder space; the class bias
+    moves the prediction (logits, probs, the weight nets' one-hot, the evidence's class); the weight nets still
+    read the raw logits; a missing modality's evidence is 0."""
     ti, it = model.txt2img(t), model.img2txt(image)
     fused_t, fused_v = torch.cat([t, ti], 1), torch.cat([it, image], 1)
     m_t, m_v = model.txt_neck(fused_t), model.img_neck(fused_v)
-    logits = model.m_c(torch.cat([m_t, m_v], 1))
+    raw = model.m_c(torch.cat([m_t, m_v], 1))
+    logits = raw + torch.tensor(bias)
     logits_t, logits_v = model.t_c(m_t), model.v_c(m_v)
-    one_hot = F.one_hot(logits.argmax(1), logits.shape[1]).float()
+    predicted = logits.argmax(1)
+    one_hot = F.one_hot(predicted, logits.shape[1]).float()
+    rows = torch.arange(len(t))
+    text_evidence = model.txt_e_c(m_t).softmax(1)[rows, predicted] * (missing != "text")
+    image_evidence = model.img_e_c(m_v).softmax(1)[rows, predicted] * (missing != "image")
     return {
         "logits": logits.numpy(),
         "probs": logits.softmax(1).numpy(),
         "text_probs": logits_t.softmax(1).numpy(),
         "image_probs": logits_v.softmax(1).numpy(),
-        "text_weight": model.txt_w_net(torch.cat([one_hot, logits, logits_t, fused_t], 1)).numpy(),
-        "image_weight": model.img_w_net(torch.cat([one_hot, logits, logits_v, fused_v], 1)).numpy(),
+        "text_weight": model.txt_w_net(torch.cat([one_hot, raw, logits_t, fused_t], 1)).numpy(),
+        "image_weight": model.img_w_net(torch.cat([one_hot, raw, logits_v, fused_v], 1)).numpy(),
+        "text_evidence": text_evidence.numpy(),
+        "image_evidence": image_evidence.numpy(),
     }
 
 
 @pytest.mark.parametrize("missing", ["text", "image", "none"])
 def test_missing_modality_means_its_translation(full_bundle, tiny_checkpoint, missing):
     """has_text=false scores as PyTorch given img2txt(image) as the (encoded) text; has_image=false, txt2img(t) as the image."""
-    model, _, _ = load_checkpoint(tiny_checkpoint)
+    model, _, extra = load_checkpoint(tiny_checkpoint)
+    bias = extra["class_bias"]["bias"]
+    assert load_bundle(full_bundle).manifest["head"]["class_bias"]["bias"] == bias
     rng = np.random.default_rng(7)
     n = 9
     text, image = unit_rows(rng, n, 16), unit_rows(rng, n, 16)
@@ -128,12 +139,12 @@ def test_missing_modality_means_its_translation(full_bundle, tiny_checkpoint, mi
     with torch.no_grad():
         text_t, image_t = torch.from_numpy(text), torch.from_numpy(image)
         if missing == "text":
-            want = by_hand(model, model.img2txt(image_t), image_t)  # the translated image stands in for the text
+            want = by_hand(model, model.img2txt(image_t), image_t, bias, missing)  # the translated image stands in for the text
         elif missing == "image":
             t = model.text_encoder(text_t)
-            want = by_hand(model, t, model.txt2img(t))  # the translated text stands in for the image
+            want = by_hand(model, t, model.txt2img(t), bias, missing)  # the translated text stands in for the image
         else:
-            want = by_hand(model, model.text_encoder(text_t), image_t)
+            want = by_hand(model, model.text_encoder(text_t), image_t, bias)
     for name in H.HEAD_OUTPUTS:
         np.testing.assert_allclose(got[name], want[name], atol=2e-5, err_msg=name)
     # And the stand-in matters: the same rows with both modalities score differently.
@@ -147,10 +158,11 @@ def test_missing_modality_means_its_translation(full_bundle, tiny_checkpoint, mi
 def test_folded_graph_has_no_attention(full_bundle):
     graph = onnx.load(str(full_bundle / HEAD)).graph
     ops = Counter(node.op_type for node in graph.node)
-    # The three softmaxes are the outputs probs, text_probs and image_probs; the translators have none.
-    assert ops["Softmax"] == 3
+    # Five softmaxes: the outputs probs, text_probs and image_probs, and the two evidence classifiers; the
+    # translators have none.
+    assert ops["Softmax"] == 5
     softmax_outputs = {node.output[0] for node in graph.node if node.op_type == "Softmax"}
-    assert softmax_outputs == {"probs", "text_probs", "image_probs"}
+    assert {"probs", "text_probs", "image_probs"} <= softmax_outputs
     assert not [i.name for i in graph.initializer if "self_attn" in i.name or "fc_q" in i.name or "fc_k" in i.name]
 
 
@@ -160,8 +172,29 @@ def test_unfolded_export_keeps_the_attention_and_agrees(tiny_checkpoint, tmp_pat
     config = H.HeadExportConfig(fold_translators=False, extra_batch_sizes=())
     report = H.export_head_graph(model, tmp_path / "unfolded.onnx", config)
     graph = onnx.load(str(report.path)).graph
-    assert Counter(node.op_type for node in graph.node)["Softmax"] == 3 + 3  # three translator calls: img2txt, txt2img, img2txt
+    assert Counter(node.op_type for node in graph.node)["Softmax"] == 5 + 3  # three translator calls: img2txt, txt2img, img2txt
     assert max(report.max_abs_diff.values()) < 1e-5
+
+
+def test_class_bias_and_temperature_move_logits_probs_and_prediction_together(tiny_checkpoint, tmp_path):
+    """The class bias enters before softmax and argmax, the temperature after: argmax(logits) = argmax(probs) is the
+    class the weight nets and the evidence see."""
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    bias, temperature = [0.0, 4.0, -1.0], 2.0
+    report = H.export_head_graph(model, tmp_path / "biased.onnx", H.HeadExportConfig(extra_batch_sizes=()), temperature, bias)
+    rng = np.random.default_rng(3)
+    n = 30
+    feeds = {"text_emb": unit_rows(rng, n, 16), "image_emb": unit_rows(rng, n, 16), "has_text": np.ones(n, bool), "has_image": np.ones(n, bool)}
+    got = run_head(report.path, feeds)
+    plain = run_head(H.export_head_graph(model, tmp_path / "plain.onnx", H.HeadExportConfig(extra_batch_sizes=())).path, feeds)
+    np.testing.assert_allclose(got["logits"], plain["logits"] + np.array(bias, np.float32), atol=1e-5)
+    np.testing.assert_allclose(got["probs"], torch.softmax(torch.from_numpy(got["logits"]) / temperature, 1).numpy(), atol=1e-6)
+    assert (got["probs"].argmax(1) == got["logits"].argmax(1)).all()
+    assert (got["probs"].argmax(1) == 1).sum() > (plain["probs"].argmax(1) == 1).sum()  # the bias moved predictions
+    with torch.no_grad():
+        want = by_hand(model, model.text_encoder(torch.from_numpy(feeds["text_emb"])), torch.from_numpy(feeds["image_emb"]), bias)
+    for name in ("text_weight", "image_weight", "text_evidence", "image_evidence"):
+        np.testing.assert_allclose(got[name], want[name], atol=2e-5, err_msg=name)
 
 
 def test_a_wrong_fold_is_caught_and_writes_no_bundle(tiny_checkpoint, encoder_bundle, tmp_path, monkeypatch):
