@@ -48,7 +48,7 @@ from ctmwa_batch.runtime import RuntimeConfig, create_session
 from export.head import HeadExportConfig, export_head_graph
 from training.data import FeatureBatch, read_features
 from training.demo import DEMO_TRAINING
-from training.evidence import auc, fit_logistic
+from training.evidence import auc, fit_logistic, logistic_baseline
 from training.fit import accuracy_f1, fit
 from training.meta import TrainConfig
 from training.model import CTMWAConfig, save_checkpoint
@@ -57,7 +57,6 @@ from training.synthetic import synthetic_cues, write_synthetic_features
 logger = logging.getLogger("bench_evidence")
 
 CANDIDATES = ("paper weights", "unimodal head", "counterfactual", "query head", "evidence (shipped)")
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def cpu_flags() -> str:
@@ -68,22 +67,6 @@ def cpu_flags() -> str:
         return "unknown"
     keep = [f for f in flags if f in ("avx2", "fma") or f.startswith(("avx512", "amx")) or "vnni" in f]
     return " ".join(sorted(keep)) or "none of avx2/avx512/vnni/amx"
-
-
-def logistic_baseline(train: FeatureBatch, valid: FeatureBatch, test: FeatureBatch, num_classes: int) -> tuple[float, float]:
-    """Test (accuracy, weighted F1) of a logistic regression on [text_emb, image_emb, has_text, has_image]."""
-
-    def x(b: FeatureBatch) -> torch.Tensor:
-        return torch.cat([b.text, b.image, b.has_text[:, None].float(), b.has_image[:, None].float()], dim=1)
-
-    best = (-1.0, None)
-    for l2 in L2_GRID:
-        w, b = fit_logistic(x(train), train.label, num_classes, l2)
-        acc, _ = accuracy_f1(valid.label.numpy(), (x(valid).double() @ w.T + b).argmax(1).numpy())
-        if acc > best[0]:
-            best = (acc, (w, b))
-    w, b = best[1]
-    return accuracy_f1(test.label.numpy(), (x(test).double() @ w.T + b).argmax(1).numpy())
 
 
 def run_seed(args: argparse.Namespace, features: Path, seed: int, work: Path) -> dict:

@@ -96,6 +96,24 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) 
     return w, bias.detach() - w @ mean
 
 
+def logistic_baseline(train: FeatureBatch, valid: FeatureBatch, test: FeatureBatch, num_classes: int) -> tuple[float, float]:
+    """Test (accuracy, weighted F1) of a logistic regression on [text_emb, image_emb, has_text, has_image], L2 chosen
+    by valid accuracy: the obvious alternative the benches print beside CTMWA."""
+    from training.fit import accuracy_f1  # here: training.fit imports this module
+
+    def x(b: FeatureBatch) -> torch.Tensor:
+        return torch.cat([b.text, b.image, b.has_text[:, None].float(), b.has_image[:, None].float()], dim=1)
+
+    best = (-1.0, None)
+    for l2 in (*L2_GRID, 1.0):
+        w, b = fit_logistic(x(train), train.label, num_classes, l2)
+        acc, _ = accuracy_f1(valid.label.numpy(), (x(valid).double() @ w.T + b).argmax(1).numpy())
+        if acc > best[0]:
+            best = (acc, (w, b))
+    w, b = best[1]
+    return accuracy_f1(test.label.numpy(), (x(test).double() @ w.T + b).argmax(1).numpy())
+
+
 def _nll(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> float:
     return F.cross_entropy(x.double() @ w.T + b, y).item() if len(y) else float("nan")
 

@@ -197,9 +197,24 @@ def test_inspect_full_bundle_text(full_bundle, capsys):
         "fp32, translators folded",
         "calibration   none",
         "metrics       valid_accuracy",
+        "test_text_evidence_auc",
+        "class bias    ",
+        "evidence      P(post label = predicted class | that modality's neck output)",
+        "weights       text_weight/image_weight: the paper's meta-learned loss weights, not an attribution",
         "verified      yes",
     ):
         assert expected in out, expected
+
+
+def test_inspect_says_when_a_head_has_no_evidence(full_dir, capsys):
+    """A head exported before the evidence outputs: inspect says the columns score null and how to fix it."""
+    manifest = json.loads((full_dir / "manifest.json").read_text())
+    del manifest["head"]["evidence"], manifest["head"]["class_bias"]
+    (full_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert cli_main(["inspect", str(full_dir), "--format", "text", "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "evidence      none: text_evidence/image_evidence score null" in out and "re-export" in out
+    assert "class bias    none" in out
 
 
 def test_inspect_text_of_an_encoders_bundle_and_argument_errors(encoder_bundle, full_bundle, capsys):

@@ -249,3 +249,14 @@ def test_config_validation_names_the_value():
         CTMWAConfig(translator_kernel=4)
     with pytest.raises(ConfigError, match="embed_dim"):
         CTMWAConfig.from_dict({"embed_dim": "128"})
+
+
+def test_a_checkpoint_from_before_the_evidence_classifiers_names_the_fix(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model()
+    save_checkpoint(model, TINY, tmp_path, {})
+    state = {k: v for k, v in load_file(str(tmp_path / "model.safetensors")).items() if not k.startswith(EVIDENCE_MODULES)}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="no modality-evidence classifiers .*retrain it"):
+        load_checkpoint(tmp_path)
