@@ -110,7 +110,7 @@ def load_clip(source: str, revision: str | None = None) -> tuple[Any, Any, Any]:
     except (OSError, ValueError, KeyError) as e:
         raise ModelSourceError(
             f"cannot load a CLIP model, tokenizer and image processor from {where}: {e}; pass --from a hub id "
-            "(network or HF cache needed) or a folder written by save_pretrained (e.g. export.tiny.build_tiny_clip)"
+            "(network or HF cache needed) or a folder written by save_pretrained (e.g. fixtures.clip.build_tiny_clip)"
         ) from e
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ModelSourceError(f"the tokenizer of {where} has no tokenizers backend (tokenizer.json); the runtime needs one")

@@ -4,7 +4,7 @@ ctmwa_export_model DAG calls them one task each, and `release(...)` runs them in
     prepare          check the inputs, make a work folder under {models_root}/.staging/
     export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json (export.encoders, parity-checked)
     features         labelled posts -> features Parquet, embedded with *those* encoders (the scoring path: no skew)
-    train            ctmwa-train on the features (or reuse a given checkpoint)
+    train            training.train on the features (or reuse a given checkpoint)
     export_head      ctmwa-export head: head.onnx joins the encoders, validated against PyTorch -> complete bundle
     validate         checksums, completeness, and a smoke score of generated posts (bad rows included) by the runtime
     publish          {models_root}/{model_version}/ and the CURRENT pointer, both moved atomically (ctmwa_batch.registry)
@@ -179,8 +179,9 @@ def features(release: Mapping[str, Any], encoders_dir: str) -> str | None:
 
 
 def train(release: Mapping[str, Any], features_path: str | None) -> str:
-    """ctmwa-train on the features into the work folder; or the given checkpoint when the release does not train."""
-    from training import cli
+    """Train on the features into the work folder (`training.train`); or the given checkpoint when the release does not train."""
+    import training
+    from training.meta import TrainConfig
 
     config = _config(release)
     if not config.trains:
@@ -188,35 +189,22 @@ def train(release: Mapping[str, Any], features_path: str | None) -> str:
     out = Path(release["work_dir"]) / "checkpoint"
     if out.exists():
         shutil.rmtree(out)  # a failed try's partial checkpoint
-    argv = ["--features", str(features_path), "--out", str(out)]
-    if config.labels:
-        argv += ["--labels", config.labels]
-    if config.train_config:
-        argv += ["--config", json.dumps(config.train_config)]
+    unknown = sorted(set(config.train_config) - {"model", "training"})
+    if unknown:
+        raise ReleaseError(f"train_config has keys {unknown}; expected 'model' and/or 'training' sections")
+    values = dict(config.train_config.get("training", {}))
     if config.epochs is not None:
-        argv += ["--epochs", str(config.epochs)]
+        values["epochs"] = config.epochs
     if config.seed is not None:
-        argv += ["--seed", str(config.seed)]
-    logger.info("ctmwa-train %s", " ".join(argv))
-    status = _with_torch_threads(config.torch_threads, cli.main, argv)
-    if status != 0:
-        raise ReleaseError(f"ctmwa-train exited with status {status} (its error is in the log above)")
-    metrics = json.loads((out / cli.METRICS_FILE).read_text())
+        values["seed"] = config.seed
+    train_config = TrainConfig.from_dict(values, where="train_config.training")
+    labels = [s.strip() for s in config.labels.split(",")] if config.labels else None
+    logger.info("training on %s into %s (%s)", features_path, out, train_config)
+    metrics = training.train(
+        features_path, out, train_config, model=config.train_config.get("model"), labels=labels, threads=config.torch_threads
+    )
     logger.info("trained: best epoch %s, test accuracy %s, weighted F1 %s", metrics.get("best_epoch"), metrics.get("test_accuracy"), metrics.get("test_f1_weighted"))
     return str(out)
-
-
-def _with_torch_threads(threads: int | None, fn: Any, *args: Any) -> Any:
-    if threads is None:
-        return fn(*args)
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def export_head(release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: str, features_path: str | None = None) -> str:
@@ -238,14 +226,15 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     scorer: every input row must come back once, bad rows with a status, good rows with one of the bundle's labels."""
     import pyarrow.parquet as pq
 
-    from ctmwa_batch import demo_data, job
+    from ctmwa_batch import job
     from ctmwa_batch.bundle import ENCODER_FILES, HEAD, load_bundle
+    from export import smoke
 
     smoke_rows = _config(release).smoke_rows
     bundle = load_bundle(bundle_dir)
     bundle.require(*ENCODER_FILES, HEAD)
     with tempfile.TemporaryDirectory(prefix="ctmwa-validate-") as tmp:
-        lake = demo_data.write_partition(tmp, "2000-01-01", rows=smoke_rows, row_group_size=max(1, smoke_rows // 2))
+        lake = smoke.write_sample(Path(tmp) / "posts" / "dt=2000-01-01", rows=smoke_rows)
         scored = job.score_partition(lake["posts"], f"{tmp}/scores", bundle_dir, {"device": "auto"})
         scores = pq.read_table(scored["output_dir"]).to_pylist()
     problems = []

@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random transformers CLIP (+ WordLevel tokenizer, CLIPImageProcessorPil config) saved to a folder."""
-    from export.tiny import build_tiny_clip
+    from fixtures.clip import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "clip", seed=0)
 
@@ -37,7 +37,7 @@ TINY_CLASSES = 3
 @pytest.fixture(scope="session")
 def tiny_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic features Parquet (600 posts, 3 classes, 16-d), the width of the tiny CLIP's embeddings."""
-    from training.synthetic import write_synthetic_features
+    from fixtures.features import write_synthetic_features
 
     return write_synthetic_features(tmp_path_factory.mktemp("features") / "features.parquet", n=600, num_classes=TINY_CLASSES, dim=TINY_DIM, seed=0)
 

@@ -14,7 +14,7 @@ from training.cli import main
 from training.data import read_features
 from training.fit import accuracy_f1, evaluate
 from training.model import load_checkpoint
-from training.synthetic import write_synthetic_features
+from fixtures.features import write_synthetic_features
 
 # Tiny widths and a larger step size than the reference: the synthetic set is small and the test must be quick.
 CONFIG = json.dumps({"model": {"embed_dim": 16}, "training": {"lr": 0.02, "inner_lr": 0.05, "wnet_lr": 0.005}})
@@ -120,7 +120,7 @@ def test_weighted_f1_matches_the_definition():
 
 
 def test_demo_prints_both_modes(tmp_path, capsys):
-    from training.demo import main as demo_main
+    from demo.train import main as demo_main
 
     assert demo_main(["--out", str(tmp_path), "--posts", "300", "--dim", "16", "--epochs", "2"]) == 0
     out = capsys.readouterr().out

@@ -25,6 +25,7 @@ from ctmwa_batch.schema import (
     DEFAULT_IMAGE_COLUMN,
     DEFAULT_TEXT_COLUMN,
     LABEL,
+    LABELLED_POSTS_SCHEMA,
     LABELS_KEY,
     POST_ID,
     T_LABEL,
@@ -37,17 +38,8 @@ logger = logging.getLogger(__name__)
 TEXT = DEFAULT_TEXT_COLUMN
 IMAGE = DEFAULT_IMAGE_COLUMN
 
-# The posts table every reader returns (training side; the scoring posts contract is in ctmwa_batch.schema).
-POSTS_SCHEMA = pa.schema(
-    [
-        pa.field(POST_ID, pa.string(), nullable=False),
-        pa.field(TEXT, pa.string()),
-        pa.field(IMAGE, pa.binary()),
-        pa.field(LABEL, pa.int64(), nullable=False),
-        pa.field(T_LABEL, pa.int64()),
-        pa.field(V_LABEL, pa.int64()),
-    ]
-)
+# The posts table every reader returns: the labelled posts of ctmwa_batch.schema.
+POSTS_SCHEMA = LABELLED_POSTS_SCHEMA
 
 # Schema metadata keys that carry the class names and whether t_label / v_label exist (DESIGN.md section 5).
 META_LABELS = LABELS_KEY.encode()
