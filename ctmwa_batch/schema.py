@@ -66,16 +66,19 @@ BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_
 PATH_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 ID_TYPES = (*PATH_TYPES, pa.types.is_integer, *BYTES_TYPES)
 
-# The posts table in its default layout: what the generated posts hold, and what dataset readers write, labels added.
-POST_FIELDS = [
-    pa.field(DEFAULT_ID_COLUMN, pa.string(), nullable=False),
-    pa.field(DEFAULT_TEXT_COLUMN, pa.string()),
-    pa.field(DEFAULT_IMAGE_COLUMN, pa.binary()),
-]
-POSTS_SCHEMA = pa.schema(POST_FIELDS)
-# Labelled posts (a dataset reader's output): class indices in `ctmwa.labels` order (schema metadata).
+# The posts table in its default layout. A feed may carry a null id: scoring keeps that row (status "error").
+POSTS_SCHEMA = pa.schema(
+    [pa.field(DEFAULT_ID_COLUMN, pa.string()), pa.field(DEFAULT_TEXT_COLUMN, pa.string()), pa.field(DEFAULT_IMAGE_COLUMN, pa.binary())]
+)
+# Labelled posts (a dataset reader's output): every post has an id; class indices in `ctmwa.labels` order.
 LABELLED_POSTS_SCHEMA = pa.schema(
-    [*POST_FIELDS, pa.field(LABEL, pa.int64(), nullable=False), pa.field(T_LABEL, pa.int64()), pa.field(V_LABEL, pa.int64())]
+    [
+        POSTS_SCHEMA.field(DEFAULT_ID_COLUMN).with_nullable(False),
+        *POSTS_SCHEMA.remove(0),
+        pa.field(LABEL, pa.int64(), nullable=False),
+        pa.field(T_LABEL, pa.int64()),
+        pa.field(V_LABEL, pa.int64()),
+    ]
 )
 # Training posts (`ctmwa-train prepare` writes them; a release embeds and trains on them): labelled posts, their
 # split, and whether each is in the meta query set. The query set is decided here, once: training reads it as given.

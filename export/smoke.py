@@ -54,7 +54,6 @@ def write_sample(folder: str | Path, rows: int = 40) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     posts = [(f"smoke-{i:05d}", TEXTS[i % len(TEXTS)], _image(i)) for i in range(rows)] + bad_rows()
     ids, texts, images = (list(column) for column in zip(*posts, strict=True))
-    nullable = pa.schema([f.with_nullable(True) for f in schema.POSTS_SCHEMA])  # the bad rows include a null id
-    table = pa.table({f.name: values for f, values in zip(nullable, (ids, texts, images), strict=True)}, schema=nullable)
+    table = pa.table(dict(zip(schema.POSTS_SCHEMA.names, (ids, texts, images), strict=True)), schema=schema.POSTS_SCHEMA)
     pq.write_table(table, folder / PART_FILE, row_group_size=max(1, len(posts) // 2))
     return {"posts": str(folder), "rows": len(posts)}

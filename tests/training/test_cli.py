@@ -57,7 +57,7 @@ def test_checkpoint_holds_the_best_validation_epoch(run, features):
     accuracies = [h["valid_accuracy"] for h in metrics["history"]]
     assert metrics["best_epoch"] == accuracies.index(max(accuracies)) + 1
     model, _, extra = load_checkpoint(run)
-    data = read_features(features, seed=3)
+    data = read_features(features)
     assert evaluate(model, data.valid)["accuracy"] == pytest.approx(metrics["valid_accuracy"])
     assert evaluate(model, data.test)["accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert extra["best_epoch"] == metrics["best_epoch"]
