@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from export.encoders import EncoderExportConfig, export_encoders
+    from export.assemble import export_encoders
+    from export.encoders import EncoderExportConfig
     from fixtures.clip import build_random_clip_vit_b32, build_tiny_clip
 
     work = config.work_dir

@@ -94,8 +94,8 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     import torch
 
     from ctmwa_batch.bundle import MANIFEST
-    from export.encoders import EncoderExportConfig, export_encoders
-    from export.head import export_head
+    from export.assemble import export_encoders, export_head
+    from export.encoders import EncoderExportConfig
     from fixtures.clip import build_random_clip_vit_b32, build_tiny_clip
     from training.model import CTMWA, CTMWAConfig, save_checkpoint
 

@@ -2,7 +2,7 @@
 ctmwa_export_model DAG calls them one task each, and `release(...)` runs them in a row without Airflow.
 
     prepare          check the inputs, make a work folder under {models_root}/.staging/
-    export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json (export.encoders, parity-checked)
+    export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json (export.assemble, parity-checked)
     features         labelled posts -> features Parquet, embedded with *those* encoders (the scoring path: no skew)
     train            training.train on the features (or reuse a given checkpoint)
     export_head      ctmwa-export head: head.onnx joins the encoders, validated against PyTorch -> complete bundle
@@ -117,7 +117,8 @@ def export_encoders(release: Mapping[str, Any]) -> str:
         shutil.rmtree(out)
     if config.encoders:
         return str(encoders_only(config.encoders, out).root)
-    from export.encoders import EncoderExportConfig, export_encoders as export
+    from export.assemble import export_encoders as export
+    from export.encoders import EncoderExportConfig
 
     bundle = export(EncoderExportConfig(source=config.clip_source, revision=config.clip_revision, out_dir=out, overwrite=True))
     return str(bundle.root)
@@ -127,24 +128,8 @@ def encoders_only(bundle_dir: str | Path, out_dir: str | Path):
     """An encoders-only bundle at out_dir with the encoders, tokenizer and preprocessing of a bundle (verified first).
     Its model version equals that of the encoders bundle the source was made from."""
     from ctmwa_batch import bundle as layout
-    from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
 
-    source = layout.load_bundle(bundle_dir)
-    source.require(*layout.ENCODER_FILES)
-    out = Path(out_dir)
-    out.mkdir(parents=True)
-    for name in layout.ENCODER_FILES:
-        shutil.copyfile(source.path(name), out / name)
-    manifest = source.manifest
-    encoders = layout.write_manifest(
-        out,
-        image=source.image_spec,
-        text=source.text_spec,
-        dims={TEXT_EMB: source.dims[TEXT_EMB], IMAGE_EMB: source.dims[IMAGE_EMB]},
-        encoder=manifest.get("encoder") or {},
-        opset=manifest.get("opset"),
-        graphs={k: v for k, v in (manifest.get("graphs") or {}).items() if k in layout.ENCODER_FILES},
-    )
+    encoders = layout.write_encoders_only(layout.load_bundle(bundle_dir), out_dir)
     logger.info("reusing the encoders of %s (encoders version %s)", bundle_dir, encoders.model_version)
     return encoders
 
@@ -210,7 +195,8 @@ def train(release: Mapping[str, Any], features_path: str | None) -> str:
 def export_head(release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: str, features_path: str | None = None) -> str:
     """The checkpoint's head -> head.onnx beside a copy of the encoders: the complete bundle (parity-validated);
     with `calibrate`, a temperature fitted on the features' valid split goes into the graph."""
-    from export.head import HeadExportConfig, export_head as export
+    from export.assemble import export_head as export
+    from export.head import HeadExportConfig
 
     config = _config(release)
     out = Path(release["work_dir"]) / "bundle"
@@ -256,7 +242,7 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
         "labels": bundle.labels,
         "files": sorted(bundle.files),
         "smoke": {"rows": len(scores), "by_status": statuses},
-        "training_metrics": {k: v for k, v in (bundle.manifest.get("training_metrics") or {}).items() if not isinstance(v, (list, dict))},
+        "training_metrics": {k: v for k, v in bundle.training_metrics.items() if not isinstance(v, (list, dict))},
     }
     logger.info("bundle %s is valid: %s", bundle.model_version, json.dumps(result["smoke"]))
     return result

@@ -22,7 +22,8 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def encoder_bundle(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An encoders-only model bundle (image_encoder.onnx, text_encoder.onnx, tokenizer.json, manifest.json) of the
     tiny CLIP, exported and validated the real way. Read-only: copy it (shutil.copytree) before changing it."""
-    from export.encoders import EncoderExportConfig, export_encoders
+    from export.assemble import export_encoders
+    from export.encoders import EncoderExportConfig
 
     out = tmp_path_factory.mktemp("bundles") / "tiny_encoders"
     export_encoders(EncoderExportConfig(source=str(tiny_clip_dir), out_dir=out))
@@ -59,6 +60,6 @@ def full_bundle(tiny_checkpoint: Path, encoder_bundle: Path, tmp_path_factory: p
     """A complete, scoring-ready bundle: encoder_bundle's encoders + tokenizer and the tiny CTMWA's head.onnx (fp32,
     folded translators, labels positive/neutral/negative, uncalibrated), validated the real way. Read-only: copy it
     (shutil.copytree) before changing it."""
-    from export.head import export_head
+    from export.assemble import export_head
 
     return export_head(tiny_checkpoint, encoder_bundle, tmp_path_factory.mktemp("bundles") / "tiny_full")
