@@ -208,6 +208,57 @@ def check_image(data: bytes, mode: str = "decode") -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class IdLine:
+    """One line of an id-keyed text file (label file, split file), checked by `id_lines`."""
+
+    post_id: str  # the first field
+    fields: list[str]  # every field, the id included
+    where: str  # "path:line", for error messages
+
+
+def id_lines(
+    path: Path,
+    *,
+    fields: int,
+    expected: str,
+    is_header: Callable[[list[str]], bool],
+    warn_no_header: bool = True,
+    split: Callable[[str], list[str]] = str.split,
+    id_noun: str = "post id",
+) -> Iterator[IdLine]:
+    """The lines of an id-keyed text file, one loop for every such file (MVSA and TumEmo labels, split files).
+
+    Decodes UTF-8 (bad bytes replaced), skips blank lines, skips the first line when `is_header(fields)` (else
+    logs that it is read as a post, with `warn_no_header`), requires `fields` non-empty-id fields per line (else a
+    DatasetError: "expected {expected}, got LINE"), and rejects a duplicate id naming both lines.
+    """
+    line_of: dict[str, int] = {}
+    with path.open("rb") as f:
+        first = True
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            parts = split(line)
+            if first:
+                first = False
+                if is_header(parts):
+                    continue
+                if warn_no_header:
+                    logger.warning("%s:%d is not a header line; reading it as a post", path, lineno)
+            where = f"{path}:{lineno}"
+            if len(parts) != fields or not parts[0]:
+                raise DatasetError(f"{where}: expected {expected}, got {line!r}; fix or remove that line")
+            post_id = parts[0]
+            if post_id in line_of:
+                raise DatasetError(
+                    f"{where}: duplicate {id_noun} {post_id!r} (first on line {line_of[post_id]}); remove one of the two lines"
+                )
+            line_of[post_id] = lineno
+            yield IdLine(post_id, parts, where)
+
+
 def find_files(folder: Path) -> dict[str, Path]:
     """Map lower-cased file name -> path for one folder listing (one listdir instead of a stat per post)."""
     try:
