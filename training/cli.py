@@ -1,6 +1,6 @@
 """Train CTMWA on a features Parquet (`ctmwa-train prepare ...` makes one from a raw dataset).
 
-OUT receives model.safetensors, config.json and metrics.json (written last). The README's "Training on the real
+DIR (--out) receives model.safetensors, config.json and metrics.json (written last). The README's "Training on the real
 datasets" section tells the whole story.
 """
 

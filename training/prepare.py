@@ -1,8 +1,7 @@
-"""Turn a raw labelled set into training features: posts Parquet, then the scoring embed path, then features.
+"""Turn a raw labelled dataset into training features through the scoring embed path.
 
-`ctmwa-train prepare mvsa-single --root MVSA_Single --bundle encoders/ --out features.parquet` writes, beside the
-output, `features.posts.parquet` (post_id, text, image bytes, labels, split, query) and `features.summary.json`,
-then embeds the posts with the same ONNX encoders and preprocessing that score posts later (DESIGN.md section 1).
+Writes the posts Parquet (labels, split, query set) and a summary beside --out, then embeds the posts with the
+encoders of --bundle. See the README, "Training on the real datasets".
 """
 
 from __future__ import annotations
@@ -333,11 +332,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoding for bytes that are not UTF-8 ('none': U+FFFD)")
     generic = parser.add_argument_group("generic tables")
     generic.add_argument("--format", choices=FORMATS, help="table format (default: from the extension)")
-    generic.add_argument("--id-column", default=GenericConfig.id_column)
-    generic.add_argument("--text-column", default=GenericConfig.text_column, help="'' for none")
-    generic.add_argument("--image-column", default=GenericConfig.image_column, help="bytes or paths; '' for none")
+    generic.add_argument("--id-column", default=GenericConfig.id_column, help="post id column")
+    generic.add_argument("--text-column", default=GenericConfig.text_column, help="text column; '' for none")
+    generic.add_argument("--image-column", default=GenericConfig.image_column, help="image column, bytes or paths; '' for none")
     generic.add_argument("--image-root", help="folder image paths are relative to (default: the table's folder)")
-    generic.add_argument("--label-column", default=GenericConfig.label_column)
+    generic.add_argument("--label-column", default=GenericConfig.label_column, help="post label column (names or indices)")
     generic.add_argument("--t-label-column", help="text label column (default: t_label if present)")
     generic.add_argument("--v-label-column", help="image label column (default: v_label if present)")
     generic.add_argument("--labels", help="class names in class order, comma-separated (default: inferred, sorted)")
