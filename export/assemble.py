@@ -21,7 +21,6 @@ from typing import Any
 
 import onnx
 import torch
-import transformers
 
 from ctmwa_batch import bundle as bundle_layout
 from ctmwa_batch.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle
@@ -114,6 +113,8 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
             ),
         }
         write_tokenizer(tokenizer, staging / TOKENIZER)
+        import transformers  # here, not at the top: `ctmwa-export --help` stays quick
+
         bundle = bundle_layout.write_manifest(
             staging,
             image=image,
