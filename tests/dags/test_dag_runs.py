@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctmwa_batch import job, registry
-from fixtures import posts as demo_posts
 from ctmwa_batch.partitions import output_dir
+from fixtures import posts as demo_posts
 from tests.dags.conftest import task_states
 
 pytestmark = pytest.mark.slow

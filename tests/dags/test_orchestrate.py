@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctmwa_batch import job, orchestrate, registry
-from fixtures import posts as demo_posts
 from ctmwa_batch.settings import SettingsError
+from fixtures import posts as demo_posts
 
 
 @pytest.fixture(scope="module")

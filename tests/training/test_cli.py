@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ctmwa_batch.errors import DatasetError
+from fixtures.features import write_synthetic_features
 from training.cli import main
 from training.data import read_features
 from training.fit import accuracy_f1, evaluate
 from training.model import load_checkpoint
-from fixtures.features import write_synthetic_features
 
 # Tiny widths and a larger step size than the reference: the synthetic set is small and the test must be quick.
 CONFIG = json.dumps({"model": {"embed_dim": 16}, "training": {"lr": 0.02, "inner_lr": 0.05, "wnet_lr": 0.005}})
