@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ctmwa_batch import schema
+from fixtures.features import SyntheticSpec, synthetic_table
 from training.data import read_features
 from training.errors import DatasetError
-from fixtures.features import SyntheticSpec, synthetic_table
 
 DIM = 8
 
