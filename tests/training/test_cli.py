@@ -117,12 +117,3 @@ def test_weighted_f1_matches_the_definition():
     # per class F1: 0 -> 0.8 (support 3), 1 -> 0.5 (2), 2 -> 2/3 (1)
     assert accuracy == pytest.approx(4 / 6)
     assert f1 == pytest.approx((0.8 * 3 + 0.5 * 2 + (2 / 3) * 1) / 6)
-
-
-def test_demo_prints_both_modes(tmp_path, capsys):
-    from demo.train import main as demo_main
-
-    assert demo_main(["--out", str(tmp_path), "--posts", "300", "--dim", "16", "--epochs", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "CTMWA" in out and "late fusion" in out and "test accuracy, every text missing" in out
-    assert (tmp_path / "meta" / "model.safetensors").is_file() and (tmp_path / "late_fusion" / "metrics.json").is_file()
