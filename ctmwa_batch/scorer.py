@@ -158,42 +158,9 @@ class Scorer:
         id_ok = ~np.asarray(prepared.ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         scored = id_ok & (text_ok | image_ok)
 
-        t0 = time.perf_counter()
-        text_emb = self.encoders.encode_tokens(prepared.tokens).emb
-        t1 = time.perf_counter()
-        image_emb = self.encoders.encode_pixels(pixels, image_ok)
-        t2 = time.perf_counter()
-        C = len(self.labels)
-        outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
-        outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight")}
-        if scored.any():
-            got = self.head.run(
-                {
-                    schema.TEXT_EMB: text_emb[scored],
-                    schema.IMAGE_EMB: image_emb[scored],
-                    schema.HAS_TEXT: text_ok[scored],
-                    schema.HAS_IMAGE: image_ok[scored],
-                }
-            )
-            for name in outs:
-                outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
-        t3 = time.perf_counter()
-        self.timings["encode_text"] += t1 - t0
-        self.timings["encode_image"] += t2 - t1
-        self.timings["head"] += t3 - t2
-
-        status = np.full(n, schema.STATUS_NO_CONTENT, dtype=object)
-        status[text_ok & image_ok] = schema.STATUS_OK
-        status[text_ok & ~image_ok] = schema.STATUS_IMAGE_MISSING
-        status[~text_ok & image_ok] = schema.STATUS_TEXT_MISSING
-        status[~id_ok] = schema.STATUS_ERROR
-        errors: list[str | None] = [None] * n
-        for i, image_error in enumerate(image_errors(image_ok, image_reasons, prepared.read_errors)):
-            reasons = ([] if id_ok[i] else ["id: null"]) + ([] if image_error is None else [_reason("image", image_error)])
-            if reasons:
-                errors[i] = "; ".join(reasons)
-
-        probs = outs["probs"]
+        outs = self._run_models(prepared, pixels, image_ok, scored)
+        status, errors = _statuses(id_ok, text_ok, image_ok, image_errors(image_ok, image_reasons, prepared.read_errors))
+        probs, C = outs["probs"], len(self.labels)
         sentiment = self._labels.take(_argmax_or_null(probs, scored))
         columns: list[pa.Array] = [
             prepared.ids,
@@ -219,10 +186,55 @@ class Scorer:
         columns = [col if col.type == f.type else col.cast(f.type) for col, f in zip(columns, out_schema)]
         return pa.RecordBatch.from_arrays(columns, schema=out_schema)
 
+    def _run_models(self, prepared: Prepared, pixels: np.ndarray, image_ok: np.ndarray, scored: np.ndarray) -> dict[str, np.ndarray]:
+        """The encoders on every present modality, the head on the scored rows; zeros elsewhere. Times each model."""
+        n, C, text_ok = prepared.num_rows, len(self.labels), prepared.tokens.ok
+        t0 = time.perf_counter()
+        text_emb = self.encoders.encode_tokens(prepared.tokens).emb
+        t1 = time.perf_counter()
+        image_emb = self.encoders.encode_pixels(pixels, image_ok)
+        t2 = time.perf_counter()
+        outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
+        outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight")}
+        if scored.any():
+            got = self.head.run(
+                {
+                    schema.TEXT_EMB: text_emb[scored],
+                    schema.IMAGE_EMB: image_emb[scored],
+                    schema.HAS_TEXT: text_ok[scored],
+                    schema.HAS_IMAGE: image_ok[scored],
+                }
+            )
+            for name in outs:
+                outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
+        t3 = time.perf_counter()
+        self.timings["encode_text"] += t1 - t0
+        self.timings["encode_image"] += t2 - t1
+        self.timings["head"] += t3 - t2
+        return outs
+
     def score(self, batch: pa.RecordBatch, base: Path | None = None) -> pa.RecordBatch:
         """Score one record batch of posts in this process (the job overlaps these steps across batches)."""
         prepared = self.prepare(batch, base)
         return self.infer(prepared, decode_images(prepared.images, self.image_spec))
+
+
+def _statuses(
+    id_ok: np.ndarray, text_ok: np.ndarray, image_ok: np.ndarray, image_errors: list[str | None]
+) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's status and error text (a null id; a present image that could not be used)."""
+    n = len(id_ok)
+    status = np.full(n, schema.STATUS_NO_CONTENT, dtype=object)
+    status[text_ok & image_ok] = schema.STATUS_OK
+    status[text_ok & ~image_ok] = schema.STATUS_IMAGE_MISSING
+    status[~text_ok & image_ok] = schema.STATUS_TEXT_MISSING
+    status[~id_ok] = schema.STATUS_ERROR
+    errors: list[str | None] = [None] * n
+    for i, image_error in enumerate(image_errors):
+        reasons = ([] if id_ok[i] else ["id: null"]) + ([] if image_error is None else [_reason("image", image_error)])
+        if reasons:
+            errors[i] = "; ".join(reasons)
+    return status, errors
 
 
 def require_scoring_bundle(bundle: Bundle) -> list[str]:
