@@ -297,8 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default=d.text_column, help=f"text column (default {d.text_column!r})")
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
-    parser.add_argument("--device", choices=DEVICES, default=d.device, help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: a thread in this process)")
+    parser.add_argument("--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: the reader thread, still overlapping encoding)")
     parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
     parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
 
