@@ -55,9 +55,7 @@ EMBED_FIELDS = [
 ]
 
 # Posts Parquet (scoring input): default column names, all configurable.
-DEFAULT_ID_COLUMN = "post_id"
-DEFAULT_TEXT_COLUMN = "text"
-DEFAULT_IMAGE_COLUMN = "image"
+from ctmwa_batch.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_TEXT_COLUMN  # noqa: E402, F401 - defined once there
 
 # Arrow types a posts column may have (checked by ctmwa_batch.posts before any output). The image column holds
 # bytes, or a path / URI as a string.
