@@ -2,7 +2,7 @@
 
     python bench/bench_evidence.py [--posts 2000] [--epochs 20] [--seeds 1111 1112 1113] [--jobs 1] [--json F]
 
-Per seed: synthetic features (`training/synthetic.py`, which knows where each post's cue is: both modalities, the
+Per seed: synthetic features (`fixtures/features.py`, which knows where each post's cue is: both modalities, the
 text only, the image only), `ctmwa-train`'s defaults (meta mode, 20 epochs, batch 32, class bias on) with the step
 sizes scaled for this small set as bench_training.py and the demo do (lr 0.01, inner_lr 0.06, wnet_lr 5e-4;
 `--reference-lr` for the reference's, under which 2,000 posts are still underfitted after 20 epochs), the head
@@ -43,16 +43,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctmwa_batch.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENCE, TEXT_WEIGHT
-from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export.head import HeadExportConfig, export_head_graph
-from training.data import FeatureBatch, read_features
-from training.demo import DEMO_TRAINING
-from training.evidence import auc, fit_logistic, logistic_baseline
-from training.fit import accuracy_f1, fit
-from training.meta import TrainConfig
-from training.model import CTMWAConfig, save_checkpoint
-from training.synthetic import synthetic_cues, write_synthetic_features
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: fixtures and demo are not installed
+
+from ctmwa_batch.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENCE, TEXT_WEIGHT  # noqa: E402
+from ctmwa_batch.runtime import RuntimeConfig, create_session  # noqa: E402
+from demo.train import DEMO_TRAINING  # noqa: E402
+from export.head import HeadExportConfig, export_head_graph  # noqa: E402
+from fixtures.features import synthetic_cues, write_synthetic_features  # noqa: E402
+from training.data import FeatureBatch, read_features  # noqa: E402
+from training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402
+from training.fit import accuracy_f1, fit  # noqa: E402
+from training.meta import TrainConfig  # noqa: E402
+from training.model import CTMWAConfig, save_checkpoint  # noqa: E402
 
 logger = logging.getLogger("bench_evidence")
 
@@ -75,7 +77,7 @@ def run_seed(args: argparse.Namespace, features: Path, seed: int, work: Path) ->
     start = time.perf_counter()
     training = {} if args.reference_lr else dict(DEMO_TRAINING)
     config = TrainConfig.from_dict({**training, "seed": seed, "epochs": args.epochs})
-    data = read_features(features, query_fraction=config.query_fraction, seed=seed)
+    data = read_features(features)
     result = fit(data, CTMWAConfig(text_dim=args.dim, image_dim=args.dim, num_classes=args.classes), config)
     model, bias = result.model, result.class_bias["bias"]
     train_seconds = time.perf_counter() - start

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from training.metrics import accuracy_f1
+
 METHODS = ("none", "valid_f1")
 GRID = np.round(np.arange(-2.0, 2.0001, 0.05), 4)  # candidate values of one class's bias (logit units)
 ROUNDS = 4  # coordinate-ascent passes over the classes
@@ -24,8 +26,6 @@ def fit_class_bias(logits: np.ndarray, labels: np.ndarray, *, min_gain: float = 
 
     The bias of the class the model predicts most is held at zero (softmax and argmax ignore a common shift).
     """
-    from training.fit import accuracy_f1  # here: training.fit uses this module
-
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     c = logits.shape[1]
     base_acc, base_f1 = accuracy_f1(labels, logits.argmax(1))

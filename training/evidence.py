@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import FeatureBatch, FeatureSet
+from training.metrics import accuracy_f1
 from training.model import CTMWA
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,6 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) 
 def logistic_baseline(train: FeatureBatch, valid: FeatureBatch, test: FeatureBatch, num_classes: int) -> tuple[float, float]:
     """Test (accuracy, weighted F1) of a logistic regression on [text_emb, image_emb, has_text, has_image], L2 chosen
     by valid accuracy: the obvious alternative the benches print beside CTMWA."""
-    from training.fit import accuracy_f1  # here: training.fit imports this module
 
     def x(b: FeatureBatch) -> torch.Tensor:
         return torch.cat([b.text, b.image, b.has_text[:, None].float(), b.has_image[:, None].float()], dim=1)

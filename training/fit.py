@@ -16,10 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.class_bias import fit_class_bias, no_bias_report
 from training.data import FeatureBatch, FeatureSet
 from training.errors import DatasetError
 from training.evidence import evidence_metrics, fit_evidence
 from training.meta import MetaWeightTrainer, TrainConfig
+from training.metrics import accuracy_f1
 from training.model import CTMWA, CTMWAConfig
 
 logger = logging.getLogger(__name__)
@@ -35,20 +37,6 @@ class FitResult:
     metrics: dict  # JSON-ready: see `fit`
     history: list[dict] = field(default_factory=list)  # one entry per epoch
     class_bias: dict = field(default_factory=dict)  # {"method", "bias": [C floats], ...}: added to logits_m before argmax
-
-
-def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
-    """Accuracy and support-weighted F1 (sklearn's average='weighted')."""
-    if len(y_true) == 0:
-        return float("nan"), float("nan")
-    accuracy = float((y_true == y_pred).mean())
-    f1 = 0.0
-    for c in np.unique(y_true):
-        tp = float(((y_pred == c) & (y_true == c)).sum())
-        fp = float(((y_pred == c) & (y_true != c)).sum())
-        fn = float(((y_pred != c) & (y_true == c)).sum())
-        f1 += (2 * tp / (2 * tp + fp + fn)) * (fn + tp) / len(y_true)
-    return accuracy, f1
 
 
 @torch.no_grad()
@@ -212,8 +200,6 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
 
 def choose_class_bias(model: CTMWA, data: FeatureSet, config: TrainConfig) -> tuple[torch.Tensor | None, dict]:
     """The class bias `config.class_bias` asks for, chosen on the valid split: (bias (C,) or None, report)."""
-    from training.class_bias import fit_class_bias, no_bias_report
-
     c = model.config.num_classes
     if config.class_bias == "none":
         return None, no_bias_report(c)

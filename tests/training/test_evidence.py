@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures.features import CUES, synthetic_cues, synthetic_table, write_synthetic_features
 from training import evidence as E
 from training.class_bias import fit_class_bias
 from training.data import read_features
 from training.fit import accuracy_f1, fit
 from training.meta import MetaWeightTrainer, TrainConfig
 from training.model import BACKBONE_MODULES, CTMWAConfig
-from training.synthetic import CUES, synthetic_cues, synthetic_table, write_synthetic_features
 
 MODEL = CTMWAConfig(text_dim=16, image_dim=16, embed_dim=16, num_classes=3, weight_net_hidden=16)
 TRAINING = TrainConfig(seed=3, epochs=3, lr=0.02, inner_lr=0.05, wnet_lr=0.005)
@@ -62,7 +62,7 @@ def test_weight_nets_are_trained_by_the_query_step_alone(features, monkeypatch):
         return report
 
     monkeypatch.setattr("training.fit.fit_evidence", fit_evidence)
-    data = read_features(features, seed=TRAINING.seed)
+    data = read_features(features)
     result = fit(data, MODEL, TRAINING)
 
     steps = len(data.train) // TRAINING.batch_size + (len(data.train) % TRAINING.batch_size > 0)
@@ -87,7 +87,7 @@ def test_weight_nets_are_trained_by_the_query_step_alone(features, monkeypatch):
 
 def test_evidence_tracks_the_modality_that_carries_the_cue(features):
     """On synthetic posts, evidence ranks text-only-cue posts above image-only-cue ones for the text, and the reverse."""
-    data = read_features(features, seed=TRAINING.seed)
+    data = read_features(features)
     model = fit(data, MODEL, TrainConfig(**{**TRAINING.__dict__, "epochs": 6})).model
     rows = data.train  # enough rows for a stable figure; the bench measures held-out posts
     cue = synthetic_cues(600, 3, 16, 7)[[int(p.rsplit("-", 1)[1]) for p in rows.post_id]]
