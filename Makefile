@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 # Exactly one ONNX Runtime extra: cpu (onnxruntime) or gpu (onnxruntime-gpu).
 ORT_EXTRA ?= cpu
-EXTRAS ?= $(ORT_EXTRA),export,airflow,dev
+EXTRAS ?= $(ORT_EXTRA),export,airflow,cluster,dev
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
