@@ -131,6 +131,26 @@ def image_errors(ok: Sequence[bool], reasons: Sequence[str | None], read_errors:
 
 
 @contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """While worker processes start, lift the daemon mark this process may have inherited.
+
+    Celery's prefork pool starts its children as daemons, and an Airflow task process forked below one inherits the
+    mark; multiprocessing then refuses to start any process ("daemonic processes are not allowed to have children"),
+    so scoring on a Celery worker would fail. The rule keeps a daemon from leaving orphans behind when it is killed;
+    the decoders exit with their parent anyway (_exit_with_parent), so the mark is lifted while they start."""
+    config = multiprocessing.current_process()._config  # the only place the mark lives (no public setter once started)
+    daemon = config.get("daemon")
+    if not daemon:
+        yield
+        return
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        config["daemon"] = daemon
+
+
+@contextlib.contextmanager
 def _main_script_hidden() -> Iterator[None]:
     """While worker processes start, hide this process's main script from multiprocessing's spawn.
 
@@ -178,7 +198,7 @@ class ImageDecoder:
             return _timed_decode(items, self.spec)
         # Chunks small enough that every worker gets a share of each batch.
         chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
-        with _main_script_hidden():
+        with _main_script_hidden(), _children_allowed():
             return [self.pool.submit(_timed_decode, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
 
     def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:

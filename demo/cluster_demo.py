@@ -78,6 +78,7 @@ class Processes:
         self.procs: dict[str, subprocess.Popen] = {}
         self.order: list[str] = []
         self.ports: dict[str, int] = {}
+        self.tracked: dict[str, list] = {}  # name -> the psutil.Process objects seen under it
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -112,23 +113,32 @@ class Processes:
             if rc is not None:
                 raise DemoError(f"{name} exited with {rc}; see {self.log(name)}\n{self.tail(name)}")
 
-    def group_members(self, name: str) -> list[int]:
-        """Live (non-zombie) processes of the group that `name` leads."""
+    def members(self, name: str) -> list:
+        """The live processes `name` started: its process group, and its descendants that left the group (PostgreSQL's
+        backends call setsid), as psutil.Process objects (which notice a reused pid)."""
         import psutil
 
-        pgid = self.procs[name].pid
-        members = []
-        for p in psutil.process_iter(["status"]):
+        leader = self.procs[name].pid
+        found = {p.pid: p for p in self.tracked.get(name, []) if _alive(p)}
+        for p in psutil.process_iter():
             try:
-                if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
-                    members.append(p.pid)
+                if os.getpgid(p.pid) == leader and _alive(p):
+                    found[p.pid] = p
             except (ProcessLookupError, psutil.Error):
                 continue
-        return members
+        try:
+            for p in psutil.Process(leader).children(recursive=True):
+                if _alive(p):
+                    found[p.pid] = p
+        except psutil.Error:
+            pass
+        self.tracked[name] = list(found.values())
+        return self.tracked[name]
 
     def kill(self, name: str) -> None:
         """SIGKILL the whole group at once, as a machine lost: the worker, its pool and the task it runs."""
         proc = self.procs[name]
+        self.members(name)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -136,9 +146,10 @@ class Processes:
         proc.wait()
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        """Ask the group leader to stop (SIGTERM, or SIGINT for PostgreSQL's fast shutdown), then SIGKILL whatever of
-        the group is left after `timeout`."""
+        """Ask the leader to stop (SIGTERM, or SIGINT for PostgreSQL's fast shutdown), then SIGKILL whatever it had
+        started that is left after `timeout`."""
         proc = self.procs[name]
+        self.members(name)  # remember the children before the leader goes (orphans leave its tree)
         if proc.poll() is None:
             try:
                 os.kill(proc.pid, sig)
@@ -149,12 +160,12 @@ class Processes:
             except subprocess.TimeoutExpired:
                 pass
         deadline = time.monotonic() + 5
-        while self.group_members(name) and time.monotonic() < deadline:
+        while self.members(name) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for pid in self.group_members(name):
+        for p in self.members(name):
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                p.kill()
+            except Exception:  # psutil.NoSuchProcess: gone meanwhile
                 pass
         try:
             proc.wait(timeout=10)
@@ -170,10 +181,19 @@ class Processes:
         """What is still running (name: pids) and which of the demo's ports still listen, after stop_all."""
         import psutil
 
-        running = [f"{name}: {members}" for name in self.order if (members := self.group_members(name))]
+        running = [f"{name}: {[p.pid for p in members]}" for name in self.order if (members := self.members(name))]
         ports = set(self.ports.values())
         listening = sorted({c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports})
         return running, listening
+
+
+def _alive(p: Any) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------- servers
@@ -282,7 +302,7 @@ def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: P
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
             "AIRFLOW__CELERY__BROKER_URL": broker_url,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db_url.replace("+psycopg2", ""),
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db_url,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
             # Workers run tasks through the API server (Airflow 3): where it is, and one secret to sign task tokens.
             "AIRFLOW__API__BASE_URL": api,
