@@ -132,22 +132,26 @@ def image_errors(ok: Sequence[bool], reasons: Sequence[str | None], read_errors:
 
 @contextlib.contextmanager
 def _children_allowed() -> Iterator[None]:
-    """While worker processes start, lift the daemon mark this process may have inherited.
+    """While worker processes start, undo what a Celery worker leaves in this process's multiprocessing state.
 
-    Celery's prefork pool starts its children as daemons, and an Airflow task process forked below one inherits the
-    mark; multiprocessing then refuses to start any process ("daemonic processes are not allowed to have children"),
-    so scoring on a Celery worker would fail. The rule keeps a daemon from leaving orphans behind when it is killed;
-    the decoders exit with their parent anyway (_exit_with_parent), so the mark is lifted while they start."""
-    config = multiprocessing.current_process()._config  # the only place the mark lives (no public setter once started)
-    daemon = config.get("daemon")
-    if not daemon:
-        yield
-        return
-    config["daemon"] = False
+    Celery's prefork pool (billiard) starts its children as daemons, with billiard's own authentication key object,
+    and an Airflow task process forked below one inherits both. multiprocessing then refuses to start any process
+    ("daemonic processes are not allowed to have children"), and spawn cannot pickle billiard's key, so scoring on a
+    Celery worker would fail. The daemon rule keeps a killed daemon from leaving orphans; the decoders exit with their
+    parent anyway (_exit_with_parent). Both live only in the process's private _config, hence the direct edit."""
+    from multiprocessing.process import AuthenticationString
+
+    config = multiprocessing.current_process()._config
+    saved = {k: config[k] for k in ("daemon", "authkey") if k in config}
+    if config.get("daemon"):
+        config["daemon"] = False
+    key = config.get("authkey")
+    if key is not None and type(key) is not AuthenticationString:
+        config["authkey"] = AuthenticationString(bytes(key))
     try:
         yield
     finally:
-        config["daemon"] = daemon
+        config.update(saved)
 
 
 @contextlib.contextmanager

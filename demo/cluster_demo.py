@@ -290,7 +290,7 @@ def start_broker(procs: Processes, folder: Path, port: int, clock: Clock) -> str
 # ---------------------------------------------------------------------------------------------------------------- Airflow
 
 
-def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: Path, models: Path, rows_per_shard: int) -> dict[str, str]:
+def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: Path, models: Path, rows_per_shard: int, heartbeat_timeout: int) -> dict[str, str]:
     """The environment every Airflow process of the cluster shares (the same settings an airflow.cfg would hold)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CTMWA_"))}
     api = f"http://127.0.0.1:{api_port}"
@@ -318,7 +318,7 @@ def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: P
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             # A lost worker's running try is failed once its heartbeats stop for this long (default 300 s).
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             # Several workers on one machine: each reports the name its environment gives it (demo/cluster_hostname.py).
@@ -489,6 +489,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows-per-shard", type=int, default=500, help="rows per score_shard task (at least 4 shards a day by default)")
     parser.add_argument("--train-posts", type=int, default=1200, help="labelled posts the demo model is trained on")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the demo model")
+    parser.add_argument("--bundle", type=Path, help="publish this model bundle instead of running ctmwa_export_model (the test's shorter path)")
+    parser.add_argument("--heartbeat-timeout", type=int, default=HEARTBEAT_TIMEOUT_S, help="[scheduler] task_instance_heartbeat_timeout, seconds")
     parser.add_argument("--no-kill", dest="kill", action="store_false", help="do not kill a worker (then no retry is expected)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds each phase (export, scoring, backfill) may take")
     return parser.parse_args(argv)
@@ -534,19 +536,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> dict[str, Any]:
     from ctmwa_batch import demo_data
-    from export.tiny import build_tiny_clip
 
     lake, models, home = out / "lake", out / "models", out / "airflow"
     dates = [(dt.date.fromisoformat(args.start_date) + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
-    clock.step(f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}; a tiny CLIP built offline")
+    clock.step(f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}")
     demo_data.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
-    training_posts = demo_data.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
-    clip_dir = build_tiny_clip(out / "training" / "tiny_clip", seed=0, hidden_size=64, projection_dim=32)
+    if args.bundle is None:
+        clock.step("building a tiny CLIP offline (random weights) and generated training posts for ctmwa_export_model")
+        from export.tiny import build_tiny_clip
+
+        training_posts = demo_data.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
+        clip_dir = build_tiny_clip(out / "training" / "tiny_clip", seed=0, hidden_size=64, projection_dim=32)
 
     db_url = start_postgres(procs, out / "postgres", free_port(), clock)
     broker_url = start_broker(procs, out / "broker", free_port(), clock)
     api_port = free_port()
-    cluster = Cluster(procs, airflow_env(home, db_url, broker_url, api_port, lake, models, args.rows_per_shard), api_port, clock)
+    env = airflow_env(home, db_url, broker_url, api_port, lake, models, args.rows_per_shard, args.heartbeat_timeout)
+    cluster = Cluster(procs, env, api_port, clock)
     clock.step("airflow db migrate (PostgreSQL)")
     cluster.migrate()
     clock.step(f"api-server on 127.0.0.1:{api_port}, scheduler, dag-processor")
@@ -560,20 +566,26 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
     cluster.wait_workers_ready(first)
     clock.step("ready: DAGs parsed, pool ctmwa_gpu with 2 slots, both workers consuming")
 
-    clock.step(f"{EXPORT_DAG}: the demo model (tiny CLIP, {args.train_posts} generated posts, {args.epochs} epochs) on the default queue")
-    conf = {
-        "clip_source": str(clip_dir),
-        "training_posts": str(training_posts),
-        "labels": ",".join(demo_data.LABELS),
-        "epochs": args.epochs,
-        "train_config": {"training": {"batch_size": 64, "lr": 0.005}},
-        "torch_threads": 1,
-    }
-    cluster.api.trigger(EXPORT_DAG, "cluster_demo__export", None, conf)
-    state = cluster.wait_runs(EXPORT_DAG, ["cluster_demo__export"], args.timeout)["cluster_demo__export"]
-    clock.step(f"  {EXPORT_DAG}: {state}")
-    if state != "success":
-        raise DemoError(f"{EXPORT_DAG} {state}; task logs under {home / 'logs'}")
+    if args.bundle is None:
+        clock.step(f"{EXPORT_DAG}: the demo model (tiny CLIP, {args.train_posts} generated posts, {args.epochs} epochs) on the default queue")
+        conf = {
+            "clip_source": str(clip_dir),
+            "training_posts": str(training_posts),
+            "labels": ",".join(demo_data.LABELS),
+            "epochs": args.epochs,
+            "train_config": {"training": {"batch_size": 64, "lr": 0.005}},
+            "torch_threads": 1,
+        }
+        cluster.api.trigger(EXPORT_DAG, "cluster_demo__export", None, conf)
+        state = cluster.wait_runs(EXPORT_DAG, ["cluster_demo__export"], args.timeout)["cluster_demo__export"]
+        clock.step(f"  {EXPORT_DAG}: {state}")
+        if state != "success":
+            raise DemoError(f"{EXPORT_DAG} {state}; task logs under {home / 'logs'}")
+    else:
+        from ctmwa_batch import registry
+
+        published = registry.publish(args.bundle, models)
+        clock.step(f"published {args.bundle} as {published['model_version']} (no {EXPORT_DAG} run)")
 
     run_ids = {d: f"cluster_demo__{d}" for d in dates}
     clock.step(f"{SCORE_DAG} for {dates}, all at once (the nightly run of day D has the logical date D+1)")
