@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -347,15 +348,21 @@ class Api:
     def __init__(self, base: str):
         self.base = base.rstrip("/")
 
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 30, attempts: int = 3) -> Any:
+        """One request; a GET that could not connect or timed out is tried again (a busy machine), nothing else is."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{self.base}/api/v2{path}", data=data, method=method, headers={"Content-Type": "application/json", "Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            raise DemoError(f"{method} {path}: HTTP {e.code} {e.read().decode(errors='replace')[:500]}") from e
-        return json.loads(raw) if raw else None
+        for attempt in range(1, attempts + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as e:
+                raise DemoError(f"{method} {path}: HTTP {e.code} {e.read().decode(errors='replace')[:500]}") from e
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if method != "GET" or attempt == attempts:
+                    raise DemoError(f"{method} {path}: {e}") from e
+                time.sleep(2)
 
     def get(self, path: str, **query: Any) -> Any:
         return self.call("GET", path + ("?" + urllib.parse.urlencode(query) if query else ""))
@@ -397,6 +404,8 @@ class Cluster:
         self.procs.start("api-server", self.airflow("api-server", "--host", "127.0.0.1", "--port", str(self.procs.ports["api-server"]), "--workers", "1"), self.env)
         self.procs.start("scheduler", self.airflow("scheduler"), self.env)
         self.procs.start("dag-processor", self.airflow("dag-processor"), self.env)
+
+    def wait_healthy(self) -> None:
         self.wait(lambda: self._healthy(), 180, "the api-server to answer")
 
     def _healthy(self) -> bool:
@@ -515,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args, out, procs, clock)
     except (DemoError, KeyboardInterrupt) as e:
         failure = f"{type(e).__name__}: {e}"
+    except Exception:  # anything unforeseen: still stop the cluster and write the summary
+        failure = traceback.format_exc()
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         clock.step(f"stopping the {len(procs.order)} processes the demo started, by pid")
@@ -555,12 +566,12 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
     cluster = Cluster(procs, env, api_port, clock)
     clock.step("airflow db migrate (PostgreSQL)")
     cluster.migrate()
-    clock.step(f"api-server on 127.0.0.1:{api_port}, scheduler, dag-processor")
-    cluster.start_core()
     first = ["worker-a", "worker-b"]
-    clock.step(f"Celery workers {first}: queues default,gpu, concurrency 1, CTMWA_DEVICE=cpu")
+    clock.step(f"api-server on 127.0.0.1:{api_port}, scheduler, dag-processor; Celery workers {first} (queues default,gpu, concurrency 1, CTMWA_DEVICE=cpu)")
+    cluster.start_core()
     for name in first:
         cluster.start_worker(name)
+    cluster.wait_healthy()
     cluster.wait_dags([SCORE_DAG, EXPORT_DAG, BACKFILL_DAG])
     cluster.api.call("POST", "/pools", {"name": "ctmwa_gpu", "slots": len(first), "description": "CTMWA scoring: one slot per GPU worker"})
     cluster.wait_workers_ready(first)
