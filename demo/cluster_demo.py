@@ -546,17 +546,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> dict[str, Any]:
-    from ctmwa_batch import demo_data
+    from fixtures import posts as demo_posts
 
     lake, models, home = out / "lake", out / "models", out / "airflow"
     dates = [(dt.date.fromisoformat(args.start_date) + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
     clock.step(f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}")
-    demo_data.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
+    demo_posts.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
     if args.bundle is None:
         clock.step("building a tiny CLIP offline (random weights) and generated training posts for ctmwa_export_model")
-        from export.tiny import build_tiny_clip
+        from fixtures.clip import build_tiny_clip
 
-        training_posts = demo_data.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
+        training_posts = demo_posts.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
         clip_dir = build_tiny_clip(out / "training" / "tiny_clip", seed=0, hidden_size=64, projection_dim=32)
 
     db_url = start_postgres(procs, out / "postgres", free_port(), clock)
@@ -582,7 +582,7 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
         conf = {
             "clip_source": str(clip_dir),
             "training_posts": str(training_posts),
-            "labels": ",".join(demo_data.LABELS),
+            "labels": ",".join(demo_posts.LABELS),
             "epochs": args.epochs,
             "train_config": {"training": {"batch_size": 64, "lr": 0.005}},
             "torch_threads": 1,
