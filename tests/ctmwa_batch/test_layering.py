@@ -13,7 +13,7 @@ import importlib, pkgutil, sys
 import ctmwa_batch
 for info in pkgutil.walk_packages(ctmwa_batch.__path__, "ctmwa_batch."):
     importlib.import_module(info.name)
-bad = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "transformers", "airflow"})
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "transformers", "airflow", "matplotlib"})
 print(",".join(bad))
 """
 
