@@ -63,6 +63,11 @@ class DemoSpec:
     missing_image: float = 0.04  # share of clean posts without an image (null)
     image_size: tuple[int, int] = (72, 56)  # JPEG width, height (pixels)
     jpeg_quality: int = 85  # JPEG quality of the images
+    label_mix: tuple[float, float, float] | None = None  # shares of LABELS; None = uniform (the draw the other days use)
+
+
+# A drifted day for the health report to catch: many more posts without an image, and a mostly negative mix.
+DRIFTED = DemoSpec(missing_image=0.6, label_mix=(0.15, 0.15, 0.7))
 
 
 def _rng(*key: object) -> np.random.Generator:
@@ -133,7 +138,7 @@ def generate_posts(n: int, key: str, spec: DemoSpec = DemoSpec()) -> list[dict]:
     rng = _rng("posts", key, n)
     posts = []
     for i in range(n):
-        label = int(rng.integers(0, 3))
+        label = int(rng.integers(0, 3)) if spec.label_mix is None else int(rng.choice(3, p=spec.label_mix))
         cue = CUES[int(rng.choice(3, p=[spec.cue_both, spec.cue_text_only, 1 - spec.cue_both - spec.cue_text_only]))]
         # A neutral post has no cue anywhere; "where the cue is" then only decides nothing.
         text_label = label if cue in ("both", "text") else NEUTRAL

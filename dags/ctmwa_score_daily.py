@@ -1,15 +1,15 @@
 """Nightly CTMWA scoring of one day's posts partition.
 
     wait_for_input -> plan -> shards -> score_shard (mapped: one task per shard, GPU queue and pool) -> commit
-        -> health_report -> publish;  commit -> report
+        -> health_report -> publish, report
 
 Each run scores the UTC day its data interval starts on, `{input_root}/dt=YYYY-MM-DD`, into
 `{output_root}/model_version={v}/dt=YYYY-MM-DD/` (param `partition_date` names another day). A partition that has not
 landed is waited for (`CTMWA_INPUT_WAIT_HOURS`), then the run fails: a missing day is an upstream incident to look at,
 not a silent success. `health_report` writes report.html / report.json under
 `{output_root}/model_version={v}/_reports/dt=YYYY-MM-DD/` (drift against the CTMWA_BASELINE_DAYS before); its alerts go
-into the Asset event's extra, and with CTMWA_FAIL_ON_DRIFT set an alert fails that task (the scores stay committed and
-published). A day already committed for the same input and model is a no-op (param `overwrite` rescores).
+into the Asset event's extra, and with CTMWA_FAIL_ON_DRIFT set an alert fails that task and so the run (`report`, a
+leaf, waits for it), while the scores stay committed and `publish` still publishes them. A day already committed for the same input and model is a no-op (param `overwrite` rescores).
 The tasks are idempotent, so `airflow backfill create --dag-id ctmwa_score_daily ...` works as well as the
 ctmwa_backfill DAG. Wiring only: every task is one call into ctmwa_batch.orchestrate.
 """
@@ -124,8 +124,9 @@ def ctmwa_score_daily():
     scored = score_shard.partial(planned=planned).expand(shard_index=shards(planned))
     summary = commit(planned)
     scored >> summary
-    health_report(summary) >> publish(summary)
-    report(summary)
+    health = health_report(summary)
+    health >> publish(summary)
+    health >> report(summary)  # a leaf after the health report: a drift failure makes the run fail, not only the task
 
 
 ctmwa_score_daily()

@@ -63,6 +63,7 @@ def test_daily_dag_maps_shards_on_the_gpu_queue_and_pool(parsed):
     assert tasks["commit"]["trigger_rule"].endswith("NONE_FAILED")  # a committed day maps zero shards and still reports
     assert tasks["publish"]["outlets"] == ["ctmwa_scores"]
     assert tasks["health_report"]["upstream"] == ["commit"]
+    assert tasks["report"]["upstream"] == ["commit", "health_report"]  # so that a drift failure fails the run
     # publish carries the report's alerts, and still publishes the committed scores when the report failed on drift
     assert tasks["publish"]["upstream"] == ["commit", "health_report"] and tasks["publish"]["trigger_rule"].endswith("ALL_DONE_MIN_ONE_SUCCESS")
     assert {"partition_date", "overwrite", "model_version", "input_root", "output_root", "device"} <= set(dag["params"])
