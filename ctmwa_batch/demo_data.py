@@ -67,7 +67,7 @@ class DemoSpec:
 
 
 # A drifted day for the health report to catch: many more posts without an image, and a mostly negative mix.
-DRIFTED = DemoSpec(missing_image=0.6, label_mix=(0.15, 0.15, 0.7))
+DRIFTED = DemoSpec(missing_image=0.6, label_mix=(0.05, 0.05, 0.9))
 
 
 def _rng(*key: object) -> np.random.Generator:

@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         story.say("".join(log_path.read_text().splitlines(keepends=True)[-60:]))
         return 1
     summarize(story, out, lake, models, dates)
-    health(story, out, lake, models, dates)
+    with output_to(log_path) as terminal:  # the report's own log lines go to the log; the story says what matters
+        story.out = terminal
+        health(story, out, lake, models, dates)
+    story.out = sys.stdout
     story.say()
     story.say(NOTE)
     story.step("done")
