@@ -78,7 +78,7 @@ def read_everything(root: str, days: list[str]) -> dict:
         _ = pc.sum(pc.invert(t.column("has_text"))), pc.sum(pc.invert(t.column("has_image"))), pc.sum(pc.match_substring(t.column("error"), "image:"))
         hist = None
         for name in ("confidence", "text_weight", "image_weight", "text_evidence", "image_evidence"):
-            h = np.histogram(pc.drop_null(t.column(name)).to_numpy(), bins=100, range=(0, 1))[0]
+            h = np.histogram(pc.drop_null(t.column(name)).to_numpy().astype(np.float64), bins=100, range=(0, 1))[0]
             hist = h.tolist() if name == "confidence" else hist
         out[d] = {"rows": t.num_rows, "by_status": counts, "hist": hist}
     return out
@@ -125,6 +125,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="score rows per day")
     parser.add_argument("--root", default="/tmp/ctmwa_bench_report", help="where the lake goes (removed first, and after)")
     parser.add_argument("--keep", action="store_true", help="keep the lake")
+    parser.add_argument("--reuse", action="store_true", help="use the lake a --keep run left at --root")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dates", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -135,15 +136,16 @@ def main() -> int:
     from tests.scores_lake import days as day_list
 
     root = Path(args.root)
-    shutil.rmtree(root, ignore_errors=True)
     days = day_list("2026-02-01", args.days)
+    if not args.reuse:
+        shutil.rmtree(root, ignore_errors=True)
     print(f"CPU: {cpu_flags()}")
     try:
         load = os.getloadavg()
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     except OSError:
         pass
-    built = build_lake(root, days, args.rows)
+    built = 0.0 if args.reuse else build_lake(root, days, args.rows)
     size = sum(f.stat().st_size for f in root.rglob("*.parquet"))
     print(f"lake: {args.days} committed days x {args.rows:,} rows = {args.days * args.rows:,} rows, {size / 1e6:.0f} MB of Parquet (written in {built:.0f} s)")
     imports = baseline_rss()

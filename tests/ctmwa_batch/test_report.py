@@ -66,7 +66,7 @@ def test_numbers_match_a_direct_pyarrow_computation(lake, written):
         assert got["unreadable_image"] == sum(1 for e in table.column("error").to_pylist() if e and e.startswith("image:"))
         assert got["rates"]["status:image_missing"] == pytest.approx(statuses.count("image_missing") / table.num_rows, abs=1e-6)
         for name in ("confidence", "text_weight", "image_weight", "text_evidence", "image_evidence"):
-            values = pc.drop_null(table.column(name)).to_numpy()
+            values = pc.drop_null(table.column(name)).to_numpy().astype(np.float64)  # bins [k/100, (k+1)/100) in float64
             dist = got["distributions"][name]
             assert dist["histogram"] == np.histogram(values, bins=100, range=(0, 1))[0].tolist()
             assert dist["count"] == values.size and dist["nulls"] == table.column(name).null_count
