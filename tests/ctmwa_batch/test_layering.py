@@ -1,4 +1,5 @@
-"""ctmwa_batch is the runtime a scoring worker installs alone: it must never import torch, transformers or airflow."""
+"""ctmwa_batch is the runtime a scoring worker installs alone: it must never import torch, transformers or airflow, nor
+matplotlib (the report command imports it when it draws, from the `report` extra)."""
 
 from __future__ import annotations
 
