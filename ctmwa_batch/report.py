@@ -257,7 +257,8 @@ def draw_figures(numbers: dict[str, Any], figure_module: Any) -> list[dict[str, 
     finish(fig, "rates", "Status and missing-modality rates", "Left: share of rows per status. Right: rows without a text, without an image, and with image bytes that could not be decoded.")
 
     # 5. modality weights (and evidence, when the scores carry it)
-    names = [n for n in (*drift.DISTRIBUTIONS[1:], *drift.EVIDENCE) if _pooled(report_days, n) is not None]
+    # evidence only where the scores carry it with values (a head without evidence outputs leaves the columns null)
+    names = [*drift.DISTRIBUTIONS[1:], *(n for n in drift.EVIDENCE if (h := _pooled(report_days, n)) is not None and h.sum() > 0)]
     fig = Figure(figsize=(9, 2.8 if len(names) <= 2 else 5.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots((len(names) + 1) // 2, 2)).ravel()
     for ax, name in zip(axes, names):

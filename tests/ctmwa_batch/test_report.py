@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -160,6 +161,18 @@ def test_evidence_columns_are_reported_only_when_present(tmp_path):
     result = report.write_report(str(tmp_path), VERSION, "2026-06-02", str(tmp_path / "out"), baseline_days=1)
     assert set(result["days"][-1]["distributions"]) == {"confidence", "text_weight", "image_weight"}
     assert "text_evidence" not in result["drift"]["2026-06-02"]["quantities"]
+    assert 'alt="Modality weights"' in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_all_null_evidence_columns_are_counted_but_not_drawn(tmp_path):
+    for k, d in enumerate(days("2026-06-10", 2)):
+        table = draw_scores(300, k, Mix(evidence=True))
+        for name in ("text_evidence", "image_evidence"):  # an older head: the columns exist, every value null
+            table = table.set_column(table.schema.get_field_index(name), name, pa.nulls(table.num_rows, pa.float32()))
+        commit_day(tmp_path, VERSION, d, table)
+    result = report.write_report(str(tmp_path), VERSION, "2026-06-11", str(tmp_path / "out"), baseline_days=1)
+    assert result["days"][-1]["distributions"]["text_evidence"] == {"count": 0, "nulls": 300, "mean": None, "histogram": [0] * 100}
+    assert "text_evidence" not in result["drift"]["2026-06-11"]["quantities"]
     assert 'alt="Modality weights"' in (tmp_path / "out" / "report.html").read_text()
 
 
