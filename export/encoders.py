@@ -1,26 +1,19 @@
-"""Export CLIP's image and text encoders to ONNX as an encoders-only model bundle.
-
-`ctmwa-export encoders --from HF_ID_OR_DIR --out DIR` loads a transformers CLIP model, its tokenizer and its
-image processor, exports
+"""CLIP's image and text encoders as ONNX graphs: the torch modules, their export specs, the preprocessing parity check.
 
     image_encoder.onnx  pixels uint8 (N, S, S, 3) -> image_emb float32 (N, D): cast, /255, mean/std and
                         NHWC -> NCHW inside the graph, projected and L2-normalised
     text_encoder.onnx   input_ids, attention_mask int64 (N, L) -> text_emb float32 (N, D): EOS pooling (as the
                         source config says), projected and L2-normalised
 
-validates each against PyTorch (export.spec), writes tokenizer.json and the manifest, then proves that the
-runtime's own preprocessing (ctmwa_batch.preprocess) plus the graphs reproduce what transformers gives with
-CLIPImageProcessorPil and the transformers tokenizer. Only a bundle that passes every check reaches DIR.
+Each is validated against PyTorch (export.spec); `check_preprocessing_parity` proves that the runtime's own
+preprocessing (ctmwa_batch.preprocess) plus the graphs reproduce what transformers gives with CLIPImageProcessorPil
+and the transformers tokenizer. export.assemble writes them as an encoders-only bundle (`ctmwa-export encoders`).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ctmwa_batch import bundle as bundle_layout
 from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle
-from ctmwa_batch.errors import BundleError, CtmwaError, ExportValidationError
+from ctmwa_batch.errors import CtmwaError, ExportValidationError
 from ctmwa_batch.preprocess import INTERPOLATIONS, ImageSpec, TextSpec, TextTokenizer, decode_images
 from ctmwa_batch.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
-from export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
+from export.spec import DEFAULT_OPSET, ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +102,7 @@ def load_clip(source: str, revision: str | None = None) -> tuple[Any, Any, Any]:
     except (OSError, ValueError, KeyError) as e:
         raise ModelSourceError(
             f"cannot load a CLIP model, tokenizer and image processor from {where}: {e}; pass --from a hub id "
-            "(network or HF cache needed) or a folder written by save_pretrained (e.g. export.tiny.build_tiny_clip)"
+            "(network or HF cache needed) or a folder written by save_pretrained (e.g. fixtures.clip.build_tiny_clip)"
         ) from e
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ModelSourceError(f"the tokenizer of {where} has no tokenizers backend (tokenizer.json); the runtime needs one")
@@ -156,7 +148,7 @@ def text_spec_from_tokenizer(tokenizer: Any, model: Any, max_length: int | None 
     return TextSpec(max_length=int(length), pad_id=int(pad), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id)
 
 
-def _legacy_pooling(model: Any) -> bool:
+def legacy_pooling(model: Any) -> bool:
     # transformers pools argmax(input_ids) when the config's eos_token_id is 2 (openai's original configs), else the
     # first position of eos_token_id.
     return model.config.text_config.eos_token_id == 2
@@ -310,7 +302,7 @@ def check_preprocessing_parity(bundle: Bundle, model: Any, tokenizer: Any, proce
 # --------------------------------------------------------------------------------------------------- export
 
 
-def _write_tokenizer(tokenizer: Any, path: Path) -> None:
+def write_tokenizer(tokenizer: Any, path: Path) -> None:
     """tokenizer.json as the `tokenizers` library reads it, without the padding/truncation state transformers left."""
     from tokenizers import Tokenizer
 
@@ -318,125 +310,3 @@ def _write_tokenizer(tokenizer: Any, path: Path) -> None:
     tok.no_padding()
     tok.no_truncation()
     tok.save(str(path))
-
-
-def _signature(report: ValidationReport) -> dict:
-    import onnx
-
-    model = onnx.load(str(report.path), load_external_data=False)
-
-    def describe(values: Any) -> dict:
-        out = {}
-        for v in values:
-            t = v.type.tensor_type
-            out[v.name] = {
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
-            }
-        return out
-
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output), "max_abs_diff": report.max_abs_diff}
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise BundleError(f"bundle folder {str(out_dir)!r} exists and is not empty; choose another --out or pass --overwrite")
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished bundle into place; an old bundle there is replaced only after the new one is complete."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def export_encoders(config: EncoderExportConfig) -> Bundle:
-    """Export, validate and parity-check both encoders; write the encoders-only bundle to config.out_dir."""
-    out_dir = Path(config.out_dir)
-    _prepare_out_dir(out_dir, config.overwrite)
-    model, tokenizer, processor = load_clip(config.source, config.revision)
-    image = image_spec_from_processor(processor, jpeg_draft=config.jpeg_draft)
-    text = text_spec_from_tokenizer(tokenizer, model, config.max_text_length)
-    dim = int(model.config.projection_dim)
-    legacy = _legacy_pooling(model)
-    common = {"atol": config.atol, "opset": config.opset, "extra_batch_sizes": config.extra_batch_sizes, "dynamo": config.dynamo}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is read by other users (workers)
-    try:
-        reports = {
-            IMAGE_ENCODER: export_and_validate(image_encoder_spec(image, dim, **common), ImageEncoder(model, image.mean, image.std), staging / IMAGE_ENCODER),
-            TEXT_ENCODER: export_and_validate(
-                text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common),
-                TextEncoder(model),
-                staging / TEXT_ENCODER,
-            ),
-        }
-        _write_tokenizer(tokenizer, staging / TOKENIZER)
-        import transformers
-
-        bundle = bundle_layout.write_manifest(
-            staging,
-            image=image,
-            text=text,
-            dims={TEXT_EMB: dim, IMAGE_EMB: dim},
-            encoder={
-                "source": config.source,
-                "revision": config.revision,
-                "architecture": type(model).__name__,
-                "text_pooling": "argmax(input_ids)" if legacy else f"first eos_token_id ({model.config.text_config.eos_token_id})",
-                "exporter": "torch.onnx dynamo" if config.dynamo else "torch.onnx torchscript",
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-            },
-            opset=config.opset,
-            graphs={name: _signature(report) for name, report in reports.items()},
-        )
-        check_preprocessing_parity(bundle, model, tokenizer, processor, config.atol)
-        _publish(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    bundle = bundle_layout.load_bundle(out_dir)
-    logger.info("encoders bundle %s written to %s", bundle.model_version, out_dir)
-    return bundle
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ctmwa-export encoders` arguments."""
-    d = EncoderExportConfig()
-    parser.add_argument("--from", dest="source", default=d.source, help=f"hub id or local folder of a CLIP model (default {d.source})")
-    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    parser.add_argument("--revision", default=None, help="hub revision (branch, tag, commit)")
-    parser.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset (default {d.opset})")
-    parser.add_argument("--atol", type=float, default=d.atol, help=f"validation tolerance (default {d.atol:g})")
-    parser.add_argument("--max-text-length", type=int, default=None, help="tokens per text (default: the model's limit)")
-    parser.add_argument("--extra-batch-sizes", type=int, nargs="*", default=[], help="batch sizes to validate besides 1 3 7")
-    parser.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
-    parser.add_argument("--no-jpeg-draft", action="store_true", help="decode JPEGs at full size (slower, bit-exact with transformers)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Build the config from the arguments and export."""
-    config = EncoderExportConfig(
-        source=args.source,
-        out_dir=args.out,
-        revision=args.revision,
-        opset=args.opset,
-        atol=args.atol,
-        max_text_length=args.max_text_length,
-        extra_batch_sizes=tuple(args.extra_batch_sizes),
-        dynamo=not args.torchscript,
-        jpeg_draft=not args.no_jpeg_draft,
-        overwrite=args.overwrite,
-    )
-    bundle = export_encoders(config)
-    logger.info("done: %s (model_version %s)", bundle.root, bundle.model_version)
-    return 0
