@@ -45,6 +45,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_embed.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_head.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_score.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
