@@ -69,11 +69,13 @@ def draw_scores(n: int, seed: int, mix: Mix = Mix(), date: str = "2026-01-01") -
     cols["model_version"] = pa.repeat(pa.scalar("v", pa.string()), n)
     cols["scored_at"] = pa.array(np.full(n, 0, dtype="datetime64[us]"), pa.timestamp("us", tz="UTC"))
     schema = scores_schema(list(LABELS))
-    table = pa.table([cols[f.name] for f in schema], schema=schema)
+    evidence = ("text_evidence", "image_evidence")
     if mix.evidence:
-        table = table.append_column("text_evidence", pa.array(rng.random(n).astype(np.float32), mask=~(scored & has_text)))
-        table = table.append_column("image_evidence", pa.array(rng.random(n).astype(np.float32), mask=~(scored & has_image)))
-    return table
+        cols["text_evidence"] = pa.array(rng.random(n).astype(np.float32), mask=~(scored & has_text))
+        cols["image_evidence"] = pa.array(rng.random(n).astype(np.float32), mask=~(scored & has_image))
+    else:  # scores written before the head graph had evidence outputs: no such columns
+        schema = pa.schema([f for f in schema if f.name not in evidence])
+    return pa.table([cols[f.name] for f in schema], schema=schema)
 
 
 def commit_day(root: str | Path, version: str, date: str, table: pa.Table, *, row_group_size: int = 65_536) -> Path:
