@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 logger = logging.getLogger("bench_score")
 
 LABELS = ["positive", "neutral", "negative"]
+PRECISIONS = ("fp32", "fp16", "int8")  # every encoder variant, so one bundle serves every row of the table
 WORDS = "good great happy love sad bad angry day night beach cat dog coffee friends trip rain sun city party".split()
 
 
@@ -111,7 +112,7 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     if not (clip_dir / "config.json").exists():
         (build_random_clip_vit_b32 if size == "vit-b32" else build_tiny_clip)(clip_dir, seed=0)
     if not (enc_dir / MANIFEST).exists():
-        export_encoders(EncoderExportConfig(source=str(clip_dir), out_dir=enc_dir, overwrite=True))
+        export_encoders(EncoderExportConfig(source=str(clip_dir), out_dir=enc_dir, overwrite=True, precisions=PRECISIONS))
     dim = 512 if size == "vit-b32" else 16
     config = CTMWAConfig(text_dim=dim, image_dim=dim, embed_dim=128 if size == "vit-b32" else 8, num_classes=len(LABELS))
     torch.manual_seed(0)

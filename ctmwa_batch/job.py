@@ -42,6 +42,7 @@ from ctmwa_batch.bundle import Bundle, load_bundle
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
 from ctmwa_batch.partitions import PartitionNotReady, PartitionPlan, Shard, open_filesystem
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema
+from ctmwa_batch.precision import CHOICES as PRECISION_CHOICES
 from ctmwa_batch.runtime import DEVICES, check_device
 from ctmwa_batch.scorer import ScoreConfig, Scorer, require_scoring_bundle, value_counts
 
@@ -170,8 +171,8 @@ class _Context:
         self.scorer = Scorer(bundle, config)
         self.decoder = ImageDecoder(self.scorer.image_spec, config.decode_workers)
         logger.info(
-            "scoring with model %s on %s, %d decoding process(es), batch %d",
-            self.scorer.model_version, self.scorer.provider, config.decode_workers, config.batch_size,
+            "scoring with model %s on %s, %s encoders, %d decoding process(es), batch %d",
+            self.scorer.model_version, self.scorer.provider, self.scorer.precision, config.decode_workers, config.batch_size,
         )
 
     def close(self) -> None:
@@ -351,6 +352,7 @@ def _run_shard(
             sentiment_counts=dict(sorted(sentiments.items())),
             timings={k: round(v, 3) for k, v in sorted(timings.items())},
             provider=scorer.provider,
+            precision=scorer.precision,
         )
         stats = dict(sink.stats)
     rate = written[0] / timings["total"] if timings["total"] else 0.0
@@ -493,6 +495,7 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
         "rows": success["rows"],
         "timings": timings,
         "parts": len(success["parts"]),
+        "runtime": success.get("runtime", {}),
         "committed_at": success["committed_at"],
     }
 
@@ -574,6 +577,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r}; '' for none)")
     parser.add_argument("--passthrough", nargs="*", default=[], metavar="COLUMN", help="input columns to copy to the output")
     parser.add_argument("--scored-at", default=None, help="ISO-8601 time stamped on every row (default: now)")
+    parser.add_argument(
+        "--precision", choices=PRECISION_CHOICES, default=d.precision,
+        help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -600,6 +607,7 @@ def _config_from(args: argparse.Namespace) -> ScoreConfig:
         overwrite=args.overwrite,
         max_rows_per_shard=args.max_rows_per_shard,
         scored_at=args.scored_at,
+        precision=args.precision,
     )
 
 

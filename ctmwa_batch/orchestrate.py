@@ -124,6 +124,7 @@ def score_config(settings: Settings, overwrite: bool = False) -> dict[str, Any]:
     """The scorer's configuration (ctmwa_batch.job.ScoreConfig fields, JSON for XCom) from the settings."""
     return {
         "device": settings.device,
+        "precision": settings.precision,
         "batch_size": settings.batch_size,
         "max_rows_per_shard": settings.max_rows_per_shard,
         "id_column": settings.id_column,

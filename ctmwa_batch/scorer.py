@@ -38,6 +38,7 @@ from ctmwa_batch.embed import Encoders
 from ctmwa_batch.errors import BundleError, InputSchemaError
 from ctmwa_batch.partitions import DEFAULT_MAX_ROWS_PER_SHARD
 from ctmwa_batch.posts import check_posts_schema, image_errors, image_items
+from ctmwa_batch.precision import check_choice
 from ctmwa_batch.preprocess import MAX_REASON_CHARS, ImageSpec, TokenizedTexts, decode_images
 from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
 
@@ -66,8 +67,10 @@ class ScoreConfig:
     row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
     scored_at: str | None = None  # ISO-8601 time stamped on every row (reproducible reruns); None = the time of scoring
+    precision: str = "auto"  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
 
     def __post_init__(self) -> None:
+        check_choice(self.precision)
         if self.device not in DEVICES:
             raise ValueError(f"device {self.device!r} unknown; use one of {list(DEVICES)}")
         for name in ("batch_size", "queue_batches", "row_group_rows", "max_rows_per_shard"):
@@ -157,7 +160,7 @@ class Scorer:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.labels = require_scoring_bundle(self.bundle)
         runtime = RuntimeConfig(device=self.config.device, intra_op_threads=self.config.intra_op_threads)
-        self.encoders = Encoders(self.bundle, runtime)
+        self.encoders = Encoders(self.bundle, runtime, self.config.precision)
         self.head = create_session(self.bundle.path(HEAD), runtime)
         if set(self.head.input_names) != set(HEAD_INPUTS) or not set(HEAD_OUTPUTS) <= set(self.head.output_names):
             raise BundleError(
@@ -175,6 +178,11 @@ class Scorer:
     def provider(self) -> str:
         """Execution provider the sessions run on."""
         return self.head.provider
+
+    @property
+    def precision(self) -> str:
+        """Encoder variant the sessions run (auto resolved)."""
+        return self.encoders.precision
 
     @property
     def image_spec(self) -> ImageSpec:

@@ -8,7 +8,8 @@ image processor, exports
     text_encoder.onnx   input_ids, attention_mask int64 (N, L) -> text_emb float32 (N, D): EOS pooling (as the
                         source config says), projected and L2-normalised
 
-validates each against PyTorch (export.spec), writes tokenizer.json and the manifest, then proves that the
+validates each against PyTorch (export.spec), derives and validates the precision variants asked for
+(`--precision`, repeatable; default fp32 + int8: export.precision), writes tokenizer.json and the manifest, then proves that the
 runtime's own preprocessing (ctmwa_batch.preprocess) plus the graphs reproduce what transformers gives with
 CLIPImageProcessorPil and the transformers tokenizer. Only a bundle that passes every check reaches DIR.
 """
@@ -16,6 +17,7 @@ CLIPImageProcessorPil and the transformers tokenizer. Only a bundle that passes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import os
@@ -36,6 +38,7 @@ from ctmwa_batch.errors import BundleError, CtmwaError, ExportValidationError
 from ctmwa_batch.preprocess import INTERPOLATIONS, ImageSpec, TextSpec, TextTokenizer, decode_images
 from ctmwa_batch.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
+from export import precision as variants
 from export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ class EncoderExportConfig:
     dynamo: bool = True  # torch.onnx's dynamo exporter; False = the TorchScript exporter
     jpeg_draft: bool = True  # recorded in the manifest: decode big JPEGs at reduced scale (faster, tiny pixel change)
     overwrite: bool = False  # replace an existing bundle folder
+    precisions: tuple[str, ...] = variants.DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precisions", variants.check_precisions(tuple(self.precisions)))
 
 
 class ImageEncoder(torch.nn.Module):
@@ -364,18 +371,20 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
     dim = int(model.config.projection_dim)
     legacy = _legacy_pooling(model)
     common = {"atol": config.atol, "opset": config.opset, "extra_batch_sizes": config.extra_batch_sizes, "dynamo": config.dynamo}
+    specs = {
+        "image_encoder": image_encoder_spec(image, dim, **common),
+        "text_encoder": text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common),
+    }
+    specs = {graph: dataclasses.replace(spec, min_cosine=variants.TOLERANCES[variants.FP32].min_cosine) for graph, spec in specs.items()}
+    modules = {"image_encoder": ImageEncoder(model, image.mean, image.std), "text_encoder": TextEncoder(model)}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is read by other users (workers)
     try:
-        reports = {
-            IMAGE_ENCODER: export_and_validate(image_encoder_spec(image, dim, **common), ImageEncoder(model, image.mean, image.std), staging / IMAGE_ENCODER),
-            TEXT_ENCODER: export_and_validate(
-                text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common),
-                TextEncoder(model),
-                staging / TEXT_ENCODER,
-            ),
-        }
+        names = {"image_encoder": IMAGE_ENCODER, "text_encoder": TEXT_ENCODER}
+        by_graph = {graph: export_and_validate(specs[graph], modules[graph], staging / names[graph]) for graph in names}
+        reports = {names[graph]: report for graph, report in by_graph.items()}
+        variant_entries = variants.write_variants(config.precisions, specs, modules, staging, by_graph)
         _write_tokenizer(tokenizer, staging / TOKENIZER)
         import transformers
 
@@ -395,6 +404,7 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
             },
             opset=config.opset,
             graphs={name: _signature(report) for name, report in reports.items()},
+            variants=variant_entries,
         )
         check_preprocessing_parity(bundle, model, tokenizer, processor, config.atol)
         _publish(staging, out_dir)
@@ -421,6 +431,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
     parser.add_argument("--no-jpeg-draft", action="store_true", help="decode JPEGs at full size (slower, bit-exact with transformers)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    parser.add_argument(
+        "--precision", action="append", choices=bundle_layout.PRECISIONS, default=None, metavar="P",
+        help=f"encoder variant to write, repeatable: {' | '.join(bundle_layout.PRECISIONS)} (default {' + '.join(d.precisions)}; "
+        "fp32 is always written: int8 serves CPU workers, fp16 GPU workers)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -436,6 +451,7 @@ def run(args: argparse.Namespace) -> int:
         dynamo=not args.torchscript,
         jpeg_draft=not args.no_jpeg_draft,
         overwrite=args.overwrite,
+        precisions=tuple(dict.fromkeys([bundle_layout.FP32, *(args.precision or EncoderExportConfig.precisions)])),
     )
     bundle = export_encoders(config)
     logger.info("done: %s (model_version %s)", bundle.root, bundle.model_version)

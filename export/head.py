@@ -309,6 +309,9 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             files[END_TO_END], graphs[END_TO_END] = e2e.path, _signature(e2e)
         shutil.copytree(encoders.root, bundle_dir)
         os.chmod(bundle_dir, 0o755)
+        from export.precision import agreement_updates  # each encoder variant: the head's argmax agreement on it
+
+        variant_updates = agreement_updates(encoders, model)
         head_info = {
             "checkpoint": str(checkpoint),
             "model_config": dataclasses.asdict(model_config),
@@ -336,6 +339,7 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
                 "head": head_info,
                 "calibration": calibration,
                 "training_metrics": _training_metrics(checkpoint),
+                **({bundle_layout.VARIANTS: variant_updates} if variant_updates else {}),
             },
         )
         _publish(bundle_dir, out_dir)
