@@ -78,12 +78,12 @@ def test_a_variant_beyond_its_tolerance_fails_naming_the_figure(encoder_bundle, 
 
 def test_head_argmax_agreement_is_recorded_per_variant(full_bundle):
     bundle = B.load_bundle(full_bundle)
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp16", "int8"):
         head = bundle.variant(precision)["validation"]["head"]
         assert head["rows"] == 1 + 3 + 7 + P.AGREEMENT_EXTRA_BATCH
         assert P.TOLERANCES[precision].min_agreement <= head["argmax_agreement"] <= 1.0
         assert set(head["by_graph"]) == {"image_encoder", "text_encoder"}
-    assert bundle.variant("fp32")["validation"]["head"]["argmax_agreement"] == 1.0
+    assert "head" not in bundle.variant("fp32")["validation"]  # fp32 is what the others are compared with
     # The head joined without losing a variant or its checksums.
     assert bundle.precisions == ("fp32", "fp16", "int8")
 
