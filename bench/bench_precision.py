@@ -13,7 +13,7 @@ downloaded), in one run:
 The weights are random (the hub is not reachable from this machine): the figures say how far quantization moves
 predictions of a head trained on fp32 features of those encoders, not what a real CLIP would score.
 
-    python bench/bench_precision.py [--sizes tiny vit-b32] [--posts 3000 1000] [--work DIR]
+    python bench/bench_precision.py [--sizes tiny vit-b32] [--posts 1500 600] [--epochs 8] [--work DIR]
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
         embed_posts(enc, posts, feats, device="cpu", precision="fp32")
     ckpt = folder / "ctmwa"
     if not (ckpt / "config.json").exists():
-        assert train_main(["--features", str(feats), "--out", str(ckpt), "--epochs", str(epochs), "--seed", "0",
-                           "--labels", ",".join(LABELS)]) == 0
+        # the demo's training settings (demo/run_demo.py): batch 64, lr 0.005
+        assert train_main(["--features", str(feats), "--out", str(ckpt), "--epochs", str(epochs), "--seed", "0", "--labels", ",".join(LABELS),
+                           "--config", json.dumps({"training": {"batch_size": 64, "lr": 0.005}})]) == 0
     logger.info("%s: fp32 features and head ready in %.0fs", size, time.perf_counter() - t0)
     model, _, _ = load_checkpoint(ckpt)
     results: dict = {"held_out_posts": None}
@@ -115,8 +116,8 @@ def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "vit-b32"], choices=["tiny", "vit-b32"])
-    parser.add_argument("--posts", nargs="+", type=int, default=[3000, 1000], help="generated posts per size (30%% held out)")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--posts", nargs="+", type=int, default=[1500, 600], help="generated posts per size (30%% held out)")
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_work"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
