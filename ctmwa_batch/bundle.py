@@ -409,7 +409,10 @@ def _variant_summary(entry: Mapping[str, Any]) -> str:
     for graph, figures in sorted((entry.get("validation") or {}).items()):
         if not isinstance(figures, Mapping):
             continue
-        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items() if k in ("min_cosine", "max_abs_diff", "argmax_agreement", "rows"))
+        shown = ", ".join(
+            f"{k} {v:.6f}" if k == "min_cosine" and isinstance(v, float) else f"{k} {_fmt(v)}"
+            for k, v in figures.items() if k in ("min_cosine", "max_abs_diff", "argmax_agreement", "rows")
+        )
         parts.append(f"{graph}: {shown}")
     return "; ".join(parts)
 
