@@ -163,6 +163,12 @@ class Bundle:
         files = encoder_files(precision)
         return self.path(files["image_encoder"]), self.path(files["text_encoder"])
 
+    @property
+    def encoder_side_files(self) -> tuple[str, ...]:
+        """Every file of the encoders part: ENCODER_FILES plus each variant's graphs (what an encoders-only copy takes)."""
+        extra = [name for p in self.precisions if p != FP32 for name in encoder_files(p).values()]
+        return (*ENCODER_FILES, *extra)
+
     def variant(self, precision: str) -> dict[str, Any]:
         """The manifest entry of one variant (files with sha256, validation figures); {} for an old fp32-only bundle."""
         return dict((self.manifest.get(VARIANTS) or {}).get(precision) or {})

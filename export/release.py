@@ -133,9 +133,14 @@ def encoders_only(bundle_dir: str | Path, out_dir: str | Path):
     source.require(*layout.ENCODER_FILES)
     out = Path(out_dir)
     out.mkdir(parents=True)
-    for name in layout.ENCODER_FILES:
+    for name in source.encoder_side_files:
         shutil.copyfile(source.path(name), out / name)
     manifest = source.manifest
+    # the variants as the encoders bundle listed them (the head's agreement figures belong to the head's bundle)
+    variants = {
+        p: {"validation": {g: f for g, f in (source.variant(p).get("validation") or {}).items() if g != "head"}}
+        for p in source.precisions
+    } if manifest.get(layout.VARIANTS) else None
     encoders = layout.write_manifest(
         out,
         image=source.image_spec,
@@ -144,6 +149,7 @@ def encoders_only(bundle_dir: str | Path, out_dir: str | Path):
         encoder=manifest.get("encoder") or {},
         opset=manifest.get("opset"),
         graphs={k: v for k, v in (manifest.get("graphs") or {}).items() if k in layout.ENCODER_FILES},
+        variants=variants,
     )
     logger.info("reusing the encoders of %s (encoders version %s)", bundle_dir, encoders.model_version)
     return encoders

@@ -178,9 +178,7 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(full_bundle, tmp_
     src = posts_folder(tmp_path, n=1200, files=2, row_group_size=25)
     out = tmp_path / "out"
     out_dir = output_dir(out, full_bundle)
-    # fp32: int8's activation scale is per batch, so its numbers depend on the batch size, and the reference below
-    # runs with another one (reruns with the same settings are byte-identical in every precision)
-    cmd = cli_cmd(full_bundle, src, out, "--max-rows-per-shard", "50", "--batch-size", "2", "--workers", "1", "--precision", "fp32")
+    cmd = cli_cmd(full_bundle, src, out, "--max-rows-per-shard", "50", "--batch-size", "2", "--workers", "1")
     proc = subprocess.Popen(cmd, env=env(), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -208,7 +206,7 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(full_bundle, tmp_
     summary = json.loads(result.stdout)
     assert summary["run"]["shards_skipped"] == done and summary["run"]["shards_scored"] == 24 - done
     reference = tmp_path / "reference"
-    job.score_partition(src, reference, full_bundle, cpu(max_rows_per_shard=50, batch_size=64, scored_at=FIXED_TIME, precision="fp32"))
+    job.score_partition(src, reference, full_bundle, cpu(max_rows_per_shard=50, batch_size=64, scored_at=FIXED_TIME))
     ref_dir = output_dir(reference, full_bundle)
     assert parts_of(out_dir) == parts_of(ref_dir)
     for part in parts_of(out_dir):
