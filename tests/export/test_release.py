@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctmwa_batch.bundle import ENCODER_FILES, load_bundle
+from ctmwa_batch.bundle import load_bundle
 from export import release
 
 
