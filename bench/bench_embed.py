@@ -25,11 +25,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageFilter
+from PIL import Image
 
-from ctmwa_batch.bundle import load_bundle
-from ctmwa_batch.embed import embed_posts
-from ctmwa_batch.preprocess import ImageSpec, decode_images
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: fixtures are not installed
+
+from ctmwa_batch.bundle import load_bundle  # noqa: E402
+from ctmwa_batch.embed import embed_posts  # noqa: E402
+from ctmwa_batch.preprocess import ImageSpec, decode_images  # noqa: E402
+from fixtures import images as fixture_images  # noqa: E402
 
 WORDS = "i love this so much great day at the beach with friends terrible service never again what a view happy sad".split()
 
@@ -47,15 +50,8 @@ class BenchConfig:
 
 
 def photo_jpeg(seed: int, w: int = 640, h: int = 480) -> bytes:
-    """A photo-like JPEG (smooth gradients, texture, blur), ~40-60 KB at 640x480, quality 85."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w] / max(w, h)
-    base = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)), np.sin(4 * (x + y) + rng.uniform(0, 6))], -1) * 80 + 128
-    blocks = rng.normal(0, 25, (h // 8 + 1, w // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:h, :w]
-    a = np.clip(base + blocks + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).filter(ImageFilter.GaussianBlur(1)).save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    """A photo-like JPEG (fixtures.images, blurred), ~40-60 KB at 640x480, quality 85."""
+    return fixture_images.photo_jpeg(w, h, seed, quality=85, blur=1)
 
 
 def make_posts(path: Path, n: int) -> pa.Table:
@@ -165,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from export.encoders import EncoderExportConfig, export_encoders
-    from export.tiny import build_random_clip_vit_b32, build_tiny_clip
+    from export.assemble import export_encoders
+    from export.encoders import EncoderExportConfig
+    from fixtures.clip import build_random_clip_vit_b32, build_tiny_clip
 
     work = config.work_dir
     work.mkdir(parents=True, exist_ok=True)

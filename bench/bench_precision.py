@@ -61,7 +61,7 @@ def _features(path: Path) -> dict:
 def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
     import torch
 
-    from ctmwa_batch.demo_data import LABELS, write_training_posts
+    from fixtures.posts import LABELS, write_training_posts
     from ctmwa_batch.embed import embed_posts
     from training.cli import main as train_main
     from training.model import load_checkpoint

@@ -13,7 +13,7 @@ short texts):
    the partition. This part uses the tiny encoders and small JPEGs so that 100k rows fit in a minute on a laptop
    CPU; the pipeline and its queues are the same whatever the model.
 
-The models are full-size ViT-B/32 CLIP encoders with random weights (export.tiny.build_random_clip_vit_b32, exported
+The models are full-size ViT-B/32 CLIP encoders with random weights (fixtures.clip.build_random_clip_vit_b32, exported
 by export.encoders) and a random CTMWA head (export.head): speed does not depend on the weights. Everything is built
 offline and cached under --work.
 
@@ -44,6 +44,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fixtures import images as fixture_images  # noqa: E402
+
 logger = logging.getLogger("bench_score")
 
 LABELS = ["positive", "neutral", "negative"]
@@ -55,16 +57,9 @@ WORDS = "good great happy love sad bad angry day night beach cat dog coffee frie
 
 
 def photo_jpeg(rng: np.random.Generator, w: int = 500, h: int = 400, quality: int | None = None) -> bytes:
-    """A photo-like JPEG: smooth colour gradients, blocky texture and sensor-like noise (40-60 KB at 500x400)."""
-    y, x = np.mgrid[0:h, 0:w] / max(w, h)
-    phase = rng.uniform(0, 6, 3)
-    base = np.stack([np.sin(5 * x + phase[0]), np.cos(4 * y + phase[1]), np.sin(3 * (x + y) + phase[2])], -1) * 70 + 128
-    blocks = rng.normal(0, 18, (h // 16 + 1, w // 16 + 1, 3)).repeat(16, 0).repeat(16, 1)[:h, :w]
-    noise = rng.normal(0, rng.uniform(5.4, 7.0), (h, w, 3))
-    a = np.clip(base + blocks + noise, 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=int(rng.integers(90, 93)) if quality is None else quality)
-    return buf.getvalue()
+    """A photo-like JPEG (fixtures.images) with coarser texture and milder noise (40-60 KB at 500x400)."""
+    quality = int(rng.integers(90, 93)) if quality is None else quality
+    return fixture_images.photo_jpeg(w, h, rng, quality=quality, block=16, texture=18.0, noise=float(rng.uniform(5.4, 7.0)))
 
 
 def short_text(rng: np.random.Generator) -> str:
@@ -106,9 +101,9 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     import torch
 
     from ctmwa_batch.bundle import MANIFEST
-    from export.encoders import EncoderExportConfig, export_encoders
-    from export.head import export_head
-    from export.tiny import build_random_clip_vit_b32, build_tiny_clip
+    from export.assemble import export_encoders, export_head
+    from export.encoders import EncoderExportConfig
+    from fixtures.clip import build_random_clip_vit_b32, build_tiny_clip
     from training.model import CTMWA, CTMWAConfig, save_checkpoint
 
     clip_dir, enc_dir, ckpt_dir, full_dir = (work / f"{size}-{p}" for p in ("clip", "encoders", "ctmwa", "bundle"))

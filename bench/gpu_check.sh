@@ -59,8 +59,9 @@ from ctmwa_batch import runtime
 from ctmwa_batch.bundle import MANIFEST, load_bundle
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.runtime import RuntimeConfig
-from export.encoders import EncoderExportConfig, export_encoders
-from export.tiny import build_tiny_clip
+from export.assemble import export_encoders
+from export.encoders import EncoderExportConfig
+from fixtures.clip import build_tiny_clip
 clip = work / "tiny-clip"
 if not (clip / "config.json").exists():
     build_tiny_clip(clip, seed=0)

@@ -131,6 +131,11 @@ class Bundle:
         return dict(self.manifest.get("dims") or {})
 
     @property
+    def training_metrics(self) -> dict[str, Any]:
+        """The training run's summary metrics (empty for an encoders-only bundle)."""
+        return dict(self.manifest.get("training_metrics") or {})
+
+    @property
     def image_spec(self) -> ImageSpec:
         """How images are decoded for this bundle's image encoder."""
         return ImageSpec.from_dict(self.manifest["preprocessing"]["image"])
@@ -389,6 +394,64 @@ def add_files(
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
     return _finish_manifest(root, manifest)
+
+
+def add_head(
+    root: str | Path,
+    files: Mapping[str, str | Path],
+    *,
+    labels: list[str],
+    num_classes: int,
+    graphs: Mapping[str, Any],
+    head: Mapping[str, Any],
+    calibration: Mapping[str, Any],
+    training_metrics: Mapping[str, Any],
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Bundle:
+    """Join a head (head.onnx, optionally end_to_end.onnx) to an encoders bundle: the files plus the manifest fields
+    a head sets (labels, dims.classes, graph signatures, head info, calibration, training metrics, and `variants`:
+    the encoder variants' entries with the head's agreement figures)."""
+    return add_files(
+        root,
+        files,
+        updates={
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "labels": list(labels),
+            "dims": {"classes": num_classes},
+            "graphs": dict(graphs),
+            "head": dict(head),
+            "calibration": dict(calibration),
+            "training_metrics": dict(training_metrics),
+            **({VARIANTS: dict(variants)} if variants else {}),
+        },
+    )
+
+
+def write_encoders_only(source: Bundle, out_dir: str | Path) -> Bundle:
+    """An encoders-only bundle at out_dir (a new folder) with the encoders, tokenizer and preprocessing of `source`.
+
+    Its model version equals that of the encoders bundle `source` was made from, so features made with it stay valid."""
+    source.require(*ENCODER_FILES)
+    out = Path(out_dir)
+    out.mkdir(parents=True)
+    for name in source.encoder_side_files:  # every precision variant too
+        shutil.copyfile(source.path(name), out / name)
+    manifest = source.manifest
+    # the variants as the encoders bundle listed them (the head's agreement figures belong to the head's bundle)
+    variants = {
+        p: {"validation": {g: f for g, f in (source.variant(p).get("validation") or {}).items() if g != "head"}}
+        for p in source.precisions
+    } if manifest.get(VARIANTS) else None
+    return write_manifest(
+        out,
+        image=source.image_spec,
+        text=source.text_spec,
+        dims={schema.TEXT_EMB: source.dims[schema.TEXT_EMB], schema.IMAGE_EMB: source.dims[schema.IMAGE_EMB]},
+        encoder=manifest.get("encoder") or {},
+        opset=manifest.get("opset"),
+        graphs={k: v for k, v in (manifest.get("graphs") or {}).items() if k in ENCODER_FILES},
+        variants=variants,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- CLI

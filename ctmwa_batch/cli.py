@@ -14,9 +14,14 @@ from ctmwa_batch.errors import CtmwaError
 SUBCOMMANDS = {
     "embed": "ctmwa_batch.embed",
     "inspect": "ctmwa_batch.bundle",
-    "score": "ctmwa_batch.job",
+    "score": "ctmwa_batch.score_cli",
     "models": "ctmwa_batch.registry",
 }
+
+
+def short_description(doc: str | None) -> str:
+    """A module docstring's first paragraph: what `--help` shows above the flags (the full story is in the README)."""
+    return (doc or "").strip().split("\n\n")[0]
 
 
 def run_subcommands(
@@ -25,14 +30,15 @@ def run_subcommands(
     """Parse `argv` for one of `subcommands` and run it; a CtmwaError is one line on stderr and exit status 2.
 
     `quiet_loggers` are raised to WARNING unless --verbose (libraries that log every step at INFO)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=short_description(description))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, module_name in subcommands.items():
         module = importlib.import_module(module_name)
         modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__))
+        summary = short_description(module.__doc__)
+        module.add_arguments(sub.add_parser(name, help=summary.splitlines()[0], description=summary))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:

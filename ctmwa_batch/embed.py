@@ -1,7 +1,8 @@
 """Embed posts: text and image embeddings from a bundle's ONNX encoders, streamed Parquet to Parquet.
 
-`ctmwa-batch embed --bundle DIR --input PARQUET_OR_DIR --output PATH` reads the posts in record batches, decodes
-images and tokenizes texts the one way (ctmwa_batch.preprocess), runs the encoders, and writes every input row
+`ctmwa-batch embed --bundle DIR --input PARQUET_OR_DIR --output PATH` streams the posts through the shared pipeline
+(ctmwa_batch.pipeline: decoding overlaps encoding), decodes images and tokenizes texts the one way
+(ctmwa_batch.preprocess), runs the encoders, and writes every input row
 once with `text_emb`, `image_emb` (list<float32>, null where missing), `has_text`, `has_image`, `image_error`
 and the other input columns passed through (the image bytes are dropped unless --keep-image-column). The output
 appears atomically (written under a temporary name, then renamed). Training features and scoring share this path.
@@ -16,7 +17,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ctmwa_batch import schema
+from ctmwa_batch import pipeline, schema
 from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
+from ctmwa_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_QUEUE_BATCHES, DEVICES, check_device
 from ctmwa_batch.errors import InputSchemaError
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_errors, image_items
 from ctmwa_batch.precision import AUTO, CHOICES, check_choice, resolve_for_bundle
 from ctmwa_batch.preprocess import ImageSpec, TextTokenizer, TokenizedTexts
-from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session, expects_cuda
+from ctmwa_batch.progress import Progress
+from ctmwa_batch.runtime import RuntimeConfig, create_session, expects_cuda
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +51,9 @@ class EmbedConfig:
     id_column: str | None = schema.DEFAULT_ID_COLUMN  # must exist when set; passed through like other columns
     text_column: str | None = schema.DEFAULT_TEXT_COLUMN  # string column; None = posts have no text
     image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI) column; None = no images
-    batch_size: int = 256  # rows per record batch read, decoded, encoded and written
-    device: str = "auto"  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
-    workers: int = 0  # image-decoding processes; 0 decodes in a background thread of this process
+    batch_size: int = DEFAULT_BATCH_SIZE  # rows per record batch read, decoded, encoded and written
+    device: str = DEFAULT_DEVICE  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
+    workers: int = 0  # image-decoding processes; 0 decodes in the pipeline's reader thread (still overlapping encoding)
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = all cores
     keep_image_column: bool = False  # pass the image bytes through to the output too (large)
     precision: str = "fp32"  # encoder variant; fp32 by default: training features must be what the head is validated on
@@ -59,8 +62,7 @@ class EmbedConfig:
         check_choice(self.precision)
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size}: must be at least 1")
-        if self.device not in DEVICES:
-            raise ValueError(f"device {self.device!r} unknown; use one of {list(DEVICES)}")
+        check_device(self.device)
         if self.workers < 0:
             raise ValueError(f"workers {self.workers}: must be 0 (in process) or more")
 
@@ -176,65 +178,104 @@ def _output_schema(posts_schema: pa.Schema, config: EmbedConfig, metadata: dict[
     return pa.schema([*passthrough, *schema.EMBED_FIELDS], metadata=metadata), [f.name for f in passthrough]
 
 
-# --------------------------------------------------------------------------------------------------- pipeline
+# --------------------------------------------------------------------------------------------------- the job
+
+
+@dataclass
+class _EmbedPrepared:
+    """A batch after the reader thread's work: the input columns, the tokens, the image bytes to decode."""
+
+    batch: pa.RecordBatch
+    tokens: TokenizedTexts
+    images: list[bytes | None]
+    read_errors: list[str | None]
+
+
+@dataclass
+class _EmbedCounts:
+    """Rows with text / image / neither, and image errors by reason, counted in the writer thread."""
+
+    has_text: int = 0
+    has_image: int = 0
+    no_content: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        text = batch.column(schema.HAS_TEXT).to_numpy(zero_copy_only=False)
+        image = batch.column(schema.HAS_IMAGE).to_numpy(zero_copy_only=False)
+        self.has_text += int(text.sum())
+        self.has_image += int(image.sum())
+        self.no_content += int((~text & ~image).sum())
+        self.reasons.update(e.split(":")[0] for e in batch.column(schema.IMAGE_ERROR).to_pylist() if e)
+
+
+def _steps(encoders: Encoders, config: EmbedConfig, image_paths: bool, out_schema: pa.Schema, passthrough: list[str]) -> pipeline.Steps:
+    """Embed's two pipeline steps: tokenize in the reader thread; encode and assemble the output in the main thread."""
+
+    def prepare(batch: pa.RecordBatch, base: Path) -> _EmbedPrepared:
+        texts = batch.column(config.text_column).to_pylist() if config.text_column else [None] * batch.num_rows
+        images, read_errors = image_items(batch, config.image_column, image_paths, base)
+        return _EmbedPrepared(batch, encoders.tokenizer.encode(texts), images, read_errors)
+
+    def infer(prepared: _EmbedPrepared, decoded: pipeline.Decoded) -> pa.RecordBatch:
+        pixels, image_ok, image_reasons = decoded
+        text = encoders.encode_tokens(prepared.tokens)
+        image_emb = encoders.encode_pixels(pixels, image_ok)
+        columns = [prepared.batch.column(name) for name in passthrough]
+        columns += [
+            embedding_array(text.emb, text.ok),
+            embedding_array(image_emb, image_ok),
+            pa.array(text.ok, type=pa.bool_()),
+            pa.array(image_ok, type=pa.bool_()),
+            pa.array(image_errors(image_ok, image_reasons, prepared.read_errors), type=pa.string()),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=out_schema)
+
+    return pipeline.Steps(prepare=prepare, infer=infer)
 
 
 def embed(config: EmbedConfig) -> dict[str, Any]:
-    """Run the embed job; returns stats (rows, rows with text / image, image errors by reason, seconds, rows/s)."""
+    """Run the embed job on the shared pipeline (decoding overlaps encoding); returns stats (rows, rows with text /
+    image, image errors by reason, seconds, rows/s, seconds per stage)."""
     t0 = time.perf_counter()
     dataset = _open_input(Path(config.input_path))
-    where = f"input {str(config.input_path)!r}"
-    image_paths = check_posts_schema(dataset.schema, config, where)
+    image_paths = check_posts_schema(dataset.schema, config, f"input {str(config.input_path)!r}")
     bundle = load_bundle(config.bundle_dir)
     encoders = Encoders(bundle, RuntimeConfig(device=config.device, intra_op_threads=config.intra_op_threads), config.precision)
     base = Path(config.input_path) if Path(config.input_path).is_dir() else Path(config.input_path).parent
-    metadata = {
-        "ctmwa_batch.embed": json.dumps(
-            {
-                "model_version": bundle.model_version, "encoder": bundle.manifest.get("encoder", {}).get("source"),
-                "bundle": str(config.bundle_dir), "precision": encoders.precision,
-            }
-        )
+    source = {
+        "model_version": bundle.model_version, "encoder": bundle.manifest.get("encoder", {}).get("source"),
+        "bundle": str(config.bundle_dir), "precision": encoders.precision,
     }
-    out_schema, passthrough = _output_schema(dataset.schema, config, metadata)
+    out_schema, passthrough = _output_schema(dataset.schema, config, {"ctmwa_batch.embed": json.dumps(source)})
     output = Path(config.output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    stats = Counter()
-    reasons: Counter[str] = Counter()
-    decoder = ImageDecoder(encoders.image_spec, config.workers)
-    last_log = time.perf_counter()
+    counts = _EmbedCounts()
+    # Bounded readahead: at most a few batches of image bytes are in memory at once.
+    batches = ((b, base) for b in dataset.to_batches(batch_size=config.batch_size, batch_readahead=2, fragment_readahead=1))
     try:
-        with pq.ParquetWriter(str(tmp), out_schema) as writer:
-            # Bounded readahead: at most a few batches of image bytes are in memory at once.
-            batches = dataset.to_batches(batch_size=config.batch_size, batch_readahead=2, fragment_readahead=1)
-            pending = None
-            for batch in batches:
-                # Decode batch k+1 (in the pool, when there is one) while batch k is encoded and written.
-                items, read_errors = image_items(batch, config.image_column, image_paths, base)
-                ahead = (batch, decoder.submit(items), read_errors)
-                if pending is not None:
-                    _write_batch(writer, out_schema, passthrough, pending, decoder, encoders, config, stats, reasons)
-                    if time.perf_counter() - last_log > PROGRESS_EVERY_S:
-                        last_log = time.perf_counter()
-                        logger.info("embedded %d rows (%.0f rows/s)", stats["rows"], stats["rows"] / (last_log - t0))
-                pending = ahead
-            if pending is not None:
-                _write_batch(writer, out_schema, passthrough, pending, decoder, encoders, config, stats, reasons)
+        with ImageDecoder(encoders.image_spec, config.workers) as decoder, pq.ParquetWriter(str(tmp), out_schema) as writer:
+            stats = pipeline.run(
+                batches, _steps(encoders, config, image_paths, out_schema, passthrough), decoder,
+                pipeline.ParquetSink(writer, out_schema, tally=counts.add), queue_batches=DEFAULT_QUEUE_BATCHES,
+                name="embed", progress=Progress(dataset.count_rows(), PROGRESS_EVERY_S, label="embedded"),
+            )
         os.replace(tmp, output)
     finally:
-        decoder.close()
         tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     result = {
-        "rows": stats["rows"],
-        "has_text": stats["has_text"],
-        "has_image": stats["has_image"],
-        "no_content": stats["no_content"],
-        "image_errors": sum(reasons.values()),
-        "image_error_reasons": dict(reasons.most_common(10)),
+        "rows": stats.rows,
+        "has_text": counts.has_text,
+        "has_image": counts.has_image,
+        "no_content": counts.no_content,
+        "image_errors": sum(counts.reasons.values()),
+        "image_error_reasons": dict(counts.reasons.most_common(10)),
         "seconds": round(seconds, 3),
-        "rows_per_s": round(stats["rows"] / seconds, 1) if seconds > 0 else None,
+        "rows_per_s": round(stats.rows / seconds, 1) if seconds > 0 else None,
+        "timings": {k: round(v, 3) for k, v in stats.seconds.as_dict().items()},
+        "decode_workers": config.workers,
         "provider": encoders.provider,
         "precision": encoders.precision,
         "model_version": bundle.model_version,
@@ -242,40 +283,6 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
     }
     logger.info("embed done: %s", json.dumps(result))
     return result
-
-
-def _write_batch(
-    writer: pq.ParquetWriter,
-    out_schema: pa.Schema,
-    passthrough: list[str],
-    pending: tuple[pa.RecordBatch, Any, list[str | None]],
-    decoder: ImageDecoder,
-    encoders: Encoders,
-    config: EmbedConfig,
-    stats: Counter,
-    reasons: Counter,
-) -> None:
-    batch, handle, read_errors = pending
-    n = batch.num_rows
-    texts = batch.column(config.text_column).to_pylist() if config.text_column else [None] * n
-    text = encoders.encode_texts(texts)
-    pixels, image_ok, image_reasons = decoder.result(handle)
-    image_emb = encoders.encode_pixels(pixels, image_ok)
-    errors = image_errors(image_ok, image_reasons, read_errors)
-    columns = [batch.column(name) for name in passthrough]
-    columns += [
-        embedding_array(text.emb, text.ok),
-        embedding_array(image_emb, image_ok),
-        pa.array(text.ok, type=pa.bool_()),
-        pa.array(image_ok, type=pa.bool_()),
-        pa.array(errors, type=pa.string()),
-    ]
-    writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=out_schema))
-    stats["rows"] += n
-    stats["has_text"] += int(text.ok.sum())
-    stats["has_image"] += int(image_ok.sum())
-    stats["no_content"] += int((~text.ok & ~image_ok).sum())
-    reasons.update(e.split(":")[0] for e in errors if e)
 
 
 def embed_posts(
@@ -286,8 +293,8 @@ def embed_posts(
     id_column: str | None = schema.DEFAULT_ID_COLUMN,
     text_column: str | None = schema.DEFAULT_TEXT_COLUMN,
     image_column: str | None = schema.DEFAULT_IMAGE_COLUMN,
-    batch_size: int = 256,
-    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = DEFAULT_DEVICE,
     workers: int = 0,
     keep_image_column: bool = False,
     precision: str = "fp32",
@@ -323,8 +330,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default=d.text_column, help=f"text column (default {d.text_column!r})")
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
-    parser.add_argument("--device", choices=DEVICES, default=d.device, help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: a thread in this process)")
+    parser.add_argument("--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: the reader thread, still overlapping encoding)")
     parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
     parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
     parser.add_argument("--precision", choices=CHOICES, default=d.precision, help="encoder variant (default fp32: training features; auto: int8 on CPU, fp16 on CUDA where the bundle has them)")

@@ -121,18 +121,8 @@ def resolve_bundle(settings: Settings, verify: bool = True) -> tuple[str, str]:
 
 
 def score_config(settings: Settings, overwrite: bool = False) -> dict[str, Any]:
-    """The scorer's configuration (ctmwa_batch.job.ScoreConfig fields, JSON for XCom) from the settings."""
-    return {
-        "device": settings.device,
-        "precision": settings.precision,
-        "batch_size": settings.batch_size,
-        "max_rows_per_shard": settings.max_rows_per_shard,
-        "id_column": settings.id_column,
-        "text_column": settings.text_column,
-        "image_column": settings.image_column,
-        "passthrough": list(settings.passthrough_columns),
-        "overwrite": overwrite,
-    }
+    """The scoring job's configuration from the settings (Settings.job_config), as JSON for XCom."""
+    return settings.job_config(overwrite).to_dict()
 
 
 # --------------------------------------------------------------------------------------------------- nightly

@@ -33,13 +33,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ctmwa_batch.config import DEFAULT_MAX_ROWS_PER_SHARD
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
 
 log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS.json"
 SHARDS_DIR = "_shards"
-DEFAULT_MAX_ROWS_PER_SHARD = 200_000
 _HIVE_SEGMENT = re.compile(r"^[^=/]+=[^/]*$")
 
 
@@ -61,6 +61,7 @@ class InputFile:
     path: str  # path inside the filesystem
     size: int  # bytes
     row_groups: tuple[int, ...]  # rows per row group
+    schema: pa.Schema | None = field(default=None, compare=False, repr=False)  # Arrow schema, from the same footer read
 
     @property
     def num_rows(self) -> int:
@@ -97,8 +98,9 @@ class PartitionPlan:
     output_dir: str  # path or URI of model_version={v}/{partition}
     partition: str  # relative partition path, e.g. dt=2026-11-26
     model_version: str
-    fingerprint: dict  # files, sizes, rows, sha256 of the listing
+    fingerprint: dict  # files (path, size, rows, rows per row group), total rows, sha256 of the listing
     shards: tuple[Shard, ...] = field(default_factory=tuple)
+    columns: dict | None = None  # what the job needs of the input's columns (ctmwa_batch.inputs.InputColumns, JSON)
 
     @property
     def plan_id(self) -> str:
@@ -123,11 +125,11 @@ class PartitionPlan:
     @classmethod
     def from_dict(cls, d: dict) -> PartitionPlan:
         shards = tuple(Shard(s["index"], tuple(Piece(**p) for p in s["pieces"])) for s in d["shards"])
-        return cls(d["input_path"], d["output_dir"], d["partition"], d["model_version"], d["fingerprint"], shards)
+        return cls(d["input_path"], d["output_dir"], d["partition"], d["model_version"], d["fingerprint"], shards, d.get("columns"))
 
 
 def list_input(input_path: str) -> list[InputFile]:
-    """The Parquet files of a partition, sorted, with their row-group sizes (reads footers only)."""
+    """The Parquet files of a partition, sorted, with their row-group sizes and schemas (one footer read per file)."""
     fs, path = open_filesystem(input_path)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -146,10 +148,12 @@ def list_input(input_path: str) -> list[InputFile]:
     for i in sorted(infos, key=lambda i: i.path):
         try:
             with fs.open_input_file(i.path) as f:
-                meta = pq.ParquetFile(f).metadata
+                footer = pq.ParquetFile(f)
+                meta, arrow_schema = footer.metadata, footer.schema_arrow
         except (pa.ArrowInvalid, OSError) as e:
             raise InputSchemaError(f"{i.path!r} is not a readable Parquet file ({e}); remove or fix it") from e
-        files.append(InputFile(i.path, i.size, tuple(meta.row_group(k).num_rows for k in range(meta.num_row_groups))))
+        row_groups = tuple(meta.row_group(k).num_rows for k in range(meta.num_row_groups))
+        files.append(InputFile(i.path, i.size, row_groups, arrow_schema))
     if not files:
         raise InputSchemaError(f"no .parquet files under {input_path!r}; point --input at a partition of posts")
     return files
@@ -159,7 +163,9 @@ def fingerprint(files: list[InputFile]) -> dict:
     """What identifies an input: its files, their sizes and row counts (a changed input gets a new sha256)."""
     listing = [{"path": f.path, "size": f.size, "num_rows": f.num_rows} for f in files]
     sha = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-    return {"files": listing, "num_rows": sum(f.num_rows for f in files), "sha256": sha}
+    # The row groups are recorded beside (not hashed: a file's rows and size already identify it).
+    recorded = [{**entry, "row_groups": list(f.row_groups)} for entry, f in zip(listing, files)]
+    return {"files": recorded, "num_rows": sum(f.num_rows for f in files), "sha256": sha}
 
 
 def partition_of(input_path: str) -> str:
@@ -217,9 +223,11 @@ def plan_partition(
     model_version: str,
     max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD,
     partition: str | None = None,
+    files: list[InputFile] | None = None,
 ) -> PartitionPlan:
-    """Plan the scoring of one partition: list it, fingerprint it, cut it into shards."""
-    files = list_input(input_path)
+    """Plan the scoring of one partition: list it (unless `files` is its listing already), fingerprint it, cut it
+    into shards."""
+    files = list_input(input_path) if files is None else files
     partition = partition if partition is not None else partition_of(input_path)
     return PartitionPlan(
         input_path=input_path,

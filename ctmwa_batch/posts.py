@@ -23,11 +23,7 @@ import pyarrow as pa
 from ctmwa_batch import schema
 from ctmwa_batch.errors import InputSchemaError
 from ctmwa_batch.preprocess import ImageSpec, decode_images
-
-TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
-BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)
-PATH_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-ID_TYPES = (*PATH_TYPES, pa.types.is_integer, *BYTES_TYPES)
+from ctmwa_batch.schema import BYTES_TYPES, ID_TYPES, PATH_TYPES, TEXT_TYPES
 
 
 class PostColumns(Protocol):

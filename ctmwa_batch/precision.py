@@ -10,21 +10,19 @@ from __future__ import annotations
 import logging
 
 from ctmwa_batch.bundle import FP16, FP32, INT8, PRECISIONS, Bundle
+from ctmwa_batch.config import PRECISIONS as CHOICES  # what --precision / CTMWA_PRECISION accept: auto and PRECISIONS
+from ctmwa_batch.config import check_precision
 from ctmwa_batch.errors import BundleError
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
-CHOICES = (AUTO, *PRECISIONS)  # what --precision / CTMWA_PRECISION accept
+assert CHOICES == (AUTO, *PRECISIONS)  # internal: config's names are the bundle's variants plus auto
 # auto's preference per device kind, best first; fp32 closes each list since every bundle has it.
 AUTO_ORDER = {"cpu": (INT8, FP32), "cuda": (FP16, FP32)}
 
 
-def check_choice(precision: str) -> str:
-    """`precision` if it is a known choice, else ValueError naming the choices."""
-    if precision not in CHOICES:
-        raise ValueError(f"precision {precision!r} unknown; use one of {list(CHOICES)}")
-    return precision
+check_choice = check_precision
 
 
 def resolve_precision(requested: str, available: tuple[str, ...], on_gpu: bool, where: str = "the bundle") -> str:

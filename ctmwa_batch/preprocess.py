@@ -199,6 +199,27 @@ def decode_image(data: bytes | None, spec: ImageSpec) -> tuple[np.ndarray | None
     return out, None
 
 
+# A small target for checks: libjpeg then decodes big JPEGs at 1/8 scale, a full pass over the stream (truncation
+# shows) at a fraction of the cost of a full-size decode.
+CHECK_SPEC = ImageSpec(size=64, resize_shortest_edge=64)
+
+
+def image_problem(data: bytes | None, spec: ImageSpec = CHECK_SPEC, header_only: bool = False) -> str | None:
+    """Why image bytes are unusable, as `decode_image` (the one decoder) finds it, or None when they decode;
+    `header_only` only opens the image (format and size, no pixel decoded)."""
+    if not header_only:
+        return decode_image(data, spec)[1]
+    if not data:
+        return "null" if data is None else "empty"
+    try:
+        with Image.open(io.BytesIO(data)):
+            return None
+    except Image.UnidentifiedImageError:
+        return "not an image"
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a reason, not an exception
+        return _short_reason("undecodable image", e)
+
+
 def decode_images(
     items: Sequence[bytes | None], spec: ImageSpec
 ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:

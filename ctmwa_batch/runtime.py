@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from ctmwa_batch.config import DEFAULT_DEVICE, DEVICES, check_device as _check_device_name
 from ctmwa_batch.errors import BundleError, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 GPU_EXTRA_HINT = "install the GPU runtime: pip install 'ctmwa-batch[gpu]' (onnxruntime-gpu with its CUDA/cuDNN packages, in place of onnxruntime)"
@@ -49,7 +49,7 @@ def import_onnxruntime() -> Any:
 class RuntimeConfig:
     """How ONNX Runtime sessions are made."""
 
-    device: str = "auto"  # auto: CUDA if it works, else CPU (logged); cpu; cuda: CUDA or ProviderUnavailable
+    device: str = DEFAULT_DEVICE  # auto: CUDA if it works, else CPU (logged); cpu; cuda: CUDA or ProviderUnavailable
     intra_op_threads: int = 0  # threads inside one operator; 0 lets ONNX Runtime use every core
     inter_op_threads: int = 0  # threads across independent operators; 0 = ONNX Runtime's default
     device_id: int = 0  # which CUDA device
@@ -61,8 +61,7 @@ class RuntimeConfig:
     allow_spinning: bool = False
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"device {self.device!r} unknown; use one of {list(DEVICES)}")
+        _check_device_name(self.device)
 
 
 class OnnxModel:
@@ -148,8 +147,7 @@ def check_device(device: str) -> None:
     """Fail early (ProviderUnavailable) when `device` asks for CUDA and this onnxruntime has no CUDA provider.
 
     A cheap check before a job writes anything; create_session still makes the final check."""
-    if device not in DEVICES:
-        raise ValueError(f"device {device!r} unknown; use one of {list(DEVICES)}")
+    _check_device_name(device)
     _providers_for(device, import_onnxruntime().get_available_providers(), 0)
 
 

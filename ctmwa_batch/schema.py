@@ -1,4 +1,4 @@
-"""The one place that knows the Arrow schemas: features (training input), posts (scoring input), scores (output).
+"""The one place that knows the Arrow schemas: posts (scoring input; labelled for training), features, scores.
 
 DESIGN.md section 5 is the contract; writers take their schema from here.
 """
@@ -55,9 +55,34 @@ EMBED_FIELDS = [
 ]
 
 # Posts Parquet (scoring input): default column names, all configurable.
-DEFAULT_ID_COLUMN = "post_id"
-DEFAULT_TEXT_COLUMN = "text"
-DEFAULT_IMAGE_COLUMN = "image"
+from ctmwa_batch.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_TEXT_COLUMN  # noqa: E402, F401 - defined once there
+
+# Arrow types a posts column may have (checked by ctmwa_batch.posts before any output). The image column holds
+# bytes, or a path / URI as a string.
+TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
+BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)
+PATH_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+ID_TYPES = (*PATH_TYPES, pa.types.is_integer, *BYTES_TYPES)
+
+# The posts table in its default layout. A feed may carry a null id: scoring keeps that row (status "error").
+POSTS_SCHEMA = pa.schema(
+    [pa.field(DEFAULT_ID_COLUMN, pa.string()), pa.field(DEFAULT_TEXT_COLUMN, pa.string()), pa.field(DEFAULT_IMAGE_COLUMN, pa.binary())]
+)
+# Labelled posts (a dataset reader's output): every post has an id; class indices in `ctmwa.labels` order.
+LABELLED_POSTS_SCHEMA = pa.schema(
+    [
+        POSTS_SCHEMA.field(DEFAULT_ID_COLUMN).with_nullable(False),
+        *POSTS_SCHEMA.remove(0),
+        pa.field(LABEL, pa.int64(), nullable=False),
+        pa.field(T_LABEL, pa.int64()),
+        pa.field(V_LABEL, pa.int64()),
+    ]
+)
+# Training posts (`ctmwa-train prepare` writes them; a release embeds and trains on them): labelled posts, their
+# split, and whether each is in the meta query set. The query set is decided here, once: training reads it as given.
+TRAINING_POSTS_SCHEMA = pa.schema(
+    [*LABELLED_POSTS_SCHEMA, pa.field(SPLIT, pa.string(), nullable=False), pa.field(QUERY, pa.bool_(), nullable=False)]
+)
 
 # Scores Parquet (output).
 STATUS_OK = "ok"

@@ -12,8 +12,9 @@
   where it is missing: there the head only saw the translation of the other modality); `text_weight` and
   `image_weight` are the weight nets' outputs for every scored row.
 
-The job (ctmwa_batch.job) runs the same steps split into stages: `prepare` (column extraction, tokenization) in a
-reader thread, image decoding in a process pool, `infer` (encoders + head + output assembly) in the main thread.
+The job (ctmwa_batch.job) runs the same steps split into the stages of ctmwa_batch.pipeline: `prepare` (column
+extraction, tokenization) in a reader thread, image decoding in a process pool, `infer` (encoders + head + output
+assembly) in the main thread.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,94 +34,18 @@ import pyarrow.compute as pc
 
 from ctmwa_batch import schema
 from ctmwa_batch.bundle import HEAD, HEAD_INPUTS, HEAD_OUTPUTS, Bundle, load_bundle
+from ctmwa_batch.config import ScoreConfig, parse_time
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.errors import BundleError, InputSchemaError
-from ctmwa_batch.partitions import DEFAULT_MAX_ROWS_PER_SHARD
 from ctmwa_batch.posts import check_posts_schema, image_errors, image_items
-from ctmwa_batch.precision import check_choice
 from ctmwa_batch.preprocess import MAX_REASON_CHARS, ImageSpec, TokenizedTexts, decode_images
-from ctmwa_batch.runtime import DEVICES, RuntimeConfig, create_session
+from ctmwa_batch.runtime import RuntimeConfig, create_session
 
 logger = logging.getLogger(__name__)
 
 # The head graph's contract (DESIGN.md section 5).
 # Image decode reasons that mean "no image" rather than "a bad image".
 SCHEMA_METADATA_KEY = "ctmwa_batch.score"
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """How posts are scored: the columns, the device, batching, and how the job cuts and commits a partition."""
-
-    device: str = "auto"  # auto | cpu | cuda; cuda that is not there is ProviderUnavailable, never a CPU fallback
-    batch_size: int = 256  # rows per record batch read, decoded, encoded and scored
-    workers: int | None = None  # image-decoding processes; None = one per CPU core but one (at least 1); 0 = a thread
-    intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = every core
-    id_column: str = schema.DEFAULT_ID_COLUMN  # post id (string, integer or binary), copied to the output
-    text_column: str | None = schema.DEFAULT_TEXT_COLUMN  # string column; None = the posts have no text
-    image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI); None = no images
-    passthrough: tuple[str, ...] = ()  # further input columns copied to the output after the scores
-    overwrite: bool = False  # rescore a partition already committed for the same input and model
-    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # a shard (one task, one part file) is whole row groups up to this
-    queue_batches: int = 4  # batches in flight between two stages: bounds memory whatever the partition's size
-    row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
-    progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
-    scored_at: str | None = None  # ISO-8601 time stamped on every row (reproducible reruns); None = the time of scoring
-    precision: str = "auto"  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
-
-    def __post_init__(self) -> None:
-        check_choice(self.precision)
-        if self.device not in DEVICES:
-            raise ValueError(f"device {self.device!r} unknown; use one of {list(DEVICES)}")
-        for name in ("batch_size", "queue_batches", "row_group_rows", "max_rows_per_shard"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)}: must be at least 1")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers {self.workers}: must be 0 (decode in a thread), more, or None (one per core)")
-        if not self.id_column:
-            raise ValueError("id_column is required: scores are joined back to posts by it; set --id-column")
-        if self.scored_at is not None:
-            _parse_time(self.scored_at)
-        object.__setattr__(self, "passthrough", tuple(self.passthrough))
-
-    @property
-    def decode_workers(self) -> int:
-        """The number of decoding processes this config asks for (None resolved against this machine)."""
-        if self.workers is not None:
-            return self.workers
-        return max(1, (os.cpu_count() or 2) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what an Airflow task passes through XCom)."""
-        return {**asdict(self), "passthrough": list(self.passthrough)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:
-        """Inverse of to_dict; an unknown key is an error naming the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown score config key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
-
-    @classmethod
-    def coerce(cls, config: ScoreConfig | dict[str, Any] | None) -> ScoreConfig:
-        """A ScoreConfig from itself, its dict form, or None (the defaults)."""
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        if isinstance(config, dict):
-            return cls.from_dict(config)
-        raise TypeError(f"config must be a ScoreConfig, a dict or None, got {type(config).__name__}")
-
-
-def _parse_time(value: str) -> dt.datetime:
-    try:
-        t = dt.datetime.fromisoformat(value)
-    except ValueError as e:
-        raise ValueError(f"scored_at {value!r} is not an ISO-8601 time; use e.g. 2026-11-26T00:00:00+00:00") from e
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
 
 
 @dataclass
@@ -155,10 +79,13 @@ def _reason(prefix: str, reason: str) -> str:
 class Scorer:
     """A bundle's sessions (image and text encoders, head), loaded once; `score(batch)` scores a batch of posts."""
 
-    def __init__(self, bundle: Bundle | str | Path, config: ScoreConfig | dict[str, Any] | None = None):
+    def __init__(
+        self, bundle: Bundle | str | Path, config: ScoreConfig | dict[str, Any] | None = None, labels: list[str] | None = None
+    ):
+        """`labels`: the bundle's, when the caller has checked it already (require_scoring_bundle); else checked here."""
         self.config = ScoreConfig.coerce(config)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.labels = require_scoring_bundle(self.bundle)
+        self.labels = list(labels) if labels is not None else require_scoring_bundle(self.bundle)
         runtime = RuntimeConfig(device=self.config.device, intra_op_threads=self.config.intra_op_threads)
         self.encoders = Encoders(self.bundle, runtime, self.config.precision)
         self.head = create_session(self.bundle.path(HEAD), runtime)
@@ -170,7 +97,7 @@ class Scorer:
             )
         self.model_version = self.bundle.model_version
         self._labels = pa.array(self.labels, type=pa.string())
-        self._fixed_time = _parse_time(self.config.scored_at) if self.config.scored_at else None
+        self._fixed_time = parse_time(self.config.scored_at) if self.config.scored_at else None
         # seconds spent per model stage since construction (read by the job for its timings)
         self.timings: dict[str, float] = {"encode_text": 0.0, "encode_image": 0.0, "head": 0.0}
 
@@ -236,42 +163,9 @@ class Scorer:
         id_ok = ~np.asarray(prepared.ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         scored = id_ok & (text_ok | image_ok)
 
-        t0 = time.perf_counter()
-        text_emb = self.encoders.encode_tokens(prepared.tokens).emb
-        t1 = time.perf_counter()
-        image_emb = self.encoders.encode_pixels(pixels, image_ok)
-        t2 = time.perf_counter()
-        C = len(self.labels)
-        outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
-        outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight")}
-        if scored.any():
-            got = self.head.run(
-                {
-                    schema.TEXT_EMB: text_emb[scored],
-                    schema.IMAGE_EMB: image_emb[scored],
-                    schema.HAS_TEXT: text_ok[scored],
-                    schema.HAS_IMAGE: image_ok[scored],
-                }
-            )
-            for name in outs:
-                outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
-        t3 = time.perf_counter()
-        self.timings["encode_text"] += t1 - t0
-        self.timings["encode_image"] += t2 - t1
-        self.timings["head"] += t3 - t2
-
-        status = np.full(n, schema.STATUS_NO_CONTENT, dtype=object)
-        status[text_ok & image_ok] = schema.STATUS_OK
-        status[text_ok & ~image_ok] = schema.STATUS_IMAGE_MISSING
-        status[~text_ok & image_ok] = schema.STATUS_TEXT_MISSING
-        status[~id_ok] = schema.STATUS_ERROR
-        errors: list[str | None] = [None] * n
-        for i, image_error in enumerate(image_errors(image_ok, image_reasons, prepared.read_errors)):
-            reasons = ([] if id_ok[i] else ["id: null"]) + ([] if image_error is None else [_reason("image", image_error)])
-            if reasons:
-                errors[i] = "; ".join(reasons)
-
-        probs = outs["probs"]
+        outs = self._run_models(prepared, pixels, image_ok, scored)
+        status, errors = _statuses(id_ok, text_ok, image_ok, image_errors(image_ok, image_reasons, prepared.read_errors))
+        probs, C = outs["probs"], len(self.labels)
         sentiment = self._labels.take(_argmax_or_null(probs, scored))
         columns: list[pa.Array] = [
             prepared.ids,
@@ -297,10 +191,55 @@ class Scorer:
         columns = [col if col.type == f.type else col.cast(f.type) for col, f in zip(columns, out_schema)]
         return pa.RecordBatch.from_arrays(columns, schema=out_schema)
 
+    def _run_models(self, prepared: Prepared, pixels: np.ndarray, image_ok: np.ndarray, scored: np.ndarray) -> dict[str, np.ndarray]:
+        """The encoders on every present modality, the head on the scored rows; zeros elsewhere. Times each model."""
+        n, C, text_ok = prepared.num_rows, len(self.labels), prepared.tokens.ok
+        t0 = time.perf_counter()
+        text_emb = self.encoders.encode_tokens(prepared.tokens).emb
+        t1 = time.perf_counter()
+        image_emb = self.encoders.encode_pixels(pixels, image_ok)
+        t2 = time.perf_counter()
+        outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
+        outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight")}
+        if scored.any():
+            got = self.head.run(
+                {
+                    schema.TEXT_EMB: text_emb[scored],
+                    schema.IMAGE_EMB: image_emb[scored],
+                    schema.HAS_TEXT: text_ok[scored],
+                    schema.HAS_IMAGE: image_ok[scored],
+                }
+            )
+            for name in outs:
+                outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
+        t3 = time.perf_counter()
+        self.timings["encode_text"] += t1 - t0
+        self.timings["encode_image"] += t2 - t1
+        self.timings["head"] += t3 - t2
+        return outs
+
     def score(self, batch: pa.RecordBatch, base: Path | None = None) -> pa.RecordBatch:
         """Score one record batch of posts in this process (the job overlaps these steps across batches)."""
         prepared = self.prepare(batch, base)
         return self.infer(prepared, decode_images(prepared.images, self.image_spec))
+
+
+def _statuses(
+    id_ok: np.ndarray, text_ok: np.ndarray, image_ok: np.ndarray, image_errors: list[str | None]
+) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's status and error text (a null id; a present image that could not be used)."""
+    n = len(id_ok)
+    status = np.full(n, schema.STATUS_NO_CONTENT, dtype=object)
+    status[text_ok & image_ok] = schema.STATUS_OK
+    status[text_ok & ~image_ok] = schema.STATUS_IMAGE_MISSING
+    status[~text_ok & image_ok] = schema.STATUS_TEXT_MISSING
+    status[~id_ok] = schema.STATUS_ERROR
+    errors: list[str | None] = [None] * n
+    for i, image_error in enumerate(image_errors):
+        reasons = ([] if id_ok[i] else ["id: null"]) + ([] if image_error is None else [_reason("image", image_error)])
+        if reasons:
+            errors[i] = "; ".join(reasons)
+    return status, errors
 
 
 def require_scoring_bundle(bundle: Bundle) -> list[str]:

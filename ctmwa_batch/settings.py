@@ -17,11 +17,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ctmwa_batch.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_ID_COLUMN,
+    DEFAULT_IMAGE_COLUMN,
+    DEFAULT_MAX_ROWS_PER_SHARD,
+    DEFAULT_PRECISION,
+    DEFAULT_TEXT_COLUMN,
+    DEVICES,
+    PRECISIONS,
+    JobConfig,
+    ScoreConfig,
+)
 from ctmwa_batch.errors import CtmwaError
 
 ENV_PREFIX = "CTMWA_"
-DEVICES = ("auto", "cpu", "cuda")  # as ctmwa_batch.runtime understands them
-PRECISIONS = ("auto", "fp32", "fp16", "int8")  # as ctmwa_batch.precision understands them
 CURRENT = "current"  # model_version that means "whatever the models root's CURRENT pointer names"
 
 # The Asset the scoring DAGs update when they commit a partition; downstream DAGs schedule on it.
@@ -47,15 +57,17 @@ class Settings:
     model_version: str = CURRENT  # "current" (follow the CURRENT pointer when a run starts) or a published version
     partition_template: str = "dt={date}"  # one day's input partition under input_root; {date} is YYYY-MM-DD
     input_ready_marker: str = ""  # a file the upstream writes last into a partition (e.g. _SUCCESS); "" = any .parquet file
-    id_column: str = "post_id"  # the posts' id column (string, integer or binary), copied to the scores
-    text_column: str = "text"  # the posts' text column (string)
-    image_column: str = "image"  # the posts' image column: bytes, or a path/URI string
+    id_column: str = DEFAULT_ID_COLUMN  # the posts' id column (string, integer or binary), copied to the scores
+    text_column: str = DEFAULT_TEXT_COLUMN  # the posts' text column (string)
+    image_column: str = DEFAULT_IMAGE_COLUMN  # the posts' image column: bytes, or a path/URI string
     passthrough: str = ""  # comma-separated further input columns copied to the scores (e.g. "created_at,user_id")
     # ---- how a shard is scored (task run time; params override)
-    device: str = "cuda"  # cuda | cpu | auto; cuda on a worker without a GPU fails the task (never a silent CPU fallback)
-    batch_size: int = 256  # rows per ONNX Runtime batch
-    precision: str = "auto"  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
-    max_rows_per_shard: int = 200_000  # rows one mapped task scores; the unit of distribution and of retries
+    # Deployed scoring runs on GPU workers, so here the default is cuda (the CLI's is auto): cuda on a worker without
+    # a GPU fails the task, never a silent CPU fallback.
+    device: str = "cuda"  # cuda | cpu | auto
+    batch_size: int = DEFAULT_BATCH_SIZE  # rows per ONNX Runtime batch
+    precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
+    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # rows one mapped task scores; the unit of distribution and of retries
     # ---- how Airflow schedules the work (read when the DAG files are parsed)
     schedule: str = "@daily"  # cron of the nightly DAG; each run scores the day its data interval starts on (UTC)
     queue: str = "gpu"  # Celery queue / worker label of the scoring tasks: the GPU workers listen on it
@@ -113,6 +125,22 @@ class Settings:
     def passthrough_columns(self) -> tuple[str, ...]:
         """The passthrough setting as a tuple of column names."""
         return tuple(c.strip() for c in self.passthrough.split(",") if c.strip())
+
+    def score_config(self) -> ScoreConfig:
+        """The scorer's configuration these settings ask for."""
+        return ScoreConfig(
+            device=self.device,
+            batch_size=self.batch_size,
+            precision=self.precision,
+            id_column=self.id_column,
+            text_column=self.text_column,
+            image_column=self.image_column,
+            passthrough=self.passthrough_columns,
+        )
+
+    def job_config(self, overwrite: bool = False) -> JobConfig:
+        """The scoring job's configuration (the scorer's, plus how partitions are cut and whether to rescore)."""
+        return JobConfig(score=self.score_config(), overwrite=overwrite, max_rows_per_shard=self.max_rows_per_shard)
 
     def scoring_task_kwargs(self) -> dict[str, Any]:
         """Operator arguments that place a scoring task: queue and pool always, executor and pod template when set."""

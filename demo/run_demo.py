@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 NOTE = """\
 About the model: the demo model is trained on generated posts, by a tiny CLIP with random weights that was built
-offline (export/tiny.py), so its accuracy says that the pipeline learns and scores end to end, not how well CTMWA
+offline (fixtures/clip.py), so its accuracy says that the pipeline learns and scores end to end, not how well CTMWA
 reads real posts. For a real model, trigger ctmwa_export_model with
   clip_source = "openai/clip-vit-base-patch32" (or a local folder of it: the default)
   training_posts = a labelled posts Parquet (post_id, text, image, split, label, t_label, v_label, query), e.g. made
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out.resolve()
     home, lake, models = out / "airflow", out / "lake", out / "models"
-    for folder in (home, lake, models, out / "training"):  # only ours: python -m training.demo writes beside them
+    for folder in (home, lake, models, out / "training"):  # only ours: python -m demo.train writes beside them
         shutil.rmtree(folder, ignore_errors=True)
     home.mkdir(parents=True)
     dates = [(dt.date.fromisoformat(args.start_date) + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
@@ -137,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Path, dates: list[str]) -> bool:
     """Build the lake and the Airflow home, release the demo model, score every day; False when a step failed."""
-    from ctmwa_batch import demo_data
+    from fixtures import posts as demo_posts
 
     story.step(f"writing the lake: {len(dates)} partitions of {args.rows} posts + 10 bad rows each, and {args.train_posts} labelled training posts")
-    demo_data.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
-    training_posts = demo_data.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
+    demo_posts.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
+    training_posts = demo_posts.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
 
-    story.step("building a tiny CLIP offline (random weights: export/tiny.py)")
-    from export.tiny import build_tiny_clip
+    story.step("building a tiny CLIP offline (random weights: fixtures/clip.py)")
+    from fixtures.clip import build_tiny_clip
 
     clip_dir = build_tiny_clip(out / "training" / "tiny_clip", seed=0, hidden_size=args.clip_width, projection_dim=args.clip_dim)
 
@@ -172,7 +172,7 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
     conf = {
         "clip_source": str(clip_dir),
         "training_posts": str(training_posts),
-        "labels": ",".join(demo_data.LABELS),
+        "labels": ",".join(demo_posts.LABELS),
         "epochs": args.epochs,
         "train_config": {"training": {"batch_size": 64, "lr": 0.005}},
         "torch_threads": 1,  # a tiny model: one thread is as fast, and does not stall on a busy machine
@@ -193,7 +193,8 @@ def _utc(date: str) -> dt.datetime:
 
 def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
     """Where the model and the scores are, the per-day table, and the demo model's accuracy."""
-    from ctmwa_batch import demo_data, job, orchestrate, registry
+    from ctmwa_batch import job, orchestrate, registry
+    from fixtures import posts as demo_posts
     from ctmwa_batch.bundle import load_bundle
     from ctmwa_batch.partitions import output_dir, read_success
 
@@ -212,9 +213,9 @@ def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str
         path = output_dir(str(lake / "scores"), str(version), f"dt={date}")
         summaries.append(orchestrate.summarize(job.summary(read_success(path), path), date=date, skipped=False))
     story.say(f"\nScores: {lake / 'scores'}/model_version={version}/dt=YYYY-MM-DD/part-*.parquet (+ _SUCCESS.json)")
-    story.say(orchestrate.format_report(summaries, labels=list(demo_data.LABELS)))
+    story.say(orchestrate.format_report(summaries, labels=list(demo_posts.LABELS)))
     story.say("\nThe demo model against the generated labels (rows with a label and a score):")
-    story.say(demo_data.format_accuracy(demo_data.evaluate(lake, lake / "scores", str(version), dates)))
+    story.say(demo_posts.format_accuracy(demo_posts.evaluate(lake, lake / "scores", str(version), dates)))
     story.say(f"\nRead them with pyarrow:  pyarrow.dataset.dataset('{lake / 'scores'}/model_version={version}', partitioning='hive').to_table()")
     story.say(f"Airflow home: {out / 'airflow'} (airflow.db, demo.log); `AIRFLOW_HOME={out / 'airflow'} airflow dags list-runs ctmwa_score_daily`")
 

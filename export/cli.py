@@ -1,4 +1,4 @@
-"""`ctmwa-export`: PyTorch -> ONNX exports with parity validation (encoders, head). Subcommands live beside their modules."""
+"""Export CTMWA to ONNX model bundles, each graph validated against PyTorch (see the README for the whole story)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from ctmwa_batch.cli import run_subcommands
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
-    "encoders": "export.encoders",
-    "head": "export.head",
+    "encoders": "export.cli_encoders",
+    "head": "export.cli_head",
 }
 
 

@@ -1,28 +1,19 @@
-"""Export CLIP's image and text encoders to ONNX as an encoders-only model bundle.
-
-`ctmwa-export encoders --from HF_ID_OR_DIR --out DIR` loads a transformers CLIP model, its tokenizer and its
-image processor, exports
+"""CLIP's image and text encoders as ONNX graphs: the torch modules, their export specs, the preprocessing parity check.
 
     image_encoder.onnx  pixels uint8 (N, S, S, 3) -> image_emb float32 (N, D): cast, /255, mean/std and
                         NHWC -> NCHW inside the graph, projected and L2-normalised
     text_encoder.onnx   input_ids, attention_mask int64 (N, L) -> text_emb float32 (N, D): EOS pooling (as the
                         source config says), projected and L2-normalised
 
-validates each against PyTorch (export.spec), derives and validates the precision variants asked for
-(`--precision`, repeatable; default fp32 + int8: export.precision), writes tokenizer.json and the manifest, then proves that the
-runtime's own preprocessing (ctmwa_batch.preprocess) plus the graphs reproduce what transformers gives with
-CLIPImageProcessorPil and the transformers tokenizer. Only a bundle that passes every check reaches DIR.
+Each is validated against PyTorch (export.spec); `check_preprocessing_parity` proves that the runtime's own
+preprocessing (ctmwa_batch.preprocess) plus the graphs reproduce what transformers gives with CLIPImageProcessorPil
+and the transformers tokenizer. export.assemble writes them as an encoders-only bundle (`ctmwa-export encoders`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import io
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +23,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ctmwa_batch import bundle as bundle_layout
 from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle
-from ctmwa_batch.errors import BundleError, CtmwaError, ExportValidationError
+from ctmwa_batch.errors import CtmwaError, ExportValidationError
 from ctmwa_batch.preprocess import INTERPOLATIONS, ImageSpec, TextSpec, TextTokenizer, decode_images
 from ctmwa_batch.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
-from export import precision as variants
-from export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
+from export.precision import DEFAULT_PRECISIONS, check_precisions
+from export.spec import DEFAULT_OPSET, ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +54,10 @@ class EncoderExportConfig:
     dynamo: bool = True  # torch.onnx's dynamo exporter; False = the TorchScript exporter
     jpeg_draft: bool = True  # recorded in the manifest: decode big JPEGs at reduced scale (faster, tiny pixel change)
     overwrite: bool = False  # replace an existing bundle folder
-    precisions: tuple[str, ...] = variants.DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16)
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16: export.precision)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "precisions", variants.check_precisions(tuple(self.precisions)))
+        object.__setattr__(self, "precisions", check_precisions(tuple(self.precisions)))
 
 
 class ImageEncoder(torch.nn.Module):
@@ -117,7 +107,7 @@ def load_clip(source: str, revision: str | None = None) -> tuple[Any, Any, Any]:
     except (OSError, ValueError, KeyError) as e:
         raise ModelSourceError(
             f"cannot load a CLIP model, tokenizer and image processor from {where}: {e}; pass --from a hub id "
-            "(network or HF cache needed) or a folder written by save_pretrained (e.g. export.tiny.build_tiny_clip)"
+            "(network or HF cache needed) or a folder written by save_pretrained (e.g. fixtures.clip.build_tiny_clip)"
         ) from e
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise ModelSourceError(f"the tokenizer of {where} has no tokenizers backend (tokenizer.json); the runtime needs one")
@@ -163,7 +153,7 @@ def text_spec_from_tokenizer(tokenizer: Any, model: Any, max_length: int | None 
     return TextSpec(max_length=int(length), pad_id=int(pad), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id)
 
 
-def _legacy_pooling(model: Any) -> bool:
+def legacy_pooling(model: Any) -> bool:
     # transformers pools argmax(input_ids) when the config's eos_token_id is 2 (openai's original configs), else the
     # first position of eos_token_id.
     return model.config.text_config.eos_token_id == 2
@@ -317,7 +307,7 @@ def check_preprocessing_parity(bundle: Bundle, model: Any, tokenizer: Any, proce
 # --------------------------------------------------------------------------------------------------- export
 
 
-def _write_tokenizer(tokenizer: Any, path: Path) -> None:
+def write_tokenizer(tokenizer: Any, path: Path) -> None:
     """tokenizer.json as the `tokenizers` library reads it, without the padding/truncation state transformers left."""
     from tokenizers import Tokenizer
 
@@ -325,134 +315,3 @@ def _write_tokenizer(tokenizer: Any, path: Path) -> None:
     tok.no_padding()
     tok.no_truncation()
     tok.save(str(path))
-
-
-def _signature(report: ValidationReport) -> dict:
-    import onnx
-
-    model = onnx.load(str(report.path), load_external_data=False)
-
-    def describe(values: Any) -> dict:
-        out = {}
-        for v in values:
-            t = v.type.tensor_type
-            out[v.name] = {
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
-            }
-        return out
-
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output), "max_abs_diff": report.max_abs_diff}
-
-
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise BundleError(f"bundle folder {str(out_dir)!r} exists and is not empty; choose another --out or pass --overwrite")
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished bundle into place; an old bundle there is replaced only after the new one is complete."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def export_encoders(config: EncoderExportConfig) -> Bundle:
-    """Export, validate and parity-check both encoders; write the encoders-only bundle to config.out_dir."""
-    out_dir = Path(config.out_dir)
-    _prepare_out_dir(out_dir, config.overwrite)
-    model, tokenizer, processor = load_clip(config.source, config.revision)
-    image = image_spec_from_processor(processor, jpeg_draft=config.jpeg_draft)
-    text = text_spec_from_tokenizer(tokenizer, model, config.max_text_length)
-    dim = int(model.config.projection_dim)
-    legacy = _legacy_pooling(model)
-    common = {"atol": config.atol, "opset": config.opset, "extra_batch_sizes": config.extra_batch_sizes, "dynamo": config.dynamo}
-    specs = {
-        "image_encoder": image_encoder_spec(image, dim, **common),
-        "text_encoder": text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common),
-    }
-    specs = {graph: dataclasses.replace(spec, min_cosine=variants.TOLERANCES[variants.FP32].min_cosine) for graph, spec in specs.items()}
-    modules = {"image_encoder": ImageEncoder(model, image.mean, image.std), "text_encoder": TextEncoder(model)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is read by other users (workers)
-    try:
-        names = {"image_encoder": IMAGE_ENCODER, "text_encoder": TEXT_ENCODER}
-        by_graph = {graph: export_and_validate(specs[graph], modules[graph], staging / names[graph]) for graph in names}
-        reports = {names[graph]: report for graph, report in by_graph.items()}
-        variant_entries = variants.write_variants(config.precisions, specs, modules, staging, by_graph)
-        _write_tokenizer(tokenizer, staging / TOKENIZER)
-        import transformers
-
-        bundle = bundle_layout.write_manifest(
-            staging,
-            image=image,
-            text=text,
-            dims={TEXT_EMB: dim, IMAGE_EMB: dim},
-            encoder={
-                "source": config.source,
-                "revision": config.revision,
-                "architecture": type(model).__name__,
-                "text_pooling": "argmax(input_ids)" if legacy else f"first eos_token_id ({model.config.text_config.eos_token_id})",
-                "exporter": "torch.onnx dynamo" if config.dynamo else "torch.onnx torchscript",
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-            },
-            opset=config.opset,
-            graphs={name: _signature(report) for name, report in reports.items()},
-            variants=variant_entries,
-        )
-        check_preprocessing_parity(bundle, model, tokenizer, processor, config.atol)
-        _publish(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    bundle = bundle_layout.load_bundle(out_dir)
-    logger.info("encoders bundle %s written to %s", bundle.model_version, out_dir)
-    return bundle
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ctmwa-export encoders` arguments."""
-    d = EncoderExportConfig()
-    parser.add_argument("--from", dest="source", default=d.source, help=f"hub id or local folder of a CLIP model (default {d.source})")
-    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    parser.add_argument("--revision", default=None, help="hub revision (branch, tag, commit)")
-    parser.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset (default {d.opset})")
-    parser.add_argument("--atol", type=float, default=d.atol, help=f"validation tolerance (default {d.atol:g})")
-    parser.add_argument("--max-text-length", type=int, default=None, help="tokens per text (default: the model's limit)")
-    parser.add_argument("--extra-batch-sizes", type=int, nargs="*", default=[], help="batch sizes to validate besides 1 3 7")
-    parser.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
-    parser.add_argument("--no-jpeg-draft", action="store_true", help="decode JPEGs at full size (slower, bit-exact with transformers)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-    parser.add_argument(
-        "--precision", action="append", choices=bundle_layout.PRECISIONS, default=None, metavar="P",
-        help=f"encoder variant to write, repeatable: {' | '.join(bundle_layout.PRECISIONS)} (default {' + '.join(d.precisions)}; "
-        "fp32 is always written: int8 serves CPU workers, fp16 GPU workers)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Build the config from the arguments and export."""
-    config = EncoderExportConfig(
-        source=args.source,
-        out_dir=args.out,
-        revision=args.revision,
-        opset=args.opset,
-        atol=args.atol,
-        max_text_length=args.max_text_length,
-        extra_batch_sizes=tuple(args.extra_batch_sizes),
-        dynamo=not args.torchscript,
-        jpeg_draft=not args.no_jpeg_draft,
-        overwrite=args.overwrite,
-        precisions=tuple(dict.fromkeys([bundle_layout.FP32, *(args.precision or EncoderExportConfig.precisions)])),
-    )
-    bundle = export_encoders(config)
-    logger.info("done: %s (model_version %s)", bundle.root, bundle.model_version)
-    return 0

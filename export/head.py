@@ -1,15 +1,11 @@
-"""Export the CTMWA head (translators included) to ONNX and assemble the full model bundle.
-
-`ctmwa-export head --checkpoint DIR --encoders DIR --out BUNDLE [--fp16] [--calibrate --features F] [--end-to-end]` reads a
-checkpoint written by `ctmwa-train`, exports
+"""The CTMWA head graph and its export spec: translators folded, missing modalities as in training.
 
     head.onnx   text_emb float32 (N, Dt), image_emb float32 (N, Dv), has_text bool (N), has_image bool (N)
                 -> logits, probs, text_probs, image_probs float32 (N, C), text_weight, image_weight float32 (N)
 
-with the missing-modality semantics of `training.model.CTMWA.forward` (DESIGN.md section 4), validates it against
-the PyTorch model at batch sizes 1, 3, 7 and 1000 under every mask combination, and writes BUNDLE: a copy of the
-encoders bundle plus head.onnx, with labels, class count, calibration and training metrics in the manifest. A
-failed validation writes nothing.
+with the missing-modality semantics of `training.model.CTMWA.forward` (DESIGN.md section 4), validated against the
+PyTorch model at batch sizes 1, 3, 7 and 1000 under every mask combination. export.assemble joins it to the encoders
+as a full bundle (`ctmwa-export head`).
 
 In eval mode each translator is o(v(relu(W_c x + b))) (softmax over one key is 1, no dropout); the graph holds
 that folded form, with o∘v merged into one affine map, so no attention is computed at scoring time.
@@ -17,29 +13,18 @@ that folded form, with o∘v merged into one affine map, so no attention is comp
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
-import datetime as dt
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctmwa_batch import bundle as bundle_layout
 from ctmwa_batch.bundle import (  # the head graph's signature lives with the bundle layout
-    END_TO_END,
-    HEAD,
     HEAD_INPUTS,
     HEAD_OUTPUTS,
     IMAGE_PROBS,
@@ -49,15 +34,12 @@ from ctmwa_batch.bundle import (  # the head graph's signature lives with the bu
     TEXT_PROBS,
     TEXT_WEIGHT,
 )
-from ctmwa_batch.errors import BundleError, CtmwaError
+from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.schema import HAS_IMAGE, HAS_TEXT, IMAGE_EMB, TEXT_EMB
-from export.encoders import _prepare_out_dir, _publish, _signature
 from export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
-from training.model import CTMWA, Translator, TranslatorEvalPieces, load_checkpoint
+from training.model import CTMWA, Translator, TranslatorEvalPieces
 
 logger = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"  # written by ctmwa-train beside the checkpoint
 
 # Validation cases: (has_text, has_image) for every row, or a random mix per row.
 MASK_CASES = {
@@ -226,7 +208,8 @@ def head_spec(
     )
 
 
-def _tolerances(model: CTMWA, config: HeadExportConfig) -> dict[str, float]:
+def tolerances(model: CTMWA, config: HeadExportConfig) -> dict[str, float]:
+    """Per-output tolerance the head graph of `model` is validated with (recorded in the manifest)."""
     c = model.config
     spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config)
     return {name: spec.tolerance(name) for name in spec.output_names}
@@ -240,151 +223,3 @@ def export_head_graph(
     c = model.config
     spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config)
     return export_and_validate(spec, exported, out_path, reference=reference)
-
-
-# --------------------------------------------------------------------------------------------------- bundle
-
-
-def _labels(extra: dict[str, Any], config: HeadExportConfig, num_classes: int, checkpoint: Path) -> list[str]:
-    labels = list(config.labels) if config.labels is not None else extra.get("labels")
-    if labels is None:
-        raise CtmwaError(f"checkpoint {checkpoint} names no labels (config.json has no 'labels'); pass --labels a,b,c ({num_classes} names)")
-    if len(labels) != num_classes or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
-        raise CtmwaError(f"labels {labels} do not name the model's {num_classes} classes once each; pass --labels with {num_classes} distinct names")
-    return [str(x) for x in labels]
-
-
-def _training_metrics(checkpoint: Path) -> dict[str, Any]:
-    path = checkpoint / METRICS_FILE
-    if not path.is_file():
-        logger.warning("%s has no %s; the manifest's training_metrics stay empty", checkpoint, METRICS_FILE)
-        return {}
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CtmwaError(f"cannot read {path}: {e}; re-run ctmwa-train or delete the file") from e
-    # The per-epoch history is for plots, not for the bundle; the summary stays.
-    return {k: v for k, v in metrics.items() if k != "history"} if isinstance(metrics, dict) else {}
-
-
-def _check_dims(encoders: bundle_layout.Bundle, model: CTMWA) -> None:
-    dims, c = encoders.dims, model.config
-    for key, want in ((TEXT_EMB, c.text_dim), (IMAGE_EMB, c.image_dim)):
-        if dims.get(key) != want:
-            raise BundleError(
-                f"the encoders in {str(encoders.root)!r} give {key} of width {dims.get(key)}, the checkpoint's model takes {want}; "
-                "export the head with a checkpoint trained on features from these encoders (ctmwa-batch embed with this bundle)"
-            )
-
-
-def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: str | Path, config: HeadExportConfig = HeadExportConfig()) -> Path:
-    """Export the checkpoint's head, validate it, and write encoders + head as a full bundle at out_dir; returns out_dir."""
-    checkpoint, out_dir = Path(checkpoint_dir), Path(out_dir)
-    _prepare_out_dir(out_dir, config.overwrite)
-    encoders = bundle_layout.load_bundle(encoders_dir)
-    encoders.require(*bundle_layout.ENCODER_FILES)
-    if encoders.has_head:
-        raise BundleError(f"{str(encoders.root)!r} already has a head; pass an encoders-only bundle to --encoders")
-    model, model_config, extra = load_checkpoint(checkpoint)
-    _check_dims(encoders, model)
-    labels = _labels(extra, config, model_config.num_classes, checkpoint)
-
-    calibration: dict[str, Any] = {"method": "none", "temperature": 1.0}
-    if config.calibrate:
-        from export.calibrate import calibrate_on_features
-
-        calibration = calibrate_on_features(model, config.features, labels)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
-    try:
-        bundle_dir = staging / "bundle"
-        # The head is exported and validated before anything is copied: a failure leaves no bundle anywhere.
-        report = export_head_graph(model, staging / HEAD, config, temperature=calibration["temperature"])
-        files, graphs = {HEAD: staging / HEAD}, {HEAD: _signature(report)}
-        if config.end_to_end:
-            from export.end_to_end import write_end_to_end
-
-            e2e = write_end_to_end(encoders, staging / HEAD, staging / END_TO_END, model_config.num_classes)
-            files[END_TO_END], graphs[END_TO_END] = e2e.path, _signature(e2e)
-        shutil.copytree(encoders.root, bundle_dir)
-        os.chmod(bundle_dir, 0o755)
-        from export.precision import agreement_updates  # each encoder variant: the head's argmax agreement on it
-
-        variant_updates = agreement_updates(encoders, model)
-        head_info = {
-            "checkpoint": str(checkpoint),
-            "model_config": dataclasses.asdict(model_config),
-            "translators": "folded: o(v(relu(W_c x + b))), o∘v merged" if config.fold_translators else "attention (unfolded)",
-            "precision": "fp16" if config.fp16 else "fp32",
-            "opset": config.opset,
-            "validated_batch_sizes": list(report.batch_sizes),
-            "validated_mask_cases": list(MASK_CASES),
-            "tolerance": _tolerances(model, config),
-            "near_tie_rows": f"{report.ambiguous_rows} of {report.rows} validated rows: top-two logits closer than twice the graph's error; weights not compared there",
-            "weights_from": "one_hot(argmax logits)",
-            "missing_text": "img2txt(image_emb)",
-            "missing_image": "txt2img(text_encoder(text_emb)), or of img2txt(image_emb) where the text is missing too",
-            "best_epoch": extra.get("best_epoch"),
-            "trained_at": extra.get("created_at"),
-        }
-        bundle_layout.add_files(
-            bundle_dir,
-            files,
-            updates={
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "labels": labels,
-                "dims": {"classes": model_config.num_classes},
-                "graphs": graphs,
-                "head": head_info,
-                "calibration": calibration,
-                "training_metrics": _training_metrics(checkpoint),
-                **({bundle_layout.VARIANTS: variant_updates} if variant_updates else {}),
-            },
-        )
-        _publish(bundle_dir, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    bundle = bundle_layout.load_bundle(out_dir)
-    logger.info("full bundle %s written to %s (labels %s, %s)", bundle.model_version, out_dir, labels, head_info["precision"])
-    return out_dir
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`ctmwa-export head` arguments."""
-    d = HeadExportConfig()
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder written by ctmwa-train")
-    parser.add_argument("--encoders", required=True, type=Path, help="encoders-only bundle written by ctmwa-export encoders")
-    parser.add_argument("--out", required=True, type=Path, help="full bundle folder to write")
-    parser.add_argument("--fp16", action="store_true", help="compute in float16 inside the graph (inputs/outputs stay float32)")
-    parser.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the valid split of --features")
-    parser.add_argument("--features", type=Path, help="features Parquet for --calibrate")
-    parser.add_argument("--labels", help="comma-separated class names (default: the checkpoint's)")
-    parser.add_argument("--end-to-end", action="store_true", help="also write end_to_end.onnx: encoders + head in one graph")
-    parser.add_argument("--no-fold", action="store_true", help="keep the translators' attention in the graph (for comparisons)")
-    parser.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset (default {d.opset})")
-    parser.add_argument("--atol", type=float, default=d.atol, help=f"fp32 validation tolerance (default {d.atol:g})")
-    parser.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Build the config from the arguments and export."""
-    config = HeadExportConfig(
-        fp16=args.fp16,
-        calibrate=args.calibrate,
-        features=args.features,
-        labels=tuple(s.strip() for s in args.labels.split(",")) if args.labels else None,
-        fold_translators=not args.no_fold,
-        opset=args.opset,
-        atol=args.atol,
-        dynamo=not args.torchscript,
-        end_to_end=args.end_to_end,
-        overwrite=args.overwrite,
-    )
-    out = export_head(args.checkpoint, args.encoders, args.out, config)
-    logger.info("done: %s (model_version %s)", out, bundle_layout.load_bundle(out).model_version)
-    return 0

@@ -2,9 +2,9 @@
 ctmwa_export_model DAG calls them one task each, and `release(...)` runs them in a row without Airflow.
 
     prepare          check the inputs, make a work folder under {models_root}/.staging/
-    export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json (export.encoders, parity-checked)
+    export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json (export.assemble, parity-checked)
     features         labelled posts -> features Parquet, embedded with *those* encoders (the scoring path: no skew)
-    train            ctmwa-train on the features (or reuse a given checkpoint)
+    train            training.train on the features (or reuse a given checkpoint)
     export_head      ctmwa-export head: head.onnx joins the encoders, validated against PyTorch -> complete bundle
     validate         checksums, completeness, and a smoke score of generated posts (bad rows included) by the runtime
     publish          {models_root}/{model_version}/ and the CURRENT pointer, both moved atomically (ctmwa_batch.registry)
@@ -117,7 +117,8 @@ def export_encoders(release: Mapping[str, Any]) -> str:
         shutil.rmtree(out)
     if config.encoders:
         return str(encoders_only(config.encoders, out).root)
-    from export.encoders import EncoderExportConfig, export_encoders as export
+    from export.assemble import export_encoders as export
+    from export.encoders import EncoderExportConfig
 
     bundle = export(EncoderExportConfig(source=config.clip_source, revision=config.clip_revision, out_dir=out, overwrite=True))
     return str(bundle.root)
@@ -127,30 +128,8 @@ def encoders_only(bundle_dir: str | Path, out_dir: str | Path):
     """An encoders-only bundle at out_dir with the encoders, tokenizer and preprocessing of a bundle (verified first).
     Its model version equals that of the encoders bundle the source was made from."""
     from ctmwa_batch import bundle as layout
-    from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
 
-    source = layout.load_bundle(bundle_dir)
-    source.require(*layout.ENCODER_FILES)
-    out = Path(out_dir)
-    out.mkdir(parents=True)
-    for name in source.encoder_side_files:
-        shutil.copyfile(source.path(name), out / name)
-    manifest = source.manifest
-    # the variants as the encoders bundle listed them (the head's agreement figures belong to the head's bundle)
-    variants = {
-        p: {"validation": {g: f for g, f in (source.variant(p).get("validation") or {}).items() if g != "head"}}
-        for p in source.precisions
-    } if manifest.get(layout.VARIANTS) else None
-    encoders = layout.write_manifest(
-        out,
-        image=source.image_spec,
-        text=source.text_spec,
-        dims={TEXT_EMB: source.dims[TEXT_EMB], IMAGE_EMB: source.dims[IMAGE_EMB]},
-        encoder=manifest.get("encoder") or {},
-        opset=manifest.get("opset"),
-        graphs={k: v for k, v in (manifest.get("graphs") or {}).items() if k in layout.ENCODER_FILES},
-        variants=variants,
-    )
+    encoders = layout.write_encoders_only(layout.load_bundle(bundle_dir), out_dir)
     logger.info("reusing the encoders of %s (encoders version %s)", bundle_dir, encoders.model_version)
     return encoders
 
@@ -185,8 +164,9 @@ def features(release: Mapping[str, Any], encoders_dir: str) -> str | None:
 
 
 def train(release: Mapping[str, Any], features_path: str | None) -> str:
-    """ctmwa-train on the features into the work folder; or the given checkpoint when the release does not train."""
-    from training import cli
+    """Train on the features into the work folder (`training.train`); or the given checkpoint when the release does not train."""
+    import training
+    from training.meta import TrainConfig
 
     config = _config(release)
     if not config.trains:
@@ -194,41 +174,29 @@ def train(release: Mapping[str, Any], features_path: str | None) -> str:
     out = Path(release["work_dir"]) / "checkpoint"
     if out.exists():
         shutil.rmtree(out)  # a failed try's partial checkpoint
-    argv = ["--features", str(features_path), "--out", str(out)]
-    if config.labels:
-        argv += ["--labels", config.labels]
-    if config.train_config:
-        argv += ["--config", json.dumps(config.train_config)]
+    unknown = sorted(set(config.train_config) - {"model", "training"})
+    if unknown:
+        raise ReleaseError(f"train_config has keys {unknown}; expected 'model' and/or 'training' sections")
+    values = dict(config.train_config.get("training", {}))
     if config.epochs is not None:
-        argv += ["--epochs", str(config.epochs)]
+        values["epochs"] = config.epochs
     if config.seed is not None:
-        argv += ["--seed", str(config.seed)]
-    logger.info("ctmwa-train %s", " ".join(argv))
-    status = _with_torch_threads(config.torch_threads, cli.main, argv)
-    if status != 0:
-        raise ReleaseError(f"ctmwa-train exited with status {status} (its error is in the log above)")
-    metrics = json.loads((out / cli.METRICS_FILE).read_text())
+        values["seed"] = config.seed
+    train_config = TrainConfig.from_dict(values, where="train_config.training")
+    labels = [s.strip() for s in config.labels.split(",")] if config.labels else None
+    logger.info("training on %s into %s (%s)", features_path, out, train_config)
+    metrics = training.train(
+        features_path, out, train_config, model=config.train_config.get("model"), labels=labels, threads=config.torch_threads
+    )
     logger.info("trained: best epoch %s, test accuracy %s, weighted F1 %s", metrics.get("best_epoch"), metrics.get("test_accuracy"), metrics.get("test_f1_weighted"))
     return str(out)
-
-
-def _with_torch_threads(threads: int | None, fn: Any, *args: Any) -> Any:
-    if threads is None:
-        return fn(*args)
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def export_head(release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: str, features_path: str | None = None) -> str:
     """The checkpoint's head -> head.onnx beside a copy of the encoders: the complete bundle (parity-validated);
     with `calibrate`, a temperature fitted on the features' valid split goes into the graph."""
-    from export.head import HeadExportConfig, export_head as export
+    from export.assemble import export_head as export
+    from export.head import HeadExportConfig
 
     config = _config(release)
     out = Path(release["work_dir"]) / "bundle"
@@ -244,14 +212,15 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     scorer: every input row must come back once, bad rows with a status, good rows with one of the bundle's labels."""
     import pyarrow.parquet as pq
 
-    from ctmwa_batch import demo_data, job
+    from ctmwa_batch import job
     from ctmwa_batch.bundle import ENCODER_FILES, HEAD, load_bundle
+    from export import smoke
 
     smoke_rows = _config(release).smoke_rows
     bundle = load_bundle(bundle_dir)
     bundle.require(*ENCODER_FILES, HEAD)
     with tempfile.TemporaryDirectory(prefix="ctmwa-validate-") as tmp:
-        lake = demo_data.write_partition(tmp, "2000-01-01", rows=smoke_rows, row_group_size=max(1, smoke_rows // 2))
+        lake = smoke.write_sample(Path(tmp) / "posts" / "dt=2000-01-01", rows=smoke_rows)
         scored = job.score_partition(lake["posts"], f"{tmp}/scores", bundle_dir, {"device": "auto"})
         scores = pq.read_table(scored["output_dir"]).to_pylist()
     problems = []
@@ -273,7 +242,7 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
         "labels": bundle.labels,
         "files": sorted(bundle.files),
         "smoke": {"rows": len(scores), "by_status": statuses},
-        "training_metrics": {k: v for k, v in (bundle.manifest.get("training_metrics") or {}).items() if not isinstance(v, (list, dict))},
+        "training_metrics": {k: v for k, v in bundle.training_metrics.items() if not isinstance(v, (list, dict))},
     }
     logger.info("bundle %s is valid: %s", bundle.model_version, json.dumps(result["smoke"]))
     return result

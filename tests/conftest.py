@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random transformers CLIP (+ WordLevel tokenizer, CLIPImageProcessorPil config) saved to a folder."""
-    from export.tiny import build_tiny_clip
+    from fixtures.clip import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "clip", seed=0)
 
@@ -23,7 +23,8 @@ def encoder_bundle(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """An encoders-only model bundle (image_encoder.onnx, text_encoder.onnx, tokenizer.json, manifest.json) of the
     tiny CLIP, exported and validated the real way, with every precision variant (fp32, fp16, int8: *.int8.onnx,
     *.fp16.onnx). Read-only: copy it (shutil.copytree) before changing it."""
-    from export.encoders import EncoderExportConfig, export_encoders
+    from export.assemble import export_encoders
+    from export.encoders import EncoderExportConfig
 
     out = tmp_path_factory.mktemp("bundles") / "tiny_encoders"
     export_encoders(EncoderExportConfig(source=str(tiny_clip_dir), out_dir=out, precisions=ALL_PRECISIONS))
@@ -41,7 +42,7 @@ TINY_CLASSES = 3
 @pytest.fixture(scope="session")
 def tiny_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic features Parquet (600 posts, 3 classes, 16-d), the width of the tiny CLIP's embeddings."""
-    from training.synthetic import write_synthetic_features
+    from fixtures.features import write_synthetic_features
 
     return write_synthetic_features(tmp_path_factory.mktemp("features") / "features.parquet", n=600, num_classes=TINY_CLASSES, dim=TINY_DIM, seed=0)
 
@@ -63,6 +64,6 @@ def full_bundle(tiny_checkpoint: Path, encoder_bundle: Path, tmp_path_factory: p
     """A complete, scoring-ready bundle: encoder_bundle's encoders + tokenizer and the tiny CTMWA's head.onnx (fp32,
     folded translators, labels positive/neutral/negative, uncalibrated), validated the real way. Read-only: copy it
     (shutil.copytree) before changing it."""
-    from export.head import export_head
+    from export.assemble import export_head
 
     return export_head(tiny_checkpoint, encoder_bundle, tmp_path_factory.mktemp("bundles") / "tiny_full")

@@ -1,4 +1,4 @@
-"""Real image bytes for tests: good photos and every kind of bad input a post can carry."""
+"""Real image bytes for tests: good photos (fixtures.images) and every kind of bad input a post can carry."""
 
 from __future__ import annotations
 
@@ -9,24 +9,13 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from fixtures.images import encode, photo_array, photo_jpeg
 
-def photo_array(w: int, h: int, seed: int = 0) -> np.ndarray:
-    """A smooth, photo-like RGB uint8 (h, w, 3) array (gradients + blocky noise), so JPEG sizes are realistic."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w] / max(w, h)
-    base = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)), np.sin(4 * (x + y))], -1) * 80 + 128
-    blocks = rng.normal(0, 25, (h // 8 + 1, w // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:h, :w]
-    return np.clip(base + blocks + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-
-
-def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
+# encode and photo_array are re-exported: tests use them beside the bad inputs below
 
 
 def jpeg(w: int = 60, h: int = 48, seed: int = 0, quality: int = 90) -> bytes:
-    return encode(Image.fromarray(photo_array(w, h, seed)), "JPEG", quality=quality)
+    return photo_jpeg(w, h, seed, quality=quality)
 
 
 def png(w: int = 60, h: int = 48, seed: int = 0) -> bytes:

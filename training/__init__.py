@@ -1,0 +1,17 @@
+"""CTMWA training: raw datasets to features (`training.prepare`), features to a checkpoint (`training.train`).
+
+`training.train(features, out, config) -> metrics` is the library call behind `ctmwa-train`, the release DAG and the
+training benchmark (training/run.py). It loads torch on first use, so `ctmwa-train prepare` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "train":
+        from training.run import train
+
+        return train
+    raise AttributeError(f"module 'training' has no attribute {name!r}")

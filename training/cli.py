@@ -1,24 +1,18 @@
-"""`ctmwa-train`: train CTMWA on a features Parquet; `ctmwa-train prepare ...` turns raw datasets into one.
+"""Train CTMWA on a features Parquet (`ctmwa-train prepare ...` makes one from a raw dataset).
 
-    ctmwa-train --features F --out DIR [--seed S] [--epochs N] [--mode meta|late_fusion] [--config JSON]
-    ctmwa-train prepare ...   (see `ctmwa-train prepare --help`)
-
-DIR receives model.safetensors and config.json (the checkpoint, see training.model) and metrics.json, written last.
---config is a JSON file or inline JSON: {"model": {CTMWAConfig fields}, "training": {TrainConfig fields}};
-flags override it. text_dim, image_dim and num_classes default to the features file's.
+DIR (--out) receives model.safetensors, config.json and metrics.json (written last). The README's "Training on the real
+datasets" section tells the whole story.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime as dt
 import importlib
 import json
 import logging
-import math
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ctmwa_batch.errors import CtmwaError
@@ -26,18 +20,24 @@ from training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # training.run.METRICS_FILE (repeated here so --help does not load torch)
 PREPARE_MODULE = "training.prepare"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The training command line (the `prepare` subcommand has its own)."""
     parser = argparse.ArgumentParser(
-        prog="ctmwa-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="ctmwa-train",
+        usage="%(prog)s --features F --out DIR [options]\n       %(prog)s prepare DATASET --root R --out F [options]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--features", required=True, type=Path, help="features Parquet (DESIGN.md section 5)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for the checkpoint and metrics.json")
-    parser.add_argument("--config", help="JSON file or inline JSON with 'model' and/or 'training' sections")
+    parser.add_argument(
+        "--config",
+        help='JSON file or inline JSON: {"model": {CTMWAConfig fields}, "training": {TrainConfig fields}}; flags override it',
+    )
     parser.add_argument("--mode", choices=["meta", "late_fusion"], help="training mode (default: meta)")
     parser.add_argument("--seed", type=int, help="random seed (default 1111)")
     parser.add_argument("--epochs", type=int, help="training epochs (default 20)")
@@ -80,19 +80,11 @@ def load_config_json(value: str | None) -> dict[str, Any]:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Read features, train, write the checkpoint and metrics; returns the exit status."""
-    # torch is imported here, not at the top, so `ctmwa-train prepare` and --help stay quick.
-    import torch
-
-    from training.data import read_features
-    from training.fit import fit
+    """Train with the parsed arguments through `training.train`; returns the exit status."""
+    # torch loads here, not at the top, so `ctmwa-train prepare` and --help stay quick.
     from training.meta import TrainConfig
-    from training.model import CTMWAConfig, save_checkpoint
+    from training.run import train as train_run
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads {args.threads} must be at least 1")
-        torch.set_num_threads(args.threads)
     sections = load_config_json(args.config)
     train_values = dict(sections.get("training", {}))
     for key in ("mode", "seed", "epochs"):
@@ -101,55 +93,9 @@ def train(args: argparse.Namespace) -> int:
     if args.no_unimodal_labels:
         train_values["unimodal_labels"] = False
     config = TrainConfig.from_dict(train_values, where="training config")
-    model_values = dict(sections.get("model", {}))
-
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    data = read_features(
-        args.features,
-        labels=labels,
-        unimodal_labels=config.unimodal_labels,
-        text_dim=model_values.get("text_dim"),
-        image_dim=model_values.get("image_dim"),
-        query_fraction=config.query_fraction,
-        seed=config.seed,
-        with_query=config.mode == "meta",
-    )
-    given_classes = model_values.setdefault("num_classes", len(data.labels))
-    if given_classes != len(data.labels):
-        raise ConfigError(
-            f"model num_classes = {given_classes} but the features have {len(data.labels)} classes {data.labels}; "
-            "drop num_classes from --config or pass matching --labels"
-        )
-    model_values.setdefault("text_dim", data.text_dim)
-    model_values.setdefault("image_dim", data.image_dim)
-    model_config = CTMWAConfig.from_dict(model_values, where="model config")
-    logger.info("training CTMWA (%s) on %s: %s", config.mode, args.features, model_config)
-
-    result = fit(data, model_config, config)
-    extra = {
-        "training": dataclasses.asdict(config),
-        "labels": data.labels,
-        "unimodal_labels": data.unimodal_labels,
-        "features": str(args.features),
-        "best_epoch": result.metrics["best_epoch"],
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    save_checkpoint(result.model, model_config, args.out, extra)
-    metrics_path = Path(args.out) / METRICS_FILE
-    metrics_path.write_text(json.dumps(_json_safe(result.metrics), indent=2, allow_nan=False) + "\n")
-    logger.info("wrote %s", metrics_path)
+    train_run(args.features, args.out, config, model=sections.get("model", {}), labels=labels, threads=args.threads)
     return 0
-
-
-def _json_safe(value: Any) -> Any:
-    # NaN (an empty evaluation) is not JSON; write null instead.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -159,29 +105,38 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+def run_command(prog: str, module: ModuleType, argv: list[str]) -> int:
+    """Parse `argv` with `module.add_arguments`, set up logging, run `module.run(args)`; a CtmwaError is one line
+    on stderr and exit status 2 (`ctmwa-train prepare` and `python -m training.prepare` both come through here)."""
+    parser = argparse.ArgumentParser(prog=prog, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(module.run(args))
+    except CtmwaError as e:
+        print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctmwa-train`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "prepare" if argv[:1] == ["prepare"] else "train"
+    if argv[:1] == ["prepare"]:
+        try:
+            prepare = importlib.import_module(PREPARE_MODULE)
+        except ModuleNotFoundError as e:
+            if e.name != PREPARE_MODULE:
+                raise
+            print(f"ctmwa-train prepare: CtmwaError: {PREPARE_MODULE} is not installed in this version; upgrade ctmwa-batch", file=sys.stderr)
+            return 2
+        return run_command("ctmwa-train prepare", prepare, argv[1:])
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
     try:
-        if command == "prepare":
-            try:
-                prepare = importlib.import_module(PREPARE_MODULE)
-            except ModuleNotFoundError as e:
-                if e.name != PREPARE_MODULE:
-                    raise
-                raise CtmwaError(f"{PREPARE_MODULE} is not installed in this version; upgrade ctmwa-batch") from e
-            parser = argparse.ArgumentParser(prog="ctmwa-train prepare", description=prepare.__doc__)
-            prepare.add_arguments(parser)
-            args = parser.parse_args(argv[1:])
-            _setup_logging(getattr(args, "verbose", False))
-            return int(prepare.run(args))
-        args = build_parser().parse_args(argv)
-        _setup_logging(args.verbose)
         return train(args)
     except CtmwaError as e:
-        prog = "ctmwa-train prepare" if command == "prepare" else "ctmwa-train"
-        print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"ctmwa-train: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
 

@@ -3,9 +3,9 @@
 Every problem with the file is a `DatasetError` that names the file, the column, the bad value (and the
 post_id where one row is at fault) and what to do about it; nothing ends in a traceback from pyarrow or torch.
 
-The query set: train rows with `query` true are eligible; a seeded `query_fraction` share of the train split is
-drawn from them (all of them when fewer are marked, so a file that marks exactly its query set keeps it) and
-taken out of the training batches, so the weight nets are judged on posts the backbone does not fit.
+The query set is the train rows with `query` true, as `ctmwa-train prepare` (or whoever wrote the file) marked them:
+training does not draw again. They are taken out of the training batches, so the weight nets are judged on posts
+the backbone does not fit.
 """
 
 from __future__ import annotations
@@ -87,8 +87,6 @@ def read_features(
     unimodal_labels: bool | None = None,
     text_dim: int | None = None,
     image_dim: int | None = None,
-    query_fraction: float = 0.1,
-    seed: int = 1111,
     with_query: bool = True,
 ) -> FeatureSet:
     """Read and validate a features Parquet.
@@ -180,7 +178,7 @@ def read_features(
             )
 
     if with_query:
-        query_rows = _choose_query(path, post_id, is_train & ~empty, query, query_fraction, seed)
+        query_rows = _query_rows(path, is_train & ~empty, query)
     else:
         query_rows = np.zeros(0, dtype=np.int64)
     if unimodal:
@@ -197,7 +195,7 @@ def read_features(
     if not (train_rows & ~empty).any():
         raise DatasetError(
             f"{path}: split 'train' is empty once the {len(query_rows)} query row(s) are taken out; "
-            "lower query_fraction or add training rows"
+            "mark fewer query rows (`ctmwa-train prepare --query-fraction`) or add training rows"
         )
     out = FeatureSet(
         path=path,
@@ -345,18 +343,13 @@ def _presence(table: pa.Table, name: str, emb_name: str, emb_valid: np.ndarray, 
     return flag.astype(bool)
 
 
-def _choose_query(
-    path: Path, post_id: np.ndarray, train: np.ndarray, query: np.ndarray, fraction: float, seed: int
-) -> np.ndarray:
-    """Indices of the query rows: a seeded `fraction` of the train split, drawn from the rows marked `query`."""
-    eligible = np.flatnonzero(train & query)
-    if len(eligible) == 0:
+def _query_rows(path: Path, train: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Indices of the query rows: the train rows marked `query`, as given."""
+    rows = np.flatnonzero(train & query)
+    if len(rows) == 0:
         raise DatasetError(
-            f"{path}: no train row has {schema.QUERY!r} true, so the meta query set is empty; mark about "
-            f"{fraction:.0%} of the train split as query rows (they need t_label and v_label), or train with --mode late_fusion"
+            f"{path}: no train row has {schema.QUERY!r} true, so the meta query set is empty; mark about 10% of the "
+            "train split as query rows (they need t_label and v_label; `ctmwa-train prepare` does), or train with "
+            "--mode late_fusion"
         )
-    want = max(1, int(round(fraction * int(train.sum()))))
-    if len(eligible) <= want:
-        return eligible
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(eligible, size=want, replace=False))
+    return rows

@@ -49,8 +49,7 @@ class TrainConfig:
     clip_grad_norm: float = 2.0  # max gradient norm per backbone module in the outer step
     batch_size: int = 32  # training and query batch size
     epochs: int = 20  # training epochs; the best-validation epoch is kept (the reference keeps none)
-    seed: int = 1111  # seeds init, dropout, shuffling and the query draw
-    query_fraction: float = 0.1  # share of the train split that forms the meta query set
+    seed: int = 1111  # seeds init, dropout and shuffling (the query set is the features file's `query` column)
     lr_decay: bool = False  # linear decay to zero over the second half of the epochs (the reference builds it but never steps it)
     unimodal_labels: bool | None = None  # None: ask the features file; False: the query step uses the multimodal label
 
@@ -65,8 +64,6 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)} must not be negative")
         if self.batch_size < 1 or self.epochs < 1:
             raise ConfigError(f"TrainConfig batch_size = {self.batch_size}, epochs = {self.epochs}: both must be at least 1")
-        if not 0.0 < self.query_fraction < 1.0:
-            raise ConfigError(f"TrainConfig.query_fraction = {self.query_fraction} must be in (0, 1)")
         if self.unimodal_labels not in (None, True, False):
             raise ConfigError(f"TrainConfig.unimodal_labels = {self.unimodal_labels!r} must be true, false or null")
         if len(self.wnet_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.wnet_betas):
@@ -75,6 +72,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict, where: str = "training config") -> TrainConfig:
         """Build from a JSON object; unknown keys are an error naming them."""
+        if isinstance(data, dict) and "query_fraction" in data:
+            raise ConfigError(
+                f"{where}: TrainConfig.query_fraction = {data['query_fraction']!r} is not a training setting: training "
+                "uses the query set marked in the features file's `query` column; size it with "
+                "`ctmwa-train prepare --query-fraction`"
+            )
         return config_from_dict(cls, data, where)
 
 

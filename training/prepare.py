@@ -1,8 +1,7 @@
-"""Turn a raw labelled set into training features: posts Parquet, then the scoring embed path, then features.
+"""Turn a raw labelled dataset into training features through the scoring embed path.
 
-`ctmwa-train prepare mvsa-single --root MVSA_Single --bundle encoders/ --out features.parquet` writes, beside the
-output, `features.posts.parquet` (post_id, text, image bytes, labels, split, query) and `features.summary.json`,
-then embeds the posts with the same ONNX encoders and preprocessing that score posts later (DESIGN.md section 1).
+Writes the posts Parquet (labels, split, query set) and a summary beside --out, then embeds the posts with the
+encoders of --bundle. See the README, "Training on the real datasets".
 """
 
 from __future__ import annotations
@@ -29,10 +28,9 @@ from ctmwa_batch.schema import (
     HAS_TEXT,
     LABEL,
     POST_ID,
-    QUERY,
-    SPLIT,
     SPLITS,
     T_LABEL,
+    TRAINING_POSTS_SCHEMA,
     V_LABEL,
 )
 from training.datasets import GenericConfig, ReadOptions, ReadReport, SplitConfig, assign
@@ -45,9 +43,6 @@ logger = logging.getLogger(__name__)
 
 DATASETS = ("mvsa-single", "mvsa-multiple", "tumemo", "generic")
 PROGRESS_EVERY_S = 10.0
-
-# The posts Parquet that prepare writes: the reader's posts table plus the split and the query flag.
-PREPARED_POSTS_FIELDS = [pa.field(SPLIT, pa.string(), nullable=False), pa.field(QUERY, pa.bool_(), nullable=False)]
 
 EmbedFn = Callable[..., object]
 
@@ -142,10 +137,7 @@ def write_posts(config: PrepareConfig, posts_path: Path) -> dict:
         if not ids:
             raise DatasetError(f"{config.root}: no usable posts (read {report.read}, dropped {report.dropped})")
         assignment = assign(ids, labels, query_ok, report.labels, config.split)
-        schema = source.schema
-        for f in PREPARED_POSTS_FIELDS:
-            schema = schema.append(f)
-        schema = schema.with_metadata(source.schema.metadata)
+        schema = TRAINING_POSTS_SCHEMA.with_metadata(source.schema.metadata)
         row = 0
         with pq.ParquetWriter(tmp2, schema) as writer:
             for batch in pq.ParquetFile(tmp1).iter_batches(batch_size=config.read.batch_rows):
@@ -340,11 +332,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoding for bytes that are not UTF-8 ('none': U+FFFD)")
     generic = parser.add_argument_group("generic tables")
     generic.add_argument("--format", choices=FORMATS, help="table format (default: from the extension)")
-    generic.add_argument("--id-column", default=GenericConfig.id_column)
-    generic.add_argument("--text-column", default=GenericConfig.text_column, help="'' for none")
-    generic.add_argument("--image-column", default=GenericConfig.image_column, help="bytes or paths; '' for none")
+    generic.add_argument("--id-column", default=GenericConfig.id_column, help="post id column")
+    generic.add_argument("--text-column", default=GenericConfig.text_column, help="text column; '' for none")
+    generic.add_argument("--image-column", default=GenericConfig.image_column, help="image column, bytes or paths; '' for none")
     generic.add_argument("--image-root", help="folder image paths are relative to (default: the table's folder)")
-    generic.add_argument("--label-column", default=GenericConfig.label_column)
+    generic.add_argument("--label-column", default=GenericConfig.label_column, help="post label column (names or indices)")
     generic.add_argument("--t-label-column", help="text label column (default: t_label if present)")
     generic.add_argument("--v-label-column", help="image label column (default: v_label if present)")
     generic.add_argument("--labels", help="class names in class order, comma-separated (default: inferred, sorted)")
@@ -388,7 +380,7 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `prepare` from parsed arguments; print the summary."""
+    """Run `prepare` from parsed arguments; print the summary (a CtmwaError is the caller's to report)."""
     try:
         config = config_from_args(args)
     except (ValueError, LookupError) as e:
@@ -401,17 +393,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m training.prepare ...` (the same as `ctmwa-train prepare ...`)."""
-    parser = argparse.ArgumentParser(prog="ctmwa-train prepare", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run(args)
-    except CtmwaError as e:
-        print(f"ctmwa-train prepare: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    from training.cli import run_command
+
+    return run_command("ctmwa-train prepare", sys.modules[__name__], sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,20 @@
-"""ctmwa_batch is the runtime a scoring worker installs alone: it must never import torch, transformers or airflow."""
+"""Layering: ctmwa_batch is the runtime a scoring worker installs alone, and no package imports in a cycle.
+
+ctmwa_batch must never import torch, transformers or airflow (checked by importing every module), nor anything of
+training, export or the fixtures (checked on the source, deferred imports included). The import graph of the
+project's packages has no cycle, deferred imports counted: a cycle held off by an import inside a function is
+still a cycle.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("ctmwa_batch", "training", "export", "dags", "fixtures", "demo")
 
 SCRIPT = """
 import importlib, pkgutil, sys
@@ -22,3 +30,75 @@ def test_runtime_package_imports_no_training_stack():
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"ctmwa_batch imported {result.stdout.strip()}"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (anywhere in the file), from the source alone."""
+    files = {_module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from pkg import mod` imports the module pkg.mod when there is one, else names of pkg.
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in files and t != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_is_read_from_the_source():
+    graph = import_graph()
+    assert {"ctmwa_batch.job", "training.run", "export.assemble", "fixtures.posts", "dags.ctmwa_export_model"} <= set(graph)
+    assert "export.head" in graph["export.assemble"] and "export.end_to_end" in graph["export.assemble"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_ctmwa_batch_imports_no_fixture_training_or_export_module():
+    graph = import_graph()
+    bad = {
+        (module, target)
+        for module, targets in graph.items()
+        if module.split(".")[0] == "ctmwa_batch"
+        for target in targets
+        if target.split(".")[0] != "ctmwa_batch"
+    }
+    assert not bad, f"ctmwa_batch imports {sorted(bad)}"
+
+
+def test_no_import_cycle_among_the_project_packages():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)

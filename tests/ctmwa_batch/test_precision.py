@@ -17,7 +17,8 @@ import pytest
 from ctmwa_batch import bundle as B
 from ctmwa_batch.embed import Encoders, embed_posts
 from ctmwa_batch.errors import BundleError
-from ctmwa_batch.job import ScoreConfig, score_partition
+from ctmwa_batch.config import JobConfig, ScoreConfig
+from ctmwa_batch.job import score_partition
 from ctmwa_batch.precision import resolve_precision
 from ctmwa_batch.runtime import RuntimeConfig
 from ctmwa_batch.settings import Settings, SettingsError
@@ -158,7 +159,8 @@ def test_settings_precision():
         Settings.load({"CTMWA_PRECISION": "int4"})
     from ctmwa_batch.orchestrate import score_config
 
-    assert ScoreConfig.from_dict(score_config(Settings.load({"CTMWA_PRECISION": "fp32"}))).precision == "fp32"
+    assert JobConfig.from_dict(score_config(Settings.load({"CTMWA_PRECISION": "fp32"}))).score.precision == "fp32"
+    assert Settings.load({"CTMWA_PRECISION": "int8"}).score_config().precision == "int8"
 
 
 def _events_in_a_fresh_process(graph: Path, device: str) -> list[list[str]]:

@@ -14,7 +14,8 @@ import pytest
 from ctmwa_batch import job
 from ctmwa_batch.cli import main as cli_main
 from ctmwa_batch.errors import BundleError, InputSchemaError, ProviderUnavailable
-from ctmwa_batch.job import Progress, ScoreConfig
+from ctmwa_batch.config import JobConfig, ScoreConfig
+from ctmwa_batch.progress import Progress
 from tests import images
 
 FIXED_TIME = "2026-11-26T03:00:00+00:00"
@@ -45,8 +46,9 @@ def all_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def cpu(**kwargs) -> ScoreConfig:
-    return ScoreConfig(device="cpu", workers=kwargs.pop("workers", 0), intra_op_threads=1, **kwargs)
+def cpu(**kwargs) -> JobConfig:
+    """A CPU job config: ScoreConfig and JobConfig keys together, as the flat dict form takes them."""
+    return JobConfig.from_dict({"device": "cpu", "workers": 0, "intra_op_threads": 1, **kwargs})
 
 
 # --------------------------------------------------------------------------------------------------- fail fast
@@ -117,7 +119,7 @@ def test_score_config_travels_as_json():
 
 
 def test_progress_reports_rate_and_eta(caplog):
-    caplog.set_level("INFO", logger="ctmwa_batch.job")
+    caplog.set_level("INFO", logger="ctmwa_batch.progress")
     progress = Progress(1000, interval_s=0.0)
     progress.t0 -= 2.0  # as if it had run for two seconds
     progress.update(500)

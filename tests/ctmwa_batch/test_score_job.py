@@ -19,7 +19,7 @@ import pytest
 from ctmwa_batch import job, partitions
 from ctmwa_batch.bundle import load_bundle
 from ctmwa_batch.cli import main as cli_main
-from ctmwa_batch.job import ScoreConfig
+from ctmwa_batch.config import JobConfig
 from ctmwa_batch.partitions import PartitionNotReady
 from tests.ctmwa_batch.test_score import FIXED_TIME, all_files, cpu, parts_of, write_posts
 from tests.ctmwa_batch.test_scorer import bad_rows, check_scores
@@ -119,7 +119,7 @@ def test_same_input_gives_identical_parquet_bytes(full_bundle, tmp_path):
 def test_shard_api_equals_score_partition(full_bundle, tmp_path):
     src = posts_folder(tmp_path, n=40, files=2, row_group_size=5)
     config = cpu(batch_size=4, scored_at=FIXED_TIME)
-    whole = job.score_partition(src, tmp_path / "whole", full_bundle, ScoreConfig(**{**config.to_dict(), "max_rows_per_shard": 10}))
+    whole = job.score_partition(src, tmp_path / "whole", full_bundle, JobConfig.from_dict({**config.to_dict(), "max_rows_per_shard": 10}))
     # what the DAG does: small JSON between tasks, shards scored independently (here in reverse), then commit
     plan = json.loads(json.dumps(job.plan(src, tmp_path / "dag", full_bundle, max_rows_per_shard=10)))
     assert plan["skip"] is False and len(plan["shards"]) == 4

@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ctmwa_batch import demo_data, job, registry
+from ctmwa_batch import job, registry
 from ctmwa_batch.partitions import output_dir
+from fixtures import posts as demo_posts
 from tests.dags.conftest import task_states
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ def deployment(tmp_path_factory, models_root: Path) -> dict[str, str]:
     """A lake of two days (40 posts + 10 bad rows each, row groups of 10) and the CTMWA_* environment of the workers."""
     root = tmp_path_factory.mktemp("deploy")
     for day in DAYS:
-        demo_data.write_partition(root / "lake", day, rows=40, row_group_size=10)
+        demo_posts.write_partition(root / "lake", day, rows=40, row_group_size=10)
     return {
         "CTMWA_INPUT_ROOT": str(root / "lake" / "posts"),
         "CTMWA_OUTPUT_ROOT": str(root / "scores"),
@@ -56,7 +57,7 @@ def backfill_lake(tmp_path_factory, models_root: Path) -> dict:
     """Three days of posts, the middle one already committed for the current model (by the scorer, outside Airflow)."""
     root = tmp_path_factory.mktemp("backfill")
     for day in BACKFILL_DAYS:
-        demo_data.write_partition(root / "lake", day, rows=20, row_group_size=10)
+        demo_posts.write_partition(root / "lake", day, rows=20, row_group_size=10)
     posts, scores = root / "lake" / "posts", root / "scores"
     job.score_partition(str(posts / f"dt={BACKFILL_DAYS[1]}"), str(scores), registry.resolve(models_root), {"device": "cpu"})
     committed = Path(output_dir(str(scores), registry.current_version(models_root), f"dt={BACKFILL_DAYS[1]}")) / "_SUCCESS.json"
@@ -68,7 +69,7 @@ def release_inputs(tmp_path_factory, full_bundle: Path) -> dict:
     """A models root with the tiny bundle current, and labelled posts to train the next model on."""
     root = tmp_path_factory.mktemp("release")
     first = registry.publish(full_bundle, root / "models")["model_version"]
-    posts = demo_data.write_training_posts(root / "train.parquet", n=120)
+    posts = demo_posts.write_training_posts(root / "train.parquet", n=120)
     return {"models": root / "models", "first": first, "posts": posts}
 
 
@@ -86,7 +87,7 @@ def runs(run_dags, deployment, backfill_lake, release_inputs, full_bundle) -> di
     export_conf = {
         "encoders": str(full_bundle),  # a new head on the current model's encoders (exporting CLIP is export's tests' job)
         "training_posts": str(release_inputs["posts"]),
-        "labels": ",".join(demo_data.LABELS),
+        "labels": ",".join(demo_posts.LABELS),
         "epochs": 1,
         "calibrate": True,
         "torch_threads": 1,
@@ -179,7 +180,7 @@ def test_export_dag_publishes_a_bundle_and_moves_current(runs, release_inputs):
     assert (models / "CURRENT").read_text() == version + "\n"
     assert registry.resolve(models) == models / version
     assert sorted(registry.list_versions(models)) == sorted([release_inputs["first"], version])
-    assert run["xcom"]["validate"]["smoke"]["rows"] == 50 and run["xcom"]["validate"]["labels"] == list(demo_data.LABELS)
+    assert run["xcom"]["validate"]["smoke"]["rows"] == 50 and run["xcom"]["validate"]["labels"] == list(demo_posts.LABELS)
     manifest = json.loads((models / version / "manifest.json").read_text())
     assert manifest["calibration"]["method"] != "none" and manifest["training_metrics"]["epochs"] == 1
     assert not (models / ".staging").exists() or not any((models / ".staging").iterdir())  # work files cleaned up

@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ctmwa_batch import demo_data, job, orchestrate, registry
+from ctmwa_batch import job, orchestrate, registry
 from ctmwa_batch.settings import SettingsError
+from fixtures import posts as demo_posts
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,13 @@ def test_input_state(tmp_path):
     (part / ".part-0.parquet.tmp").write_text("")
     assert orchestrate.input_state(str(part)) == "no .parquet file in it"
     assert orchestrate.input_state(str(part), "_SUCCESS") is None
-    demo_data.write_partition(tmp_path, "2026-01-06", rows=5)
+    demo_posts.write_partition(tmp_path, "2026-01-06", rows=5)
     assert orchestrate.input_state(str(tmp_path / "posts" / "dt=2026-01-06")) is None
     assert orchestrate.input_state(str(tmp_path / "posts" / "dt=2026-01-06"), "_SUCCESS") == "no _SUCCESS marker yet"
 
 
 def test_daily_path_plan_score_commit_then_noop(tmp_path, models_root):
-    info = demo_data.write_partition(tmp_path / "lake", "2026-01-05", rows=30, row_group_size=10)  # 40 rows, 4 groups
+    info = demo_posts.write_partition(tmp_path / "lake", "2026-01-05", rows=30, row_group_size=10)  # 40 rows, 4 groups
     params = _params(tmp_path, models_root)
     interval = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
     assert orchestrate.input_ready(interval, params)
@@ -101,7 +102,7 @@ def test_missing_input_fails_clearly(tmp_path, models_root):
 
 def test_backfill_plan_skips_committed_and_reports_missing(tmp_path, models_root):
     for day in ("2026-01-01", "2026-01-02", "2026-01-04"):
-        demo_data.write_partition(tmp_path / "lake", day, rows=10)
+        demo_posts.write_partition(tmp_path / "lake", day, rows=10)
     params = _params(tmp_path, models_root, start_date="2026-01-01", end_date="2026-01-04")
     job.score_partition(f"{params['input_root']}/dt=2026-01-02", params["output_root"], registry.resolve(models_root), {"device": "cpu"})
     plan = orchestrate.plan_backfill(params)
@@ -122,7 +123,7 @@ def test_backfill_plan_skips_committed_and_reports_missing(tmp_path, models_root
 def test_backfill_chunks_stay_under_max_map_length(tmp_path, models_root):
     days = [f"2026-01-{d:02d}" for d in range(1, 8)]
     for day in days:
-        demo_data.write_partition(tmp_path / "lake", day, rows=3, bad_rows=False)
+        demo_posts.write_partition(tmp_path / "lake", day, rows=3, bad_rows=False)
     plan = orchestrate.plan_backfill(_params(tmp_path, models_root, start_date=days[0], end_date=days[-1], max_map_length=3))
     chunks = orchestrate.chunks_to_score(plan)
     assert [len(c) for c in chunks] == [3, 3, 1] and [d for c in chunks for d in c] == days
@@ -131,7 +132,7 @@ def test_backfill_chunks_stay_under_max_map_length(tmp_path, models_root):
 
 
 def test_model_version_param_pins_a_published_version(tmp_path, models_root):
-    demo_data.write_partition(tmp_path / "lake", "2026-01-05", rows=5)
+    demo_posts.write_partition(tmp_path / "lake", "2026-01-05", rows=5)
     version = registry.current_version(models_root)
     interval = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
     assert orchestrate.plan_day(interval, _params(tmp_path, models_root, model_version=version))["model_version"] == version

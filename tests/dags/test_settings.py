@@ -82,3 +82,20 @@ def test_override_param_specs_cover_run_time_settings():
     assert specs["batch_size"]["type"] == ["null", "integer"] and specs["batch_size"]["minimum"] == 1
     assert specs["device"]["enum"] == [None, "auto", "cpu", "cuda"]
     assert all("null" in spec["type"] and spec["description"] for spec in specs.values())
+
+
+def test_settings_build_the_job_config_with_one_set_of_defaults():
+    from ctmwa_batch import config, runtime
+    from ctmwa_batch.config import JobConfig, ScoreConfig
+
+    s = Settings.load(environ={"CTMWA_PASSTHROUGH": "lang, user_id", "CTMWA_DEVICE": "cpu", "CTMWA_BATCH_SIZE": "32"})
+    job = s.job_config(overwrite=True)
+    assert job.score == s.score_config() == ScoreConfig(device="cpu", batch_size=32, passthrough=("lang", "user_id"))
+    assert (job.overwrite, job.max_rows_per_shard) == (True, s.max_rows_per_shard)
+    assert JobConfig.from_dict(job.to_dict()) == job  # what travels through XCom
+    # one definition of each default and of the device names; only the deployed device default differs (cuda)
+    d, j = Settings(), JobConfig()
+    assert (d.batch_size, d.max_rows_per_shard, d.id_column, d.text_column, d.image_column) == (
+        j.score.batch_size, j.max_rows_per_shard, j.score.id_column, j.score.text_column, j.score.image_column)
+    assert (d.device, j.score.device) == ("cuda", "auto")
+    assert runtime.DEVICES is config.DEVICES and override_param_specs()["device"]["enum"][1:] == list(config.DEVICES)

@@ -104,7 +104,7 @@ def test_cli_refuses_a_non_empty_destination(tiny_clip_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_legacy_argmax_pooling_with_pad_equal_to_eos(tmp_path):
     """openai/clip-vit-base-patch32's layout: eos_token_id 2 in the config (argmax pooling), EOS = largest id = pad."""
-    from export.tiny import build_tiny_clip
+    from fixtures.clip import build_tiny_clip
 
     source = build_tiny_clip(tmp_path / "legacy_clip", seed=1, legacy_eos=True)
     out = tmp_path / "bundle"

@@ -10,7 +10,8 @@ from ctmwa_batch.errors import ExportValidationError
 from ctmwa_batch.preprocess import TextTokenizer
 from ctmwa_batch.runtime import RuntimeConfig, create_session
 from export import end_to_end as E
-from export.head import HeadExportConfig, export_head
+from export.assemble import export_head
+from export.head import HeadExportConfig
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ctmwa_batch.bundle import HEAD, load_bundle
 from ctmwa_batch.errors import BundleError, ExportValidationError
 from ctmwa_batch.runtime import RuntimeConfig, create_session
+from export.assemble import export_head
 from export import head as H
 from export.cli import main as export_main
 from training.model import CTMWA, CTMWAConfig, load_checkpoint, save_checkpoint
@@ -174,7 +175,7 @@ def test_a_wrong_fold_is_caught_and_writes_no_bundle(tiny_checkpoint, encoder_bu
     monkeypatch.setattr(H.FoldedTranslator, "forward", skewed)
     out = tmp_path / "out" / "bundle"
     with pytest.raises(ExportValidationError) as e:
-        H.export_head(tiny_checkpoint, encoder_bundle, out, H.HeadExportConfig(extra_batch_sizes=()))
+        export_head(tiny_checkpoint, encoder_bundle, out, H.HeadExportConfig(extra_batch_sizes=()))
     assert "'head'" in str(e.value) and "max |onnxruntime - PyTorch|" in str(e.value)
     assert "batch 1, text+image" in str(e.value) or "batch 3, text+image" in str(e.value)
     assert not out.exists() and list(out.parent.iterdir()) == []  # no bundle, no staging left behind
@@ -258,7 +259,7 @@ def test_cli_refuses_an_existing_bundle_and_a_dim_mismatch(tiny_checkpoint, enco
     narrow = CTMWAConfig(text_dim=8, image_dim=8, embed_dim=4)
     save_checkpoint(CTMWA(narrow), narrow, tmp_path / "narrow", {"labels": ["positive", "neutral", "negative"]})
     with pytest.raises(BundleError, match="text_emb of width 16, the checkpoint's model takes 8"):
-        H.export_head(tmp_path / "narrow", encoder_bundle, tmp_path / "out")
+        export_head(tmp_path / "narrow", encoder_bundle, tmp_path / "out")
     assert export_main(["head", "--checkpoint", str(tiny_checkpoint), "--encoders", str(full_bundle), "--out", str(tmp_path / "o2")]) == 2
     assert "already has a head" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists()

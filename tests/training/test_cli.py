@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ctmwa_batch.errors import DatasetError
+from fixtures.features import write_synthetic_features
 from training.cli import main
 from training.data import read_features
 from training.fit import accuracy_f1, evaluate
 from training.model import load_checkpoint
-from training.synthetic import write_synthetic_features
 
 # Tiny widths and a larger step size than the reference: the synthetic set is small and the test must be quick.
 CONFIG = json.dumps({"model": {"embed_dim": 16}, "training": {"lr": 0.02, "inner_lr": 0.05, "wnet_lr": 0.005}})
@@ -57,7 +57,7 @@ def test_checkpoint_holds_the_best_validation_epoch(run, features):
     accuracies = [h["valid_accuracy"] for h in metrics["history"]]
     assert metrics["best_epoch"] == accuracies.index(max(accuracies)) + 1
     model, _, extra = load_checkpoint(run)
-    data = read_features(features, seed=3)
+    data = read_features(features)
     assert evaluate(model, data.valid)["accuracy"] == pytest.approx(metrics["valid_accuracy"])
     assert evaluate(model, data.test)["accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert extra["best_epoch"] == metrics["best_epoch"]
@@ -117,12 +117,3 @@ def test_weighted_f1_matches_the_definition():
     # per class F1: 0 -> 0.8 (support 3), 1 -> 0.5 (2), 2 -> 2/3 (1)
     assert accuracy == pytest.approx(4 / 6)
     assert f1 == pytest.approx((0.8 * 3 + 0.5 * 2 + (2 / 3) * 1) / 6)
-
-
-def test_demo_prints_both_modes(tmp_path, capsys):
-    from training.demo import main as demo_main
-
-    assert demo_main(["--out", str(tmp_path), "--posts", "300", "--dim", "16", "--epochs", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "CTMWA" in out and "late fusion" in out and "test accuracy, every text missing" in out
-    assert (tmp_path / "meta" / "model.safetensors").is_file() and (tmp_path / "late_fusion" / "metrics.json").is_file()

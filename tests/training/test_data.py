@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ctmwa_batch import schema
+from fixtures.features import SyntheticSpec, synthetic_table
 from training.data import read_features
 from training.errors import DatasetError
-from training.synthetic import SyntheticSpec, synthetic_table
 
 DIM = 8
 
@@ -36,7 +36,7 @@ def replace(t: pa.Table, column: str, values, type=None) -> pa.Table:
 
 def test_reads_splits_query_and_missing_modalities(tmp_path):
     t = table(200)
-    fs = read_features(write(tmp_path, t), query_fraction=0.1, seed=3)
+    fs = read_features(write(tmp_path, t))
     split = np.array(t.column("split").to_pylist())
     n_train = int((split == "train").sum())
     assert fs.labels == ["positive", "neutral", "negative"] and fs.unimodal_labels
@@ -57,10 +57,10 @@ def test_reads_splits_query_and_missing_modalities(tmp_path):
     assert has_text.sum() < 200
 
 
-def test_query_rows_marked_in_file_are_kept_when_fewer_than_the_fraction(tmp_path):
+def test_query_rows_are_the_rows_marked_in_the_file(tmp_path):
     t = table(200, query_fraction=0.05)
     marked = set(np.array(t.column("post_id").to_pylist())[np.array(t.column("query").to_pylist())])
-    fs = read_features(write(tmp_path, t), query_fraction=0.1)
+    fs = read_features(write(tmp_path, t))
     assert set(fs.query.post_id) == marked
 
 

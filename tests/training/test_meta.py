@@ -220,7 +220,7 @@ def test_train_config_validation_names_the_value():
     with pytest.raises(ConfigError, match="mode = 'maml'"):
         TrainConfig(mode="maml")
     with pytest.raises(ConfigError, match="query_fraction = 1.5"):
-        TrainConfig(query_fraction=1.5)
+        TrainConfig.from_dict({"query_fraction": 1.5})  # the query set is prepare's decision, not training's
     with pytest.raises(ConfigError, match="lr_decy"):
         TrainConfig.from_dict({"lr_decy": True})
     with pytest.raises(ConfigError, match="epochs = True"):

@@ -7,7 +7,6 @@ batches of the posts table. Nothing is dropped without a count in the `ReadRepor
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -17,14 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
 
 from ctmwa_batch.errors import DatasetError
+from ctmwa_batch.preprocess import image_problem
 from ctmwa_batch.schema import (
     DATASET_KEY,
     DEFAULT_IMAGE_COLUMN,
     DEFAULT_TEXT_COLUMN,
     LABEL,
+    LABELLED_POSTS_SCHEMA,
     LABELS_KEY,
     POST_ID,
     T_LABEL,
@@ -37,17 +37,8 @@ logger = logging.getLogger(__name__)
 TEXT = DEFAULT_TEXT_COLUMN
 IMAGE = DEFAULT_IMAGE_COLUMN
 
-# The posts table every reader returns (training side; the scoring posts contract is in ctmwa_batch.schema).
-POSTS_SCHEMA = pa.schema(
-    [
-        pa.field(POST_ID, pa.string(), nullable=False),
-        pa.field(TEXT, pa.string()),
-        pa.field(IMAGE, pa.binary()),
-        pa.field(LABEL, pa.int64(), nullable=False),
-        pa.field(T_LABEL, pa.int64()),
-        pa.field(V_LABEL, pa.int64()),
-    ]
-)
+# The posts table every reader returns: the labelled posts of ctmwa_batch.schema.
+POSTS_SCHEMA = LABELLED_POSTS_SCHEMA
 
 # Schema metadata keys that carry the class names and whether t_label / v_label exist (DESIGN.md section 5).
 META_LABELS = LABELS_KEY.encode()
@@ -62,10 +53,6 @@ DROP_MISSING_LABEL = "missing_label"  # generic: the label cell is empty
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 MAX_EXAMPLES = 5
-
-# Pillow decodes JPEGs at 1/8 scale when asked for a small draft: a full pass over the stream (truncation shows)
-# at a fraction of the cost of a full-size decode.
-_CHECK_DRAFT_SIZE = (64, 64)
 
 
 @dataclass(frozen=True)
@@ -201,19 +188,64 @@ def _decode_byte(byte: int, fallback: str | None) -> str:
 
 
 def check_image(data: bytes, mode: str = "decode") -> str | None:
-    """None if the image bytes are usable, else a short reason (Pillow's decompression-bomb limit stays on)."""
+    """None if the image bytes are usable, else a short reason: the runtime's own decoder decides (scoring and
+    training agree on what an image is; Pillow's decompression-bomb limit stays on)."""
     if not data:
         return "empty file"
     if mode == "none":
         return None
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if mode == "decode":
-                img.draft("RGB", _CHECK_DRAFT_SIZE)
-                img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {e}"
-    return None
+    return image_problem(data, header_only=mode == "open")
+
+
+@dataclass(frozen=True)
+class IdLine:
+    """One line of an id-keyed text file (label file, split file), checked by `id_lines`."""
+
+    post_id: str  # the first field
+    fields: list[str]  # every field, the id included
+    where: str  # "path:line", for error messages
+
+
+def id_lines(
+    path: Path,
+    *,
+    fields: int,
+    expected: str,
+    is_header: Callable[[list[str]], bool],
+    warn_no_header: bool = True,
+    split: Callable[[str], list[str]] = str.split,
+    id_noun: str = "post id",
+) -> Iterator[IdLine]:
+    """The lines of an id-keyed text file, one loop for every such file (MVSA and TumEmo labels, split files).
+
+    Decodes UTF-8 (bad bytes replaced), skips blank lines, skips the first line when `is_header(fields)` (else
+    logs that it is read as a post, with `warn_no_header`), requires `fields` non-empty-id fields per line (else a
+    DatasetError: "expected {expected}, got LINE"), and rejects a duplicate id naming both lines.
+    """
+    line_of: dict[str, int] = {}
+    with path.open("rb") as f:
+        first = True
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            parts = split(line)
+            if first:
+                first = False
+                if is_header(parts):
+                    continue
+                if warn_no_header:
+                    logger.warning("%s:%d is not a header line; reading it as a post", path, lineno)
+            where = f"{path}:{lineno}"
+            if len(parts) != fields or not parts[0]:
+                raise DatasetError(f"{where}: expected {expected}, got {line!r}; fix or remove that line")
+            post_id = parts[0]
+            if post_id in line_of:
+                raise DatasetError(
+                    f"{where}: duplicate {id_noun} {post_id!r} (first on line {line_of[post_id]}); remove one of the two lines"
+                )
+            line_of[post_id] = lineno
+            yield IdLine(post_id, parts, where)
 
 
 def find_files(folder: Path) -> dict[str, Path]:

@@ -24,6 +24,7 @@ from training.datasets.common import (
     build_posts,
     count_unlabelled,
     find_files,
+    id_lines,
     image_for,
     label_index,
     read_all,
@@ -95,57 +96,40 @@ def _parse_labels(
 ) -> tuple[list[RawPost], set[str]]:
     """RawPosts that survive label cleaning, and every id the label file names."""
     posts: list[RawPost] = []
-    line_of: dict[str, int] = {}
-    with label_path.open("rb") as f:
-        first = True
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.decode("utf-8", errors="replace").strip()
-            if not line:
+    ids: set[str] = set()
+    lines = id_lines(
+        label_path,
+        fields=1 + annotators,
+        expected=f"an ID and {annotators} 'text,image' label pair(s) separated by tabs",
+        is_header=lambda fields: fields[0].lower() == "id",  # ID<TAB>text,image
+    )
+    for line in lines:
+        ids.add(line.post_id)
+        pairs = [_parse_pair(pair, line.where) for pair in line.fields[1:]]
+        report.read += 1
+        if annotators == 1:
+            t_label, v_label = pairs[0]
+        else:
+            t_label = majority([t for t, _ in pairs])
+            v_label = majority([v for _, v in pairs])
+            if t_label is None or v_label is None:
+                report.drop(DROP_NO_MAJORITY, line.post_id)
                 continue
-            fields = line.split()
-            if first:
-                first = False
-                if fields[0].lower() == "id":
-                    continue  # header: ID<TAB>text,image
-                logger.warning("%s:%d is not a header line; reading it as a post", label_path, lineno)
-            where = f"{label_path}:{lineno}"
-            if len(fields) != 1 + annotators:
-                raise DatasetError(
-                    f"{where}: expected an ID and {annotators} 'text,image' label pair(s) separated by tabs, "
-                    f"got {line!r}; fix or remove that line"
-                )
-            post_id = fields[0]
-            if post_id in line_of:
-                raise DatasetError(
-                    f"{where}: duplicate post id {post_id!r} (first on line {line_of[post_id]}); "
-                    "remove one of the two lines"
-                )
-            line_of[post_id] = lineno
-            pairs = [_parse_pair(pair, where) for pair in fields[1:]]
-            report.read += 1
-            if annotators == 1:
-                t_label, v_label = pairs[0]
-            else:
-                t_label = majority([t for t, _ in pairs])
-                v_label = majority([v for _, v in pairs])
-                if t_label is None or v_label is None:
-                    report.drop(DROP_NO_MAJORITY, post_id)
-                    continue
-            label = combine(t_label, v_label)
-            if label is None:
-                report.drop(DROP_CONTRADICTION, post_id)
-                continue
-            posts.append(
-                RawPost(
-                    post_id=post_id,
-                    label=label,
-                    t_label=t_label,
-                    v_label=v_label,
-                    text_path=files.get(f"{post_id}.txt".lower(), data_dir / f"{post_id}.txt"),
-                    image_path=image_for(files, post_id) or data_dir / f"{post_id}.jpg",
-                )
+        label = combine(t_label, v_label)
+        if label is None:
+            report.drop(DROP_CONTRADICTION, line.post_id)
+            continue
+        posts.append(
+            RawPost(
+                post_id=line.post_id,
+                label=label,
+                t_label=t_label,
+                v_label=v_label,
+                text_path=files.get(f"{line.post_id}.txt".lower(), data_dir / f"{line.post_id}.txt"),
+                image_path=image_for(files, line.post_id) or data_dir / f"{line.post_id}.jpg",
             )
-    return posts, set(line_of)
+        )
+    return posts, ids
 
 
 def _parse_pair(pair: str, where: str) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ctmwa_batch.errors import DatasetError
 from ctmwa_batch.schema import SPLITS
+from training.datasets.common import id_lines
 
 logger = logging.getLogger(__name__)
 
@@ -124,33 +125,23 @@ def read_split_file(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise DatasetError(f"split file {path} not found; give --split-file a CSV or TSV of 'id,split' lines")
     out: dict[str, str] = {}
-    line_of: dict[str, int] = {}
-    with path.open(encoding="utf-8", errors="replace") as f:
-        first = True
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = [x.strip() for x in line.split("\t" if "\t" in line else ",")]
-            if first:
-                first = False
-                if len(fields) == 2 and fields[1].lower() not in _SPLIT_WORDS:
-                    continue  # header, e.g. "id,split"
-            where = f"{path}:{lineno}"
-            if len(fields) != 2 or not fields[0]:
-                raise DatasetError(f"{where}: expected 'id,split', got {line!r}; fix or remove that line")
-            post_id, word = fields
-            split = _SPLIT_WORDS.get(word.lower())
-            if split is None:
-                raise DatasetError(
-                    f"{where}: unknown split {word!r} for id {post_id!r}; use one of train, valid, test"
-                )
-            if post_id in out:
-                raise DatasetError(
-                    f"{where}: duplicate id {post_id!r} (first on line {line_of[post_id]}); remove one of the two lines"
-                )
-            out[post_id] = split
-            line_of[post_id] = lineno
+    lines = id_lines(
+        path,
+        fields=2,
+        expected="'id,split'",
+        is_header=lambda fields: len(fields) == 2 and fields[1].lower() not in _SPLIT_WORDS,  # e.g. "id,split"
+        warn_no_header=False,
+        split=lambda line: [x.strip() for x in line.split("\t" if "\t" in line else ",")],
+        id_noun="id",
+    )
+    for line in lines:
+        word = line.fields[1]
+        split = _SPLIT_WORDS.get(word.lower())
+        if split is None:
+            raise DatasetError(
+                f"{line.where}: unknown split {word!r} for id {line.post_id!r}; use one of train, valid, test"
+            )
+        out[line.post_id] = split
     if not out:
         raise DatasetError(f"split file {path} lists no posts")
     return out

@@ -20,6 +20,7 @@ from training.datasets.common import (
     build_posts,
     count_unlabelled,
     find_files,
+    id_lines,
     image_for,
     label_index,
     read_all,
@@ -51,44 +52,27 @@ def tumemo_source(
     files = find_files(root / DATA_DIR)
     report = ReadReport(dataset="tumemo", source=str(root), labels=list(TUMEMO_LABELS), unimodal_labels=False)
     posts: list[RawPost] = []
-    line_of: dict[str, int] = {}
+    ids: set[str] = set()
     data_dir = root / DATA_DIR
-    with label_path.open("rb") as f:
-        first = True
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.decode("utf-8", errors="replace").strip()
-            if not line:
-                continue
-            fields = line.split()
-            if first:
-                first = False
-                # The header is skipped; a first line that reads as a post (ID and a known label) is kept.
-                if not (len(fields) == 2 and fields[1].lower() in _WORDS):
-                    continue
-                logger.warning("%s:%d is not a header line; reading it as a post", label_path, lineno)
-            where = f"{label_path}:{lineno}"
-            if len(fields) != 2:
-                raise DatasetError(
-                    f"{where}: expected 'ID LABEL' (two fields separated by whitespace), got {line!r}; "
-                    "fix or remove that line"
-                )
-            post_id, word = fields
-            if post_id in line_of:
-                raise DatasetError(
-                    f"{where}: duplicate post id {post_id!r} (first on line {line_of[post_id]}); "
-                    "remove one of the two lines"
-                )
-            line_of[post_id] = lineno
-            label = label_index(word, _WORDS, where)
-            report.read += 1
-            posts.append(
-                RawPost(
-                    post_id=post_id,
-                    label=label,
-                    text_path=files.get(f"{post_id}.txt".lower(), data_dir / f"{post_id}.txt"),
-                    image_path=image_for(files, post_id) or data_dir / f"{post_id}.jpg",
-                )
+    lines = id_lines(
+        label_path,
+        fields=2,
+        expected="'ID LABEL' (two fields separated by whitespace)",
+        # The header is skipped; a first line that reads as a post (ID and a known label) is kept.
+        is_header=lambda fields: not (len(fields) == 2 and fields[1].lower() in _WORDS),
+    )
+    for line in lines:
+        ids.add(line.post_id)
+        label = label_index(line.fields[1], _WORDS, line.where)
+        report.read += 1
+        posts.append(
+            RawPost(
+                post_id=line.post_id,
+                label=label,
+                text_path=files.get(f"{line.post_id}.txt".lower(), data_dir / f"{line.post_id}.txt"),
+                image_path=image_for(files, line.post_id) or data_dir / f"{line.post_id}.jpg",
             )
-    count_unlabelled(files, set(line_of), report)
+        )
+    count_unlabelled(files, ids, report)
     logger.info("%s: %d posts labelled", label_path, report.read)
     return PostsSource(report, build_posts(posts, report, options, progress))

@@ -1,19 +1,20 @@
-"""`python -m training.demo`: the training path end to end on synthetic features, in about a minute on a laptop CPU.
+"""`python -m demo.train`: the training path end to end on synthetic features, in about a minute on a laptop CPU.
 
-Writes synthetic features (512-d, like CLIP ViT-B/32), trains CTMWA and the late-fusion ablation with
-`ctmwa-train`, and prints their metrics side by side. Everything lands in demo_output/ (or --out).
+Writes synthetic features (512-d, like CLIP ViT-B/32; fixtures/features.py), trains CTMWA and the late-fusion
+ablation with `training.train` (what `ctmwa-train` runs), and prints their metrics side by side. Everything lands
+in demo_output/ (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from training.cli import main as train_main
-from training.synthetic import write_synthetic_features
+import training
+from fixtures.features import write_synthetic_features
+from training.meta import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def metrics_table(results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m demo.train", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="folder for features, checkpoints, metrics")
     parser.add_argument("--posts", type=int, default=1500, help="synthetic posts")
     parser.add_argument("--dim", type=int, default=512, help="embedding width (text and image)")
@@ -58,21 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     # Batches of 32 gain little from a second thread, and two threads stall badly when another job shares the CPU.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     features = write_synthetic_features(args.out / "features.parquet", n=args.posts, num_classes=3, dim=args.dim, seed=args.seed)
-    config = json.dumps({"training": DEMO_TRAINING})
     results = {}
     for mode in ("meta", "late_fusion"):
-        run_dir = args.out / mode
-        status = train_main(
-            [
-                "--features", str(features), "--out", str(run_dir), "--mode", mode, "--epochs", str(args.epochs),
-                "--seed", str(args.seed), "--config", config, "--threads", str(args.threads),
-            ]
-        )
-        if status != 0:
-            return status
-        results["CTMWA" if mode == "meta" else "late fusion"] = json.loads((run_dir / "metrics.json").read_text())
+        config = TrainConfig.from_dict({**DEMO_TRAINING, "mode": mode, "epochs": args.epochs, "seed": args.seed})
+        metrics = training.train(features, args.out / mode, config, threads=args.threads)
+        results["CTMWA" if mode == "meta" else "late fusion"] = metrics
 
     print()
     print(f"CTMWA on {args.posts} synthetic posts ({args.dim}-d), {args.epochs} epochs, seed {args.seed}; outputs in {args.out}/")

@@ -1,0 +1,78 @@
+"""Score a posts partition into a committed scores partition (one output row per input row).
+
+The partition is planned into shards of whole row groups, each shard is scored into a part, and `_SUCCESS.json` is
+written last; a rerun skips what is committed or finished. See the README ("From posts to scores") for the layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ctmwa_batch.config import DEVICES, PRECISIONS, JobConfig, ScoreConfig
+from ctmwa_batch.errors import CtmwaError
+from ctmwa_batch.job import score_partition
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`ctmwa-batch score` arguments."""
+    d, j = ScoreConfig(), JobConfig()
+    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder (encoders and head)")
+    parser.add_argument("--input", required=True, help="posts partition: a Parquet file, a folder, a hive path, or a URI (s3://...)")
+    parser.add_argument("--output", required=True, help="scores root; parts go to ROOT/model_version=V/PARTITION/")
+    parser.add_argument("--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default: one per core but one; 0: the reader thread)")
+    parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads per session (default 0: all cores)")
+    parser.add_argument("--overwrite", action="store_true", help="rescore even if committed for this input and model")
+    parser.add_argument("--max-rows-per-shard", type=int, default=j.max_rows_per_shard, help=f"rows per shard / part (default {j.max_rows_per_shard})")
+    parser.add_argument("--shard", type=int, action="append", metavar="K", help="score only shard K (repeatable); the last shard to finish commits")
+    parser.add_argument("--id-column", default=d.id_column, help=f"id column (default {d.id_column!r})")
+    parser.add_argument("--text-column", default=d.text_column, help=f"text column (default {d.text_column!r}; '' for none)")
+    parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r}; '' for none)")
+    parser.add_argument("--passthrough", nargs="*", default=[], metavar="COLUMN", help="input columns to copy to the output")
+    parser.add_argument("--scored-at", default=None, help="ISO-8601 time stamped on every row (default: now)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=d.precision,
+        help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
+    )
+
+
+def config_from(args: argparse.Namespace) -> JobConfig:
+    """The job config the arguments ask for; CtmwaError naming the bad value."""
+    try:
+        score = ScoreConfig(
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            intra_op_threads=args.threads,
+            id_column=args.id_column,
+            text_column=args.text_column or None,
+            image_column=args.image_column or None,
+            passthrough=tuple(args.passthrough),
+            scored_at=args.scored_at,
+            precision=args.precision,
+        )
+        return JobConfig(score=score, overwrite=args.overwrite, max_rows_per_shard=args.max_rows_per_shard)
+    except ValueError as e:
+        raise CtmwaError(str(e)) from e
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config from the arguments and score the partition."""
+    result = score_partition(args.input, args.output, args.bundle, config_from(args), shards=args.shard, interactive=sys.stderr.isatty())
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ctmwa_batch.score_cli ...`: the same as `ctmwa-batch score ...`."""
+    from ctmwa_batch.cli import main as cli_main
+
+    return cli_main(["score", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
