@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ctmwa_batch import pipeline, schema
-from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
+from ctmwa_batch.bundle import INT8, ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
 from ctmwa_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_QUEUE_BATCHES, DEVICES, check_device
 from ctmwa_batch.errors import InputSchemaError
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_errors, image_items
@@ -97,8 +97,8 @@ class Encoders:
         # On a CPU the encoders run one post at a time. One image's activations (50 tokens x 3072 in ViT-B/32's MLP)
         # stay in cache where a batch's do not: on the 2-core VM the tower ran faster so (fp32 6.3 img/s against 3.8
         # in batches of 32, int8 26 against 16, both under load). And int8 scales its activations per run, so a post's
-        # embedding is then its own, whatever else shares its batch. A GPU gets the whole batch.
-        self.one_row_per_run = not self.image_session.on_gpu
+        # embedding is then its own, whatever else shares its batch. A GPU gets the whole batch (but int8, for that reason).
+        self.one_row_per_run = not self.image_session.on_gpu or self.precision == INT8
         self.text_dim = int(bundle.dims[schema.TEXT_EMB])
         self.image_dim = int(bundle.dims[schema.IMAGE_EMB])
 
