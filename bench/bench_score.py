@@ -268,7 +268,7 @@ def print_table(report: dict) -> None:
     print()
     print(f"machine: {report['machine']['cpu']['model']}, {report['machine']['cpu']['cpus']} CPUs, flags {' '.join(report['machine']['cpu']['flags'])}, "
           f"GPU {report['machine']['gpu'] or 'none'}, load {report['machine']['cpu']['load_1min']} at start, {report['machine']['load_end']} at end")
-    print(f"posts: {report['posts']}")
+    print(f"posts: {json.dumps(report['posts'], default=float)}")
     print()
     print("| run | precision | providers (image / text / head) | decode img/s | image enc /s | text enc /s | head rows/s | models alone /s | end to end posts/s | vs transformers |")
     print("|---|---|---|---|---|---|---|---|---|---|")
