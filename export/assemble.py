@@ -36,6 +36,7 @@ from export.encoders import (
     image_encoder_spec,
     image_spec_from_processor,
     load_clip,
+    specs_for_bundle,
     text_encoder_spec,
     text_spec_from_tokenizer,
     write_tokenizer,
@@ -211,7 +212,8 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             files[END_TO_END], graphs[END_TO_END] = e2e.path, graph_signature(e2e)
         shutil.copytree(encoders.root, bundle_dir)
         os.chmod(bundle_dir, 0o755)
-        variant_updates = variants.agreement_updates(encoders, model)  # each encoder variant: the head's argmax agreement
+        # each encoder variant: the head's argmax agreement on its embeddings against fp32's
+        variant_updates = variants.agreement_updates(encoders, model, specs_for_bundle(encoders))
         head_info = {
             "checkpoint": str(checkpoint),
             "model_config": dataclasses.asdict(model_config),

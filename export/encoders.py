@@ -183,6 +183,20 @@ def image_encoder_spec(image: ImageSpec, dim: int, *, atol: float = 1e-4, opset:
     )
 
 
+def specs_for_bundle(bundle: Bundle) -> dict[str, ExportSpec]:
+    """The image and text encoder specs of an exported bundle (graph name -> spec), rebuilt from its manifest and
+    tokenizer: what checks its graphs after the export (export.precision.agreement_updates)."""
+    from tokenizers import Tokenizer
+
+    dims = bundle.dims
+    legacy = str((bundle.manifest.get("encoder") or {}).get("text_pooling", "")).startswith("argmax")
+    vocab = Tokenizer.from_file(str(bundle.path(TOKENIZER))).get_vocab_size()
+    return {
+        "image_encoder": image_encoder_spec(bundle.image_spec, int(dims[IMAGE_EMB])),
+        "text_encoder": text_encoder_spec(bundle.text_spec, vocab, int(dims[TEXT_EMB]), legacy_pooling=legacy),
+    }
+
+
 def text_encoder_spec(
     text: TextSpec, vocab_size: int, dim: int, *, legacy_pooling: bool, atol: float = 1e-4, opset: int = DEFAULT_OPSET,
     extra_batch_sizes: tuple[int, ...] = (), dynamo: bool = True,

@@ -221,24 +221,15 @@ def head_agreement(
     return result
 
 
-def agreement_updates(bundle: Bundle, model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+def agreement_updates(bundle: Bundle, model: torch.nn.Module, specs: Mapping[str, ExportSpec]) -> dict[str, dict[str, Any]]:
     """Head argmax agreement of every variant of an encoders bundle with `model` (a trained CTMWA), as the manifest's
-    `encoder_variants` entries with the figures merged in; {} for an old bundle without the list (fp32 only)."""
-    from tokenizers import Tokenizer
+    `encoder_variants` entries with the figures merged in; {} for an old bundle without the list (fp32 only).
 
-    from ctmwa_batch.bundle import TOKENIZER, VARIANTS
-    from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
-    from export.encoders import image_encoder_spec, text_encoder_spec
+    `specs`: the bundle's encoder specs by graph name (export.encoders.specs_for_bundle)."""
+    from ctmwa_batch.bundle import VARIANTS
 
     if not bundle.manifest.get(VARIANTS):
         return {}
-    dims = bundle.dims
-    legacy = str((bundle.manifest.get("encoder") or {}).get("text_pooling", "")).startswith("argmax")
-    vocab = Tokenizer.from_file(str(bundle.path(TOKENIZER))).get_vocab_size()
-    specs = {
-        "image_encoder": image_encoder_spec(bundle.image_spec, int(dims[IMAGE_EMB])),
-        "text_encoder": text_encoder_spec(bundle.text_spec, vocab, int(dims[TEXT_EMB]), legacy_pooling=legacy),
-    }
     model = model.eval()
 
     def head_logits(text_emb: np.ndarray, image_emb: np.ndarray) -> np.ndarray:
