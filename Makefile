@@ -4,12 +4,12 @@ PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 # Exactly one ONNX Runtime extra: cpu (onnxruntime) or gpu (onnxruntime-gpu).
 ORT_EXTRA ?= cpu
-EXTRAS ?= $(ORT_EXTRA),export,airflow,dev
+EXTRAS ?= $(ORT_EXTRA),export,airflow,cluster,dev
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all bench gpu-check clean
+.PHONY: install demo cluster-demo test test-all bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: install
 # SQLite runs the export and daily DAGs -> scores and a summary. Everything under demo_output/.
 demo: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m demo.run_demo
+
+# The same pipeline on a real multi-worker Airflow: CeleryExecutor, PostgreSQL and a Valkey broker from pip wheels,
+# api-server, scheduler, dag-processor, two Celery workers; one worker is killed mid-shard. Everything under
+# cluster_output/ (summary.json); exits non-zero unless every check passed. See README "Running on a cluster".
+cluster-demo: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m demo.cluster_demo
 
 # Every suite, GPU-marked tests included (they skip themselves where no CUDA device is).
 test-all: install

@@ -127,6 +127,30 @@ def image_errors(ok: Sequence[bool], reasons: Sequence[str | None], read_errors:
 
 
 @contextlib.contextmanager
+def _children_allowed() -> Iterator[None]:
+    """While worker processes start, undo what a Celery worker leaves in this process's multiprocessing state.
+
+    Celery's prefork pool (billiard) starts its children as daemons, with billiard's own authentication key object,
+    and an Airflow task process forked below one inherits both. multiprocessing then refuses to start any process
+    ("daemonic processes are not allowed to have children"), and spawn cannot pickle billiard's key, so scoring on a
+    Celery worker would fail. The daemon rule keeps a killed daemon from leaving orphans; the decoders exit with their
+    parent anyway (_exit_with_parent). Both live only in the process's private _config, hence the direct edit."""
+    from multiprocessing.process import AuthenticationString
+
+    config = multiprocessing.current_process()._config
+    saved = {k: config[k] for k in ("daemon", "authkey") if k in config}
+    if config.get("daemon"):
+        config["daemon"] = False
+    key = config.get("authkey")
+    if key is not None and type(key) is not AuthenticationString:
+        config["authkey"] = AuthenticationString(bytes(key))
+    try:
+        yield
+    finally:
+        config.update(saved)
+
+
+@contextlib.contextmanager
 def _main_script_hidden() -> Iterator[None]:
     """While worker processes start, hide this process's main script from multiprocessing's spawn.
 
@@ -174,7 +198,7 @@ class ImageDecoder:
             return _timed_decode(items, self.spec)
         # Chunks small enough that every worker gets a share of each batch.
         chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
-        with _main_script_hidden():
+        with _main_script_hidden(), _children_allowed():
             return [self.pool.submit(_timed_decode, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
 
     def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
