@@ -75,7 +75,7 @@ def check_precisions(precisions: tuple[str, ...]) -> tuple[str, ...]:
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of an fp32 graph: the MatMuls with constant weights (QInt8 weights, activations
     quantized at run time). Attention's activation x activation MatMuls and the patch convolution stay fp32: the
-    quantized convolution (ConvInteger) ran the ViT-B/32 tower at a fifth of the speed one image at a time, and
+    quantized convolution (ConvInteger) ran the ViT-B/32 tower at a third of the speed one image at a time, and
     quantizing both sides of a MatMul only loses precision."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
