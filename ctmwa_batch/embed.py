@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ctmwa_batch import pipeline, schema
-from ctmwa_batch.bundle import INT8, ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
+from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
 from ctmwa_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_QUEUE_BATCHES, DEVICES, check_device
 from ctmwa_batch.errors import InputSchemaError
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_errors, image_items
@@ -94,11 +94,6 @@ class Encoders:
             image_path, text_path = bundle.encoder_paths(self.precision)
             self.image_session = create_session(image_path, runtime)
         self.text_session = create_session(text_path, runtime)
-        # On a CPU the encoders run one post at a time. One image's activations (50 tokens x 3072 in ViT-B/32's MLP)
-        # stay in cache where a batch's do not: on the 2-core VM the tower ran faster so (fp32 6.3 img/s against 3.8
-        # in batches of 32, int8 26 against 16, both under load). And int8 scales its activations per run, so a post's
-        # embedding is then its own, whatever else shares its batch. A GPU gets the whole batch (but int8, for that reason).
-        self.one_row_per_run = not self.image_session.on_gpu or self.precision == INT8
         self.text_dim = int(bundle.dims[schema.TEXT_EMB])
         self.image_dim = int(bundle.dims[schema.IMAGE_EMB])
 
@@ -118,27 +113,16 @@ class Encoders:
         if tokens.ok.any():
             # Trim the padding to the longest present row (the dummy rows of missing texts are dropped).
             ids, mask = tokens.input_ids[tokens.ok], tokens.attention_mask[tokens.ok]
-            if self.one_row_per_run:
-                lengths = mask.sum(axis=1)
-                out = np.concatenate([
-                    self.text_session.run({INPUT_IDS: ids[i : i + 1, : lengths[i]], ATTENTION_MASK: mask[i : i + 1, : lengths[i]]})[schema.TEXT_EMB]
-                    for i in range(len(ids))
-                ])
-            else:
-                length = int(mask.sum(axis=1).max())
-                out = self.text_session.run({INPUT_IDS: ids[:, :length], ATTENTION_MASK: mask[:, :length]})[schema.TEXT_EMB]
-            emb[tokens.ok] = out
+            length = int(mask.sum(axis=1).max())
+            emb[tokens.ok] = self.text_session.run({INPUT_IDS: ids[:, :length], ATTENTION_MASK: mask[:, :length]})[schema.TEXT_EMB]
         return EncodedTexts(emb=emb, ok=tokens.ok, reasons=tokens.reasons)
 
     def encode_pixels(self, pixels: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float32 (N, D); rows that are not ok stay zero and are not computed."""
         emb = np.zeros((len(pixels), self.image_dim), dtype=np.float32)
         if ok.any():
-            present = np.ascontiguousarray(pixels[ok])
-            if self.one_row_per_run:
-                emb[ok] = np.concatenate([self.image_session.run({PIXELS: present[i : i + 1]})[schema.IMAGE_EMB] for i in range(len(present))])
-            else:
-                emb[ok] = self.image_session.run({PIXELS: present})[schema.IMAGE_EMB]
+            # int8 scales activations per run, so its embeddings move (~1e-3) with what shares the batch; fp32 / fp16 do not
+            emb[ok] = self.image_session.run({PIXELS: np.ascontiguousarray(pixels[ok])})[schema.IMAGE_EMB]
         return emb
 
 
