@@ -3,8 +3,8 @@
 The fp32 graphs are exported from PyTorch (export.encoders); the variants are derived from them:
 
     int8  onnxruntime.quantization.quantize_dynamic of the weight MatMuls, int8 weights (QInt8), activations
-          quantized at run time (per run: the runtime runs CPU encoders one post at a time, so each post's scale is
-          its own); on CPUs with AVX-512 VNNI / AMX these MatMuls run as int8
+          quantized at run time, one scale per batch: a post's int8 embedding moves slightly (~1e-3) with what shares
+          its batch; on CPUs with AVX-512 VNNI / AMX these MatMuls run as int8
     fp16  onnxruntime.transformers.float16.convert_float_to_float16 with keep_io_types: pixels stay uint8, tokens
           int64, embeddings float32; the arithmetic is float16 (for GPUs; a CPU runs it slowly or not at all)
 
@@ -75,7 +75,7 @@ def check_precisions(precisions: tuple[str, ...]) -> tuple[str, ...]:
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of an fp32 graph: the MatMuls with constant weights (QInt8 weights, activations
     quantized at run time). Attention's activation x activation MatMuls and the patch convolution stay fp32: the
-    quantized convolution (ConvInteger) ran the ViT-B/32 tower at a third of the speed one image at a time, and
+    quantized convolution (ConvInteger) ran the ViT-B/32 tower at a third of the speed (one image per run), and
     quantizing both sides of a MatMul only loses precision."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
