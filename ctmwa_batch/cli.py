@@ -1,4 +1,4 @@
-"""`ctmwa-batch`: the runtime's command line (embed, inspect, score, models). Subcommands live beside their modules."""
+"""`ctmwa-batch`: the runtime's command line (embed, inspect, score, models, report). Subcommands live beside their modules."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "inspect": "ctmwa_batch.bundle",
     "score": "ctmwa_batch.score_cli",
     "models": "ctmwa_batch.registry",
+    "report": "ctmwa_batch.report",
 }
 
 

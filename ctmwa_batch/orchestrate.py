@@ -362,3 +362,102 @@ def report_backfill(backfill: Mapping[str, Any], results: list[list[Mapping[str,
     if out["missing"]:
         logger.warning("no input partition, not scored: %s", out["missing"])
     return out
+
+
+# --------------------------------------------------------------------------------------------------- health report
+
+
+def _health(result: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """What a health_report task hands on (small JSON): where the report is, its alerts, and whether to fail."""
+    alerts = list(result["alerts"])
+    fail = bool(alerts) and settings.fail_on_drift
+    return {
+        "date": result["date"],
+        "end_date": result["end_date"],
+        "report_dir": result["out_dir"],
+        "html": result["html"],
+        "json": result["json"],
+        "alerts": alerts,
+        "warnings": len(result["warnings"]),
+        "notes": list(result["notes"]),
+        "fail": fail,
+        "failure": (
+            f"{len(alerts)} drift alert(s) and CTMWA_FAIL_ON_DRIFT is set (the scores are committed all the same): "
+            + "; ".join(a["message"] for a in alerts)
+            + f". Report: {result['html']}"
+        )
+        if fail
+        else None,
+    }
+
+
+def health_report(summary: Mapping[str, Any], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Nightly health_report task: the day's report.html and report.json under `_reports/{partition}` beside its scores,
+    against the CTMWA_BASELINE_DAYS before it; logs the alerts. `fail` is true when one fired and CTMWA_FAIL_ON_DRIFT
+    is set (the DAG then fails this task, never the scoring)."""
+    from ctmwa_batch import report
+    from ctmwa_batch.partitions import report_dir
+
+    settings = Settings.load(overrides=params)
+    result = report.write_report(
+        settings.output_root,
+        summary["model_version"],
+        summary["date"],
+        report_dir(settings.output_root, summary["model_version"], summary["partition"]),
+        baseline_days=settings.baseline_days,
+        thresholds=report.thresholds_from(settings),
+        partition_template=settings.partition_template,
+    )
+    return _health(result, settings)
+
+
+def health_report_backfill(backfill: Mapping[str, Any]) -> dict[str, Any]:
+    """Backfill health_report task: one report for the whole range (each day against its own baseline window)."""
+    from ctmwa_batch import report
+    from ctmwa_batch.drift import ReportInputMissing
+
+    settings = Settings.load(overrides=backfill["settings"])
+    try:
+        result = report.write_report(
+            settings.output_root,
+            backfill["model_version"],
+            backfill["start_date"],
+            end_date=backfill["end_date"],
+            baseline_days=settings.baseline_days,
+            thresholds=report.thresholds_from(settings),
+            partition_template=settings.partition_template,
+        )
+    except ReportInputMissing as e:
+        logger.warning("no health report: %s", e)
+        return {"date": backfill["start_date"], "end_date": backfill["end_date"], "report_dir": None, "alerts": [], "fail": False, "failure": None, "notes": [str(e)]}
+    return _health(result, settings)
+
+
+def publish_extra(summary: Mapping[str, Any], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The nightly Asset event's extra: asset_extra plus the alerts of the day's health report, when the report on
+    storage is about this very commit (a failed or missing report leaves `alerts` null and says so in the log)."""
+    import json
+
+    from ctmwa_batch.partitions import open_filesystem, report_dir
+    from ctmwa_batch.report import JSON_NAME
+
+    extra = asset_extra([summary])
+    if not extra["partitions"]:
+        return extra
+    settings = Settings.load(overrides=params)
+    folder = report_dir(settings.output_root, summary["model_version"], summary["partition"])
+    fs, path = open_filesystem(folder)
+    try:
+        with fs.open_input_stream(f"{path}/{JSON_NAME}") as f:
+            numbers = json.loads(f.read())
+    except FileNotFoundError:
+        numbers = None
+    day = next((d for d in (numbers or {}).get("days", []) if d["date"] == summary["date"] and d["role"] == "report"), None)
+    if day is None or day.get("committed_at") != summary["committed_at"]:
+        logger.warning("no health report of this commit of %s at %s: the Asset event carries no alerts", summary["date"], folder)
+        extra["alerts"] = None
+        extra["report"] = None
+        return extra
+    extra["alerts"] = numbers["alerts"]
+    extra["report"] = f"{folder}/report.html"
+    return extra

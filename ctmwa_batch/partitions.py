@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS.json"
 SHARDS_DIR = "_shards"
+REPORTS_DIR = "_reports"  # health reports, beside the partitions of a model version; a name readers skip
 _HIVE_SEGMENT = re.compile(r"^[^=/]+=[^/]*$")
 
 
@@ -185,6 +186,11 @@ def partition_of(input_path: str) -> str:
 def output_dir(output_root: str, model_version: str, partition: str) -> str:
     """Where one partition's scores for one model version live."""
     return f"{output_root.rstrip('/')}/model_version={model_version}/{partition}"
+
+
+def report_dir(output_root: str, model_version: str, partition: str) -> str:
+    """Where the health report of one partition (or range) of one model version goes: `_reports/{partition}`."""
+    return output_dir(output_root, model_version, f"{REPORTS_DIR}/{partition}")
 
 
 def plan_shards(files: list[InputFile], max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD) -> tuple[Shard, ...]:

@@ -83,6 +83,14 @@ class Settings:
     input_poke_minutes: int = 10  # how often it looks (the sensor frees its worker slot in between)
     max_map_length: int = 1024  # Airflow's [core] max_map_length: a backfill maps at most this many tasks
     train_queue: str = "default"  # queue of the export DAG's tasks (training and export: a machine with torch)
+    # ---- the health report (task run time; ctmwa-batch report takes them as its flag defaults)
+    baseline_days: int = 7  # days before a report day whose pooled scores are its baseline
+    drift_psi_warn: float = 0.1  # PSI (sentiment mix, confidence, weights) from which a report warns
+    drift_psi_alert: float = 0.25  # PSI from which it alerts
+    drift_rate_warn: float = 0.02  # change of a status's share of rows (0.02 = 2 points) from which it warns
+    drift_rate_alert: float = 0.05  # change of a status's share from which it alerts
+    drift_min_rows: int = 200  # a day or baseline with fewer rows is reported but never alerted (PSI is noise there)
+    fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -92,7 +100,13 @@ class Settings:
         for name in ("batch_size", "max_rows_per_shard", "max_active_shards", "input_poke_minutes", "max_map_length", "shard_timeout_minutes", "backfill_timeout_minutes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must be at least 1 (CTMWA_{name.upper()})")
-        for name in ("shard_retries", "retry_delay_minutes", "input_wait_hours"):
+        for name in ("drift_psi_warn", "drift_psi_alert", "drift_rate_warn", "drift_rate_alert"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} = {getattr(self, name)}: must be positive (CTMWA_{name.upper()})")
+        for warn, alert in (("drift_psi_warn", "drift_psi_alert"), ("drift_rate_warn", "drift_rate_alert")):
+            if getattr(self, alert) < getattr(self, warn):
+                raise SettingsError(f"{alert} = {getattr(self, alert)} is below {warn} = {getattr(self, warn)}; raise CTMWA_{alert.upper()} or lower CTMWA_{warn.upper()}")
+        for name in ("shard_retries", "retry_delay_minutes", "input_wait_hours", "baseline_days", "drift_min_rows"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must not be negative (CTMWA_{name.upper()})")
         for name in ("input_root", "output_root", "models_root", "model_version", "queue", "pool", "id_column", "text_column", "image_column"):
@@ -194,10 +208,21 @@ def override_param_specs() -> dict[str, dict[str, Any]]:
     return specs
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _coerce(field: dataclasses.Field, value: Any, where: str) -> Any:
     """A setting's value as its field's type; strings from the environment are parsed."""
     kind = type(field.default)
     try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in _TRUE or word in _FALSE:
+                return word in _TRUE
+            raise ValueError
         if kind is str:
             if not isinstance(value, str):
                 raise TypeError

@@ -1,11 +1,12 @@
 """Backfill: score a range of days with one model, in bounded parallel, skipping days already committed for it.
 
-    plan -> chunks -> score_days (mapped: one task per day, or per chunk of days for ranges longer than max_map_length) -> report
+    plan -> chunks -> score_days (mapped: one task per day, or per chunk of days for ranges longer than max_map_length) -> report, health_report
 
 Trigger it by hand with `start_date`, `end_date` (both included), `model_version` ("current" or a published version),
 `overwrite`. The model is resolved once, when the run plans, so every day of the range gets the same model even if
 CURRENT moves meanwhile. Parallelism is bounded by the pool (all DAGs together) and by max_active_tis_per_dag (this
 DAG's share). Days without input are listed in the report and skipped (`on_missing`: "fail" fails the run instead).
+`health_report` writes one report for the whole range under `{output_root}/model_version={v}/_reports/dt=START..END/`.
 Wiring only: every task is one call into ctmwa_batch.orchestrate.
 """
 
@@ -15,6 +16,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from ctmwa_batch.settings import SCORES_ASSET_NAME, SCORES_ASSET_URI, Settings, override_param_specs
 
@@ -80,9 +82,20 @@ def ctmwa_backfill():
 
         return orchestrate.report_backfill(backfill, list(results or []))
 
+    @task(trigger_rule="none_failed")
+    def health_report(backfill: dict) -> dict:
+        """One health report for the whole range; with CTMWA_FAIL_ON_DRIFT an alert fails this task."""
+        from ctmwa_batch import orchestrate
+
+        health = orchestrate.health_report_backfill(backfill)
+        if health["fail"]:
+            raise AirflowFailException(health["failure"])
+        return health
+
     planned = plan()
     results = score_days.partial(backfill=planned).expand(dates=chunks(planned))
     report(planned, results)
+    results >> health_report(planned)
 
 
 ctmwa_backfill()

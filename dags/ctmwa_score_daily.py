@@ -1,11 +1,15 @@
 """Nightly CTMWA scoring of one day's posts partition.
 
-    wait_for_input -> plan -> shards -> score_shard (mapped: one task per shard, GPU queue and pool) -> commit -> publish, report
+    wait_for_input -> plan -> shards -> score_shard (mapped: one task per shard, GPU queue and pool) -> commit
+        -> health_report -> publish, report
 
 Each run scores the UTC day its data interval starts on, `{input_root}/dt=YYYY-MM-DD`, into
 `{output_root}/model_version={v}/dt=YYYY-MM-DD/` (param `partition_date` names another day). A partition that has not
 landed is waited for (`CTMWA_INPUT_WAIT_HOURS`), then the run fails: a missing day is an upstream incident to look at,
-not a silent success. A day already committed for the same input and model is a no-op (param `overwrite` rescores).
+not a silent success. `health_report` writes report.html / report.json under
+`{output_root}/model_version={v}/_reports/dt=YYYY-MM-DD/` (drift against the CTMWA_BASELINE_DAYS before); its alerts go
+into the Asset event's extra, and with CTMWA_FAIL_ON_DRIFT set an alert fails that task and so the run (`report`, a
+leaf, waits for it), while the scores stay committed and `publish` still publishes them. A day already committed for the same input and model is a no-op (param `overwrite` rescores).
 The tasks are idempotent, so `airflow backfill create --dag-id ctmwa_score_daily ...` works as well as the
 ctmwa_backfill DAG. Wiring only: every task is one call into ctmwa_batch.orchestrate.
 """
@@ -16,7 +20,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from ctmwa_batch.settings import SCORES_ASSET_NAME, SCORES_ASSET_URI, Settings, override_param_specs
 
@@ -86,12 +90,23 @@ def ctmwa_score_daily():
 
         return orchestrate.commit_day(planned)
 
-    @task(outlets=[SCORES])
-    def publish(summary: dict, outlet_events=None) -> dict:
-        """Update the ctmwa_scores Asset for downstream DAGs; skipped when the run committed nothing new."""
+    @task
+    def health_report(summary: dict, params=None) -> dict:
+        """Write the day's health report beside its scores and log its alerts; with CTMWA_FAIL_ON_DRIFT an alert fails this task."""
         from ctmwa_batch import orchestrate
 
-        extra = orchestrate.asset_extra([summary])
+        health = orchestrate.health_report(summary, params)
+        if health["fail"]:
+            raise AirflowFailException(health["failure"])  # no retry: the same scores drift the same way
+        return health
+
+    # After the health report, whether it passed or failed on drift (the scores are committed either way); not when commit failed.
+    @task(outlets=[SCORES], trigger_rule="all_done_min_one_success")
+    def publish(summary: dict, params=None, outlet_events=None) -> dict:
+        """Update the ctmwa_scores Asset for downstream DAGs (with the health report's alerts); skipped when the run committed nothing new."""
+        from ctmwa_batch import orchestrate
+
+        extra = orchestrate.publish_extra(summary, params)
         if not extra["partitions"]:
             raise AirflowSkipException(f"{summary['date']} was already committed: no new scores, no Asset event")
         outlet_events[SCORES].extra = extra
@@ -109,8 +124,9 @@ def ctmwa_score_daily():
     scored = score_shard.partial(planned=planned).expand(shard_index=shards(planned))
     summary = commit(planned)
     scored >> summary
-    publish(summary)
-    report(summary)
+    health = health_report(summary)
+    health >> publish(summary)
+    health >> report(summary)  # a leaf after the health report: a drift failure makes the run fail, not only the task
 
 
 ctmwa_score_daily()

@@ -1,7 +1,8 @@
 """`make demo`: the whole pipeline on one machine, in a few minutes, with nothing downloaded.
 
 1. a local lake: a few days of generated posts (real JPEGs, texts, and the bad rows of a real feed) at
-   demo_output/lake/posts/dt=YYYY-MM-DD/, with their labels beside them (demo_output/lake/labels/)
+   demo_output/lake/posts/dt=YYYY-MM-DD/, with their labels beside them (demo_output/lake/labels/); the last day is
+   drifted (many more posts without an image, a mostly negative mix) for the health report to catch
 2. Airflow on its embedded defaults: AIRFLOW_HOME=demo_output/airflow, a SQLite metadata database (`airflow db migrate`)
 3. the ctmwa_export_model DAG: a tiny CLIP built offline -> ONNX encoders -> the labelled training posts embedded with
    them -> ctmwa-train -> ctmwa-export head -> validated -> published at demo_output/models/{version}/ + CURRENT
@@ -9,6 +10,7 @@
    to show that a rerun is a no-op
 5. where the scores are, and a table per day: rows per status, sentiment distribution, the demo model's accuracy
    against the generated labels
+6. the health report of the last day (`ctmwa-batch report`): report.html and report.json, its alerts, its path
 
 Airflow's own log goes to demo_output/airflow/demo.log; this script prints the story.
 """
@@ -81,7 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m demo.run_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="where everything goes (its demo folders are wiped first)")
     parser.add_argument("--start-date", default="2026-01-05", help="first day of the lake (YYYY-MM-DD)")
-    parser.add_argument("--days", type=int, default=3, help="days of posts in the lake")
+    parser.add_argument("--days", type=int, default=4, help="days of posts in the lake (the last one drifted)")
+    parser.add_argument("--no-drift", action="store_true", help="generate the last day like the others")
     parser.add_argument("--rows", type=int, default=300, help="good posts per day (10 bad rows come on top)")
     parser.add_argument("--train-posts", type=int, default=2400, help="labelled posts the demo model is trained on")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs of the demo model")
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "CTMWA_DEVICE": "auto",  # the GPU when onnxruntime-gpu sees one, else the CPU
             "CTMWA_MAX_ROWS_PER_SHARD": str(args.rows_per_shard),
             "CTMWA_PASSTHROUGH": "created_at",
+            "CTMWA_BASELINE_DAYS": str(max(1, args.days - 1)),  # the demo's lake holds only these days
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
         }
@@ -129,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         story.say("".join(log_path.read_text().splitlines(keepends=True)[-60:]))
         return 1
     summarize(story, out, lake, models, dates)
+    with output_to(log_path) as terminal:  # the report's own log lines go to the log; the story says what matters
+        story.out = terminal
+        health(story, out, lake, models, dates)
+    story.out = sys.stdout
     story.say()
     story.say(NOTE)
     story.step("done")
@@ -139,8 +147,15 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
     """Build the lake and the Airflow home, release the demo model, score every day; False when a step failed."""
     from fixtures import posts as demo_posts
 
-    story.step(f"writing the lake: {len(dates)} partitions of {args.rows} posts + 10 bad rows each, and {args.train_posts} labelled training posts")
-    demo_posts.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
+    drifted = dates[-1:] if not args.no_drift and len(dates) > 1 else []
+    story.step(
+        f"writing the lake: {len(dates)} partitions of {args.rows} posts + 10 bad rows each"
+        + (f" ({drifted[0]} drifted: more posts without an image, a mostly negative mix)" if drifted else "")
+        + f", and {args.train_posts} labelled training posts"
+    )
+    demo_posts.write_lake(lake, [d for d in dates if d not in drifted], rows=args.rows, row_group_size=args.rows_per_shard)
+    for date in drifted:
+        demo_posts.write_partition(lake, date, args.rows, row_group_size=args.rows_per_shard, spec=demo_posts.DRIFTED)
     training_posts = demo_posts.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
 
     story.step("building a tiny CLIP offline (random weights: fixtures/clip.py)")
@@ -179,7 +194,7 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
     }
     if not run("ctmwa_export_model", _utc(dates[0]), conf, "(the demo model)"):
         return False
-    story.step("ctmwa_score_daily, night by night: wait_for_input -> plan -> score_shard (mapped) -> commit -> publish, report")
+    story.step("ctmwa_score_daily, night by night: wait_for_input -> plan -> score_shard (mapped) -> commit -> health_report -> publish, report")
     for date in dates:
         # The nightly run for day D starts once D is over: its data interval is [D, D+1), so it scores dt=D.
         if not run("ctmwa_score_daily", _utc(date) + dt.timedelta(days=1), None, f"dt={date}"):
@@ -218,6 +233,26 @@ def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str
     story.say(demo_posts.format_accuracy(demo_posts.evaluate(lake, lake / "scores", str(version), dates)))
     story.say(f"\nRead them with pyarrow:  pyarrow.dataset.dataset('{lake / 'scores'}/model_version={version}', partitioning='hive').to_table()")
     story.say(f"Airflow home: {out / 'airflow'} (airflow.db, demo.log); `AIRFLOW_HOME={out / 'airflow'} airflow dags list-runs ctmwa_score_daily`")
+
+
+def health(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
+    """The last day's health report, written by the same code as the DAG's health_report task, and its alerts."""
+    from ctmwa_batch import registry, report
+    from ctmwa_batch.settings import Settings
+
+    version = str(registry.current_version(models))
+    settings = Settings.load()
+    target = out / "report"
+    story.say(f"\nHealth report of {dates[-1]}: ctmwa-batch report --scores {lake / 'scores'} --model-version {version} --date {dates[-1]} --baseline-days {settings.baseline_days} --out {target}")
+    result = report.write_report(str(lake / "scores"), version, dates[-1], str(target), baseline_days=settings.baseline_days, thresholds=report.thresholds_from(settings))
+    for alert in result["alerts"]:
+        story.say(f"  ALERT {alert['message']}")
+    for warning in result["warnings"]:
+        story.say(f"  warning {warning['message']}")
+    if not result["alerts"] and not result["warnings"]:
+        story.say("  no alert, no warning")
+    story.say(f"  (the nightly DAG wrote one per day too, under {lake / 'scores'}/model_version={version}/_reports/)")
+    story.say(f"Open the report: {result['html']}")
 
 
 if __name__ == "__main__":

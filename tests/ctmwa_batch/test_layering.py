@@ -1,6 +1,7 @@
 """Layering: ctmwa_batch is the runtime a scoring worker installs alone, and no package imports in a cycle.
 
-ctmwa_batch must never import torch, transformers or airflow (checked by importing every module), nor anything of
+ctmwa_batch must never import torch, transformers, airflow or matplotlib (the report command imports it when it
+draws, from the `report` extra; checked by importing every module), nor anything of
 training, export or the fixtures (checked on the source, deferred imports included). The import graph of the
 project's packages has no cycle, deferred imports counted: a cycle held off by an import inside a function is
 still a cycle.
@@ -21,7 +22,7 @@ import importlib, pkgutil, sys
 import ctmwa_batch
 for info in pkgutil.walk_packages(ctmwa_batch.__path__, "ctmwa_batch."):
     importlib.import_module(info.name)
-bad = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "transformers", "airflow"})
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "transformers", "airflow", "matplotlib"})
 print(",".join(bad))
 """
 

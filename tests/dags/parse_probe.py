@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-HEAVY = ("torch", "onnxruntime", "onnx", "transformers", "tokenizers", "pyarrow", "numpy", "PIL", "ctmwa_batch.orchestrate", "ctmwa_batch.job", "export", "training")
+HEAVY = ("torch", "onnxruntime", "onnx", "transformers", "tokenizers", "pyarrow", "numpy", "PIL", "matplotlib", "ctmwa_batch.report", "ctmwa_batch.orchestrate", "ctmwa_batch.job", "export", "training")
 
 
 def main(dags_folder: str, result_path: str) -> int:

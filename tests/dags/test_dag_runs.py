@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 DAYS = ("2026-01-05", "2026-01-06")
 MISSING_DAY = "2026-02-01"
+DRIFTED_DAY = "2026-01-07"  # many more image-less posts, a mostly negative mix; scored with CTMWA_FAIL_ON_DRIFT set
 BACKFILL_DAYS = ("2026-01-10", "2026-01-11", "2026-01-12")
 
 
@@ -41,6 +42,7 @@ def deployment(tmp_path_factory, models_root: Path) -> dict[str, str]:
     root = tmp_path_factory.mktemp("deploy")
     for day in DAYS:
         demo_posts.write_partition(root / "lake", day, rows=40, row_group_size=10)
+    demo_posts.write_partition(root / "lake", DRIFTED_DAY, rows=40, row_group_size=10, spec=demo_posts.DRIFTED)
     return {
         "CTMWA_INPUT_ROOT": str(root / "lake" / "posts"),
         "CTMWA_OUTPUT_ROOT": str(root / "scores"),
@@ -100,10 +102,12 @@ def runs(run_dags, deployment, backfill_lake, release_inputs, full_bundle) -> di
             {"dag_id": "ctmwa_score_daily", "logical_date": _night_after(MISSING_DAY)},
             {"dag_id": "ctmwa_backfill", "logical_date": "2026-02-01T00:00:00+00:00", "conf": backfill_conf},
             {"dag_id": "ctmwa_export_model", "logical_date": "2026-02-01T00:00:00+00:00", "conf": export_conf},
+            # last: its env stays set in the runner process (alerts from 20 rows on, so that 50-row days can drift)
+            {"dag_id": "ctmwa_score_daily", "logical_date": _night_after(DRIFTED_DAY), "env": {"CTMWA_FAIL_ON_DRIFT": "1", "CTMWA_DRIFT_MIN_ROWS": "20"}},
         ],
         env=deployment,
     )
-    return {"log": run_dags.log, **dict(zip([*DAYS, "missing", "backfill", "export"], results))}
+    return {"log": run_dags.log, **dict(zip([*DAYS, "missing", "backfill", "export", "drifted"], results))}
 
 
 def _out(deployment: dict, models_root: Path, day: str) -> Path:
@@ -127,6 +131,28 @@ def test_daily_dag_commits_every_input_row(runs, deployment, models_root, day):
     assert run["xcom"]["commit"]["rows"]["output"] == 50 and not run["xcom"]["commit"]["skipped"]
     assert run["xcom"]["publish"]["partitions"][0]["output_dir"] == str(out)  # the Asset event's extra
     assert run["xcom"]["report"]["rows"] == 50 and day in run["xcom"]["report"]["table"]
+    # the health report beside the scores; 50-row days are under min_rows: figures, no alert
+    health = run["xcom"]["health_report"]
+    reports = out.parent / "_reports" / f"dt={day}"
+    assert health["report_dir"] == str(reports) and health["alerts"] == [] and not health["fail"]
+    numbers = json.loads((reports / "report.json").read_text())
+    assert [d["rows"] for d in numbers["days"] if d["role"] == "report"] == [50] and (reports / "report.html").stat().st_size > 10_000
+    assert run["xcom"]["publish"]["alerts"] == [] and run["xcom"]["publish"]["report"] == str(reports / "report.html")
+
+
+def test_a_drifted_day_fails_the_health_report_not_the_scoring(runs, deployment, models_root):
+    run = runs["drifted"]
+    assert run["state"] == "failed"  # the run shows red...
+    assert set(task_states(run, "score_shard")) == {"success"} and task_states(run, "commit") == ["success"]
+    assert task_states(run, "health_report") == ["failed"]  # ...because of the report alone
+    assert task_states(run, "report") == ["upstream_failed"]  # the leaf that carries the failure to the run's state
+    assert task_states(run, "publish") == ["success"]  # the committed scores are published, alerts in the event's extra
+    alerts = run["xcom"]["publish"]["alerts"]
+    assert "status:image_missing" in {a["quantity"] for a in alerts} and all(a["date"] == DRIFTED_DAY for a in alerts)
+    reports = _out(deployment, models_root, DRIFTED_DAY).parent / "_reports" / f"dt={DRIFTED_DAY}"
+    numbers = json.loads((reports / "report.json").read_text())
+    assert numbers["alerts"] == alerts and numbers["baseline"]["present"] == list(DAYS)
+    assert "drift alert(s) and CTMWA_FAIL_ON_DRIFT is set" in runs["log"]
 
 
 def test_a_rerun_is_a_noop(runs, run_dags, deployment, models_root):
@@ -169,6 +195,12 @@ def test_backfill_scores_exactly_the_uncommitted_days(runs, backfill_lake, model
         out = Path(output_dir(str(backfill_lake["scores"]), registry.current_version(models_root), f"dt={day}"))
         success = json.loads((out / "_SUCCESS.json").read_text())
         assert success["rows"]["input"] == success["rows"]["output"] == pq.read_table(out).num_rows == 30
+    # one health report for the whole range, the day committed before included
+    health = run["xcom"]["health_report"]
+    reports = Path(output_dir(str(backfill_lake["scores"]), registry.current_version(models_root), f"_reports/dt={BACKFILL_DAYS[0]}..{BACKFILL_DAYS[-1]}"))
+    assert health["report_dir"] == str(reports) and (reports / "report.html").is_file()
+    numbers = json.loads((reports / "report.json").read_text())
+    assert numbers["report_dates"] == list(BACKFILL_DAYS) and [d["rows"] for d in numbers["days"] if d["role"] == "report"] == [30, 30, 30]
 
 
 def test_export_dag_publishes_a_bundle_and_moves_current(runs, release_inputs):

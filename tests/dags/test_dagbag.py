@@ -54,7 +54,7 @@ def test_daily_dag_maps_shards_on_the_gpu_queue_and_pool(parsed):
     dag = parsed["dags"]["ctmwa_score_daily"]
     assert dag["schedule"] == "CronDataIntervalTimetable"
     tasks = dag["tasks"]
-    assert set(tasks) == {"wait_for_input", "plan", "shards", "score_shard", "commit", "publish", "report"}
+    assert set(tasks) == {"wait_for_input", "plan", "shards", "score_shard", "commit", "health_report", "publish", "report"}
     shard = tasks["score_shard"]
     assert shard["mapped"] and (shard["queue"], shard["pool"]) == ("gpu", "ctmwa_gpu")
     assert shard["retries"] == 2 and shard["execution_timeout_s"] == 120 * 60 and shard["max_active_tis_per_dag"] == 8
@@ -62,6 +62,10 @@ def test_daily_dag_maps_shards_on_the_gpu_queue_and_pool(parsed):
     assert tasks["commit"]["upstream"] == ["plan", "score_shard"]
     assert tasks["commit"]["trigger_rule"].endswith("NONE_FAILED")  # a committed day maps zero shards and still reports
     assert tasks["publish"]["outlets"] == ["ctmwa_scores"]
+    assert tasks["health_report"]["upstream"] == ["commit"]
+    assert tasks["report"]["upstream"] == ["commit", "health_report"]  # so that a drift failure fails the run
+    # publish carries the report's alerts, and still publishes the committed scores when the report failed on drift
+    assert tasks["publish"]["upstream"] == ["commit", "health_report"] and tasks["publish"]["trigger_rule"].endswith("ALL_DONE_MIN_ONE_SUCCESS")
     assert {"partition_date", "overwrite", "model_version", "input_root", "output_root", "device"} <= set(dag["params"])
 
 
