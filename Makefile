@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo cluster-demo test test-all bench clean
+.PHONY: install demo cluster-demo test test-all bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_head.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_score.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_report.py
+
+# On a CUDA machine with onnxruntime-gpu: the gpu-marked tests and bench_score.py --device cuda (fp32, fp16), one table.
+# Uses .venv when there is one, else $(PYTHON) with PYTHONPATH=. (see bench/gpu_check.sh).
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -3,8 +3,10 @@
 Not a test. On one machine, in one run, on the same generated posts (photo-like JPEGs of ~500x400 px and 40-60 KB,
 short texts):
 
-1. ceilings of each stage alone: image decoding (the decode pool), the image encoder, the text encoder, the head;
-2. `ctmwa_batch.job.score_partition` end to end (Parquet in, Parquet out, committed);
+1. ceilings of each stage alone: image decoding (the decode pool), the image encoder, the text encoder, the head,
+   for each encoder precision (`--precision`, default fp32 and int8 on CPU, fp32 and fp16 with `--device cuda`),
+   with the execution provider each session got;
+2. `ctmwa_batch.job.score_partition` end to end (Parquet in, Parquet out, committed), per precision;
 3. the obvious pipeline: PIL + CLIPImageProcessorPil + tokenizer + CLIPModel fp32 (batch 64, one process) + the torch
    CTMWA head, results written to Parquet;
 4. peak RSS of the scorer (and of its decoding workers) at two partition sizes, to show memory does not grow with
@@ -16,6 +18,10 @@ by export.encoders) and a random CTMWA head (export.head): speed does not depend
 offline and cached under --work.
 
     python bench/bench_score.py [--posts 256] [--memory-rows 10000 100000] [--workers N] [--work DIR]
+                                [--device cpu|cuda] [--precision fp32 --precision int8 ...]
+
+It ends with one Markdown table (posts/s, stage ceilings, providers, ratio to the transformers pipeline) and the CPU's
+flags (avx512_vnni, amx_int8, ...) that decide how fast int8 runs.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from fixtures import images as fixture_images  # noqa: E402
 logger = logging.getLogger("bench_score")
 
 LABELS = ["positive", "neutral", "negative"]
+PRECISIONS = ("fp32", "fp16", "int8")  # every encoder variant, so one bundle serves every row of the table
 WORDS = "good great happy love sad bad angry day night beach cat dog coffee friends trip rain sun city party".split()
 
 
@@ -106,7 +113,7 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     if not (clip_dir / "config.json").exists():
         (build_random_clip_vit_b32 if size == "vit-b32" else build_tiny_clip)(clip_dir, seed=0)
     if not (enc_dir / MANIFEST).exists():
-        export_encoders(EncoderExportConfig(source=str(clip_dir), out_dir=enc_dir, overwrite=True))
+        export_encoders(EncoderExportConfig(source=str(clip_dir), out_dir=enc_dir, overwrite=True, precisions=PRECISIONS))
     dim = 512 if size == "vit-b32" else 16
     config = CTMWAConfig(text_dim=dim, image_dim=dim, embed_dim=128 if size == "vit-b32" else 8, num_classes=len(LABELS))
     torch.manual_seed(0)
@@ -119,7 +126,7 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------------------------------- measurements
 
 
-def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int) -> dict:
+def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int, device: str, precision: str) -> dict:
     """Each stage alone, on the same posts: decode (the decode pool), image encoder, text encoder, head."""
     from ctmwa_batch.bundle import load_bundle
     from ctmwa_batch.posts import ImageDecoder
@@ -128,8 +135,8 @@ def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int) -> dict:
     table = pq.read_table(posts)
     items, texts = table.column("image").to_pylist(), table.column("text").to_pylist()
     n = len(items)
-    scorer = Scorer(load_bundle(bundle_dir), ScoreConfig(device="cpu", intra_op_threads=threads, workers=workers))
-    out = {}
+    scorer = Scorer(load_bundle(bundle_dir), ScoreConfig(device=device, intra_op_threads=threads, workers=workers, precision=precision))
+    out: dict = {}
     with ImageDecoder(scorer.image_spec, workers) as decoder:
         decoder.result(decoder.submit(items[:8]))  # start the pool's processes
         t0 = time.perf_counter()
@@ -144,6 +151,7 @@ def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int) -> dict:
     image_emb = np.concatenate([enc.encode_pixels(pixels[i : i + 64], ok[i : i + 64]) for i in range(0, n, 64)])
     out["image_encoder_per_s"] = n / (time.perf_counter() - t0)
     tokens = [enc.tokenizer.encode(texts[i : i + 64]) for i in range(0, n, 64)]
+    enc.encode_tokens(tokens[0])  # warm-up
     t0 = time.perf_counter()
     text_emb = np.concatenate([enc.encode_tokens(t).emb for t in tokens])
     out["text_encoder_per_s"] = n / (time.perf_counter() - t0)
@@ -155,10 +163,13 @@ def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int) -> dict:
     out["head_per_s"] = 5 * n / (time.perf_counter() - t0)
     # The model alone (encoders + head, no decoding): what inference could do if decoding were free.
     out["model_alone_posts_per_s"] = 1.0 / (1.0 / out["image_encoder_per_s"] + 1.0 / out["text_encoder_per_s"] + 1.0 / out["head_per_s"])
-    return {k: round(v, 1) for k, v in out.items()}
+    out = {k: round(v, 1) for k, v in out.items()}
+    out["precision"] = scorer.precision
+    out["providers"] = {"image_encoder": enc.image_session.provider, "text_encoder": enc.text_session.provider, "head": scorer.head.provider}
+    return out
 
 
-def ours(bundle_dir: Path, posts: Path, out_root: Path, workers: int, threads: int, batch_size: int) -> dict:
+def ours(bundle_dir: Path, posts: Path, out_root: Path, workers: int, threads: int, batch_size: int, device: str, precision: str) -> dict:
     """ctmwa-batch score end to end; posts/s over the shard (read -> decode -> encode -> head -> write -> commit)."""
     import shutil
 
@@ -166,8 +177,8 @@ def ours(bundle_dir: Path, posts: Path, out_root: Path, workers: int, threads: i
 
     shutil.rmtree(out_root, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = score_partition(posts, out_root, bundle_dir,
-                              ScoreConfig(device="cpu", workers=workers, intra_op_threads=threads, batch_size=batch_size))
+    summary = score_partition(posts, out_root, bundle_dir, ScoreConfig(
+        device=device, workers=workers, intra_op_threads=threads, batch_size=batch_size, precision=precision))
     wall = time.perf_counter() - t0
     rows = summary["rows"]["output"]
     return {
@@ -176,11 +187,14 @@ def ours(bundle_dir: Path, posts: Path, out_root: Path, workers: int, threads: i
         "startup_s": round(wall - summary["timings"]["wall_seconds"], 1),
         "stages_s": summary["timings"]["stages"],
         "by_status": summary["rows"]["by_status"],
+        "runtime": summary.get("runtime", {}),
+        "scores": str(summary["output_dir"]),
     }
 
 
-def baseline(clip_dir: Path, bundle_dir: Path, posts: Path, out_path: Path, threads: int) -> dict:
-    """The obvious pipeline: CLIPImageProcessorPil + tokenizer + CLIPModel fp32, batch 64, one process, torch head."""
+def baseline(clip_dir: Path, bundle_dir: Path, posts: Path, out_path: Path, threads: int, device: str) -> dict:
+    """The obvious pipeline: CLIPImageProcessorPil + tokenizer + CLIPModel fp32, batch 64, one process, torch head
+    (on the GPU too when --device cuda)."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
@@ -188,10 +202,12 @@ def baseline(clip_dir: Path, bundle_dir: Path, posts: Path, out_path: Path, thre
     from training.model import load_checkpoint
 
     torch.set_num_threads(threads)
-    model = CLIPModel.from_pretrained(clip_dir).eval()
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    model = CLIPModel.from_pretrained(clip_dir).eval().to(dev)
     processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
     tokenizer = AutoTokenizer.from_pretrained(clip_dir)
     head, _, _ = load_checkpoint(bundle_dir.parent / bundle_dir.name.replace("-bundle", "-ctmwa"))
+    head = head.to(dev)
     table = pq.read_table(posts)
     items, texts, ids = table.column("image").to_pylist(), table.column("text").to_pylist(), table.column("post_id").to_pylist()
     rows = []
@@ -199,17 +215,75 @@ def baseline(clip_dir: Path, bundle_dir: Path, posts: Path, out_path: Path, thre
     with torch.inference_mode():
         for i in range(0, len(items), 64):
             images = [Image.open(io.BytesIO(b)).convert("RGB") for b in items[i : i + 64]]
-            pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-            tok = tokenizer(texts[i : i + 64], padding=True, truncation=True, return_tensors="pt")
+            pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(dev)
+            tok = tokenizer(texts[i : i + 64], padding=True, truncation=True, return_tensors="pt").to(dev)
             image_emb = F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
             text_emb = F.normalize(model.get_text_features(**tok).pooler_output, dim=-1)
             out = head(text_emb, image_emb)
-            probs = out.logits_m.softmax(-1).numpy()
+            probs = out.logits_m.softmax(-1).cpu().numpy()
             for j, p in enumerate(probs):
                 rows.append({"post_id": ids[i + j], "sentiment": LABELS[int(p.argmax())], "confidence": float(p.max()),
                              "text_weight": float(out.text_weight[j]), "image_weight": float(out.image_weight[j])})
     pq.write_table(pa.Table.from_pylist(rows), out_path)
-    return {"posts_per_s": round(len(items) / (time.perf_counter() - t0), 1)}
+    return {"posts_per_s": round(len(items) / (time.perf_counter() - t0), 1), "device": str(dev)}
+
+
+def agreement(scores_dir: str, baseline_path: Path) -> float:
+    """Share of posts whose sentiment equals the transformers pipeline's (random weights: near-ties are common)."""
+    ours_t = pq.read_table(scores_dir, columns=["post_id", "sentiment"]).to_pylist()
+    theirs = {r["post_id"]: r["sentiment"] for r in pq.read_table(baseline_path).to_pylist()}
+    return round(float(np.mean([theirs.get(r["post_id"]) == r["sentiment"] for r in ours_t])), 4)
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict:
+    """CPU model and the flags that decide int8 / fp32 speed (from /proc/cpuinfo, as lscpu shows them)."""
+    model, flags = "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "?":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "cpus": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags], "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def gpu_name() -> str | None:
+    """The CUDA device's name, where torch sees one."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def print_table(report: dict) -> None:
+    """One Markdown table, ready to paste into the README."""
+    base = (report.get("baseline") or {}).get("posts_per_s")
+    print()
+    print(f"machine: {report['machine']['cpu']['model']}, {report['machine']['cpu']['cpus']} CPUs, flags {' '.join(report['machine']['cpu']['flags'])}, "
+          f"GPU {report['machine']['gpu'] or 'none'}, load {report['machine']['cpu']['load_1min']} at start, {report['machine']['load_end']} at end")
+    print(f"posts: {json.dumps(report['posts'], default=float)}")
+    print()
+    print("| run | precision | providers (image / text / head) | decode img/s | image enc /s | text enc /s | head rows/s | models alone /s | end to end posts/s | vs transformers |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for run in report["runs"]:
+        c, o = run["ceilings"], run["ours"]
+        prov = " / ".join(p.replace("ExecutionProvider", "") for p in c["providers"].values())
+        ratio = f"{o['posts_per_s'] / base:.2f}x" if base else "-"
+        print(f"| ctmwa-batch score | {c['precision']} | {prov} | {c['decode_images_per_s']:,} | {c['image_encoder_per_s']:,} | {c['text_encoder_per_s']:,} | "
+              f"{c['head_per_s']:,} | {c['model_alone_posts_per_s']:,} | **{o['posts_per_s']:,}** ({o['posts_per_s_incl_startup']:,} with start-up) | {ratio} |")
+    if base:
+        b = report["baseline"]
+        print(f"| transformers pipeline (CLIPImageProcessorPil + CLIPModel fp32, batch 64, torch head) | fp32 | torch {b['device']} | | | | | | **{base:,}** | 1.00x |")
+    for run in report["runs"]:
+        if "agreement_with_transformers" in run:
+            print(f"sentiment agreement with the transformers pipeline, {run['ceilings']['precision']}: {run['agreement_with_transformers']:.2%}")
 
 
 def _status_kb(pid: int | str, key: str) -> int:
@@ -274,10 +348,13 @@ def memory_run(bundle_dir: Path, posts: Path, out_root: Path, workers: int, batc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=256, help="posts in the throughput partition (full-size models)")
-    parser.add_argument("--memory-rows", type=int, nargs="*", default=[10_000, 100_000], help="partition sizes for the memory part")
+    parser.add_argument("--memory-rows", type=int, nargs="*", default=[10_000, 100_000], help="partition sizes for the memory part (none: skip it)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="decoding processes")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0 = all cores)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where ctmwa-batch and the transformers pipeline run")
+    parser.add_argument("--precision", action="append", choices=["fp32", "fp16", "int8"],
+                        help="encoder variants to run, repeatable (default: fp32 and int8 on cpu, fp32 and fp16 on cuda)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_work"), help="cache for models and data")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--_memory-run", nargs=3, metavar=("BUNDLE", "POSTS", "OUT"), help=argparse.SUPPRESS)
@@ -290,10 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_run(bundle, posts, out, args.workers, args.batch_size)))
         return 0
 
+    precisions = args.precision or (["fp32", "int8"] if args.device == "cpu" else ["fp32", "fp16"])
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     threads = args.threads or os.cpu_count() or 1
-    report: dict = {"machine": {"cpus": os.cpu_count(), "decode_workers": args.workers, "threads": threads, "batch_size": args.batch_size}}
+    report: dict = {"machine": {"cpu": cpu_info(), "gpu": gpu_name(), "device": args.device, "decode_workers": args.workers,
+                                "threads": threads, "batch_size": args.batch_size}}
+    print("machine:", json.dumps(report["machine"]), flush=True)
     t_all = time.perf_counter()
 
     bundle, clip_dir = build_bundle(work, "vit-b32")
@@ -304,30 +384,38 @@ def main(argv: list[str] | None = None) -> int:
         report["posts"] = {"rows": pq.ParquetFile(posts).metadata.num_rows, "file_mb": round(posts.stat().st_size / 2**20, 1)}
     print("posts:", json.dumps(report["posts"]), flush=True)
 
-    report["ceilings"] = ceilings(bundle, posts, args.workers, threads)
-    print("ceilings (each stage alone, per second):", json.dumps(report["ceilings"]), flush=True)
-    report["ours"] = ours(bundle, posts, work / "scores", args.workers, threads, args.batch_size)
-    print("ctmwa-batch score:", json.dumps(report["ours"]), flush=True)
     if not args.skip_baseline:
-        report["baseline"] = baseline(clip_dir, bundle, posts, work / "baseline.parquet", threads)
+        report["baseline"] = baseline(clip_dir, bundle, posts, work / "baseline.parquet", threads, args.device)
         print("transformers pipeline (CLIPImageProcessorPil + CLIPModel fp32, batch 64, + torch head):", json.dumps(report["baseline"]), flush=True)
-        ratio = report["ours"]["posts_per_s"] / report["baseline"]["posts_per_s"]
-        print(f"ratio ctmwa-batch / transformers: {ratio:.2f}x", flush=True)
+    report["runs"] = []
+    for precision in precisions:
+        run = {"ceilings": ceilings(bundle, posts, args.workers, threads, args.device, precision)}
+        print(f"ceilings, {precision} (each stage alone, per second):", json.dumps(run["ceilings"]), flush=True)
+        run["ours"] = ours(bundle, posts, work / f"scores-{precision}", args.workers, threads, args.batch_size, args.device, precision)
+        print(f"ctmwa-batch score, {precision}:", json.dumps(run["ours"]), flush=True)
+        if "baseline" in report:
+            run["agreement_with_transformers"] = agreement(run["ours"]["scores"], work / "baseline.parquet")
+            ratio = run["ours"]["posts_per_s"] / report["baseline"]["posts_per_s"]
+            print(f"ratio ctmwa-batch ({precision}) / transformers: {ratio:.2f}x", flush=True)
+        report["runs"].append(run)
+    report["machine"]["load_end"] = round(os.getloadavg()[0], 2)
+    print_table(report)
 
-    tiny, _ = build_bundle(work, "tiny")
-    memory = []
-    for rows in args.memory_rows:
-        mem_posts = work / "posts" / f"small-{rows}" / "posts.parquet"
-        if not mem_posts.exists():
-            write_posts(mem_posts, rows, seed=2, image_size=(128, 96), distinct_images=256)
-        result = subprocess.run(
-            [sys.executable, __file__, "--_memory-run", str(tiny), str(mem_posts), str(work / f"scores-{rows}"),
-             "--workers", str(args.workers), "--batch-size", "256"],
-            capture_output=True, text=True, check=True,
-        )
-        memory.append(json.loads(result.stdout.strip().splitlines()[-1]) | {"input_mb": round(mem_posts.stat().st_size / 2**20, 1)})
-        print("memory (tiny encoders, 128x96 JPEGs, batch 256):", json.dumps(memory[-1]), flush=True)
-    report["memory"] = memory
+    if args.memory_rows:
+        tiny, _ = build_bundle(work, "tiny")
+        memory = []
+        for rows in args.memory_rows:
+            mem_posts = work / "posts" / f"small-{rows}" / "posts.parquet"
+            if not mem_posts.exists():
+                write_posts(mem_posts, rows, seed=2, image_size=(128, 96), distinct_images=256)
+            result = subprocess.run(
+                [sys.executable, __file__, "--_memory-run", str(tiny), str(mem_posts), str(work / f"scores-{rows}"),
+                 "--workers", str(args.workers), "--batch-size", "256"],
+                capture_output=True, text=True, check=True,
+            )
+            memory.append(json.loads(result.stdout.strip().splitlines()[-1]) | {"input_mb": round(mem_posts.stat().st_size / 2**20, 1)})
+            print("memory (tiny encoders, 128x96 JPEGs, batch 256):", json.dumps(memory[-1]), flush=True)
+        report["memory"] = memory
     print(f"total bench time {time.perf_counter() - t_all:.0f}s", flush=True)
     (work / "report.json").write_text(json.dumps(report, indent=2))
     return 0

@@ -13,6 +13,9 @@ A bundle is a folder (DESIGN.md section 5):
                          checkpoint, class bias, evidence), calibration, training_metrics
     end_to_end.onnx      optional (ctmwa-export head --end-to-end): pixels, input_ids, attention_mask, has_text,
                          has_image -> the head's outputs plus text_emb, image_emb; the three graphs above in one
+    image_encoder.int8.onnx, text_encoder.int8.onnx   optional precision variants of the two encoders (same inputs
+    image_encoder.fp16.onnx, text_encoder.fp16.onnx   and outputs); manifest "encoder_variants" lists each variant
+                         present with its files' sha256 and its validation figures. No list: fp32 only (older bundles)
 
 Encoders alone make a partial bundle that `embed` can use; `add_files` puts the head in and rewrites the manifest.
 Loading verifies every checksum and rejects missing, changed and unexpected files, naming each.
@@ -47,6 +50,21 @@ HEAD = "head.onnx"
 END_TO_END = "end_to_end.onnx"  # optional: the three graphs composed into one (for runtimes other than ctmwa-batch)
 TOKENIZER = "tokenizer.json"
 ENCODER_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
+
+# Precision variants of the encoders. fp32 is the graph pair above (what trained the head); the others are derived
+# from it (fp16: float16 weights and activations, fp32 inputs/outputs; int8: dynamically quantized weights).
+FP32, FP16, INT8 = "fp32", "fp16", "int8"
+PRECISIONS = (FP32, FP16, INT8)
+VARIANTS = "encoder_variants"  # manifest field: precision -> {"files": {graph: {file, sha256}}, "validation": {...}}
+
+
+def encoder_files(precision: str) -> dict[str, str]:
+    """Graph name ("image_encoder", "text_encoder") -> file name of one precision variant."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} unknown; use one of {list(PRECISIONS)}")
+    suffix = "" if precision == FP32 else f".{precision}"
+    return {Path(name).stem: f"{Path(name).stem}{suffix}.onnx" for name in (IMAGE_ENCODER, TEXT_ENCODER)}
+
 
 # Graph input names of the encoders (their outputs are schema.IMAGE_EMB / schema.TEXT_EMB).
 PIXELS = "pixels"
@@ -139,6 +157,34 @@ class Bundle:
         return all(name in self.manifest["files"] for name in ENCODER_FILES)
 
     @property
+    def precisions(self) -> tuple[str, ...]:
+        """Encoder precision variants in the bundle, in PRECISIONS order; a bundle without the list has fp32 only."""
+        variants = self.manifest.get(VARIANTS)
+        if not variants:
+            return (FP32,) if self.has_encoders else ()
+        return tuple(p for p in PRECISIONS if p in variants)
+
+    def encoder_paths(self, precision: str = FP32) -> tuple[Path, Path]:
+        """(image encoder, text encoder) paths of one precision variant; BundleError naming the variants it has."""
+        if precision not in self.precisions:
+            raise BundleError(
+                f"bundle {str(self.root)!r} has no {precision} encoders; it has {list(self.precisions)}: choose one of "
+                f"those (--precision / CTMWA_PRECISION), or re-export the encoders with --precision {precision}"
+            )
+        files = encoder_files(precision)
+        return self.path(files["image_encoder"]), self.path(files["text_encoder"])
+
+    @property
+    def encoder_side_files(self) -> tuple[str, ...]:
+        """Every file of the encoders part: ENCODER_FILES plus each variant's graphs (what an encoders-only copy takes)."""
+        extra = [name for p in self.precisions if p != FP32 for name in encoder_files(p).values()]
+        return (*ENCODER_FILES, *extra)
+
+    def variant(self, precision: str) -> dict[str, Any]:
+        """The manifest entry of one variant (files with sha256, validation figures); {} for an old fp32-only bundle."""
+        return dict((self.manifest.get(VARIANTS) or {}).get(precision) or {})
+
+    @property
     def has_head(self) -> bool:
         """Whether the CTMWA head graph is present (a full, scoring-ready bundle)."""
         return HEAD in self.manifest["files"]
@@ -190,6 +236,22 @@ def _files_on_disk(root: Path) -> set[str]:
     return found
 
 
+def _variant_problems(manifest: Mapping[str, Any]) -> list[str]:
+    """Each listed variant must name its files by the layout's names, and their sha256 must be the files table's."""
+    problems = []
+    for precision, entry in sorted((manifest.get(VARIANTS) or {}).items()):
+        if precision not in PRECISIONS:
+            problems.append(f"{MANIFEST}: encoder variant {precision!r} unknown (this ctmwa-batch knows {list(PRECISIONS)})")
+            continue
+        for graph, name in encoder_files(precision).items():
+            listed = ((entry or {}).get("files") or {}).get(graph) or {}
+            if listed.get("file") != name or name not in manifest["files"]:
+                problems.append(f"{MANIFEST}: encoder variant {precision} lists {listed.get('file')!r} for {graph}, the bundle needs {name!r}")
+            elif listed.get("sha256") != manifest["files"][name]["sha256"]:
+                problems.append(f"{MANIFEST}: encoder variant {precision}: sha256 of {name} differs from the files table")
+    return problems
+
+
 def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
     """Read a bundle; with verify (the default) check every file's sha256 and fail naming each bad file."""
     root = Path(root)
@@ -211,6 +273,7 @@ def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
                 problems.append(f"{name}: changed (sha256 {digest[:12]}..., manifest says {str(entry.get('sha256'))[:12]}...)")
         for name in sorted(_files_on_disk(root) - set(listed)):
             problems.append(f"{name}: unexpected file, not listed in {MANIFEST}")
+        problems += _variant_problems(manifest)
         if not problems and manifest.get("model_version") != model_version(manifest):
             problems.append(f"{MANIFEST}: model_version does not match its files and preprocessing (edited by hand?)")
         if problems:
@@ -245,6 +308,17 @@ def _finish_manifest(root: Path, manifest: dict[str, Any]) -> Bundle:
     manifest["files"] = {
         name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size} for name in sorted(_files_on_disk(root))
     }
+    if manifest.get(VARIANTS):
+        manifest[VARIANTS] = {
+            precision: {
+                **entry,
+                "files": {
+                    graph: {"file": name, "sha256": manifest["files"].get(name, {}).get("sha256")}
+                    for graph, name in encoder_files(precision).items()
+                },
+            }
+            for precision, entry in sorted(manifest[VARIANTS].items(), key=lambda kv: PRECISIONS.index(kv[0]) if kv[0] in PRECISIONS else 99)
+        }
     manifest["model_version"] = model_version(manifest)
     _write_json_atomic(root / MANIFEST, manifest)
     logger.info("wrote %s (model_version %s, %d files)", root / MANIFEST, manifest["model_version"], len(manifest["files"]))
@@ -263,8 +337,12 @@ def write_manifest(
     labels: list[str] | None = None,
     training_metrics: Mapping[str, Any] | None = None,
     created_at: str | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Bundle:
-    """Write manifest.json for every file now in `root` (all of them are listed and hashed) and return the bundle."""
+    """Write manifest.json for every file now in `root` (all of them are listed and hashed) and return the bundle.
+
+    `variants`: precision -> {"validation": {...}} for each encoder variant written (file names and sha256 are
+    filled in here); None writes no list, which readers take as fp32 only."""
     root = Path(root)
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -278,6 +356,8 @@ def write_manifest(
         "graphs": dict(graphs or {}),
         "training_metrics": dict(training_metrics or {}),
     }
+    if variants:
+        manifest[VARIANTS] = {precision: dict(entry) for precision, entry in variants.items()}
     return _finish_manifest(root, manifest)
 
 
@@ -332,9 +412,11 @@ def add_head(
     head: Mapping[str, Any],
     calibration: Mapping[str, Any],
     training_metrics: Mapping[str, Any],
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Bundle:
     """Join a head (head.onnx, optionally end_to_end.onnx) to an encoders bundle: the files plus the manifest fields
-    a head sets (labels, dims.classes, graph signatures, head info, calibration, training metrics)."""
+    a head sets (labels, dims.classes, graph signatures, head info, calibration, training metrics, and `variants`:
+    the encoder variants' entries with the head's agreement figures)."""
     return add_files(
         root,
         files,
@@ -346,6 +428,7 @@ def add_head(
             "head": dict(head),
             "calibration": dict(calibration),
             "training_metrics": dict(training_metrics),
+            **({VARIANTS: dict(variants)} if variants else {}),
         },
     )
 
@@ -357,9 +440,14 @@ def write_encoders_only(source: Bundle, out_dir: str | Path) -> Bundle:
     source.require(*ENCODER_FILES)
     out = Path(out_dir)
     out.mkdir(parents=True)
-    for name in ENCODER_FILES:
+    for name in source.encoder_side_files:  # every precision variant too
         shutil.copyfile(source.path(name), out / name)
     manifest = source.manifest
+    # the variants as the encoders bundle listed them (the head's agreement figures belong to the head's bundle)
+    variants = {
+        p: {"validation": {g: f for g, f in (source.variant(p).get("validation") or {}).items() if g != "head"}}
+        for p in source.precisions
+    } if manifest.get(VARIANTS) else None
     return write_manifest(
         out,
         image=source.image_spec,
@@ -368,6 +456,7 @@ def write_encoders_only(source: Bundle, out_dir: str | Path) -> Bundle:
         encoder=manifest.get("encoder") or {},
         opset=manifest.get("opset"),
         graphs={k: v for k, v in (manifest.get("graphs") or {}).items() if k in ENCODER_FILES},
+        variants=variants,
     )
 
 
@@ -386,6 +475,21 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else str(value)
+
+
+def _variant_summary(entry: Mapping[str, Any]) -> str:
+    """One line of a variant's files and validation figures."""
+    files = entry.get("files") or {}
+    parts = [" + ".join(f"{v['file']} ({str(v.get('sha256'))[:12]})" for v in files.values())] if files else ["image_encoder.onnx + text_encoder.onnx"]
+    for graph, figures in sorted((entry.get("validation") or {}).items()):
+        if not isinstance(figures, Mapping):
+            continue
+        shown = ", ".join(
+            f"{k} {v:.6f}" if k == "min_cosine" and isinstance(v, float) else f"{k} {_fmt(v)}"
+            for k, v in figures.items() if k in ("min_cosine", "max_abs_diff", "argmax_agreement", "rows")
+        )
+        parts.append(f"{graph}: {shown}")
+    return "; ".join(parts)
 
 
 def describe(bundle: Bundle) -> list[str]:
@@ -408,6 +512,10 @@ def describe(bundle: Bundle) -> list[str]:
             f"preprocess    image {image.size}px ({image.interpolation}, mean {list(image.mean)}, std {list(image.std)}); "
             f"text max {text.max_length} tokens"
         )
+    if bundle.has_encoders:
+        lines.append(f"precisions    {', '.join(bundle.precisions)}" + ("" if m.get(VARIANTS) else " (no variant list: an fp32-only bundle)"))
+        for precision in bundle.precisions:
+            lines.append(f"  {precision:<5} {_variant_summary(bundle.variant(precision))}")
     if bundle.has_head:
         head = m.get("head") or {}
         lines.append(f"labels        {bundle.labels}")

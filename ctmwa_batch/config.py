@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEVICES = ("auto", "cpu", "cuda")  # what ctmwa_batch.runtime understands
+# Encoder variants a job may ask for (ctmwa_batch.precision resolves auto): auto | fp32 | fp16 | int8.
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+DEFAULT_PRECISION = "auto"  # scoring: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32 (logged)
 DEFAULT_DEVICE = "auto"  # CLI and library default: CUDA when it works, else CPU (logged)
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_ROWS_PER_SHARD = 200_000
@@ -26,6 +29,13 @@ def check_device(device: str) -> None:
     """ValueError naming the known devices when `device` is not one of them."""
     if device not in DEVICES:
         raise ValueError(f"device {device!r} unknown; use one of {list(DEVICES)}")
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is a known choice, else ValueError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} unknown; use one of {list(PRECISIONS)}")
+    return precision
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -58,9 +68,11 @@ class ScoreConfig:
     image_column: str | None = DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI); None = no images
     passthrough: tuple[str, ...] = ()  # further input columns copied to the output after the scores
     scored_at: str | None = None  # ISO-8601 time stamped on every row (reproducible reruns); None = the time of scoring
+    precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        check_precision(self.precision)
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size}: must be at least 1")
         if self.workers is not None and self.workers < 0:

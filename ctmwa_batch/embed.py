@@ -31,9 +31,10 @@ from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS,
 from ctmwa_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_QUEUE_BATCHES, DEVICES, check_device
 from ctmwa_batch.errors import InputSchemaError
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_errors, image_items
+from ctmwa_batch.precision import AUTO, CHOICES, check_choice, resolve_for_bundle
 from ctmwa_batch.preprocess import ImageSpec, TextTokenizer, TokenizedTexts
 from ctmwa_batch.progress import Progress
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.runtime import RuntimeConfig, create_session, expects_cuda
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,10 @@ class EmbedConfig:
     workers: int = 0  # image-decoding processes; 0 decodes in the pipeline's reader thread (still overlapping encoding)
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = all cores
     keep_image_column: bool = False  # pass the image bytes through to the output too (large)
+    precision: str = "fp32"  # encoder variant; fp32 by default: training features must be what the head is validated on
 
     def __post_init__(self) -> None:
+        check_choice(self.precision)
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size}: must be at least 1")
         check_device(self.device)
@@ -74,15 +77,23 @@ class EncodedTexts:
 
 
 class Encoders:
-    """A bundle's two encoders plus its tokenizer: texts / uint8 pixels -> L2-normalised embeddings."""
+    """A bundle's two encoders (one precision variant, see ctmwa_batch.precision) plus its tokenizer:
+    texts / uint8 pixels -> L2-normalised embeddings."""
 
-    def __init__(self, bundle: Bundle, runtime: RuntimeConfig = RuntimeConfig()):
+    def __init__(self, bundle: Bundle, runtime: RuntimeConfig = RuntimeConfig(), precision: str = "fp32"):
         bundle.require(IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
         self.bundle = bundle
         self.image_spec: ImageSpec = bundle.image_spec
         self.tokenizer = TextTokenizer(bundle.path(TOKENIZER), bundle.text_spec)
-        self.image_session = create_session(bundle.path(IMAGE_ENCODER), runtime)
-        self.text_session = create_session(bundle.path(TEXT_ENCODER), runtime)
+        self.precision = resolve_for_bundle(precision, bundle, on_gpu=expects_cuda(runtime.device))
+        image_path, text_path = bundle.encoder_paths(self.precision)
+        self.image_session = create_session(image_path, runtime)
+        if precision == AUTO and not self.image_session.on_gpu and self.precision != resolve_for_bundle(AUTO, bundle, on_gpu=False):
+            # device auto expected CUDA but the session fell back to the CPU: take the CPU's variant instead
+            self.precision = resolve_for_bundle(AUTO, bundle, on_gpu=False)
+            image_path, text_path = bundle.encoder_paths(self.precision)
+            self.image_session = create_session(image_path, runtime)
+        self.text_session = create_session(text_path, runtime)
         self.text_dim = int(bundle.dims[schema.TEXT_EMB])
         self.image_dim = int(bundle.dims[schema.IMAGE_EMB])
 
@@ -103,14 +114,14 @@ class Encoders:
             # Trim the padding to the longest present row (the dummy rows of missing texts are dropped).
             ids, mask = tokens.input_ids[tokens.ok], tokens.attention_mask[tokens.ok]
             length = int(mask.sum(axis=1).max())
-            out = self.text_session.run({INPUT_IDS: ids[:, :length], ATTENTION_MASK: mask[:, :length]})
-            emb[tokens.ok] = out[schema.TEXT_EMB]
+            emb[tokens.ok] = self.text_session.run({INPUT_IDS: ids[:, :length], ATTENTION_MASK: mask[:, :length]})[schema.TEXT_EMB]
         return EncodedTexts(emb=emb, ok=tokens.ok, reasons=tokens.reasons)
 
     def encode_pixels(self, pixels: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float32 (N, D); rows that are not ok stay zero and are not computed."""
         emb = np.zeros((len(pixels), self.image_dim), dtype=np.float32)
         if ok.any():
+            # int8 scales activations per run, so its embeddings move (~1e-3) with what shares the batch; fp32 / fp16 do not
             emb[ok] = self.image_session.run({PIXELS: np.ascontiguousarray(pixels[ok])})[schema.IMAGE_EMB]
         return emb
 
@@ -214,9 +225,12 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
     dataset = _open_input(Path(config.input_path))
     image_paths = check_posts_schema(dataset.schema, config, f"input {str(config.input_path)!r}")
     bundle = load_bundle(config.bundle_dir)
-    encoders = Encoders(bundle, RuntimeConfig(device=config.device, intra_op_threads=config.intra_op_threads))
+    encoders = Encoders(bundle, RuntimeConfig(device=config.device, intra_op_threads=config.intra_op_threads), config.precision)
     base = Path(config.input_path) if Path(config.input_path).is_dir() else Path(config.input_path).parent
-    source = {"model_version": bundle.model_version, "encoder": bundle.manifest.get("encoder", {}).get("source"), "bundle": str(config.bundle_dir)}
+    source = {
+        "model_version": bundle.model_version, "encoder": bundle.manifest.get("encoder", {}).get("source"),
+        "bundle": str(config.bundle_dir), "precision": encoders.precision,
+    }
     out_schema, passthrough = _output_schema(dataset.schema, config, {"ctmwa_batch.embed": json.dumps(source)})
     output = Path(config.output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +261,7 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
         "timings": {k: round(v, 3) for k, v in stats.seconds.as_dict().items()},
         "decode_workers": config.workers,
         "provider": encoders.provider,
+        "precision": encoders.precision,
         "model_version": bundle.model_version,
         "output": str(output),
     }
@@ -266,6 +281,7 @@ def embed_posts(
     device: str = DEFAULT_DEVICE,
     workers: int = 0,
     keep_image_column: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Library entry point of `ctmwa-batch embed`: posts Parquet -> features Parquet; returns the stats."""
     return embed(
@@ -280,6 +296,7 @@ def embed_posts(
             device=device,
             workers=workers,
             keep_image_column=keep_image_column,
+            precision=precision,
         )
     )
 
@@ -301,6 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: the reader thread, still overlapping encoding)")
     parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
     parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
+    parser.add_argument("--precision", choices=CHOICES, default=d.precision, help="encoder variant (default fp32: training features; auto: int8 on CPU, fp16 on CUDA where the bundle has them)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         intra_op_threads=args.threads,
         keep_image_column=args.keep_image_column,
+        precision=args.precision,
     )
     stats = embed(config)
     print(json.dumps(stats, indent=2))

@@ -89,8 +89,8 @@ class _Session:
         self.scorer = Scorer(bundle, config.score, labels=labels)
         self.decoder = ImageDecoder(self.scorer.image_spec, config.score.decode_workers)
         logger.info(
-            "scoring with model %s on %s, %d decoding process(es), batch %d",
-            self.scorer.model_version, self.scorer.provider, config.score.decode_workers, config.score.batch_size,
+            "scoring with model %s on %s, %s encoders, %d decoding process(es), batch %d",
+            self.scorer.model_version, self.scorer.provider, self.scorer.precision, config.score.decode_workers, config.score.batch_size,
         )
 
     def __enter__(self) -> _Session:
@@ -141,6 +141,7 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
             sentiment_counts=dict(sorted(counts.sentiments.items())),
             timings={k: round(v, 3) for k, v in sorted(timings.items())},
             provider=scorer.provider,
+            precision=scorer.precision,
         )
         marker = dict(part.stats)
     total = stats.seconds.total
@@ -247,6 +248,7 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
         "rows": success["rows"],
         "timings": {k: v for k, v in success["timings"].items() if k != "shards"},
         "parts": len(success["parts"]),
+        "runtime": success.get("runtime", {}),  # encoder precision and execution provider the shards ran with
         "committed_at": success["committed_at"],
     }
 

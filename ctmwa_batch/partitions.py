@@ -435,6 +435,8 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
             "stages": dict(sorted(stages.items())),
             "shards": [{"shard": m["shard"], "seconds": m["seconds"], **m.get("timings", {})} for m in markers],
         },
+        # how the shards ran: encoder precision and execution provider (one value unless workers differed)
+        "runtime": {key: sorted({str(m[key]) for m in markers if m.get(key) is not None}) for key in ("precision", "provider")},
         "committed_at": datetime.now(timezone.utc).isoformat(),
         **(extra or {}),
     }

@@ -1,12 +1,16 @@
 """ONNX Runtime sessions: provider choice (auto | cpu | cuda), thread settings, IO binding on CUDA.
 
 A requested GPU that is not there is an error (ProviderUnavailable), never a silent CPU fallback; `auto`
-takes CUDA when it works and says in the log which provider it got.
+takes CUDA when it works and says in the log which provider it got. Before the first session that may use CUDA,
+`onnxruntime.preload_dlls()` (onnxruntime >= 1.21) loads the CUDA runtime, cuBLAS and cuDNN from the nvidia-* pip
+packages that the `gpu` extra installs, so a worker needs the driver only; `EVENTS` records it and every session.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,13 @@ logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-GPU_EXTRA_HINT = "install the GPU runtime: pip install 'ctmwa-batch[gpu]' (onnxruntime-gpu, in place of onnxruntime)"
+GPU_EXTRA_HINT = "install the GPU runtime: pip install 'ctmwa-batch[gpu]' (onnxruntime-gpu with its CUDA/cuDNN packages, in place of onnxruntime)"
+
+# What this process did with ONNX Runtime, in order: ("preload_dlls", outcome) once, ("session", file name, provider)
+# per session. Read by the job's log, by tests and by bench/gpu_check.sh; bounded, so it never grows.
+EVENTS: collections.deque[tuple[str, ...]] = collections.deque(maxlen=256)
+_preload_lock = threading.Lock()
+_preloaded: list[str] = []  # the outcome, once preload_cuda_libraries has run in this process
 
 
 def import_onnxruntime() -> Any:
@@ -45,6 +55,10 @@ class RuntimeConfig:
     device_id: int = 0  # which CUDA device
     io_binding: bool | None = None  # None: use IO binding on CUDA only; True/False forces it (tests use True on CPU)
     log_severity: int = 3  # ONNX Runtime's own log level (0 verbose .. 4 fatal); 3 keeps fallback noise out of logs
+    # Idle intra-op threads busy-wait for the next operator by default. A scoring job runs three sessions, a decode
+    # pool, a reader and a writer on the same cores: a spinning pool then steals the CPU the others need (on the
+    # 2-core VM under load, fp32 image+text+head ran 2.1 img/s spinning and 4.4 without). Off unless asked for.
+    allow_spinning: bool = False
 
     def __post_init__(self) -> None:
         _check_device_name(self.device)
@@ -96,6 +110,39 @@ def _providers_for(device: str, available: list[str], device_id: int) -> list[An
     return [(CUDA, {"device_id": device_id}), CPU]
 
 
+def preload_cuda_libraries(ort: Any) -> str:
+    """Call onnxruntime.preload_dlls() once per process (where it exists) so that the CUDA provider finds the CUDA
+    runtime, cuBLAS and cuDNN of the nvidia-* pip packages; returns what happened ("called", "absent", "failed: ...").
+
+    A CPU build's preload_dlls returns at once, so calling it wherever CUDA may be used costs nothing."""
+    with _preload_lock:
+        if _preloaded:
+            return _preloaded[0]
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is None:
+            outcome = "absent"  # onnxruntime < 1.21: the CUDA libraries must be on the loader path
+        else:
+            try:
+                preload()
+                outcome = "called"
+            except Exception as e:  # noqa: BLE001 - a failed preload shows up as a missing CUDA provider below
+                outcome = f"failed: {type(e).__name__}: {e}"
+                logger.warning("onnxruntime.preload_dlls() failed (%s); CUDA sessions may not load their libraries", e)
+        _preloaded.append(outcome)
+        EVENTS.append(("preload_dlls", outcome))
+        logger.debug("onnxruntime.preload_dlls: %s", outcome)
+        return outcome
+
+
+def expects_cuda(device: str) -> bool:
+    """Whether sessions opened for `device` will try CUDA: cuda always, auto where this onnxruntime offers it."""
+    if device == "cuda":
+        return True
+    if device == "auto":
+        return CUDA in import_onnxruntime().get_available_providers()
+    return False
+
+
 def check_device(device: str) -> None:
     """Fail early (ProviderUnavailable) when `device` asks for CUDA and this onnxruntime has no CUDA provider.
 
@@ -112,7 +159,10 @@ def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) ->
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
     options.log_severity_level = config.log_severity
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.allow_spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if config.device != "cpu":
+        preload_cuda_libraries(ort)  # before the first session that may open CUDA
     providers = _providers_for(config.device, ort.get_available_providers(), config.device_id)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -129,6 +179,7 @@ def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) ->
             "needs (or call onnxruntime.preload_dlls() with the nvidia-* pip packages), or run with --device cpu"
         )
     model = OnnxModel(session, path, config)
+    EVENTS.append(("session", path.name, model.provider))
     if config.device == "auto":
         logger.info("%s runs on %s (device auto; CUDA %s)", path.name, model.provider,
                     "in use" if model.on_gpu else "not available")

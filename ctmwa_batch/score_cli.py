@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from ctmwa_batch.config import DEVICES, JobConfig, ScoreConfig
+from ctmwa_batch.config import DEVICES, PRECISIONS, JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.job import score_partition
 
@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r}; '' for none)")
     parser.add_argument("--passthrough", nargs="*", default=[], metavar="COLUMN", help="input columns to copy to the output")
     parser.add_argument("--scored-at", default=None, help="ISO-8601 time stamped on every row (default: now)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=d.precision,
+        help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
+    )
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
@@ -49,6 +53,7 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             image_column=args.image_column or None,
             passthrough=tuple(args.passthrough),
             scored_at=args.scored_at,
+            precision=args.precision,
         )
         return JobConfig(score=score, overwrite=args.overwrite, max_rows_per_shard=args.max_rows_per_shard)
     except ValueError as e:

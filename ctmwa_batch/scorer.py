@@ -89,7 +89,7 @@ class Scorer:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.labels = list(labels) if labels is not None else require_scoring_bundle(self.bundle)
         runtime = RuntimeConfig(device=self.config.device, intra_op_threads=self.config.intra_op_threads)
-        self.encoders = Encoders(self.bundle, runtime)
+        self.encoders = Encoders(self.bundle, runtime, self.config.precision)
         self.head = create_session(self.bundle.path(HEAD), runtime)
         if set(self.head.input_names) != set(HEAD_INPUTS) or not set(CORE_HEAD_OUTPUTS) <= set(self.head.output_names):
             raise BundleError(
@@ -115,6 +115,11 @@ class Scorer:
     def provider(self) -> str:
         """Execution provider the sessions run on."""
         return self.head.provider
+
+    @property
+    def precision(self) -> str:
+        """Encoder variant the sessions run (auto resolved)."""
+        return self.encoders.precision
 
     @property
     def image_spec(self) -> ImageSpec:

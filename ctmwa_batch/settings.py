@@ -22,8 +22,10 @@ from ctmwa_batch.config import (
     DEFAULT_ID_COLUMN,
     DEFAULT_IMAGE_COLUMN,
     DEFAULT_MAX_ROWS_PER_SHARD,
+    DEFAULT_PRECISION,
     DEFAULT_TEXT_COLUMN,
     DEVICES,
+    PRECISIONS,
     JobConfig,
     ScoreConfig,
 )
@@ -64,6 +66,7 @@ class Settings:
     # a GPU fails the task, never a silent CPU fallback.
     device: str = "cuda"  # cuda | cpu | auto
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per ONNX Runtime batch
+    precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
     max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # rows one mapped task scores; the unit of distribution and of retries
     # ---- how Airflow schedules the work (read when the DAG files are parsed)
     schedule: str = "@daily"  # cron of the nightly DAG; each run scores the day its data interval starts on (UTC)
@@ -92,6 +95,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise SettingsError(f"device {self.device!r} unknown; set CTMWA_DEVICE (or the device param) to one of {list(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision {self.precision!r} unknown; set CTMWA_PRECISION (or the precision param) to one of {list(PRECISIONS)}")
         for name in ("batch_size", "max_rows_per_shard", "max_active_shards", "input_poke_minutes", "max_map_length", "shard_timeout_minutes", "backfill_timeout_minutes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must be at least 1 (CTMWA_{name.upper()})")
@@ -140,6 +145,7 @@ class Settings:
         return ScoreConfig(
             device=self.device,
             batch_size=self.batch_size,
+            precision=self.precision,
             id_column=self.id_column,
             text_column=self.text_column,
             image_column=self.image_column,
@@ -179,6 +185,7 @@ RUN_OVERRIDES = {
     "passthrough": "comma-separated input columns copied to the scores; null = CTMWA_PASSTHROUGH",
     "device": "cuda | cpu | auto; null = CTMWA_DEVICE (default cuda)",
     "batch_size": "rows per ONNX Runtime batch; null = CTMWA_BATCH_SIZE",
+    "precision": "encoder variant auto | fp32 | fp16 | int8; null = CTMWA_PRECISION (default auto)",
     "max_rows_per_shard": "rows per scoring task; null = CTMWA_MAX_ROWS_PER_SHARD",
 }
 
@@ -193,6 +200,8 @@ def override_param_specs() -> dict[str, dict[str, Any]]:
         spec: dict[str, Any] = {"type": ["null", json_type], "description": description}
         if name == "device":
             spec["enum"] = [None, *DEVICES]
+        if name == "precision":
+            spec["enum"] = [None, *PRECISIONS]
         if kind is int:
             spec["minimum"] = 1
         specs[name] = spec

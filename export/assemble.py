@@ -37,10 +37,12 @@ from export.encoders import (
     image_encoder_spec,
     image_spec_from_processor,
     load_clip,
+    specs_for_bundle,
     text_encoder_spec,
     text_spec_from_tokenizer,
     write_tokenizer,
 )
+from export import precision as variants
 from export.end_to_end import write_end_to_end
 from export.head import MASK_CASES, HeadExportConfig, export_head_graph, tolerances
 from export.spec import ValidationReport, export_and_validate
@@ -101,18 +103,23 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
     dim = int(model.config.projection_dim)
     legacy = legacy_pooling(model)
     common = {"atol": config.atol, "opset": config.opset, "extra_batch_sizes": config.extra_batch_sizes, "dynamo": config.dynamo}
+    fp32_cosine = variants.TOLERANCES[variants.FP32].min_cosine  # the fp32 graphs report their cosine figures too
+    specs = {
+        "image_encoder": dataclasses.replace(image_encoder_spec(image, dim, **common), min_cosine=fp32_cosine),
+        "text_encoder": dataclasses.replace(
+            text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common), min_cosine=fp32_cosine
+        ),
+    }
+    modules = {"image_encoder": ImageEncoder(model, image.mean, image.std), "text_encoder": TextEncoder(model)}
+    names = {"image_encoder": IMAGE_ENCODER, "text_encoder": TEXT_ENCODER}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a bundle is read by other users (workers)
     try:
-        reports = {
-            IMAGE_ENCODER: export_and_validate(image_encoder_spec(image, dim, **common), ImageEncoder(model, image.mean, image.std), staging / IMAGE_ENCODER),
-            TEXT_ENCODER: export_and_validate(
-                text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common),
-                TextEncoder(model),
-                staging / TEXT_ENCODER,
-            ),
-        }
+        by_graph = {graph: export_and_validate(specs[graph], modules[graph], staging / names[graph]) for graph in names}
+        reports = {names[graph]: report for graph, report in by_graph.items()}
+        # int8 / fp16 variants derived from the fp32 graphs, each validated against PyTorch with its own tolerance
+        variant_entries = variants.write_variants(config.precisions, specs, modules, staging, by_graph)
         write_tokenizer(tokenizer, staging / TOKENIZER)
         import transformers  # here, not at the top: `ctmwa-export --help` stays quick
 
@@ -132,6 +139,7 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
             },
             opset=config.opset,
             graphs={name: graph_signature(report) for name, report in reports.items()},
+            variants=variant_entries,
         )
         check_preprocessing_parity(bundle, model, tokenizer, processor, config.atol)
         publish(staging, out_dir)
@@ -221,6 +229,8 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             files[END_TO_END], graphs[END_TO_END] = e2e.path, graph_signature(e2e)
         shutil.copytree(encoders.root, bundle_dir)
         os.chmod(bundle_dir, 0o755)
+        # each encoder variant: the head's argmax agreement on its embeddings against fp32's
+        variant_updates = variants.agreement_updates(encoders, model, specs_for_bundle(encoders))
         head_info = {
             "checkpoint": str(checkpoint),
             "model_config": dataclasses.asdict(model_config),
@@ -252,6 +262,7 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             head=head_info,
             calibration=calibration,
             training_metrics=_training_metrics(checkpoint),
+            variants=variant_updates,
         )
         publish(bundle_dir, out_dir)
     finally:

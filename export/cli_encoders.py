@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from export import assemble
+from ctmwa_batch.bundle import FP32, PRECISIONS
 from export.encoders import EncoderExportConfig
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")
     parser.add_argument("--no-jpeg-draft", action="store_true", help="decode JPEGs at full size (slower, bit-exact with transformers)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    parser.add_argument(
+        "--precision", action="append", choices=PRECISIONS, default=None, metavar="P",
+        help=f"encoder variant to write, repeatable: {' | '.join(PRECISIONS)} (default {' + '.join(d.precisions)}; "
+        "fp32 is always written: int8 serves CPU workers, fp16 GPU workers)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         dynamo=not args.torchscript,
         jpeg_draft=not args.no_jpeg_draft,
         overwrite=args.overwrite,
+        precisions=tuple(dict.fromkeys([FP32, *(args.precision or EncoderExportConfig.precisions)])),
     )
     bundle = assemble.export_encoders(config)
     logger.info("done: %s (model_version %s)", bundle.root, bundle.model_version)

@@ -28,6 +28,7 @@ from ctmwa_batch.errors import CtmwaError, ExportValidationError
 from ctmwa_batch.preprocess import INTERPOLATIONS, ImageSpec, TextSpec, TextTokenizer, decode_images
 from ctmwa_batch.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
+from export.precision import DEFAULT_PRECISIONS, check_precisions
 from export.spec import DEFAULT_OPSET, ExportSpec
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class EncoderExportConfig:
     dynamo: bool = True  # torch.onnx's dynamo exporter; False = the TorchScript exporter
     jpeg_draft: bool = True  # recorded in the manifest: decode big JPEGs at reduced scale (faster, tiny pixel change)
     overwrite: bool = False  # replace an existing bundle folder
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16: export.precision)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precisions", check_precisions(tuple(self.precisions)))
 
 
 class ImageEncoder(torch.nn.Module):
@@ -176,6 +181,20 @@ def image_encoder_spec(image: ImageSpec, dim: int, *, atol: float = 1e-4, opset:
         extra_batch_sizes=extra_batch_sizes,
         dynamo=dynamo,
     )
+
+
+def specs_for_bundle(bundle: Bundle) -> dict[str, ExportSpec]:
+    """The image and text encoder specs of an exported bundle (graph name -> spec), rebuilt from its manifest and
+    tokenizer: what checks its graphs after the export (export.precision.agreement_updates)."""
+    from tokenizers import Tokenizer
+
+    dims = bundle.dims
+    legacy = str((bundle.manifest.get("encoder") or {}).get("text_pooling", "")).startswith("argmax")
+    vocab = Tokenizer.from_file(str(bundle.path(TOKENIZER))).get_vocab_size()
+    return {
+        "image_encoder": image_encoder_spec(bundle.image_spec, int(dims[IMAGE_EMB])),
+        "text_encoder": text_encoder_spec(bundle.text_spec, vocab, int(dims[TEXT_EMB]), legacy_pooling=legacy),
+    }
 
 
 def text_encoder_spec(

@@ -66,6 +66,12 @@ class ExportSpec:
     argmax_dependent: tuple[str, ...] = ()  # outputs that jump when that argmax flips
     argmax_margin: float = 0.0  # smallest top-two gap that counts as unambiguous, whatever the observed error
     max_ambiguous: float = 0.05  # largest share of validated rows allowed to be ambiguous
+    # Lower-precision variants (export.precision) are judged as embeddings, not element by element alone:
+    min_cosine: float | None = None  # smallest row-wise cosine of every 2-D float output against the reference; None = unchecked
+    # Predictions derived from the outputs (e.g. a head's argmax on an encoder's embeddings): outputs -> (N,) labels;
+    # the share of rows where the graph's and the reference's labels agree must reach min_agreement.
+    agreement: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
+    min_agreement: float = 1.0  # smallest share of agreeing rows over all cases
 
     def __post_init__(self) -> None:
         unknown = set(self.dynamic_axes) - set(self.input_names) - set(self.output_names)
@@ -107,6 +113,8 @@ class ValidationReport:
     validate_seconds: float  # time spent in checks
     rows: int = 0  # rows compared over all cases
     ambiguous_rows: int = 0  # rows whose argmax_dependent outputs were not compared (near-ties, see ExportSpec)
+    min_cosine: dict[str, float] = field(default_factory=dict)  # output -> smallest row-wise cosine (specs with min_cosine)
+    agreement: float | None = None  # share of rows whose spec.agreement labels match the reference's (None: unchecked)
 
 
 def _as_outputs(result: object, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -204,13 +212,47 @@ def _ambiguous_rows(spec: ExportSpec, ref: Mapping[str, np.ndarray], got: Mappin
     return (top2[:, 1] - top2[:, 0]) < max(spec.argmax_margin, 2 * error)
 
 
-def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple[list[str], dict[str, float], int, int]:
-    """Every check on the exported file against the PyTorch `reference`.
+@dataclass
+class _Checks:
+    """What _validate found besides its failures."""
 
-    Returns (failures, max |diff| per output, rows compared, ambiguous rows).
-    """
+    max_diff: dict[str, float]
+    rows: int = 0
+    ambiguous: int = 0
+    min_cosine: dict[str, float] = field(default_factory=dict)
+    agreeing: int = 0
+    agreement_rows: int = 0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreeing / self.agreement_rows if self.agreement_rows else None
+
+
+def _row_cosine(r: np.ndarray, g: np.ndarray) -> float:
+    r, g = r.astype(np.float64), g.astype(np.float64)
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+    cos = np.where(norms > 0, (r * g).sum(axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
+    return float(cos.min())
+
+
+def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple[list[str], _Checks]:
+    """Every check on the exported file against the PyTorch `reference`; returns (failures, what was measured)."""
+    failures, checks = _validate_cases(spec, reference, path)
+    if spec.min_cosine is not None:
+        for name, worst in checks.min_cosine.items():
+            if not worst >= spec.min_cosine:
+                failures.append(f"output {name!r} row-wise cosine against PyTorch down to {worst:.6f} < tolerance {spec.min_cosine:g}")
+    if spec.agreement is not None and checks.agreement is not None and not checks.agreement >= spec.min_agreement:
+        failures.append(
+            f"argmax agreement with PyTorch {checks.agreeing}/{checks.agreement_rows} = {checks.agreement:.4f} < tolerance {spec.min_agreement:g}"
+        )
+    return failures, checks
+
+
+def _validate_cases(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple[list[str], _Checks]:
     failures: list[str] = []
     max_diff = {name: 0.0 for name in spec.output_names}
+    checks = _Checks(max_diff)
     rows = ambiguous_total = 0
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -219,12 +261,12 @@ def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple
     try:
         session = create_session(path, RuntimeConfig(device="cpu"))
     except Exception as e:  # noqa: BLE001
-        return [*failures, f"onnxruntime cannot load the graph: {e}"], max_diff, rows, ambiguous_total
+        return [*failures, f"onnxruntime cannot load the graph: {e}"], checks
     if tuple(session.input_names) != spec.input_names:
         failures.append(f"graph inputs are {session.input_names}, spec says {list(spec.input_names)}")
     if tuple(session.output_names) != spec.output_names:
         failures.append(f"graph outputs are {session.output_names}, spec says {list(spec.output_names)}")
-        return failures, max_diff, rows, ambiguous_total
+        return failures, checks
     for batch_size, case_name in spec.cases():
         inputs = spec.inputs_for(batch_size, case_name)
         case = f"batch {batch_size}" + "".join(
@@ -246,6 +288,10 @@ def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple
         rows += batch_size
         if ambiguous is not None:
             ambiguous_total += int(ambiguous.sum())
+        if spec.agreement is not None and all(got[n].shape == ref[n].shape for n in spec.output_names):
+            same = np.asarray(spec.agreement(got)) == np.asarray(spec.agreement(ref))
+            checks.agreeing += int(same.sum())
+            checks.agreement_rows += int(same.size)
         for name in spec.output_names:
             r, g = ref[name], got[name]
             expected = spec.output_shapes.get(name)
@@ -269,6 +315,8 @@ def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple
                 if not finite.all():
                     failures.append(f"{case}: output {name!r} is non-finite where PyTorch is not (or the reverse)")
                 diff = float(np.nanmax(np.abs(r.astype(np.float64) - g.astype(np.float64))))
+                if spec.min_cosine is not None and r.ndim == 2:
+                    checks.min_cosine[name] = min(checks.min_cosine.get(name, 1.0), _row_cosine(r, g))
             max_diff[name] = max(max_diff[name], diff)
             if not diff <= spec.tolerance(name):
                 failures.append(f"{case}: output {name!r} max |onnxruntime - PyTorch| {diff:.3g} > tolerance {spec.tolerance(name):g}")
@@ -277,7 +325,8 @@ def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple
             f"{ambiguous_total} of {rows} rows have a near-tie on {spec.argmax_of!r} (top-two gap below twice the graph's error "
             f"there), more than {spec.max_ambiguous:.0%}: the graph is too imprecise for its argmax, or the inputs do not separate the classes"
         )
-    return failures, max_diff, rows, ambiguous_total
+    checks.rows, checks.ambiguous = rows, ambiguous_total
+    return failures, checks
 
 
 def validate_onnx(spec: ExportSpec, path: str | Path, reference: torch.nn.Module) -> ValidationReport:
@@ -285,14 +334,23 @@ def validate_onnx(spec: ExportSpec, path: str | Path, reference: torch.nn.Module
     module; raises one ExportValidationError listing every failure; the file is left where it is either way."""
     path = Path(path)
     t0 = time.perf_counter()
-    failures, max_diff, rows, ambiguous = _validate(spec, reference.eval(), path)
+    failures, checks = _validate(spec, reference.eval(), path)
     if failures:
-        raise ExportValidationError(spec.name, failures, max_abs_diff=max(max_diff.values(), default=0.0))
+        raise ExportValidationError(spec.name, failures, max_abs_diff=max(checks.max_diff.values(), default=0.0))
     logger.info(
-        "%s: validated at batch sizes %s%s (max |diff| %s)", spec.name, list(spec.batch_sizes),
-        f" x cases {list(spec.input_cases)}" if spec.input_cases else "", ", ".join(f"{k} {v:.2g}" for k, v in max_diff.items()),
+        "%s: validated at batch sizes %s%s (max |diff| %s%s%s)", spec.name, list(spec.batch_sizes),
+        f" x cases {list(spec.input_cases)}" if spec.input_cases else "", ", ".join(f"{k} {v:.2g}" for k, v in checks.max_diff.items()),
+        "".join(f"; min cosine {k} {v:.6f}" for k, v in checks.min_cosine.items()),
+        f"; argmax agreement {checks.agreement:.4f}" if checks.agreement is not None else "",
     )
-    return ValidationReport(spec.name, path, spec.batch_sizes, max_diff, 0.0, time.perf_counter() - t0, rows, ambiguous)
+    return _report(spec, path, checks, 0.0, time.perf_counter() - t0)
+
+
+def _report(spec: ExportSpec, path: Path, checks: _Checks, export_s: float, validate_s: float) -> ValidationReport:
+    return ValidationReport(
+        spec.name, path, spec.batch_sizes, checks.max_diff, export_s, validate_s, checks.rows, checks.ambiguous,
+        dict(checks.min_cosine), checks.agreement,
+    )
 
 
 def export_and_validate(
@@ -317,7 +375,8 @@ def export_and_validate(
         except Exception as e:
             raise ExportValidationError(spec.name, [f"torch.onnx.export failed: {_root_cause(e)}"]) from e
         t1 = time.perf_counter()
-        failures, max_diff, rows, ambiguous = _validate(spec, reference, staged)
+        failures, checks = _validate(spec, reference, staged)
+        max_diff, rows, ambiguous = checks.max_diff, checks.rows, checks.ambiguous
         t2 = time.perf_counter()
         worst = max(max_diff.values(), default=0.0)
         if failures:
@@ -335,4 +394,4 @@ def export_and_validate(
     )
     if ambiguous:
         logger.info("%s: %d of %d rows were near-ties on %r; %s not compared there", spec.name, ambiguous, rows, spec.argmax_of, list(spec.argmax_dependent))
-    return ValidationReport(spec.name, out_path, spec.batch_sizes, max_diff, t1 - t0, t2 - t1, rows, ambiguous)
+    return _report(spec, out_path, checks, t1 - t0, t2 - t1)

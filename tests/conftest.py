@@ -21,13 +21,17 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def encoder_bundle(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An encoders-only model bundle (image_encoder.onnx, text_encoder.onnx, tokenizer.json, manifest.json) of the
-    tiny CLIP, exported and validated the real way. Read-only: copy it (shutil.copytree) before changing it."""
+    tiny CLIP, exported and validated the real way, with every precision variant (fp32, fp16, int8: *.int8.onnx,
+    *.fp16.onnx). Read-only: copy it (shutil.copytree) before changing it."""
     from export.assemble import export_encoders
     from export.encoders import EncoderExportConfig
 
     out = tmp_path_factory.mktemp("bundles") / "tiny_encoders"
-    export_encoders(EncoderExportConfig(source=str(tiny_clip_dir), out_dir=out))
+    export_encoders(EncoderExportConfig(source=str(tiny_clip_dir), out_dir=out, precisions=ALL_PRECISIONS))
     return out
+
+
+ALL_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 # Tiny CTMWA for the full bundle: as wide as the tiny CLIP's projection (16), MVSA's three labels.

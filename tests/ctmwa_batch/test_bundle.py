@@ -21,7 +21,9 @@ def bundle_dir(encoder_bundle: Path, tmp_path: Path) -> Path:
 
 def test_encoders_bundle_is_partial_and_verified(bundle_dir):
     bundle = B.load_bundle(bundle_dir)
-    assert sorted(bundle.files) == sorted(B.ENCODER_FILES)
+    variant_files = [name for p in ("fp16", "int8") for name in B.encoder_files(p).values()]
+    assert sorted(bundle.files) == sorted([*B.ENCODER_FILES, *variant_files])
+    assert bundle.precisions == ("fp32", "fp16", "int8")
     assert bundle.has_encoders and not bundle.has_head
     assert bundle.labels is None
     assert len(bundle.model_version) == 16

@@ -104,8 +104,10 @@ def test_every_bad_row_is_output_with_its_status(scorer, full_bundle):
     assert set(out.column("scored_at").to_pylist()) == {dt.datetime(2026, 11, 26, 3, tzinfo=dt.timezone.utc)}
 
 
-def test_scores_do_not_depend_on_the_batch(scorer):
-    """A row's score is its own: the same post scored alone or among others gives the same numbers."""
+def test_scores_do_not_depend_on_the_batch(full_bundle):
+    """A row's score is its own: the same post scored alone or among others gives the same numbers (fp32 and fp16;
+    int8 scales its activations per batch, README "Encoder precision")."""
+    scorer = Scorer(full_bundle, ScoreConfig(device="cpu", intra_op_threads=1, scored_at=FIXED_TIME, precision="fp32"))
     batch = bad_batch()
     whole = scorer.score(batch).to_pylist()
     for i in (0, 5, 9, 11):

@@ -41,7 +41,10 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 def test_full_bundle_has_head_and_manifest(full_bundle, tiny_checkpoint):
     bundle = load_bundle(full_bundle)
     assert bundle.has_head and bundle.has_encoders
-    assert sorted(bundle.files) == ["head.onnx", "image_encoder.onnx", "text_encoder.onnx", "tokenizer.json"]
+    assert sorted(bundle.files) == sorted([
+        "head.onnx", "image_encoder.onnx", "text_encoder.onnx", "tokenizer.json",
+        "image_encoder.fp16.onnx", "text_encoder.fp16.onnx", "image_encoder.int8.onnx", "text_encoder.int8.onnx",
+    ])
     assert bundle.labels == ["positive", "neutral", "negative"]
     assert bundle.dims == {"text_emb": 16, "image_emb": 16, "classes": 3}
     m = bundle.manifest

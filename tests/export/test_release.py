@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctmwa_batch.bundle import ENCODER_FILES, load_bundle
+from ctmwa_batch.bundle import load_bundle
 from export import release
 
 
@@ -26,7 +26,9 @@ def test_prepare_checks_inputs_and_makes_a_work_folder(tmp_path):
 
 def test_encoders_only_of_a_full_bundle_is_the_encoders_bundle(full_bundle, encoder_bundle, tmp_path):
     out = release.encoders_only(full_bundle, tmp_path / "enc")
-    assert sorted(out.files) == sorted(ENCODER_FILES) and not out.has_head
+    assert sorted(out.files) == sorted(load_bundle(encoder_bundle).files) and not out.has_head
+    assert out.precisions == load_bundle(encoder_bundle).precisions == ("fp32", "fp16", "int8")
+    assert out.manifest["encoder_variants"] == load_bundle(encoder_bundle).manifest["encoder_variants"]
     assert out.model_version == load_bundle(encoder_bundle).model_version  # features made with them stay valid
 
 
