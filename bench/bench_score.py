@@ -44,6 +44,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ctmwa_batch.config import ScoreConfig  # noqa: E402
 from fixtures import images as fixture_images  # noqa: E402
 
 logger = logging.getLogger("bench_score")
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=256, help="posts in the throughput partition (full-size models)")
     parser.add_argument("--memory-rows", type=int, nargs="*", default=[10_000, 100_000], help="partition sizes for the memory part (none: skip it)")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="decoding processes")
+    parser.add_argument("--workers", type=int, default=ScoreConfig().decode_workers, help="decoding processes (default: the scorer's)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0 = all cores)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where ctmwa-batch and the transformers pipeline run")

@@ -88,7 +88,11 @@ class ScoreConfig:
         """The number of decoding processes this config asks for (None resolved against this machine)."""
         if self.workers is not None:
             return self.workers
-        return max(1, (os.cpu_count() or 2) - 1)
+        # One per core but one; on two cores or fewer a decode process only competes with ONNX Runtime's threads, and
+        # decoding in the reader thread (Pillow releases the GIL) overlaps just as well: int8 scoring ran 59.5 posts/s
+        # that way against 46.1 with one decode process on the 2-core VM (bench/bench_score.py --workers 0 / 1).
+        cores = os.cpu_count() or 2
+        return cores - 1 if cores > 2 else 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="scores root; parts go to ROOT/model_version=V/PARTITION/")
     parser.add_argument("--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default: one per core but one; 0: the reader thread)")
+    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default: one per core but one, none on two cores or fewer; 0: the reader thread)")
     parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads per session (default 0: all cores)")
     parser.add_argument("--overwrite", action="store_true", help="rescore even if committed for this input and model")
     parser.add_argument("--max-rows-per-shard", type=int, default=j.max_rows_per_shard, help=f"rows per shard / part (default {j.max_rows_per_shard})")

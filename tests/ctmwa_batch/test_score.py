@@ -115,7 +115,14 @@ def test_score_config_travels_as_json():
         ScoreConfig(batch_size=0)
     with pytest.raises(ValueError, match="not an ISO-8601 time"):
         ScoreConfig(scored_at="yesterday")
-    assert ScoreConfig(workers=None).decode_workers >= 1 and ScoreConfig(workers=0).decode_workers == 0
+    assert ScoreConfig(workers=0).decode_workers == 0 and ScoreConfig(workers=3).decode_workers == 3
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 0), (4, 3), (16, 15)])
+def test_default_decode_workers_follow_the_cores(monkeypatch, cores, workers):
+    """One decode process per core but one; none on two cores or fewer, where decoding stays in the reader thread."""
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert ScoreConfig().decode_workers == workers
 
 
 def test_progress_reports_rate_and_eta(caplog):
