@@ -52,23 +52,14 @@ from export.head import HeadExportConfig, export_head_graph  # noqa: E402
 from fixtures.features import synthetic_cues, write_synthetic_features  # noqa: E402
 from training.data import FeatureBatch, read_features  # noqa: E402
 from training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402
-from training.fit import accuracy_f1, fit  # noqa: E402
+from training.fit import fit  # noqa: E402
 from training.meta import TrainConfig  # noqa: E402
 from training.model import CTMWAConfig, save_checkpoint  # noqa: E402
+from machine import cpu_flags  # noqa: E402
 
 logger = logging.getLogger("bench_evidence")
 
 CANDIDATES = ("paper weights", "unimodal head", "counterfactual", "query head", "evidence (shipped)")
-
-
-def cpu_flags() -> str:
-    """The CPU's vector extensions that matter for inference (avx2, avx512*, vnni, amx)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = [f for f in flags if f in ("avx2", "fma") or f.startswith(("avx512", "amx")) or "vnni" in f]
-    return " ".join(sorted(keep)) or "none of avx2/avx512/vnni/amx"
 
 
 def run_seed(args: argparse.Namespace, features: Path, seed: int, work: Path) -> dict:

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    from bench_score import cpu_info
+    from machine import cpu_info
 
     print("machine:", json.dumps(cpu_info()), flush=True)
     report = {}

@@ -24,19 +24,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from machine import cpu_flags  # noqa: E402
 
 VERSION = "bench"
-
-
-def cpu_flags() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "lscpu unavailable"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("Flags")), [])
-    wanted = [f for f in flags if f.startswith(("avx512f", "avx512_vnni", "avx_vnni", "amx"))]
-    return f"{model}; {os.cpu_count()} CPUs; flags: {' '.join(wanted) or 'no avx512/vnni/amx'}"
 
 
 def build_lake(root: Path, days: list[str], rows: int) -> float:

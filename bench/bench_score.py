@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ctmwa_batch.config import ScoreConfig  # noqa: E402
+from machine import cpu_info  # noqa: E402
 from fixtures import images as fixture_images  # noqa: E402
 
 logger = logging.getLogger("bench_score")
@@ -234,23 +235,6 @@ def agreement(scores_dir: str, baseline_path: Path) -> float:
     ours_t = pq.read_table(scores_dir, columns=["post_id", "sentiment"]).to_pylist()
     theirs = {r["post_id"]: r["sentiment"] for r in pq.read_table(baseline_path).to_pylist()}
     return round(float(np.mean([theirs.get(r["post_id"]) == r["sentiment"] for r in ours_t])), 4)
-
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
-
-
-def cpu_info() -> dict:
-    """CPU model and the flags that decide int8 / fp32 speed (from /proc/cpuinfo, as lscpu shows them)."""
-    model, flags = "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "cpus": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags], "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def gpu_name() -> str | None:

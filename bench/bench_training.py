@@ -37,6 +37,7 @@ from fixtures.features import write_synthetic_features  # noqa: E402
 from training.data import read_features  # noqa: E402
 from training.evidence import logistic_baseline  # noqa: E402
 from training.meta import TrainConfig  # noqa: E402
+from machine import cpu_flags  # noqa: E402
 
 logger = logging.getLogger("bench_training")
 
@@ -55,16 +56,6 @@ COLUMNS = [
     ("acc, no image", "missing_image_test_accuracy"),
     ("s/epoch", "seconds_per_epoch"),
 ]
-
-
-def cpu_flags() -> str:
-    """The CPU's vector extensions that matter for inference (avx2, avx512*, vnni, amx)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    keep = [f for f in flags if f in ("avx2", "fma") or f.startswith(("avx512", "amx")) or "vnni" in f]
-    return " ".join(sorted(keep)) or "none of avx2/avx512/vnni/amx"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

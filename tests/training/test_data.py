@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ctmwa_batch import schema
 from fixtures.features import SyntheticSpec, synthetic_table
 from training.data import read_features
 from training.errors import DatasetError
