@@ -2,7 +2,8 @@
 
     python bench/bench_evidence.py [--posts 2000] [--epochs 20] [--seeds 1111 1112 1113] [--jobs 1] [--json F]
 
-Per seed: synthetic features (`fixtures/features.py`, which knows where each post's cue is: both modalities, the
+Per seed: its own synthetic features (`fixtures/features.py`, data seed 0, 1, 2 beside training seeds 1111, 1112,
+1113, so that the three test sets differ; the generator knows where each post's cue is: both modalities, the
 text only, the image only), `ctmwa-train`'s defaults (meta mode, 20 epochs, batch 32, class bias on) with the step
 sizes scaled for this small set as bench_training.py and the demo do (lr 0.01, inner_lr 0.06, wnet_lr 5e-4;
 `--reference-lr` for the reference's, under which 2,000 posts are still underfitted after 20 epochs), the head
@@ -18,8 +19,10 @@ the cue in both modalities are in neither side. Candidates:
 - counterfactual: the drop in the predicted class's probability when the text (image) is replaced by its translation;
 - query head: a logistic regression of the *unimodal* label (t_label, v_label) on the neck output m_t (m_v),
   fitted on the query rows only, its probability of the predicted class;
+- neck, post label: the evidence as first shipped, a logistic regression of the post label on m_t (m_v) over
+  every training row, its probability of the predicted class;
 - evidence (shipped): `text_evidence` / `image_evidence` from head.onnx (training.evidence: a logistic regression
-  of the post label on m_t (m_v), fitted on all training rows after training), probability of the predicted class.
+  of each modality's own label on its raw embedding over every training row, read as p_c / (p_c + p_neutral)).
 
 Also printed: test accuracy and weighted F1 with and without the class bias (training.class_bias, chosen on the valid
 split) and of a logistic regression on the concatenated embeddings (L2 chosen on the valid split), the obvious
@@ -59,12 +62,13 @@ from machine import cpu_flags  # noqa: E402
 
 logger = logging.getLogger("bench_evidence")
 
-CANDIDATES = ("paper weights", "unimodal head", "counterfactual", "query head", "evidence (shipped)")
+CANDIDATES = ("paper weights", "unimodal head", "counterfactual", "query head", "neck, post label", "evidence (shipped)")
 
 
-def run_seed(args: argparse.Namespace, features: Path, seed: int, work: Path) -> dict:
-    """Train, export, score the test split, and measure every candidate for one seed."""
+def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) -> dict:
+    """Write this seed's features; train, export, score the test split, and measure every candidate."""
     torch.set_num_threads(args.threads)
+    features = write_synthetic_features(work / f"features-{data_seed}.parquet", args.posts, args.classes, args.dim, data_seed)
     start = time.perf_counter()
     training = {} if args.reference_lr else dict(DEMO_TRAINING)
     config = TrainConfig.from_dict({**training, "seed": seed, "epochs": args.epochs})
@@ -101,15 +105,21 @@ def run_seed(args: argparse.Namespace, features: Path, seed: int, work: Path) ->
         q_out = model(q.text, q.image, q.has_text, q.has_image)
         wt, bt = fit_logistic(q_out.m_t, q.t_label, args.classes, 1e-2)
         wv, bv = fit_logistic(q_out.m_v, q.v_label, args.classes, 1e-2)
+        # The first shipped evidence: the post label on the neck outputs, every training row.
+        rows_all = _concat(data.train, data.query)
+        a_out = model(rows_all.text, rows_all.image, rows_all.has_text, rows_all.has_image)
+        nt, nbt = fit_logistic(a_out.m_t[rows_all.has_text], rows_all.label[rows_all.has_text], args.classes, 1e-2)
+        nv, nbv = fit_logistic(a_out.m_v[rows_all.has_image], rows_all.label[rows_all.has_image], args.classes, 1e-2)
         scores = {
             "paper weights": (onnx_out[TEXT_WEIGHT], onnx_out[IMAGE_WEIGHT]),
             "unimodal head": (p_pred(out.logits_t), p_pred(out.logits_v)),
             "counterfactual": (p_both - p_pred(no_text.logits_m + bias_t), p_both - p_pred(no_image.logits_m + bias_t)),
             "query head": (p_pred(out.m_t.double() @ wt.T + bt), p_pred(out.m_v.double() @ wv.T + bv)),
+            "neck, post label": (p_pred(out.m_t.double() @ nt.T + nbt), p_pred(out.m_v.double() @ nv.T + nbv)),
             "evidence (shipped)": (onnx_out[TEXT_EVIDENCE], onnx_out[IMAGE_EVIDENCE]),
         }
 
-    cues = synthetic_cues(args.posts, args.classes, args.dim, args.data_seed)
+    cues = synthetic_cues(args.posts, args.classes, args.dim, data_seed)
     cue = cues[[int(p.rsplit("-", 1)[1]) for p in test.post_id]]
     both = (test.has_text & test.has_image).numpy()
     text_only, image_only = (cue == "text") & both, (cue == "image") & both
@@ -121,6 +131,7 @@ def run_seed(args: argparse.Namespace, features: Path, seed: int, work: Path) ->
     m = result.metrics
     return {
         "seed": seed,
+        "data_seed": data_seed,
         "auc": aucs,
         "rows": {"text_only": int(text_only.sum()), "image_only": int(image_only.sum())},
         "test_accuracy": m["test_accuracy"],
@@ -156,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=3, help="number of classes")
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="epochs (default: ctmwa-train's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="training seeds")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic features")
+    parser.add_argument("--data-seeds", type=int, nargs="+", help="seeds of each run's synthetic features (default: 0, 1, 2, ...)")
     parser.add_argument("--reference-lr", action="store_true", help="the reference's step sizes instead of the demo's")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads per seed")
@@ -166,26 +177,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
+    data_seeds = args.data_seeds or list(range(len(args.seeds)))
+    if len(data_seeds) != len(args.seeds):
+        parser.error(f"--data-seeds gives {len(data_seeds)} seeds for {len(args.seeds)} --seeds; give one per training seed")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        features = write_synthetic_features(work / "features.parquet", args.posts, args.classes, args.dim, args.data_seed)
+        n = len(args.seeds)
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
-                runs = list(pool.map(run_seed, [args] * len(args.seeds), [features] * len(args.seeds), args.seeds, [work] * len(args.seeds)))
+                runs = list(pool.map(run_seed, [args] * n, args.seeds, data_seeds, [work] * n))
         else:
-            runs = [run_seed(args, features, seed, work) for seed in args.seeds]
+            runs = [run_seed(args, seed, data_seed, work) for seed, data_seed in zip(args.seeds, data_seeds)]
     total = time.perf_counter() - start
     for r in runs:
         print(
-            f"  seed {r['seed']}: test acc {r['test_accuracy']:.4f} F1 {r['test_f1_weighted']:.4f} (no bias {r['test_accuracy_without_class_bias']:.4f} / "
+            f"  seed {r['seed']} (data {r['data_seed']}): test acc {r['test_accuracy']:.4f} F1 {r['test_f1_weighted']:.4f} (no bias {r['test_accuracy_without_class_bias']:.4f} / "
             f"{r['test_f1_weighted_without_class_bias']:.4f}; bias {[round(b, 2) for b in r['class_bias']['bias']]}), logreg {r['logreg_test_accuracy']:.4f} / "
             f"{r['logreg_test_f1_weighted']:.4f}; best epoch {r['best_epoch']}, {r['train_seconds']:.0f} s; AUC rows {r['rows']}"
         )
     print(
         f"\nModality evidence: {args.posts} synthetic posts, {args.dim}-d, {args.classes} classes; default ctmwa-train "
         f"(meta, {args.epochs} epochs, {'reference lr' if args.reference_lr else 'lr 0.01, inner_lr 0.06, wnet_lr 5e-4'}); "
-        f"seeds {args.seeds}; test posts with text and image"
+        f"seeds {args.seeds} on data seeds {data_seeds}; test posts with text and image"
     )
     print("AUC for 'this modality carries the cue' (text: text-only-cue vs image-only-cue posts; image: the reverse)")
     print(f"{'candidate':<22}{'text':>16}{'image':>16}")

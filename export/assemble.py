@@ -244,9 +244,10 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             "weights_from": "one_hot(argmax logits)",
             "class_bias": class_bias,
             "evidence": {
-                "method": "P(post label = predicted class | that modality's neck output): logistic regression "
-                "(txt_e_c, img_e_c) fitted on the training rows after training; 0 in the graph where the modality is missing",
-                **{k: v for k, v in (extra.get("evidence") or {}).items() if k != "method"},
+                "method": "txt_e_c / img_e_c: logistic regression of each modality's own label on its raw embedding, "
+                "fitted after training; evidence = p(predicted) / (p(predicted) + p(neutral)), p(predicted) without "
+                "a neutral class; 0 in the graph where the modality is missing",
+                **(extra.get("evidence") or {}),
             },
             "missing_text": "img2txt(image_emb)",
             "missing_image": "txt2img(text_encoder(text_emb)), or of img2txt(image_emb) where the text is missing too",

@@ -22,13 +22,15 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"  # training.run.METRICS_FILE (repeated here so --help does not load torch)
 PREPARE_MODULE = "training.prepare"
+SUBCOMMANDS = {"prepare": PREPARE_MODULE, "evidence": "training.evidence_cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The training command line (the `prepare` subcommand has its own)."""
     parser = argparse.ArgumentParser(
         prog="ctmwa-train",
-        usage="%(prog)s --features F --out DIR [options]\n       %(prog)s prepare DATASET --root R --out F [options]",
+        usage="%(prog)s --features F --out DIR [options]\n       %(prog)s prepare DATASET --root R --out F [options]\n"
+        "       %(prog)s evidence --checkpoint DIR --features F [--out DIR]",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -122,15 +124,16 @@ def run_command(prog: str, module: ModuleType, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ctmwa-train`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["prepare"]:
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        name = SUBCOMMANDS[argv[0]]
         try:
-            prepare = importlib.import_module(PREPARE_MODULE)
+            module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != PREPARE_MODULE:
+            if e.name != name:
                 raise
-            print(f"ctmwa-train prepare: CtmwaError: {PREPARE_MODULE} is not installed in this version; upgrade ctmwa-batch", file=sys.stderr)
+            print(f"ctmwa-train {argv[0]}: CtmwaError: {name} is not installed in this version; upgrade ctmwa-batch", file=sys.stderr)
             return 2
-        return run_command("ctmwa-train prepare", prepare, argv[1:])
+        return run_command(f"ctmwa-train {argv[0]}", module, argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

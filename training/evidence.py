@@ -2,12 +2,16 @@
 
 The paper's weight nets learn *loss weights* for the training step; as an attribution they run the wrong way
 (bench/bench_evidence.py). The evidence is a separate pair of classifiers, `txt_e_c` and `img_e_c` (one linear
-layer each over the model's text-side and image-side neck outputs m_t, m_v), fitted after training on the frozen
-best-epoch model: multinomial logistic regression of the post's label on m_t alone (rows with a text) and on m_v
-alone (rows with an image), over every training row (query rows included), the L2 strength chosen by validation
-log-loss. `text_evidence` = P(post label = predicted class | m_t), a calibrated probability in [0, 1]; likewise
-`image_evidence`. The backbone and the weight nets are not touched: the fit reads detached neck outputs and
-steps only the evidence parameters.
+layer each over the raw text and image embeddings), fitted after training, the backbone and the weight nets frozen
+and untouched: multinomial logistic regression of each modality's *own* label (t_label on the text, v_label on
+the image; the post label where the dataset has no unimodal labels) over every training row that has the
+modality (query rows included), the L2 strength chosen by validation log-loss.
+
+With p = that classifier's probabilities and c the predicted class, the evidence is p_c / (p_c + p_neutral): the
+odds that the modality on its own says c rather than "no sentiment" (0.5 where c is neutral itself), or p_c
+where the labels have no neutral class (`CTMWA.evidence`). Read against neutral, a modality that shows no
+sentiment scores low for a polar prediction whatever the other classes' shares; measured, this is what tracks
+where the sentiment cue is (bench/bench_evidence.py, README).
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import torch.nn.functional as F
 
 from training.data import FeatureBatch, FeatureSet
 from training.metrics import accuracy_f1
-from training.model import CTMWA
+from training.model import CTMWA, EVIDENCE_NEUTRAL
 
 logger = logging.getLogger(__name__)
 
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # L2 strengths tried (on standardised inputs); the valid split picks one
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried (on standardised inputs); the valid split picks one
 LBFGS_STEPS = 200
 EVAL_BATCH = 4096
 
@@ -105,7 +109,7 @@ def logistic_baseline(train: FeatureBatch, valid: FeatureBatch, test: FeatureBat
         return torch.cat([b.text, b.image, b.has_text[:, None].float(), b.has_image[:, None].float()], dim=1)
 
     best = (-1.0, None)
-    for l2 in (*L2_GRID, 1.0):
+    for l2 in L2_GRID:
         w, b = fit_logistic(x(train), train.label, num_classes, l2)
         acc, _ = accuracy_f1(valid.label.numpy(), (x(valid).double() @ w.T + b).argmax(1).numpy())
         if acc > best[0]:
@@ -118,21 +122,34 @@ def _nll(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> 
     return F.cross_entropy(x.double() @ w.T + b, y).item() if len(y) else float("nan")
 
 
+NEUTRAL_NAMES = ("neutral",)  # a class of these names (any case) carries no sentiment
+
+
+def neutral_index(labels: list[str]) -> int | None:
+    """Index of the class that carries no sentiment (MVSA's "neutral"), or None where the labels have none."""
+    found = [k for k, name in enumerate(labels) if str(name).strip().lower() in NEUTRAL_NAMES]
+    return found[0] if found else None
+
+
 def fit_evidence(model: CTMWA, data: FeatureSet) -> dict:
-    """Fit `txt_e_c` / `img_e_c` of a trained model in place (nothing else changes); returns a JSON-ready report."""
+    """Fit `txt_e_c` / `img_e_c` (and set the neutral class) of a trained model in place; nothing else changes.
+    Returns a JSON-ready report."""
     c = model.config.num_classes
-    was_training = model.training
-    model.eval()
     rows = _concat(data.train, data.query)
-    m_t, m_v, *_ = _necks(model, rows)
-    vm_t, vm_v, *_ = _necks(model, data.valid)
-    report: dict = {"method": "logistic regression of the post label on each neck output (m_t, m_v)", "rows": {}}
-    for side, module, x, xv, present, present_v in (
-        ("text", model.txt_e_c, m_t, vm_t, rows.has_text, data.valid.has_text),
-        ("image", model.img_e_c, m_v, vm_v, rows.has_image, data.valid.has_image),
+    valid = data.valid
+    target = "unimodal label (t_label, v_label)" if data.unimodal_labels else "post label (the dataset has no unimodal labels)"
+    neutral = neutral_index(data.labels)
+    report: dict = {
+        "method": f"logistic regression of each modality's {target} on its raw embedding; evidence = "
+        + ("p(predicted) / (p(predicted) + p(neutral))" if neutral is not None else "p(predicted) (no neutral class)"),
+        "neutral_class": None if neutral is None else data.labels[neutral],
+        "rows": {},
+    }
+    for side, module, x, y, present, xv, yv, present_v in (
+        ("text", model.txt_e_c, rows.text, rows.t_label, rows.has_text, valid.text, valid.t_label, valid.has_text),
+        ("image", model.img_e_c, rows.image, rows.v_label, rows.has_image, valid.image, valid.v_label, valid.has_image),
     ):
-        x, y = x[present], rows.label[present]
-        xv, yv = xv[present_v], data.valid.label[present_v]
+        x, y, xv, yv = x[present], y[present], xv[present_v], yv[present_v]
         best = (math.inf, None, None, None)
         for l2 in L2_GRID:
             w, b = fit_logistic(x, y, c, l2)
@@ -148,7 +165,11 @@ def fit_evidence(model: CTMWA, data: FeatureSet) -> dict:
         report[f"{side}_valid_nll"] = score
         report["rows"][side] = int(len(y))
         logger.info("%s evidence: logistic regression on %d rows, L2 %g, valid log-loss %.4f", side, len(y), l2, score)
-    model.train(was_training)
+    with torch.no_grad():
+        flag = getattr(model, EVIDENCE_NEUTRAL)
+        flag.zero_()
+        if neutral is not None:
+            flag[neutral] = 1.0
     return report
 
 

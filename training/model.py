@@ -34,9 +34,12 @@ CHECKPOINT_FORMAT_VERSION = 1
 # Modules trained by the outer SGD step; the weight nets are trained by the query step alone.
 BACKBONE_MODULES = ("text_encoder", "txt2img", "img2txt", "txt_neck", "img_neck", "m_c", "t_c", "v_c")
 WEIGHT_NET_MODULES = ("txt_w_net", "img_w_net")
-# Modality-evidence classifiers over the (detached) neck outputs, fitted after training by training.evidence;
+# Modality-evidence classifiers over the raw text and image embeddings, fitted after training by training.evidence;
 # neither the outer step nor the query step touches them, and they touch neither.
 EVIDENCE_MODULES = ("txt_e_c", "img_e_c")
+# (C,) buffer: 1 at the class that carries no sentiment (MVSA's "neutral"), all 0 where the labels have none;
+# set by training.evidence, saved with the weights, read by the evidence formula in `CTMWA.forward`.
+EVIDENCE_NEUTRAL = "evidence_neutral"
 INITS = ("kaiming", "pytorch")
 
 
@@ -92,8 +95,8 @@ class CTMWAOutput:
     image_weight: torch.Tensor  # (N,) img_w_net output in (0, 1)
     m_t: torch.Tensor  # (N, E) text-side neck output
     m_v: torch.Tensor  # (N, E) image-side neck output
-    text_evidence: torch.Tensor  # (N,) P(class = label | the text side alone), from txt_e_c; label = the given or predicted one
-    image_evidence: torch.Tensor  # (N,) P(class = label | the image side alone), from img_e_c
+    text_evidence: torch.Tensor  # (N,) how strongly the text alone supports `label` (the given or predicted one); see `evidence`
+    image_evidence: torch.Tensor  # (N,) the same for the image alone
 
 
 @dataclass(frozen=True)
@@ -225,11 +228,12 @@ class CTMWA(nn.Module):
         # The evidence classifiers start at zero (uniform evidence 1/C) and draw no random numbers, so adding them
         # left the paper's modules' initialisation and every later random draw of training as they were.
         with torch.random.fork_rng(devices=[]):
-            self.txt_e_c = nn.Linear(e, c)
-            self.img_e_c = nn.Linear(e, c)
+            self.txt_e_c = nn.Linear(dt, c)
+            self.img_e_c = nn.Linear(dv, c)
         for module in (self.txt_e_c, self.img_e_c):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
+        self.register_buffer(EVIDENCE_NEUTRAL, torch.zeros(c))  # (C,)
 
     def forward(
         self,
@@ -273,9 +277,7 @@ class CTMWA(nn.Module):
 
         if label is None:
             label = (logits_m if class_bias is None else logits_m + class_bias).argmax(dim=1)  # (N,)
-        # Evidence reads the necks' outputs and sends no gradient back into them (see EVIDENCE_MODULES).
-        e_t = torch.softmax(self.txt_e_c(m_t.detach()), dim=1)  # (N, C)
-        e_v = torch.softmax(self.img_e_c(m_v.detach()), dim=1)  # (N, C)
+        # Evidence reads each modality's own embedding, never a translation (see EVIDENCE_MODULES).
         one_hot = F.one_hot(label, self.config.num_classes).to(logits_m.dtype)  # (N, C)
         w_in_t = torch.cat([one_hot, logits_m, logits_t, fused_t], dim=1).detach()  # (N, 3C+Dt+Dv)
         w_in_v = torch.cat([one_hot, logits_m, logits_v, fused_v], dim=1).detach()  # (N, 3C+Dt+Dv)
@@ -294,9 +296,23 @@ class CTMWA(nn.Module):
             image_weight=self.img_w_net(w_in_v),
             m_t=m_t,
             m_v=m_v,
-            text_evidence=e_t.gather(1, label[:, None])[:, 0],
-            image_evidence=e_v.gather(1, label[:, None])[:, 0],
+            text_evidence=self.evidence(self.txt_e_c(text_emb), label),
+            image_evidence=self.evidence(self.img_e_c(image_emb), label),
         )
+
+    def evidence(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """How strongly one modality supports class `label`, in [0, 1]: (N, C) evidence logits, (N,) -> (N,).
+
+        With p = softmax(logits), the modality classifier's P(modality's own label = k | that modality):
+        p_c / (p_c + p_neutral), the odds of the class against "no sentiment" (0.5 when `label` is neutral itself:
+        no sentiment to carry); p_c where the labels have no neutral class.
+        """
+        p = torch.softmax(logits, dim=1)  # (N, C)
+        p_c = p.gather(1, label[:, None])[:, 0]  # (N,)
+        neutral = getattr(self, EVIDENCE_NEUTRAL).to(p.dtype)  # (C,)
+        has_neutral = neutral.sum()  # 1 or 0
+        other = has_neutral * (p @ neutral) + (1 - has_neutral) * (1 - p_c)  # (N,)
+        return p_c / (p_c + other).clamp(min=torch.finfo(p.dtype).tiny)
 
     def backbone_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters of everything but the weight nets, by state-dict name (what the outer step trains)."""
@@ -343,8 +359,13 @@ def save_checkpoint(model: CTMWA, config: CTMWAConfig, out_dir: str | Path, extr
     return out
 
 
-def load_checkpoint(path: str | Path) -> tuple[CTMWA, CTMWAConfig, dict[str, Any]]:
-    """Rebuild the model from a checkpoint folder; returns (model in eval mode, its config, the extra dict)."""
+def load_checkpoint(path: str | Path, *, evidence: bool = True) -> tuple[CTMWA, CTMWAConfig, dict[str, Any]]:
+    """Rebuild the model from a checkpoint folder; returns (model in eval mode, its config, the extra dict).
+
+    A checkpoint whose evidence classifiers are missing or of an older kind (fitted on the neck outputs) is an
+    error naming `ctmwa-train evidence`; with `evidence=False` it loads with zero (unfitted) classifiers instead,
+    for that command to fit.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -371,12 +392,20 @@ def load_checkpoint(path: str | Path) -> tuple[CTMWA, CTMWAConfig, dict[str, Any
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"cannot read {weights_path}: {e}") from e
     model = CTMWA(config)
-    missing_evidence = sorted(set(model.evidence_parameters()) - set(state))
-    if missing_evidence:
+    fresh = {**model.evidence_parameters(), EVIDENCE_NEUTRAL: getattr(model, EVIDENCE_NEUTRAL)}
+    # Stale: missing, or the earlier kind over the neck outputs ((C, E) weights); any other misfit is reported below.
+    neck_kind = (config.num_classes, config.embed_dim)
+    stale = sorted(k for k, v in fresh.items() if k not in state or (state[k].shape != v.shape and tuple(state[k].shape) == neck_kind))
+    if stale and evidence:
         raise CheckpointError(
-            f"{weights_path} has no modality-evidence classifiers ({', '.join(EVIDENCE_MODULES)}): it was trained before "
-            "they existed; retrain it with this version (ctmwa-train) to get text_evidence / image_evidence"
+            f"{weights_path} has no modality-evidence classifiers of this version ({', '.join(stale)} missing or of "
+            "another shape: it was trained before they read the raw embeddings); fit them on the frozen model, "
+            f"without retraining: ctmwa-train evidence --checkpoint {folder} --features FEATURES.parquet"
         )
+    if stale:
+        state = {k: v for k, v in state.items() if k not in fresh}
+        state.update({k: v.detach().clone() for k, v in fresh.items()})
+        logger.warning("%s: modality-evidence classifiers missing or stale; loaded unfitted (zero)", weights_path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -102,10 +102,20 @@ def test_absent_embeddings_are_never_read_even_when_nan(full_bundle):
         np.testing.assert_allclose(b[name], a[name], atol=1e-6)
 
 
-def by_hand(model: CTMWA, t: torch.Tensor, image: torch.Tensor, bias: list[float], missing: str = "none") -> dict[str, np.ndarray]:
+def evidence_by_hand(classifier: torch.nn.Linear, emb: torch.Tensor, predicted: torch.Tensor, neutral: int | None) -> torch.Tensor:
+    """p_c / (p_c + p_neutral) of the modality's evidence classifier on its raw embedding; p_c without a neutral class."""
+    p = classifier(emb).softmax(1)
+    p_c = p[torch.arange(len(emb)), predicted]
+    return p_c if neutral is None else p_c / (p_c + p[:, neutral])
+
+
+def by_hand(
+    model: CTMWA, t: torch.Tensor, image: torch.Tensor, bias: list[float], missing: str = "none", *, embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> dict[str, np.ndarray]:
     """DESIGN.md sections 3-4 written out from the model's modules: t lives in text_encoder space; the class bias
     moves the prediction (logits, probs, the weight nets' one-hot, the evidence's class); the weight nets still
-    read the raw logits; a missing modality's evidence is 0."""
+    read the raw logits; the evidence reads the raw `embeddings` (text, image), never a translation, and a
+    missing modality's evidence is 0."""
     ti, it = model.txt2img(t), model.img2txt(image)
     fused_t, fused_v = torch.cat([t, ti], 1), torch.cat([it, image], 1)
     m_t, m_v = model.txt_neck(fused_t), model.img_neck(fused_v)
@@ -115,8 +125,10 @@ def by_hand(model: CTMWA, t: torch.Tensor, image: torch.Tensor, bias: list[float
     predicted = logits.argmax(1)
     one_hot = F.one_hot(predicted, logits.shape[1]).float()
     rows = torch.arange(len(t))
-    text_evidence = model.txt_e_c(m_t).softmax(1)[rows, predicted] * (missing != "text")
-    image_evidence = model.img_e_c(m_v).softmax(1)[rows, predicted] * (missing != "image")
+    neutral = int(model.evidence_neutral.argmax()) if model.evidence_neutral.sum() > 0 else None
+    text_raw, image_raw = embeddings
+    text_evidence = evidence_by_hand(model.txt_e_c, text_raw, predicted, neutral) * (missing != "text")
+    image_evidence = evidence_by_hand(model.img_e_c, image_raw, predicted, neutral) * (missing != "image")
     return {
         "logits": logits.numpy(),
         "probs": logits.softmax(1).numpy(),
@@ -143,12 +155,12 @@ def test_missing_modality_means_its_translation(full_bundle, tiny_checkpoint, mi
     with torch.no_grad():
         text_t, image_t = torch.from_numpy(text), torch.from_numpy(image)
         if missing == "text":
-            want = by_hand(model, model.img2txt(image_t), image_t, bias, missing)  # the translated image stands in for the text
+            want = by_hand(model, model.img2txt(image_t), image_t, bias, missing, embeddings=(text_t, image_t))  # the translated image stands in for the text
         elif missing == "image":
             t = model.text_encoder(text_t)
-            want = by_hand(model, t, model.txt2img(t), bias, missing)  # the translated text stands in for the image
+            want = by_hand(model, t, model.txt2img(t), bias, missing, embeddings=(text_t, image_t))  # the translated text stands in for the image
         else:
-            want = by_hand(model, model.text_encoder(text_t), image_t, bias)
+            want = by_hand(model, model.text_encoder(text_t), image_t, bias, embeddings=(text_t, image_t))
     for name in H.HEAD_OUTPUTS:
         np.testing.assert_allclose(got[name], want[name], atol=2e-5, err_msg=name)
     # And the stand-in matters: the same rows with both modalities score differently.
@@ -196,7 +208,8 @@ def test_class_bias_and_temperature_move_logits_probs_and_prediction_together(ti
     assert (got["probs"].argmax(1) == got["logits"].argmax(1)).all()
     assert (got["probs"].argmax(1) == 1).sum() > (plain["probs"].argmax(1) == 1).sum()  # the bias moved predictions
     with torch.no_grad():
-        want = by_hand(model, model.text_encoder(torch.from_numpy(feeds["text_emb"])), torch.from_numpy(feeds["image_emb"]), bias)
+        text_t, image_t = torch.from_numpy(feeds["text_emb"]), torch.from_numpy(feeds["image_emb"])
+        want = by_hand(model, model.text_encoder(text_t), image_t, bias, embeddings=(text_t, image_t))
     for name in ("text_weight", "image_weight", "text_evidence", "image_evidence"):
         np.testing.assert_allclose(got[name], want[name], atol=2e-5, err_msg=name)
 
@@ -244,9 +257,12 @@ def golden_model() -> CTMWA:
     rng = np.random.default_rng(20240601)
     state = {}
     for name, value in model.state_dict().items():
+        if name == "evidence_neutral":  # a flag, not a weight; drawing it would shift every later draw
+            continue
         fan_in = int(np.prod(value.shape[1:])) if value.dim() > 1 else 1
         scale = 1.0 / np.sqrt(fan_in) if value.dim() > 1 else 0.1
         state[name] = torch.from_numpy((rng.standard_normal(tuple(value.shape)) * scale).astype(np.float32))
+    state["evidence_neutral"] = torch.tensor([0.0, 1.0, 0.0])  # "neutral" is class 1, as training marks it
     model.load_state_dict(state)
     return model.eval()
 

@@ -153,3 +153,44 @@ def test_class_bias_stays_zero_without_a_real_gain():
 
 def test_backbone_modules_do_not_include_evidence_or_weight_nets():
     assert not set(BACKBONE_MODULES) & {"txt_e_c", "img_e_c", "txt_w_net", "img_w_net"}
+
+
+def test_ctmwa_train_evidence_fits_a_stale_checkpoint_without_retraining(tiny_checkpoint, tiny_features, tmp_path, capsys):
+    """`ctmwa-train evidence` on a checkpoint whose evidence classifiers are gone: it loads, fits them on the
+    frozen model (the backbone and weight nets unchanged), marks the neutral class, and updates metrics.json."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from training.cli import main
+    from training.model import EVIDENCE_MODULES, load_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, ck)
+    state = {k: v for k, v in load_file(str(ck / "model.safetensors")).items() if not k.startswith(EVIDENCE_MODULES) and k != "evidence_neutral"}
+    save_file(state, str(ck / "model.safetensors"))
+    metrics = json.loads((ck / "metrics.json").read_text())
+    metrics.pop("evidence")
+    (ck / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["evidence", "--checkpoint", str(ck), "--features", str(tiny_features)]) == 0
+    assert "fitted modality evidence" in capsys.readouterr().out
+
+    fitted, _, extra = load_checkpoint(ck)
+    original, _, _ = load_checkpoint(tiny_checkpoint)
+    for name, value in original.backbone_parameters().items():
+        torch.testing.assert_close(fitted.backbone_parameters()[name], value)
+    for name, value in original.weight_net_parameters().items():
+        torch.testing.assert_close(fitted.weight_net_parameters()[name], value)
+    for name, value in original.evidence_parameters().items():  # the same fit as training's own
+        torch.testing.assert_close(fitted.evidence_parameters()[name], value)
+    assert fitted.evidence_neutral.tolist() == [0.0, 1.0, 0.0] and extra["evidence"]["neutral_class"] == "neutral"
+    refreshed = json.loads((ck / "metrics.json").read_text())
+    assert refreshed["evidence"] == extra["evidence"] and 0.0 <= refreshed["test_text_evidence_auc"] <= 1.0
+
+
+def test_ctmwa_train_evidence_names_a_missing_checkpoint(tmp_path, tiny_features, capsys):
+    from training.cli import main
+
+    assert main(["evidence", "--checkpoint", str(tmp_path / "nope"), "--features", str(tiny_features)]) == 2
+    assert "has no config.json" in capsys.readouterr().err

@@ -49,27 +49,43 @@ def test_module_names_and_shapes_follow_design():
     assert out.fused_t.shape == out.fused_v.shape == (5, dt + dv)
     assert out.text_weight.shape == out.image_weight.shape == (5,)
     assert ((out.text_weight > 0) & (out.text_weight < 1)).all()
-    assert model.txt_e_c.weight.shape == model.img_e_c.weight.shape == (c, e)
-    # untrained evidence classifiers are zero: every class 1/C
+    assert model.txt_e_c.weight.shape == (c, dt) and model.img_e_c.weight.shape == (c, dv)
+    # untrained evidence classifiers are zero and no class is marked neutral: every class 1/C
     torch.testing.assert_close(out.text_evidence, torch.full((5,), 1 / c))
     torch.testing.assert_close(out.image_evidence, torch.full((5,), 1 / c))
 
 
-def test_evidence_is_the_evidence_classifier_at_the_prediction_and_detached():
-    model = tiny_model(seed=2)
+def test_evidence_is_the_raw_embedding_classifier_at_the_prediction_against_neutral():
+    """text_evidence = p_c / (p_c + p_neutral) of txt_e_c on the raw text embedding (c: the predicted class, bias
+    included); p_c where no class is neutral; 0.5 where neutral is predicted; no gradient into the backbone."""
+    model = tiny_model(seed=2).eval()  # no attention dropout: every forward below predicts the same classes
     with torch.no_grad():
         for m in (model.txt_e_c, model.img_e_c):
             m.weight.normal_()
             m.bias.normal_()
-    text, image = torch.randn(6, 16), torch.randn(6, 12)
-    bias = torch.tensor([0.0, 3.0, 0.0])
+    text, image = torch.randn(12, 16), torch.randn(12, 12)
+    raw = model(text, image).logits_m.detach()
+    gap = raw.max(1).values - raw[:, 1]
+    bias = torch.tensor([0.0, float(gap[gap > 0].median()), 0.0])  # moves some rows to class 1, not all
     out = model(text, image, class_bias=bias)
     predicted = (out.logits_m + bias).argmax(1)
-    assert predicted.eq(1).any()  # the bias moved some predictions
-    want_t = torch.softmax(model.txt_e_c(out.m_t), 1)[torch.arange(6), predicted]
-    want_v = torch.softmax(model.img_e_c(out.m_v), 1)[torch.arange(6), predicted]
+    assert predicted.eq(1).any() and predicted.ne(1).any()
+    rows = torch.arange(12)
+    p_t, p_v = torch.softmax(model.txt_e_c(text), 1), torch.softmax(model.img_e_c(image), 1)
+    torch.testing.assert_close(out.text_evidence, p_t[rows, predicted])  # no neutral class marked
+    torch.testing.assert_close(out.image_evidence, p_v[rows, predicted])
+
+    model.evidence_neutral.copy_(torch.tensor([0.0, 1.0, 0.0]))
+    out = model(text, image, class_bias=bias)
+    want_t = p_t[rows, predicted] / (p_t[rows, predicted] + p_t[:, 1])
+    want_v = p_v[rows, predicted] / (p_v[rows, predicted] + p_v[:, 1])
     torch.testing.assert_close(out.text_evidence, want_t)
     torch.testing.assert_close(out.image_evidence, want_v)
+    torch.testing.assert_close(out.text_evidence[predicted == 1], torch.full((int(predicted.eq(1).sum()),), 0.5))
+    # a missing modality's stand-in never reaches its evidence: it reads the embedding as given (the head zeroes it)
+    out_missing = model(text, image, has_text=torch.zeros(12, dtype=torch.bool), class_bias=bias)
+    p_c = torch.softmax(model.txt_e_c(text), 1)[rows, (out_missing.logits_m + bias).argmax(1)]
+    torch.testing.assert_close(out_missing.text_evidence, p_c / (p_c + p_t[:, 1]))
     # no gradient from the evidence reaches the backbone
     (out.text_evidence.sum() + out.image_evidence.sum()).backward()
     assert all(p.grad is None for p in model.backbone_parameters().values())
@@ -251,12 +267,23 @@ def test_config_validation_names_the_value():
         CTMWAConfig.from_dict({"embed_dim": "128"})
 
 
-def test_a_checkpoint_from_before_the_evidence_classifiers_names_the_fix(tmp_path):
+@pytest.mark.parametrize("kind", ["none", "neck-sized"])
+def test_a_checkpoint_with_missing_or_stale_evidence_names_the_fix(tmp_path, kind):
+    """A checkpoint from before the evidence classifiers (none), or from when they read the neck outputs (E wide),
+    is an error naming `ctmwa-train evidence`; evidence=False loads it with zero classifiers for that command."""
     from safetensors.torch import load_file, save_file
 
     model = tiny_model()
     save_checkpoint(model, TINY, tmp_path, {})
-    state = {k: v for k, v in load_file(str(tmp_path / "model.safetensors")).items() if not k.startswith(EVIDENCE_MODULES)}
+    state = {k: v for k, v in load_file(str(tmp_path / "model.safetensors")).items() if not k.startswith(EVIDENCE_MODULES) and k != "evidence_neutral"}
+    if kind == "neck-sized":
+        e, c = TINY.embed_dim, TINY.num_classes
+        state.update({f"{m}.weight": torch.ones(c, e) for m in EVIDENCE_MODULES} | {f"{m}.bias": torch.ones(c) for m in EVIDENCE_MODULES})
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="no modality-evidence classifiers .*retrain it"):
+    with pytest.raises(CheckpointError, match=f"ctmwa-train evidence --checkpoint {tmp_path} --features"):
         load_checkpoint(tmp_path)
+    loaded, _, _ = load_checkpoint(tmp_path, evidence=False)
+    assert all(p.abs().sum() == 0 for p in loaded.evidence_parameters().values())
+    assert loaded.evidence_neutral.sum() == 0
+    for name, value in model.backbone_parameters().items():
+        torch.testing.assert_close(loaded.backbone_parameters()[name], value)
