@@ -96,8 +96,8 @@ def test_evidence_tracks_the_modality_that_carries_the_cue(features):
     both = (rows.has_text & rows.has_image).numpy()
     text_only, image_only = (cue == "text") & both, (cue == "image") & both
     t, v = out.text_evidence.numpy(), out.image_evidence.numpy()
-    assert E.auc(t[text_only], t[image_only]) > 0.75
-    assert E.auc(v[image_only], v[text_only]) > 0.75
+    assert E.auc(t[text_only], t[image_only]) > 0.85  # 0.89 when written; the first (neck, post label) evidence: 0.75-0.8
+    assert E.auc(v[image_only], v[text_only]) > 0.85  # 0.91
     assert ((t >= 0) & (t <= 1)).all() and ((v >= 0) & (v <= 1)).all()
 
 
