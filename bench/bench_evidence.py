@@ -54,7 +54,7 @@ from ctmwa_batch.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENC
 from ctmwa_batch.runtime import RuntimeConfig, create_session  # noqa: E402
 from demo.train import DEMO_TRAINING  # noqa: E402
 from export.head import HeadExportConfig, export_head_graph  # noqa: E402
-from fixtures.features import synthetic_cues, write_synthetic_features  # noqa: E402
+from fixtures.features import SyntheticSpec, synthetic_cues, write_synthetic_features  # noqa: E402
 from training.data import FeatureBatch, read_features  # noqa: E402
 from training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402
 from training.fit import fit  # noqa: E402
@@ -70,7 +70,7 @@ CANDIDATES = ("paper weights", "unimodal head", "counterfactual", "query head", 
 def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) -> dict:
     """Write this seed's features; train, export, score the test split, and measure every candidate."""
     torch.set_num_threads(args.threads)
-    features = write_synthetic_features(work / f"features-{data_seed}.parquet", args.posts, args.classes, args.dim, data_seed)
+    features = write_synthetic_features(work / f"features-{data_seed}.parquet", args.posts, args.classes, args.dim, data_seed, _spec(args))
     start = time.perf_counter()
     training = dict(DEMO_TRAINING) if args.scaled_lr else {}
     config = TrainConfig.from_dict({**training, "seed": seed, "epochs": args.epochs})
@@ -121,7 +121,7 @@ def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) ->
             "evidence (shipped)": (onnx_out[TEXT_EVIDENCE], onnx_out[IMAGE_EVIDENCE]),
         }
 
-    cues = synthetic_cues(args.posts, args.classes, args.dim, data_seed)
+    cues = synthetic_cues(args.posts, args.classes, args.dim, data_seed, _spec(args))
     cue = cues[[int(p.rsplit("-", 1)[1]) for p in test.post_id]]
     both = (test.has_text & test.has_image).numpy()
     text_only, image_only = (cue == "text") & both, (cue == "image") & both
@@ -148,6 +148,10 @@ def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) ->
     }
 
 
+def _spec(args: argparse.Namespace) -> SyntheticSpec:
+    return SyntheticSpec(class_shares=tuple(args.class_shares) if args.class_shares else None)
+
+
 def _concat(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
     return FeatureBatch(
         post_id=np.concatenate([a.post_id, b.post_id]),
@@ -170,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="epochs (default: ctmwa-train's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="training seeds")
     parser.add_argument("--data-seeds", type=int, nargs="+", help="seeds of each run's synthetic features (default: 0, 1, 2, ...)")
+    parser.add_argument(
+        "--class-shares", type=float, nargs="+", help="share of each post label (default uniform; MVSA-Single-like: 0.59 0.10 0.31)"
+    )
     parser.add_argument("--scaled-lr", action="store_true", help="the demo's step sizes (lr 0.01, inner_lr 0.06) instead of the defaults")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads per seed")
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nModality evidence: {args.posts} synthetic posts, {args.dim}-d, {args.classes} classes; default ctmwa-train "
         f"(meta, {args.epochs} epochs, {'lr 0.01, inner_lr 0.06, wnet_lr 5e-4' if args.scaled_lr else 'default step sizes'}); "
-        f"seeds {args.seeds} on data seeds {data_seeds}; test posts with text and image"
+        f"seeds {args.seeds} on data seeds {data_seeds}; class shares {args.class_shares or 'uniform'}; test posts with text and image"
     )
     print("AUC for 'this modality carries the cue' (text: text-only-cue vs image-only-cue posts; image: the reverse)")
     print(f"{'candidate':<22}{'text':>16}{'image':>16}")
