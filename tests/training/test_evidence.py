@@ -194,3 +194,16 @@ def test_ctmwa_train_evidence_names_a_missing_checkpoint(tmp_path, tiny_features
 
     assert main(["evidence", "--checkpoint", str(tmp_path / "nope"), "--features", str(tiny_features)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_synthetic_class_shares_draw_an_imbalanced_set_and_keep_the_cues_in_step():
+    from fixtures.features import SyntheticSpec
+
+    spec = SyntheticSpec(class_shares=(0.59, 0.10, 0.31))
+    table = synthetic_table(4000, 3, 8, seed=5, spec=spec)
+    shares = np.bincount(np.asarray(table.column("label")), minlength=3) / 4000
+    np.testing.assert_allclose(shares, [0.59, 0.10, 0.31], atol=0.03)
+    cue, label, t_label = synthetic_cues(4000, 3, 8, seed=5, spec=spec), np.asarray(table.column("label")), np.asarray(table.column("t_label"))
+    assert (t_label[cue == "image"] == 1).all() and (t_label[cue != "image"] == label[cue != "image"]).all()
+    with pytest.raises(ValueError, match=r"class_shares \(0.5, 0.5\) must be 3 non-negative numbers that sum to 1"):
+        synthetic_table(50, 3, 8, seed=5, spec=SyntheticSpec(class_shares=(0.5, 0.5)))
