@@ -243,6 +243,7 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
             "near_tie_rows": f"{report.ambiguous_rows} of {report.rows} validated rows: top-two logits closer than twice the graph's error; weights not compared there",
             "weights_from": "one_hot(argmax logits)",
             "class_bias": class_bias,
+            "probe_blend": extra.get("probe_blend") or {"method": "none", "weight": 0.0},
             "evidence": {
                 "method": "txt_e_c / img_e_c: logistic regression of each modality's own label on its raw embedding, "
                 "fitted after training; evidence = p(predicted) / (p(predicted) + p(neutral)), p(predicted) without "

@@ -123,7 +123,7 @@ def calibrate_on_features(
         )
     valid = data.valid
     with torch.no_grad():
-        logits = model.eval()(valid.text, valid.image, valid.has_text, valid.has_image).logits_m.double().numpy()
+        logits = model.eval()(valid.text, valid.image, valid.has_text, valid.has_image).logits.double().numpy()
     if class_bias is not None:
         logits = logits + np.asarray(class_bias, dtype=np.float64)
     report = {**calibration_report(logits, valid.label.numpy()), "features": str(features), "split": "valid"}

@@ -151,7 +151,7 @@ class CTMWAHead(nn.Module):
         text = torch.where(has_text[:, None], text_emb, torch.zeros_like(text_emb)).to(self.dtype)  # (N, Dt)
         image = torch.where(has_image[:, None], image_emb, torch.zeros_like(image_emb)).to(self.dtype)  # (N, Dv)
         out = self.model(text, image, has_text, has_image, class_bias=self.class_bias)
-        logits = (out.logits_m + self.class_bias).float()  # (N, C) the same sum the forward took its argmax of
+        logits = (out.logits + self.class_bias).float()  # (N, C) the same sum the forward took its argmax of (probe blend included)
         zero = torch.zeros_like(out.text_evidence)
         return {
             LOGITS: logits,

@@ -236,7 +236,7 @@ def agreement_updates(bundle: Bundle, model: torch.nn.Module, specs: Mapping[str
         n = len(text_emb)
         with torch.no_grad():
             present = torch.ones(n, dtype=torch.bool)
-            return model(torch.from_numpy(text_emb), torch.from_numpy(image_emb), present, present).logits_m.numpy()
+            return model(torch.from_numpy(text_emb), torch.from_numpy(image_emb), present, present).logits.numpy()
 
     measured = head_agreement(bundle, specs, head_logits)
     entries = {}

@@ -20,6 +20,7 @@ from training.class_bias import fit_class_bias, no_bias_report
 from training.data import FeatureBatch, FeatureSet
 from training.errors import DatasetError
 from training.evidence import evidence_metrics, fit_evidence
+from training.probe import fit_probe_blend, no_blend_report
 from training.meta import MetaWeightTrainer, TrainConfig
 from training.metrics import accuracy_f1
 from training.model import CTMWA, CTMWAConfig
@@ -41,11 +42,11 @@ class FitResult:
 
 @torch.no_grad()
 def logits_of(model: CTMWA, data: FeatureBatch) -> torch.Tensor:
-    """logits_m (N, C) of the model in eval mode on `data`."""
+    """The answer's logits (N, C) of the model in eval mode on `data` (logits_m with the probe blend, no class bias)."""
     was_training = model.training
     model.eval()
     parts = [
-        model(p.text, p.image, p.has_text, p.has_image).logits_m
+        model(p.text, p.image, p.has_text, p.has_image).logits
         for p in (data.take(np.arange(s, min(s + EVAL_BATCH, len(data)))) for s in range(0, len(data), EVAL_BATCH))
     ]
     model.train(was_training)
@@ -54,16 +55,16 @@ def logits_of(model: CTMWA, data: FeatureBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None) -> dict[str, float]:
-    """accuracy, f1_weighted, loss (CE of logits_m) and mean modality weights of the model on `data`.
+    """accuracy, f1_weighted, loss (CE of the answer's logits) and mean modality weights of the model on `data`.
 
-    With `class_bias`, the prediction (and the weight nets' input) is argmax(logits_m + class_bias)."""
+    The prediction (and the weight nets' input) is argmax(logits + class_bias), logits with the probe blend."""
     was_training = model.training
     model.eval()
     logits, w_t, w_v = [], [], []
     for start in range(0, len(data), EVAL_BATCH):
         part = data.take(np.arange(start, min(start + EVAL_BATCH, len(data))))
         out = model(part.text, part.image, part.has_text, part.has_image, class_bias=class_bias)
-        logits.append(out.logits_m)
+        logits.append(out.logits)
         w_t.append(out.text_weight)
         w_v.append(out.image_weight)
     model.train(was_training)
@@ -157,10 +158,12 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    # After training, on the frozen best epoch: the evidence classifiers, then the class bias (valid split).
+    # After training, on the frozen best epoch: the evidence classifiers, then the probe blend and the class bias
+    # (both chosen on the valid split). The figures "as trained" are the model before either.
     evidence = fit_evidence(model, data)
-    class_bias, bias_report = choose_class_bias(model, data, config)
     raw_test = evaluate(model, data.test)
+    blend = fit_probe_blend(model, data) if config.probe_blend != "none" else no_blend_report()
+    class_bias, bias_report = choose_class_bias(model, data, config)
     test = evaluate(model, data.test, class_bias)
     no_text = evaluate(model, data.test.take(data.test.has_image).without(text=True), class_bias)
     no_image = evaluate(model, data.test.take(data.test.has_text).without(image=True), class_bias)
@@ -175,8 +178,9 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
         "test_accuracy": test["accuracy"],
         "test_f1_weighted": test["f1_weighted"],
         "test_loss": test["loss"],
-        "test_accuracy_without_class_bias": raw_test["accuracy"],
+        "test_accuracy_without_class_bias": raw_test["accuracy"],  # as trained: no probe blend, no class bias
         "test_f1_weighted_without_class_bias": raw_test["f1_weighted"],
+        "probe_blend": blend,
         "class_bias": bias_report,
         "test_text_weight": test["text_weight"],
         "test_image_weight": test["image_weight"],

@@ -53,6 +53,7 @@ class TrainConfig:
     lr_decay: bool = False  # linear decay to zero over the second half of the epochs (the reference builds it but never steps it)
     unimodal_labels: bool | None = None  # None: ask the features file; False: the query step uses the multimodal label
     class_bias: str = "valid_f1"  # "valid_f1": per-class logit bias chosen on the valid split (training.class_bias); "none"
+    probe_blend: str = "valid_f1"  # "valid_f1": blend a linear probe into the answer where the valid split gains (training.probe); "none"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -67,8 +68,9 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig batch_size = {self.batch_size}, epochs = {self.epochs}: both must be at least 1")
         if self.unimodal_labels not in (None, True, False):
             raise ConfigError(f"TrainConfig.unimodal_labels = {self.unimodal_labels!r} must be true, false or null")
-        if self.class_bias not in ("none", "valid_f1"):
-            raise ConfigError(f"TrainConfig.class_bias = {self.class_bias!r} is not one of ['none', 'valid_f1']")
+        for name in ("class_bias", "probe_blend"):
+            if getattr(self, name) not in ("none", "valid_f1"):
+                raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)!r} is not one of ['none', 'valid_f1']")
         if len(self.wnet_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.wnet_betas):
             raise ConfigError(f"TrainConfig.wnet_betas = {self.wnet_betas} must be two numbers in [0, 1)")
 

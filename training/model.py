@@ -40,6 +40,11 @@ EVIDENCE_MODULES = ("txt_e_c", "img_e_c")
 # (C,) buffer: 1 at the class that carries no sentiment (MVSA's "neutral"), all 0 where the labels have none;
 # set by training.evidence, saved with the weights, read by the evidence formula in `CTMWA.forward`.
 EVIDENCE_NEUTRAL = "evidence_neutral"
+# The probe blend (training.probe): a linear probe of the post label on [text, image, has_text, has_image], fitted
+# after training; the answer's logits are logits_m + probe_weight · log_softmax(probe). probe_weight 0 (a (1,)
+# buffer) is the paper's model alone; training chooses it on the valid split. Neither training step touches them.
+PROBE_MODULE = "probe"
+PROBE_WEIGHT = "probe_weight"
 INITS = ("kaiming", "pytorch")
 
 
@@ -81,7 +86,8 @@ class CTMWAConfig:
 class CTMWAOutput:
     """Named outputs of `CTMWA.forward`; N is the batch size."""
 
-    logits_m: torch.Tensor  # (N, C) multimodal classifier: the model's answer
+    logits_m: torch.Tensor  # (N, C) multimodal classifier (what training's losses read)
+    logits: torch.Tensor  # (N, C) the model's answer: logits_m + probe_weight · log_softmax(probe); logits_m while the blend is off
     logits_t: torch.Tensor  # (N, C) text-side classifier
     logits_v: torch.Tensor  # (N, C) image-side classifier
     fused_t: torch.Tensor  # (N, Dt+Dv) [t, ti]
@@ -234,6 +240,11 @@ class CTMWA(nn.Module):
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
         self.register_buffer(EVIDENCE_NEUTRAL, torch.zeros(c))  # (C,)
+        with torch.random.fork_rng(devices=[]):
+            self.probe = nn.Linear(dt + dv + 2, c)
+        nn.init.zeros_(self.probe.weight)
+        nn.init.zeros_(self.probe.bias)
+        self.register_buffer(PROBE_WEIGHT, torch.zeros(1))  # (1,)
 
     def forward(
         self,
@@ -275,14 +286,16 @@ class CTMWA(nn.Module):
         logits_t = self.t_c(m_t)  # (N, C)
         logits_v = self.v_c(m_v)  # (N, C)
 
+        logits = logits_m + self.probe_weight * torch.log_softmax(self.probe(self.probe_input(text_emb, image_emb, has_text, has_image)), dim=1)
         if label is None:
-            label = (logits_m if class_bias is None else logits_m + class_bias).argmax(dim=1)  # (N,)
+            label = (logits if class_bias is None else logits + class_bias).argmax(dim=1)  # (N,)
         # Evidence reads each modality's own embedding, never a translation (see EVIDENCE_MODULES).
         one_hot = F.one_hot(label, self.config.num_classes).to(logits_m.dtype)  # (N, C)
         w_in_t = torch.cat([one_hot, logits_m, logits_t, fused_t], dim=1).detach()  # (N, 3C+Dt+Dv)
         w_in_v = torch.cat([one_hot, logits_m, logits_v, fused_v], dim=1).detach()  # (N, 3C+Dt+Dv)
         return CTMWAOutput(
             logits_m=logits_m,
+            logits=logits,
             logits_t=logits_t,
             logits_v=logits_v,
             fused_t=fused_t,
@@ -299,6 +312,18 @@ class CTMWA(nn.Module):
             text_evidence=self.evidence(self.txt_e_c(text_emb), label),
             image_evidence=self.evidence(self.img_e_c(image_emb), label),
         )
+
+    @staticmethod
+    def probe_input(
+        text_emb: torch.Tensor, image_emb: torch.Tensor, has_text: torch.Tensor | None, has_image: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[text · has_text, image · has_image, has_text, has_image]: (N, Dt+Dv+2), what the probe reads."""
+        n = text_emb.shape[0]
+        t_mask = torch.ones(n, 1, dtype=text_emb.dtype, device=text_emb.device) if has_text is None else has_text[:, None].to(text_emb.dtype)
+        v_mask = torch.ones(n, 1, dtype=image_emb.dtype, device=image_emb.device) if has_image is None else has_image[:, None].to(image_emb.dtype)
+        text = torch.where(t_mask > 0, text_emb, torch.zeros_like(text_emb))
+        image = torch.where(v_mask > 0, image_emb, torch.zeros_like(image_emb))
+        return torch.cat([text, image, t_mask, v_mask], dim=1)
 
     def evidence(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """How strongly one modality supports class `label`, in [0, 1]: (N, C) evidence logits, (N,) -> (N,).
@@ -402,6 +427,9 @@ def load_checkpoint(path: str | Path, *, evidence: bool = True) -> tuple[CTMWA, 
             "another shape: it was trained before they read the raw embeddings); fit them on the frozen model, "
             f"without retraining: ctmwa-train evidence --checkpoint {folder} --features FEATURES.parquet"
         )
+    # A checkpoint from before the probe blend scores as the paper's model: probe off (weight 0).
+    for name, value in {**{f"{PROBE_MODULE}.{n}": p for n, p in model.probe.named_parameters()}, PROBE_WEIGHT: getattr(model, PROBE_WEIGHT)}.items():
+        state.setdefault(name, value.detach().clone())
     if stale:
         state = {k: v for k, v in state.items() if k not in fresh}
         state.update({k: v.detach().clone() for k, v in fresh.items()})

@@ -81,6 +81,7 @@ def _train(features: Path, out: Path, config: TrainConfig, model_values: dict[st
         "features": str(features),
         "best_epoch": result.metrics["best_epoch"],
         "class_bias": result.class_bias,  # added to the logits before softmax and argmax (training.class_bias)
+        "probe_blend": result.metrics["probe_blend"],  # the linear probe's weight in the answer (training.probe)
         "evidence": result.metrics["evidence"],  # how the evidence classifiers were fitted (training.evidence)
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

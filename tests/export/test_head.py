@@ -120,13 +120,16 @@ def by_hand(
     fused_t, fused_v = torch.cat([t, ti], 1), torch.cat([it, image], 1)
     m_t, m_v = model.txt_neck(fused_t), model.img_neck(fused_v)
     raw = model.m_c(torch.cat([m_t, m_v], 1))
-    logits = raw + torch.tensor(bias)
+    text_raw, image_raw = embeddings
+    has_t = torch.full((len(t), 1), float(missing != "text"))
+    has_v = torch.full((len(t), 1), float(missing != "image"))
+    probe = model.probe(torch.cat([text_raw * has_t, image_raw * has_v, has_t, has_v], 1)).log_softmax(1)
+    logits = raw + model.probe_weight * probe + torch.tensor(bias)  # the probe blend, then the class bias
     logits_t, logits_v = model.t_c(m_t), model.v_c(m_v)
     predicted = logits.argmax(1)
     one_hot = F.one_hot(predicted, logits.shape[1]).float()
     rows = torch.arange(len(t))
     neutral = int(model.evidence_neutral.argmax()) if model.evidence_neutral.sum() > 0 else None
-    text_raw, image_raw = embeddings
     text_evidence = evidence_by_hand(model.txt_e_c, text_raw, predicted, neutral) * (missing != "text")
     image_evidence = evidence_by_hand(model.img_e_c, image_raw, predicted, neutral) * (missing != "image")
     return {
@@ -193,9 +196,13 @@ def test_unfolded_export_keeps_the_attention_and_agrees(tiny_checkpoint, tmp_pat
 
 
 def test_class_bias_and_temperature_move_logits_probs_and_prediction_together(tiny_checkpoint, tmp_path):
-    """The class bias enters before softmax and argmax, the temperature after: argmax(logits) = argmax(probs) is the
-    class the weight nets and the evidence see."""
+    """The probe blend and the class bias enter before softmax and argmax, the temperature after: argmax(logits) =
+    argmax(probs) is the class the weight nets and the evidence see."""
     model, _, _ = load_checkpoint(tiny_checkpoint)
+    with torch.no_grad():  # the probe blend on, with a probe of its own: it is part of the answer's logits
+        torch.manual_seed(5)
+        model.probe.weight.normal_()
+        model.probe_weight.fill_(0.7)
     bias, temperature = [0.0, 4.0, -1.0], 2.0
     report = H.export_head_graph(model, tmp_path / "biased.onnx", H.HeadExportConfig(extra_batch_sizes=()), temperature, bias)
     rng = np.random.default_rng(3)
@@ -257,12 +264,13 @@ def golden_model() -> CTMWA:
     rng = np.random.default_rng(20240601)
     state = {}
     for name, value in model.state_dict().items():
-        if name == "evidence_neutral":  # a flag, not a weight; drawing it would shift every later draw
+        if name in ("evidence_neutral", "probe_weight"):  # flags, not weights; drawing them would shift every later draw
             continue
         fan_in = int(np.prod(value.shape[1:])) if value.dim() > 1 else 1
         scale = 1.0 / np.sqrt(fan_in) if value.dim() > 1 else 0.1
         state[name] = torch.from_numpy((rng.standard_normal(tuple(value.shape)) * scale).astype(np.float32))
     state["evidence_neutral"] = torch.tensor([0.0, 1.0, 0.0])  # "neutral" is class 1, as training marks it
+    state["probe_weight"] = torch.zeros(1)  # the probe blend off: the paper's model alone
     model.load_state_dict(state)
     return model.eval()
 

@@ -207,3 +207,28 @@ def test_synthetic_class_shares_draw_an_imbalanced_set_and_keep_the_cues_in_step
     assert (t_label[cue == "image"] == 1).all() and (t_label[cue != "image"] == label[cue != "image"]).all()
     with pytest.raises(ValueError, match=r"class_shares \(0.5, 0.5\) must be 3 non-negative numbers that sum to 1"):
         synthetic_table(50, 3, 8, seed=5, spec=SyntheticSpec(class_shares=(0.5, 0.5)))
+
+
+def test_probe_blend_leans_on_the_probe_where_the_model_is_weak_and_stays_off_otherwise(features):
+    """An untrained CTMWA is near chance: the blend takes a weight > 0 and lifts valid weighted F1 without lowering
+    valid accuracy. With min_gain out of reach, the weight stays 0 and the answer is the model's own."""
+    from training.model import CTMWA
+    from training.probe import WEIGHTS, fit_probe_blend
+
+    data = read_features(features)
+    torch.manual_seed(0)
+    model = CTMWA(MODEL).eval()
+    report = fit_probe_blend(model, data)
+    assert report["weight"] in WEIGHTS and report["weight"] > 0 and float(model.probe_weight) == report["weight"]
+    assert report["valid_f1_weighted_after"] > report["valid_f1_weighted_before"] + 0.1
+    assert report["valid_accuracy_after"] >= report["valid_accuracy_before"]
+    with torch.no_grad():
+        out = model(data.valid.text, data.valid.image, data.valid.has_text, data.valid.has_image)
+    assert accuracy_f1(data.valid.label.numpy(), out.logits.argmax(1).numpy())[1] == pytest.approx(report["valid_f1_weighted_after"])
+    assert all(p.abs().sum() == 0 for p in model.evidence_parameters().values())  # only the probe and its weight moved
+
+    off = fit_probe_blend(model, data, min_gain=1.0)
+    assert off["weight"] == 0.0 and float(model.probe_weight) == 0.0
+    with torch.no_grad():
+        out = model(data.valid.text, data.valid.image, data.valid.has_text, data.valid.has_image)
+    torch.testing.assert_close(out.logits, out.logits_m)

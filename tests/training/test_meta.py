@@ -142,7 +142,7 @@ def test_query_step_moves_weight_nets_only_and_outer_step_backbone_only():
     trainer.outer_step(b)
     for n, p in model.named_parameters():
         is_wnet = n.startswith(("txt_w_net", "img_w_net"))
-        is_evidence = n.startswith(EVIDENCE_MODULES)  # fitted after training (training.evidence), never here
+        is_evidence = n.startswith((*EVIDENCE_MODULES, "probe."))  # fitted after training (training.evidence, training.probe), never here
         # queries and keys of a one-token attention are dead (softmax over one key is 1): zero gradient
         dead = ".self_attn.fc_q." in n or ".self_attn.fc_k." in n
         assert torch.equal(p, middle[n]) == (is_wnet or is_evidence or dead), n

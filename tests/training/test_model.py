@@ -31,7 +31,7 @@ def tiny_model(seed: int = 0, **changes) -> CTMWA:
 def test_module_names_and_shapes_follow_design():
     model = tiny_model()
     names = {n.split(".")[0] for n, _ in model.named_parameters()}
-    assert names == set(BACKBONE_MODULES) | set(WEIGHT_NET_MODULES) | set(EVIDENCE_MODULES)
+    assert names == set(BACKBONE_MODULES) | set(WEIGHT_NET_MODULES) | set(EVIDENCE_MODULES) | {"probe"}
     dt, dv, e, c = 16, 12, 8, 3
     assert model.text_encoder.weight.shape == (dt, dt)
     assert model.txt2img.conv.weight.shape == (dv, 1, 5, dt)
@@ -90,6 +90,27 @@ def test_evidence_is_the_raw_embedding_classifier_at_the_prediction_against_neut
     (out.text_evidence.sum() + out.image_evidence.sum()).backward()
     assert all(p.grad is None for p in model.backbone_parameters().values())
     assert model.txt_e_c.weight.grad is not None
+
+
+def test_probe_blend_adds_the_weighted_probe_log_probs_to_the_answer_only():
+    """logits = logits_m + probe_weight · log_softmax(probe([text·has_text, image·has_image, has_text, has_image]));
+    logits_m (what training's losses read) is untouched, and the predicted class the weight nets see follows logits."""
+    model = tiny_model(seed=4).eval()
+    text, image = torch.randn(10, 16), torch.randn(10, 12)
+    has_text = torch.tensor([True] * 7 + [False] * 3)
+    off = model(text, image, has_text=has_text)
+    torch.testing.assert_close(off.logits, off.logits_m)  # blend off by default: the paper's model alone
+    with torch.no_grad():
+        model.probe.weight.normal_()
+        model.probe_weight.fill_(3.0)
+    on = model(text, image, has_text=has_text)
+    masked_text = text * has_text[:, None]
+    probe_in = torch.cat([masked_text, image, has_text[:, None].float(), torch.ones(10, 1)], 1)
+    torch.testing.assert_close(on.logits_m, off.logits_m)
+    torch.testing.assert_close(on.logits, on.logits_m + 3.0 * torch.log_softmax(model.probe(probe_in), 1))
+    one_hot = torch.nn.functional.one_hot(on.logits.argmax(1), 3).float()
+    w_in = torch.cat([one_hot, on.logits_m, on.logits_t, on.fused_t], 1)
+    torch.testing.assert_close(on.text_weight, model.txt_w_net(w_in))
 
 
 def test_reference_init_is_kaiming_normal_with_zero_bias():
