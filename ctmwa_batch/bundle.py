@@ -528,6 +528,14 @@ def describe(bundle: Bundle) -> list[str]:
                 f"class bias    {[round(float(b), 3) for b in bias.get('bias', [])]} added to the logits ({bias['method']}: "
                 f"valid weighted F1 {_fmt(bias.get('valid_f1_weighted_before'))} -> {_fmt(bias.get('valid_f1_weighted_after'))})"
             )
+        blend = head.get("probe_blend") or {}
+        if float(blend.get("weight") or 0.0) == 0.0:
+            lines.append("probe blend   off (the paper's classifier alone)")
+        else:
+            lines.append(
+                f"probe blend   logits_m + {blend['weight']:g} * log_softmax(linear probe) (valid weighted F1 "
+                f"{_fmt(blend.get('valid_f1_weighted_before'))} -> {_fmt(blend.get('valid_f1_weighted_after'))})"
+            )
         evidence = head.get("evidence")
         lines.append(
             f"evidence      {evidence['method']}" if evidence

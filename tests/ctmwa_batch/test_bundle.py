@@ -201,6 +201,7 @@ def test_inspect_full_bundle_text(full_bundle, capsys):
         "metrics       valid_accuracy",
         "test_text_evidence_auc",
         "class bias    ",
+        "probe blend   ",
         "on its raw embedding; evidence = p(predicted) / (p(predicted) + p(neutral))",
         "weights       text_weight/image_weight: the paper's meta-learned loss weights, not an attribution",
         "verified      yes",
