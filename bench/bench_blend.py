@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from fixtures.features import SyntheticSpec, write_synthetic_features  # noqa: E402
 from training.data import read_features  # noqa: E402
-from training.evidence import _concat, logistic_baseline  # noqa: E402
+from training.evidence import logistic_baseline  # noqa: E402
 from training.fit import choose_class_bias, evaluate  # noqa: E402
 from training.meta import TrainConfig  # noqa: E402
 from training.model import PROBE_WEIGHT, load_checkpoint  # noqa: E402
@@ -49,7 +49,7 @@ def measure(checkpoint: Path, features: Path) -> dict:
     blend = fit_probe_blend(model, data)
     bias, report = choose_class_bias(model, data, TrainConfig())
     final = evaluate(model, data.test, bias)
-    lr = logistic_baseline(_concat(data.train, data.query), data.valid, data.test, model.config.num_classes)
+    lr = logistic_baseline(data.train_split(), data.valid, data.test, model.config.num_classes)
     figures = [(r["accuracy"], r["f1_weighted"]) for r in (as_trained, bias_only, final)] + [lr]
     return {"rows": dict(zip(ROWS, figures)), "weight": blend["weight"], "bias": report["bias"],
             "valid_gain": blend["valid_f1_weighted_after"] - blend["valid_f1_weighted_before"]}

@@ -55,7 +55,7 @@ from ctmwa_batch.runtime import RuntimeConfig, create_session  # noqa: E402
 from demo.train import DEMO_TRAINING  # noqa: E402
 from export.head import HeadExportConfig, export_head_graph  # noqa: E402
 from fixtures.features import SyntheticSpec, synthetic_cues, write_synthetic_features  # noqa: E402
-from training.data import FeatureBatch, read_features  # noqa: E402
+from training.data import read_features  # noqa: E402
 from training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402
 from training.fit import fit  # noqa: E402
 from training.meta import TrainConfig  # noqa: E402
@@ -108,7 +108,7 @@ def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) ->
         wt, bt = fit_logistic(q_out.m_t, q.t_label, args.classes, 1e-2)
         wv, bv = fit_logistic(q_out.m_v, q.v_label, args.classes, 1e-2)
         # The first shipped evidence: the post label on the neck outputs, every training row.
-        rows_all = _concat(data.train, data.query)
+        rows_all = data.train_split()
         a_out = model(rows_all.text, rows_all.image, rows_all.has_text, rows_all.has_image)
         nt, nbt = fit_logistic(a_out.m_t[rows_all.has_text], rows_all.label[rows_all.has_text], args.classes, 1e-2)
         nv, nbv = fit_logistic(a_out.m_v[rows_all.has_image], rows_all.label[rows_all.has_image], args.classes, 1e-2)
@@ -129,7 +129,7 @@ def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) ->
         name: (float(auc(t[text_only], t[image_only])), float(auc(v[image_only], v[text_only])))
         for name, (t, v) in scores.items()
     }
-    lr_acc, lr_f1 = logistic_baseline(_concat(data.train, data.query), data.valid, test, args.classes)
+    lr_acc, lr_f1 = logistic_baseline(data.train_split(), data.valid, test, args.classes)
     m = result.metrics
     return {
         "seed": seed,
@@ -151,13 +151,6 @@ def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) ->
 
 def _spec(args: argparse.Namespace) -> SyntheticSpec:
     return SyntheticSpec(class_shares=tuple(args.class_shares) if args.class_shares else None)
-
-
-def _concat(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
-    return FeatureBatch(
-        post_id=np.concatenate([a.post_id, b.post_id]),
-        **{n: torch.cat([getattr(a, n), getattr(b, n)]) for n in ("text", "image", "has_text", "has_image", "label", "t_label", "v_label")},
-    )
 
 
 def _ms(values: list[float]) -> str:

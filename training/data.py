@@ -80,6 +80,10 @@ class FeatureSet:
     test: FeatureBatch  # reported metrics
     query: FeatureBatch  # meta query set (from the train split)
 
+    def train_split(self) -> FeatureBatch:
+        """Every row of the train split: the training batches and the query set together."""
+        return FeatureBatch(**{f.name: _cat(getattr(self.train, f.name), getattr(self.query, f.name)) for f in fields(FeatureBatch)})
+
 
 def read_features(
     path: str | Path,
@@ -353,3 +357,7 @@ def _query_rows(path: Path, train: np.ndarray, query: np.ndarray) -> np.ndarray:
             "--mode late_fusion"
         )
     return rows
+
+
+def _cat(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    return np.concatenate([a, b]) if isinstance(a, np.ndarray) else torch.cat([a, b])

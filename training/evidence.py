@@ -64,21 +64,16 @@ def carrier_masks(label: np.ndarray, t_label: np.ndarray, v_label: np.ndarray) -
 
 
 @torch.no_grad()
-def _necks(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    m_t, m_v, ev_t, ev_v, w_t, w_v = [], [], [], [], [], []
+def _scores(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    # (text_evidence, image_evidence, text_weight, image_weight), each (N,), in batches.
+    parts = []
     for start in range(0, len(data), EVAL_BATCH):
         part = data.take(np.arange(start, min(start + EVAL_BATCH, len(data))))
         out = model(part.text, part.image, part.has_text, part.has_image, class_bias=class_bias)
-        m_t.append(out.m_t)
-        m_v.append(out.m_v)
-        ev_t.append(out.text_evidence)
-        ev_v.append(out.image_evidence)
-        w_t.append(out.text_weight)
-        w_v.append(out.image_weight)
-    if not m_t:
-        e, z = model.config.embed_dim, torch.zeros(0)
-        return torch.zeros(0, e), torch.zeros(0, e), z, z, z, z
-    return tuple(torch.cat(x) for x in (m_t, m_v, ev_t, ev_v, w_t, w_v))
+        parts.append((out.text_evidence, out.image_evidence, out.text_weight, out.image_weight))
+    if not parts:
+        return tuple(torch.zeros(0) for _ in range(4))
+    return tuple(torch.cat(x) for x in zip(*parts))
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +130,7 @@ def fit_evidence(model: CTMWA, data: FeatureSet) -> dict:
     """Fit `txt_e_c` / `img_e_c` (and set the neutral class) of a trained model in place; nothing else changes.
     Returns a JSON-ready report."""
     c = model.config.num_classes
-    rows = _concat(data.train, data.query)
+    rows = data.train_split()
     valid = data.valid
     target = "unimodal label (t_label, v_label)" if data.unimodal_labels else "post label (the dataset has no unimodal labels)"
     neutral = neutral_index(data.labels)
@@ -181,7 +176,7 @@ def evidence_metrics(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor 
     """
     was_training = model.training
     model.eval()
-    _, _, ev_t, ev_v, w_t, w_v = _necks(model, data, class_bias)
+    ev_t, ev_v, w_t, w_v = _scores(model, data, class_bias)
     model.train(was_training)
     both = (data.has_text & data.has_image).numpy()
     text, image = carrier_masks(data.label.numpy(), data.t_label.numpy(), data.v_label.numpy())
@@ -194,9 +189,3 @@ def evidence_metrics(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor 
     out[f"{prefix}_evidence_auc_rows"] = {"text_carries": int(text.sum()), "image_carries": int(image.sum())}
     return out
 
-
-def _concat(a: FeatureBatch, b: FeatureBatch) -> FeatureBatch:
-    return FeatureBatch(
-        post_id=np.concatenate([a.post_id, b.post_id]),
-        **{name: torch.cat([getattr(a, name), getattr(b, name)]) for name in ("text", "image", "has_text", "has_image", "label", "t_label", "v_label")},
-    )

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from training.data import read_features
     from training.evidence import evidence_metrics, fit_evidence
     from training.model import load_checkpoint, save_checkpoint
-    from training.run import METRICS_FILE, _json_safe
+    from training.run import METRICS_FILE, json_safe
 
     model, config, extra = load_checkpoint(args.checkpoint, evidence=False)
     data = read_features(
@@ -51,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
         metrics = json.loads(metrics_path.read_text())
         metrics.update(evidence_metrics(model, data.test, None if bias is None else torch.tensor(bias, dtype=torch.float32)))
         metrics["evidence"] = report
-        (out / METRICS_FILE).write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
+        (out / METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     print(f"fitted modality evidence of {args.checkpoint} ({report['method']}) -> {out}")
     return 0

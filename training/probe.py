@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from training.data import FeatureBatch, FeatureSet
-from training.evidence import L2_GRID, EVAL_BATCH, _concat, _nll, fit_logistic
+from training.evidence import EVAL_BATCH, L2_GRID, _nll, fit_logistic
 from training.metrics import accuracy_f1
 from training.model import CTMWA, PROBE_WEIGHT
 
@@ -53,7 +53,7 @@ def fit_probe_blend(model: CTMWA, data: FeatureSet, *, min_gain: float = MIN_GAI
     c = model.config.num_classes
     was_training = model.training
     model.eval()
-    rows, valid = _concat(data.train, data.query), data.valid
+    rows, valid = data.train_split(), data.valid
     x = model.probe_input(rows.text, rows.image, rows.has_text, rows.has_image)
     xv = model.probe_input(valid.text, valid.image, valid.has_text, valid.has_image)
     best = (math.inf, None, None, None)

@@ -86,19 +86,19 @@ def _train(features: Path, out: Path, config: TrainConfig, model_values: dict[st
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     save_checkpoint(result.model, model_config, out, extra)
-    metrics = _json_safe(result.metrics)
+    metrics = json_safe(result.metrics)
     metrics_path = out / METRICS_FILE
     metrics_path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s", metrics_path)
     return metrics
 
 
-def _json_safe(value: Any) -> Any:
-    # NaN (an empty evaluation) is not JSON; write null instead.
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities (an empty evaluation) as None, so that it is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

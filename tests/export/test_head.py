@@ -128,7 +128,6 @@ def by_hand(
     logits_t, logits_v = model.t_c(m_t), model.v_c(m_v)
     predicted = logits.argmax(1)
     one_hot = F.one_hot(predicted, logits.shape[1]).float()
-    rows = torch.arange(len(t))
     neutral = int(model.evidence_neutral.argmax()) if model.evidence_neutral.sum() > 0 else None
     text_evidence = evidence_by_hand(model.txt_e_c, text_raw, predicted, neutral) * (missing != "text")
     image_evidence = evidence_by_hand(model.img_e_c, image_raw, predicted, neutral) * (missing != "image")
