@@ -56,6 +56,12 @@ MASK_CASES = {
     "neither": (False, False),
     "mixed": None,
 }
+# A stress case beyond the mask cases: mixed masks, embeddings scaled so that the evidence classifiers' logits reach
+# EVIDENCE_STRESS_LOGIT (a classifier fitted on separable data has |logits| in the hundreds on real inputs, where a
+# float32 softmax underflows). Only the bounded evidence outputs are compared there; the unbounded logits scale with the
+# inputs and are covered by the unit-norm cases.
+EVIDENCE_STRESS = "evidence logits in the hundreds"
+EVIDENCE_STRESS_LOGIT = 300.0
 VALIDATION_BATCH_SIZES = (1, 3, 7)
 EXTRA_BATCH_SIZES = (1000,)
 
@@ -174,32 +180,62 @@ def head_modules(
     return CTMWAHead(exported, temperature, torch.float16 if fp16 else torch.float32, class_bias=class_bias), reference
 
 
-def head_inputs(batch_size: int, case: str = "mixed", *, text_dim: int, image_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random unit-norm embeddings (like CLIP features) and masks of one MASK_CASES case."""
-    if case not in MASK_CASES:
-        raise ValueError(f"mask case {case!r} unknown; use one of {list(MASK_CASES)}")
+def head_inputs(
+    batch_size: int, case: str = "mixed", *, text_dim: int, image_dim: int, seed: int = 0, scale: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Random embeddings of norm `scale` (unit norm: like CLIP features) and masks of one MASK_CASES case, or of
+    EVIDENCE_STRESS (mixed masks)."""
+    cases = [*MASK_CASES, EVIDENCE_STRESS]
+    if case not in cases:
+        raise ValueError(f"mask case {case!r} unknown; use one of {cases}")
     # Fresh draws per (batch size, case): the validation never reuses the export's example.
-    rng = np.random.default_rng([seed, batch_size, list(MASK_CASES).index(case)])
+    rng = np.random.default_rng([seed, batch_size, cases.index(case)])
     text = rng.standard_normal((batch_size, text_dim)).astype(np.float32)
     image = rng.standard_normal((batch_size, image_dim)).astype(np.float32)
-    masks = MASK_CASES[case]
+    masks = MASK_CASES.get(case)
     if masks is None:
         has_text, has_image = rng.random(batch_size) < 0.7, rng.random(batch_size) < 0.7
     else:
         has_text, has_image = np.full(batch_size, masks[0]), np.full(batch_size, masks[1])
     return {
-        TEXT_EMB: text / np.linalg.norm(text, axis=1, keepdims=True),
-        IMAGE_EMB: image / np.linalg.norm(image, axis=1, keepdims=True),
+        TEXT_EMB: (text * np.float32(scale) / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32),
+        IMAGE_EMB: (image * np.float32(scale) / np.linalg.norm(image, axis=1, keepdims=True)).astype(np.float32),
         HAS_TEXT: has_text,
         HAS_IMAGE: has_image,
     }
 
 
+def evidence_stress_scale(model: CTMWA) -> float:
+    """The embedding norm at which the evidence classifiers' logits reach EVIDENCE_STRESS_LOGIT on random directions
+    (at least 1: a model whose logits are already that large at unit norm is stressed by the unit-norm cases too)."""
+    rng = np.random.default_rng(0)
+    reach = 0.0
+    for classifier in (model.txt_e_c, model.img_e_c):
+        w = classifier.weight.detach().double().numpy()  # (C, D)
+        x = rng.standard_normal((256, w.shape[1]))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        reach = max(reach, float(np.median(np.abs(x @ w.T).max(axis=1))))
+    # Unfitted (zero) classifiers cannot be driven: their logits are their biases at any norm.
+    return 1.0 if reach == 0.0 else float(np.clip(EVIDENCE_STRESS_LOGIT / reach, 1.0, 1e4))
+
+
 def head_spec(
-    text_dim: int, image_dim: int, num_classes: int, *, fp16: bool = False, config: HeadExportConfig = HeadExportConfig()
+    text_dim: int,
+    image_dim: int,
+    num_classes: int,
+    *,
+    fp16: bool = False,
+    config: HeadExportConfig = HeadExportConfig(),
+    stress_scale: float = 1.0,
 ) -> ExportSpec:
-    """ExportSpec of head.onnx: all four mask combinations (and a mix) at batch sizes 1, 3, 7 and 1000."""
+    """ExportSpec of head.onnx: all four mask combinations (and a mix) at batch sizes 1, 3, 7 and 1000, and the
+    evidence stress case (embeddings of norm `stress_scale`, see evidence_stress_scale)."""
     batch = {0: "batch"}
+
+    def make_inputs(n: int, case: str = "mixed") -> dict[str, np.ndarray]:
+        scale = stress_scale if case == EVIDENCE_STRESS else 1.0
+        return head_inputs(n, case, text_dim=text_dim, image_dim=image_dim, scale=scale)
+
     if fp16:
         atol, output_atol = config.fp16_atol, {LOGITS: config.fp16_logits_atol}
     else:
@@ -209,7 +245,7 @@ def head_spec(
         input_names=HEAD_INPUTS,
         output_names=HEAD_OUTPUTS,
         dynamic_axes={name: batch for name in (*HEAD_INPUTS, *HEAD_OUTPUTS)},
-        make_inputs=lambda n, case="mixed": head_inputs(n, case, text_dim=text_dim, image_dim=image_dim),
+        make_inputs=make_inputs,
         output_shapes={
             **{name: ("batch", num_classes) for name in (LOGITS, PROBS, TEXT_PROBS, IMAGE_PROBS)},
             **{name: ("batch",) for name in (TEXT_WEIGHT, IMAGE_WEIGHT, TEXT_EVIDENCE, IMAGE_EVIDENCE)},
@@ -219,7 +255,9 @@ def head_spec(
         output_atol=output_atol,
         validation_batch_sizes=VALIDATION_BATCH_SIZES,
         extra_batch_sizes=config.extra_batch_sizes,
-        input_cases=tuple(MASK_CASES),
+        # fp16 resolves a logit of 300 to 0.25, so its evidence there is only as good as fp16: the stress case is fp32's.
+        input_cases=tuple(MASK_CASES) if fp16 else (*MASK_CASES, EVIDENCE_STRESS),
+        case_outputs={} if fp16 else {EVIDENCE_STRESS: (TEXT_EVIDENCE, IMAGE_EVIDENCE)},
         dynamo=config.dynamo,
         # The weight nets and the evidence take argmax logits: where two logits are closer than the graph's error
         # (fp16), the class, and so they, may flip; those rows are not compared there (the engine counts them).
@@ -247,5 +285,5 @@ def export_head_graph(
         model, fold=config.fold_translators, temperature=temperature, fp16=config.fp16, class_bias=class_bias
     )
     c = model.config
-    spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config)
+    spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config, stress_scale=evidence_stress_scale(model))
     return export_and_validate(spec, exported, out_path, reference=reference)

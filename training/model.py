@@ -331,13 +331,17 @@ class CTMWA(nn.Module):
         With p = softmax(logits), the modality classifier's P(modality's own label = k | that modality):
         p_c / (p_c + p_neutral), the odds of the class against "no sentiment" (0.5 when `label` is neutral itself:
         no sentiment to carry); p_c where the labels have no neutral class.
+
+        Computed from the logits, never from p: p_c / (p_c + p_n) = sigmoid(l_c - l_n) exactly, and p_c =
+        exp(log_softmax(l)_c). A fitted classifier on separable data reaches logits in the hundreds, where float32
+        softmax underflows to 0 or a denormal and runtimes disagree (DESIGN.md section 8).
         """
-        p = torch.softmax(logits, dim=1)  # (N, C)
-        p_c = p.gather(1, label[:, None])[:, 0]  # (N,)
-        neutral = getattr(self, EVIDENCE_NEUTRAL).to(p.dtype)  # (C,)
+        l_c = logits.gather(1, label[:, None])[:, 0]  # (N,)
+        neutral = getattr(self, EVIDENCE_NEUTRAL).to(logits.dtype)  # (C,) one-hot of the neutral class, or zeros
         has_neutral = neutral.sum()  # 1 or 0
-        other = has_neutral * (p @ neutral) + (1 - has_neutral) * (1 - p_c)  # (N,)
-        return p_c / (p_c + other).clamp(min=torch.finfo(p.dtype).tiny)
+        against_neutral = torch.sigmoid(l_c - logits @ neutral)  # (N,) 0.5 when label is the neutral class
+        p_c = torch.log_softmax(logits, dim=1).gather(1, label[:, None])[:, 0].exp()  # (N,)
+        return has_neutral * against_neutral + (1 - has_neutral) * p_c
 
     def backbone_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters of everything but the weight nets, by state-dict name (what the outer step trains)."""

@@ -103,10 +103,19 @@ def test_absent_embeddings_are_never_read_even_when_nan(full_bundle):
 
 
 def evidence_by_hand(classifier: torch.nn.Linear, emb: torch.Tensor, predicted: torch.Tensor, neutral: int | None) -> torch.Tensor:
-    """p_c / (p_c + p_neutral) of the modality's evidence classifier on its raw embedding; p_c without a neutral class."""
-    p = classifier(emb).softmax(1)
+    """p_c / (p_c + p_neutral) of the modality's evidence classifier on its raw embedding; p_c without a neutral
+    class. Written from the probabilities, in float64 (where they do not underflow at these logits)."""
+    p = classifier.double()(emb.double()).softmax(1)
+    classifier.float()
     p_c = p[torch.arange(len(emb)), predicted]
-    return p_c if neutral is None else p_c / (p_c + p[:, neutral])
+    return (p_c if neutral is None else p_c / (p_c + p[:, neutral])).float()
+
+
+def evidence_float64(weight: torch.Tensor, bias: torch.Tensor, emb: np.ndarray, predicted: np.ndarray, neutral: int) -> np.ndarray:
+    """sigmoid(l_c - l_neutral) in float64 from a checkpoint's evidence weights: p_c / (p_c + p_neutral), exactly."""
+    logits = emb.astype(np.float64) @ weight.double().numpy().T + bias.double().numpy()  # (N, C)
+    rows = np.arange(len(emb))
+    return 1.0 / (1.0 + np.exp(-(logits[rows, predicted] - logits[rows, neutral])))
 
 
 def by_hand(
@@ -176,9 +185,9 @@ def test_missing_modality_means_its_translation(full_bundle, tiny_checkpoint, mi
 def test_folded_graph_has_no_attention(full_bundle):
     graph = onnx.load(str(full_bundle / HEAD)).graph
     ops = Counter(node.op_type for node in graph.node)
-    # Five softmaxes: the outputs probs, text_probs and image_probs, and the two evidence classifiers; the
-    # translators have none.
-    assert ops["Softmax"] == 5
+    # Three softmaxes: the outputs probs, text_probs and image_probs; the translators have none, and the evidence is
+    # a sigmoid of a logit difference (a softmax there underflows at large logits).
+    assert ops["Softmax"] == 3
     softmax_outputs = {node.output[0] for node in graph.node if node.op_type == "Softmax"}
     assert {"probs", "text_probs", "image_probs"} <= softmax_outputs
     assert not [i.name for i in graph.initializer if "self_attn" in i.name or "fc_q" in i.name or "fc_k" in i.name]
@@ -190,7 +199,7 @@ def test_unfolded_export_keeps_the_attention_and_agrees(tiny_checkpoint, tmp_pat
     config = H.HeadExportConfig(fold_translators=False, extra_batch_sizes=())
     report = H.export_head_graph(model, tmp_path / "unfolded.onnx", config)
     graph = onnx.load(str(report.path)).graph
-    assert Counter(node.op_type for node in graph.node)["Softmax"] == 5 + 3  # three translator calls: img2txt, txt2img, img2txt
+    assert Counter(node.op_type for node in graph.node)["Softmax"] == 3 + 3  # three translator calls: img2txt, txt2img, img2txt
     assert max(report.max_abs_diff.values()) < 1e-5
 
 
@@ -303,6 +312,65 @@ def test_golden_outputs(tmp_path):
         want = np.asarray(stored["outputs"][name], dtype=np.float32)
         np.testing.assert_allclose(got[name], want, atol=1e-5, err_msg=f"onnx {name}")
         np.testing.assert_allclose(torch_out[name].numpy(), want, atol=1e-5, err_msg=f"torch {name}")
+
+
+# --------------------------------------------------------------------------------------------------- evidence at large logits
+
+
+def test_evidence_is_exact_with_logits_in_the_hundreds(tmp_path):
+    """Evidence classifiers fitted on separable data reach |logits| in the hundreds, where a float32 softmax
+    underflows and runtimes disagree. The graph computes sigmoid(l_c - l_neutral) from the logits: it exports,
+    passes validation (whose stress case drives the logits that far), and equals a float64 reference."""
+    model = golden_model()
+    with torch.no_grad():
+        for classifier in (model.txt_e_c, model.img_e_c):
+            classifier.weight.mul_(1500.0)  # unit-norm rows now give evidence logits of several hundred
+    report = H.export_head_graph(model, tmp_path / "head.onnx", H.HeadExportConfig(extra_batch_sizes=()))
+    stress = H.head_inputs(64, H.EVIDENCE_STRESS, text_dim=16, image_dim=16, scale=H.evidence_stress_scale(model))
+    stressed = np.abs(stress["image_emb"].astype(np.float64) @ model.img_e_c.weight.detach().double().numpy().T).max(1)
+    assert np.median(stressed) >= 0.99 * H.EVIDENCE_STRESS_LOGIT  # the validation itself drove the logits that far
+    rng = np.random.default_rng(11)
+    n = 400
+    feeds = {"text_emb": unit_rows(rng, n, 16), "image_emb": unit_rows(rng, n, 16), "has_text": np.ones(n, bool), "has_image": np.ones(n, bool)}
+    got = run_head(report.path, feeds)
+    predicted = got["logits"].argmax(1)
+    for side, classifier in (("text", model.txt_e_c), ("image", model.img_e_c)):
+        emb = feeds[f"{side}_emb"]
+        logits = emb.astype(np.float64) @ classifier.weight.double().detach().numpy().T
+        assert (np.abs(logits).max(1) >= 300).sum() >= n // 4, "the test must reach logits of 300"
+        want = evidence_float64(classifier.weight.detach(), classifier.bias.detach(), emb, predicted, neutral=1)
+        np.testing.assert_allclose(got[f"{side}_evidence"], want, atol=1e-5, err_msg=side)
+        assert ((want > 1e-3) & (want < 1 - 1e-3)).any() and (want < 1e-30).any()  # both the middle and the far tail
+        assert np.all(got[f"{side}_evidence"][predicted == 1] == 0.5)  # a neutral prediction carries no sentiment
+
+
+def test_training_on_separable_images_exports(tmp_path):
+    """Features whose image side is perfectly separable by its unimodal label: the image evidence classifier's
+    weights grow until |logits| reach the hundreds; the export validates and matches float64 within 1e-4."""
+    from fixtures.features import SyntheticSpec, write_synthetic_features
+    from training.cli import main as train_main
+
+    features = write_synthetic_features(tmp_path / "f.parquet", n=600, num_classes=3, dim=16, seed=1, spec=SyntheticSpec(cue_snr=60.0))
+    out = tmp_path / "ck"
+    config = '{"model": {"embed_dim": 8, "weight_net_hidden": 16}, "training": {"lr": 0.05, "batch_size": 64}}'
+    assert train_main(["--features", str(features), "--out", str(out), "--epochs", "2", "--seed", "0", "--config", config]) == 0
+    model, _, _ = load_checkpoint(out)
+    report = H.export_head_graph(model, tmp_path / "head.onnx", H.HeadExportConfig(extra_batch_sizes=()))
+    rng = np.random.default_rng(2)
+    n = 300
+    # Embeddings scaled so the image evidence logits reach 140 (the CLIP-like unit rows of separable data come close).
+    scale = 140.0 / np.median(np.abs(unit_rows(rng, 64, 16) @ model.img_e_c.weight.detach().numpy().T).max(1))
+    feeds = {
+        "text_emb": unit_rows(rng, n, 16) * np.float32(scale),
+        "image_emb": unit_rows(rng, n, 16) * np.float32(scale),
+        "has_text": np.ones(n, bool),
+        "has_image": np.ones(n, bool),
+    }
+    got = run_head(report.path, feeds)
+    predicted = got["logits"].argmax(1)
+    for side, classifier in (("text", model.txt_e_c), ("image", model.img_e_c)):
+        want = evidence_float64(classifier.weight.detach(), classifier.bias.detach(), feeds[f"{side}_emb"], predicted, neutral=1)
+        np.testing.assert_allclose(got[f"{side}_evidence"], want, atol=1e-4, err_msg=side)
 
 
 # --------------------------------------------------------------------------------------------------- CLI and errors
