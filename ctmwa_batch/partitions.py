@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ctmwa_batch.config import DEFAULT_MAX_ROWS_PER_SHARD
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
+from ctmwa_batch.storage import open_filesystem  # noqa: F401 - the layout's readers open locations through here
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,6 @@ _HIVE_SEGMENT = re.compile(r"^[^=/]+=[^/]*$")
 
 class PartitionNotReady(CtmwaError):
     """A partition cannot be committed: some shard of its plan has not finished."""
-
-
-def open_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or any URI pyarrow supports (s3://, gs://...)."""
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
 @dataclass(frozen=True)
