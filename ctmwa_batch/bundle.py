@@ -253,7 +253,14 @@ def _variant_problems(manifest: Mapping[str, Any]) -> list[str]:
 
 
 def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
-    """Read a bundle; with verify (the default) check every file's sha256 and fail naming each bad file."""
+    """Read a bundle; with verify (the default) check every file's sha256 and fail naming each bad file.
+
+    A location in an object store (s3://.../models/VERSION) is read from the local bundle cache
+    (ctmwa_batch.registry.fetch_bundle): copied and verified once, then reused without hashing again."""
+    if "://" in str(root) and not str(root).startswith("file://"):
+        from ctmwa_batch.registry import fetch_bundle  # registry imports this module
+
+        return load_bundle(fetch_bundle(str(root)), verify=False)
     root = Path(root)
     manifest = _read_manifest(root)
     if verify:
@@ -465,8 +472,8 @@ def write_encoders_only(source: Bundle, out_dir: str | Path) -> Bundle:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch inspect` arguments."""
-    parser.add_argument("bundle_path", nargs="?", type=Path, metavar="BUNDLE", help="model bundle folder")
-    parser.add_argument("--bundle", type=Path, help="model bundle folder (same as the positional BUNDLE)")
+    parser.add_argument("bundle_path", nargs="?", metavar="BUNDLE", help="model bundle folder, or s3://.../models/VERSION")
+    parser.add_argument("--bundle", help="model bundle folder (same as the positional BUNDLE)")
     parser.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
     parser.add_argument("--format", choices=["json", "text"], default="json", help="json (default): the manifest; text: a summary to read")
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Mapping
 
+from ctmwa_batch import storage
 from ctmwa_batch.errors import CtmwaError
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
@@ -39,16 +40,25 @@ def run_subcommands(
         module = importlib.import_module(module_name)
         modules[name] = module
         summary = short_description(module.__doc__)
-        module.add_arguments(sub.add_parser(name, help=summary.splitlines()[0], description=summary))
+        sub_parser = sub.add_parser(name, help=summary.splitlines()[0], description=summary)
+        module.add_arguments(sub_parser)
+        sub_parser.add_argument(
+            "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+            help=f"object-store setting for every location of this command (repeatable; over the AWS variables and "
+            f"{storage.ENV_OPTIONS}); keys: {', '.join(storage.KEYS)}",
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         for name in quiet_loggers:
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        return modules[args.command].run(args)
+        storage.configure(storage.parse_options(args.storage_option))
+        with storage.translate_errors():
+            return modules[args.command].run(args)
     except CtmwaError as e:
-        print(f"{prog} {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        # One line, no traceback, no secret (a store's error names the store, the bucket and the fix).
+        print(f"{prog} {args.command}: {type(e).__name__}: {storage.redact(e)}", file=sys.stderr)
         return 2
 
 

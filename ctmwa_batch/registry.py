@@ -3,16 +3,23 @@
     {models_root}/{model_version}/     one complete bundle per version (ctmwa_batch.bundle layout), never changed
     {models_root}/CURRENT              one line: the version that "current" means
 
-A bundle is copied into a hidden staging folder and renamed into place, so a version folder is either absent or
-complete; `CURRENT` is written to a temporary file and renamed over the old one, so a reader sees the old version
-or the new one, never a torn file. A scoring run resolves "current" once, when it plans, and uses that bundle to the
-end: moving the pointer mid-run does not mix two models in one partition. The models root must be a filesystem
-every worker mounts (ONNX Runtime loads the graphs from local paths); rename is atomic on POSIX filesystems.
+The models root is a local or shared folder, or a prefix in an object store (`s3://bucket/models`). On a filesystem a
+bundle is copied into a hidden staging folder and renamed into place, and `CURRENT` is written to a temporary file and
+renamed over the old one. On an object store a rename is a copy, so a version's files are uploaded first and its
+`manifest.json` last: a version without a manifest is not published (a killed upload is invisible and a retry
+completes it), and `CURRENT` is one small object written in one PUT (a reader sees the old version or the new one).
+Either way a version is absent or complete and the pointer is never torn.
+
+A scoring run resolves "current" once, when it plans, and uses that bundle to the end: moving the pointer mid-run
+does not mix two models in one partition. ONNX Runtime loads graphs from local paths, so a worker copies a version
+from an object store into a local cache once (`fetch_bundle`: keyed by model version and manifest digest, every
+checksum verified before the copy is renamed into the cache) and reuses it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +29,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
+from ctmwa_batch import storage
 from ctmwa_batch.bundle import MANIFEST, Bundle, load_bundle
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.settings import CURRENT
@@ -29,6 +39,8 @@ from ctmwa_batch.settings import CURRENT
 logger = logging.getLogger(__name__)
 
 POINTER = "CURRENT"
+ENV_CACHE = "CTMWA_BUNDLE_CACHE"  # where bundles from an object store are cached (default ~/.cache/ctmwa-batch/bundles)
+_CHUNK = 8 << 20
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -41,51 +53,92 @@ def _check_version_name(version: str) -> None:
         raise RegistryError(f"model version {version!r} is not a valid folder name (letters, digits, '.', '_', '-')")
 
 
+def _remote(models_root: str | Path) -> bool:
+    return storage.is_object_store(str(models_root))
+
+
+def _read_text(location: str) -> str | None:
+    """The content of a small object or file, None when it does not exist."""
+    fs, path = storage.open_filesystem(location)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read().decode()
+    except FileNotFoundError:
+        return None
+
+
 def list_versions(models_root: str | Path) -> list[str]:
     """The published versions (folders with a manifest), sorted; staging folders and other files are left out."""
-    root = Path(models_root)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+    if not _remote(models_root):
+        root = Path(models_root)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+    fs, path = storage.open_filesystem(str(models_root))
+    entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    folders = [e for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith(".")]
+    manifests = fs.get_file_info([f"{e.path}/{MANIFEST}" for e in folders]) if folders else []
+    return sorted(e.base_name for e, m in zip(folders, manifests) if m.type == pafs.FileType.File)
 
 
 def current_version(models_root: str | Path) -> str | None:
     """The version `CURRENT` names, or None when nothing was made current yet."""
-    try:
-        text = (Path(models_root) / POINTER).read_text().strip()
-    except FileNotFoundError:
-        return None
+    if _remote(models_root):
+        text = _read_text(storage.join(str(models_root), POINTER))
+    else:
+        try:
+            text = (Path(models_root) / POINTER).read_text()
+        except FileNotFoundError:
+            return None
+    text = (text or "").strip()
     return text or None
 
 
-def resolve(models_root: str | Path, version: str = CURRENT) -> Path:
-    """The bundle folder of `version` ("current" follows the pointer); RegistryError names what exists."""
-    root = Path(models_root)
+def _published(models_root: str | Path, version: str) -> str | Path | None:
+    """The location of a published version (its manifest exists), else None."""
+    if not _remote(models_root):
+        path = Path(models_root) / version
+        return path if (path / MANIFEST).is_file() else None
+    location = storage.join(str(models_root), version)
+    fs, path = storage.open_filesystem(location)
+    return location if fs.get_file_info(f"{path}/{MANIFEST}").type == pafs.FileType.File else None
+
+
+def resolve(models_root: str | Path, version: str = CURRENT) -> Path | str:
+    """The bundle of `version` ("current" follows the pointer): a folder (Path) under a local root, a location
+    (s3://.../VERSION, str) under an object-store root; RegistryError names what exists."""
+    root = str(models_root)
     if version == CURRENT:
-        pointed = current_version(root)
+        pointed = current_version(models_root)
         if pointed is None:
             raise RegistryError(
-                f"no current model under {str(root)!r} (no {POINTER} file); publish one with the ctmwa_export_model DAG "
-                f"or ctmwa_batch.registry.publish, or name a version (published: {list_versions(root) or 'none'})"
+                f"no current model under {root!r} (no {POINTER} file); publish one with the ctmwa_export_model DAG "
+                f"or ctmwa_batch.registry.publish, or name a version (published: {list_versions(models_root) or 'none'})"
             )
         version = pointed
-        where = f"{POINTER} of {str(root)!r} names {version!r}, but"
+        where = f"{POINTER} of {root!r} names {version!r}, but"
     else:
         where = "model version"
     _check_version_name(version)
-    path = root / version
-    if not (path / MANIFEST).is_file():
+    found = _published(models_root, version)
+    if found is None:
         raise RegistryError(
-            f"{where} {version!r} is not published under {str(root)!r}; published versions: {list_versions(root) or 'none'}"
+            f"{where} {version!r} is not published under {root!r}; published versions: {list_versions(models_root) or 'none'}"
         )
-    return path
+    return found
 
 
 def set_current(models_root: str | Path, version: str) -> str | None:
     """Point `CURRENT` at a published version atomically (temp file + rename); returns the previous version."""
+    resolve(models_root, version)  # fails unless published
+    previous = current_version(models_root)
+    if _remote(models_root):
+        # One small object in one PUT: a reader sees the old version or the new one (a rename there is a copy).
+        fs, path = storage.open_filesystem(storage.join(str(models_root), POINTER))
+        storage.write_object(fs, path, (version + "\n").encode())
+        logger.info("%s of %s: %s -> %s", POINTER, models_root, previous, version)
+        return previous
     root = Path(models_root)
-    resolve(root, version)  # fails unless published
-    previous = current_version(root)
     tmp = root / f".{POINTER}.tmp-{uuid.uuid4().hex}"
     try:
         with open(tmp, "w") as f:
@@ -114,6 +167,12 @@ def publish(bundle_dir: str | Path, models_root: str | Path, *, make_current: bo
             "encoders, the tokenizer and head.onnx are published"
         )
     version = bundle.model_version
+    if _remote(models_root):
+        dest_location = _upload(bundle, str(models_root))
+        previous = current_version(models_root)
+        if make_current:
+            previous = set_current(models_root, version)
+        return {"model_version": version, "bundle_dir": dest_location, "current": current_version(models_root) == version, "previous": previous}
     root = Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
     dest = root / version
@@ -150,8 +209,11 @@ def describe(models_root: str | Path) -> list[dict[str, Any]]:
     out = []
     for version in list_versions(models_root):
         try:
-            b: Bundle = load_bundle(Path(models_root) / version, verify=False)
-            manifest = b.manifest
+            if _remote(models_root):  # the manifest alone: listing does not download bundles
+                manifest = _remote_manifest(storage.join(str(models_root), version))[0]
+            else:
+                b: Bundle = load_bundle(Path(models_root) / version, verify=False)
+                manifest = b.manifest
         except BundleError as e:
             out.append({"model_version": version, "error": str(e), "current": version == current})
             continue
@@ -166,6 +228,104 @@ def describe(models_root: str | Path) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda e: (e.get("created_at") or "", e["model_version"]))
+
+
+def _copy_stream(src: Any, dst: Any) -> None:
+    while chunk := src.read(_CHUNK):
+        dst.write(chunk)
+
+
+def _upload(bundle: Bundle, models_root: str) -> str:
+    """Upload a verified bundle to {models_root}/{version}/ in an object store: every file, then manifest.json last,
+    so the version is published only once it is whole. An existing version must have the same manifest (and files
+    of the listed sizes); it is kept, so a retried publish is safe."""
+    version = bundle.model_version
+    dest = storage.join(models_root, version)
+    fs, path = storage.open_filesystem(dest)
+    manifest_bytes = (Path(bundle.root) / MANIFEST).read_bytes()
+    if fs.get_file_info(f"{path}/{MANIFEST}").type == pafs.FileType.File:
+        remote, remote_bytes = _remote_manifest(dest)
+        problems = [] if remote_bytes == manifest_bytes else [f"{MANIFEST} differs from the bundle's"]
+        listed = remote.get("files") or {}
+        infos = fs.get_file_info([f"{path}/{name}" for name in sorted(listed)])
+        problems += [f"{name}: {info.size} bytes, manifest says {listed[name].get('bytes')}" for name, info in zip(sorted(listed), infos)
+                     if info.type != pafs.FileType.File or info.size != listed[name].get("bytes", info.size)]
+        if problems:
+            raise RegistryError(f"{dest!r} holds another or a damaged copy of model {version} ({'; '.join(problems)}); delete that prefix and publish again")
+        logger.info("model %s is already published at %s", version, dest)
+        return dest
+    for name in sorted(bundle.manifest["files"]):
+        with open(Path(bundle.root) / name, "rb") as src, fs.open_output_stream(f"{path}/{name}") as out:
+            _copy_stream(src, out)
+    storage.write_object(fs, f"{path}/{MANIFEST}", manifest_bytes)  # last: the version is published from here on
+    logger.info("published model %s at %s", version, dest)
+    return dest
+
+
+def _remote_manifest(location: str) -> tuple[dict[str, Any], bytes]:
+    """The manifest of the bundle at `location` in an object store, and its bytes; BundleError when absent."""
+    fs, path = storage.open_filesystem(location)
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BundleError(f"no model bundle at {location!r} (no {MANIFEST}); publish one there with `ctmwa-batch models publish`") from None
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{MANIFEST} at {location!r} is unreadable ({e}); publish the bundle again") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest.get("model_version"):
+        raise BundleError(f"{MANIFEST} at {location!r} has no 'files' table or model_version; publish the bundle again")
+    return manifest, data
+
+
+def cache_root() -> Path:
+    """Where bundles fetched from an object store are cached: CTMWA_BUNDLE_CACHE, else ~/.cache/ctmwa-batch/bundles."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctmwa-batch" / "bundles"
+
+
+def fetch_bundle(location: str, cache: str | Path | None = None) -> Path:
+    """A local copy of the bundle at `location` (s3://.../models/VERSION): from the cache when it holds this version
+    (keyed by model version and the manifest's sha256), else downloaded, verified (every checksum) and renamed into
+    the cache. A bundle is immutable, so a cached copy was verified once and is reused as it is."""
+    manifest, data = _remote_manifest(location)
+    version = str(manifest["model_version"])
+    _check_version_name(version)
+    root = Path(cache) if cache is not None else cache_root()
+    dest = root / f"{version}-{hashlib.sha256(data).hexdigest()[:12]}"
+    if (dest / MANIFEST).is_file():
+        logger.debug("bundle %s from the cache %s", location, dest)
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+    fs, path = storage.open_filesystem(location)
+    try:
+        for name in sorted(manifest["files"]):
+            target = staging / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"{MANIFEST} at {location!r} lists {name!r}, outside the bundle; publish the bundle again")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as out:
+                    _copy_stream(src, out)
+            except FileNotFoundError:
+                raise BundleError(f"bundle {location!r} lists {name!r} but the store has no such object; publish it again") from None
+        (staging / MANIFEST).write_bytes(data)
+        load_bundle(staging)  # every checksum, once: the cache only ever holds verified copies
+        try:
+            os.rename(staging, dest)
+        except OSError:
+            if not (dest / MANIFEST).is_file():
+                raise
+            logger.info("bundle %s was cached concurrently; keeping that copy", version)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("bundle %s copied from %s into the cache %s (verified)", version, location, dest)
+    return dest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -187,7 +347,7 @@ def _fsync_dir(path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch models` arguments: list | current | publish BUNDLE | set-current VERSION."""
-    parser.add_argument("--models-root", required=True, type=Path, help="the models root (folder of published bundles)")
+    parser.add_argument("--models-root", required=True, help="the models root: a folder of published bundles, or an object-store prefix (s3://bucket/models)")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="published versions, oldest first, with the current one marked")
     sub.add_parser("current", help="print the version CURRENT names")
@@ -203,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         print(json.dumps(describe(args.models_root), indent=2))
     elif args.action == "current":
-        print(resolve(args.models_root, CURRENT).name)
+        print(current_version(args.models_root) if resolve(args.models_root, CURRENT) else "")
     elif args.action == "publish":
         print(json.dumps(publish(args.bundle, args.models_root, make_current=not args.no_current), indent=2))
     else:

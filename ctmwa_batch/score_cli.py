@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ctmwa_batch.config import DEVICES, PRECISIONS, JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
@@ -19,7 +18,7 @@ from ctmwa_batch.job import score_partition
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch score` arguments."""
     d, j = ScoreConfig(), JobConfig()
-    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder (encoders and head)")
+    parser.add_argument("--bundle", required=True, help="model bundle: a folder, or a published version in an object store (s3://.../models/VERSION, copied once into a local cache)")
     parser.add_argument("--input", required=True, help="posts partition: a Parquet file, a folder, a hive path, or a URI (s3://...)")
     parser.add_argument("--output", required=True, help="scores root; parts go to ROOT/model_version=V/PARTITION/")
     parser.add_argument("--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})")

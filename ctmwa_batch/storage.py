@@ -13,10 +13,15 @@ format a location or an error with `redact`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import posixpath
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -82,6 +87,51 @@ def is_uri(location: str) -> bool:
     return "://" in str(location)
 
 
+def is_object_store(location: str) -> bool:
+    """True for a location in an object store (s3://, gs://, ...), where a rename is a copy and a delete."""
+    return is_uri(location) and not str(location).startswith("file://")
+
+
+def check_location(location: str) -> str:
+    """`location` as a string; a URI with a query string is refused (never parsed, never appended to)."""
+    location = str(location)
+    if is_uri(location) and "?" in location:
+        bare = location.split("?", 1)[0]
+        raise StorageError(
+            f"location {bare + '?...'!r} carries a query string; store settings are not read from locations (they would "
+            f"travel into plans, markers and logs): drop '?...' and set the endpoint with AWS_ENDPOINT_URL_S3, "
+            f"{ENV_OPTIONS} or --storage-option endpoint=http://host:port"
+        )
+    return location
+
+
+def join(location: str, *parts: str) -> str:
+    """`location/part/part`, for a local path or a URI (never appended to a query string: those are refused)."""
+    out = check_location(location).rstrip("/") or "/"
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            out = f"{out}/{part}" if out != "/" else f"/{part}"
+    return out
+
+
+def bucket_of(location: str) -> str | None:
+    """The bucket of an s3:// (or gs://) URI, None for a local path."""
+    if not is_object_store(location):
+        return None
+    return str(location).partition("://")[2].split("/", 1)[0].split("?", 1)[0] or None
+
+
+def endpoint() -> str:
+    """The S3 endpoint in force, for messages: the explicit option, then AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
+    return (
+        options().get("endpoint")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or "AWS S3 (default endpoint)"
+    )
+
+
 def redact(text: object) -> str:
     """`text` with every secret in force (explicit options and the AWS environment) replaced by `***`."""
     out = str(text)
@@ -95,7 +145,8 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments of pyarrow.fs.S3FileSystem from the storage options (the AWS environment fills the rest)."""
     opts = options() if opts is None else opts
     kwargs: dict[str, Any] = {}
-    endpoint = opts.get("endpoint")
+    # pyarrow's S3 client does not read the standard endpoint variables itself: they are the lowest layer here.
+    endpoint = opts.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         scheme, sep, rest = endpoint.partition("://")
         kwargs["endpoint_override"] = rest if sep else endpoint
@@ -106,14 +157,148 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
     return kwargs
 
 
+# A store that is down or throttling is retried with the AWS SDK's standard backoff (exponential, jittered) this many
+# attempts per request, then the run fails (DESIGN.md section 8): the orchestrator retries the shard later.
+S3_MAX_ATTEMPTS = 5
+ENV_MAX_ATTEMPTS = "CTMWA_S3_MAX_ATTEMPTS"  # overrides S3_MAX_ATTEMPTS (tests of a throttling store set 2)
+S3_CONNECT_TIMEOUT_S = 10.0
+
+# One filesystem per storage configuration, and each bucket checked once per process (a missing bucket, a store that
+# cannot be reached or refuses the credentials fail before any work, with one clean error).
+_filesystems: dict[tuple, pafs.FileSystem] = {}
+_checked_buckets: set[tuple] = set()
+_cache_lock = threading.Lock()
+
+
+def max_attempts() -> int:
+    """Attempts per S3 request (CTMWA_S3_MAX_ATTEMPTS, else S3_MAX_ATTEMPTS)."""
+    raw = os.environ.get(ENV_MAX_ATTEMPTS, "")
+    try:
+        return max(1, int(raw)) if raw else S3_MAX_ATTEMPTS
+    except ValueError:
+        raise CtmwaError(f"{ENV_MAX_ATTEMPTS}={raw!r} is not a whole number of attempts; unset it or set e.g. 5") from None
+
+
+def _s3_key(kwargs: Mapping[str, Any]) -> tuple:
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_") or k == ENV_MAX_ATTEMPTS))
+    return (tuple(sorted((k, str(v)) for k, v in kwargs.items())), env)
+
+
+def s3_filesystem(bucket: str | None = None) -> pafs.S3FileSystem:
+    """The S3FileSystem of the storage configuration in force (cached); with `bucket`, checked to exist once."""
+    kwargs = pyarrow_s3_options()
+    key = _s3_key(kwargs)
+    with _cache_lock:
+        fs = _filesystems.get(key)
+        if fs is None:
+            fs = pafs.S3FileSystem(
+                **kwargs,
+                retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()),
+                connect_timeout=S3_CONNECT_TIMEOUT_S,
+            )
+            _filesystems[key] = fs
+    if bucket and (key, bucket) not in _checked_buckets:
+        with translate_errors(f"s3://{bucket}"):
+            info = fs.get_file_info(bucket)
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(
+                f"bucket {bucket!r} does not exist at the store {redact(endpoint())}; create it (aws s3 mb s3://{bucket}) "
+                "or fix the location's bucket name"
+            )
+        _checked_buckets.add((key, bucket))
+    return fs
+
+
 def open_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or a URI (s3://bucket/key, gs://...)."""
-    location = str(location)
+    """A pyarrow filesystem and the path inside it, for a local path or a URI (s3://bucket/key, gs://...).
+
+    s3:// locations share one cached S3FileSystem per storage configuration; their bucket is checked once. A URI
+    with a query string is refused (check_location)."""
+    location = check_location(location)
     if not is_uri(location):
         return pafs.LocalFileSystem(), os.path.abspath(location)
     scheme, _, rest = location.partition("://")
     if scheme == "file":
         return pafs.LocalFileSystem(), os.path.abspath(rest)
     if scheme == "s3":
-        return pafs.S3FileSystem(**pyarrow_s3_options()), rest.rstrip("/")
-    return pafs.FileSystem.from_uri(location)
+        path = rest.rstrip("/")
+        return s3_filesystem(path.split("/", 1)[0] or None), path
+    with translate_errors(location):
+        return pafs.FileSystem.from_uri(location)
+
+
+def write_object(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a small file so that a reader sees the old content or the new, never a torn one: on a local disk a
+    temporary file renamed over the old; on an object store one PUT (already atomic; a rename there is a copy)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?(?: during (\w+) operation)?")
+_IN_BUCKET = re.compile(r"in bucket '([^']*)'")
+_UNREACHABLE = {"NETWORK_CONNECTION", "REQUEST_TIMEOUT", "INTERNAL_FAILURE"}
+_DENIED = {"ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "INVALID_CLIENT_TOKEN_ID", "EXPIRED_TOKEN",
+           "UNRECOGNIZED_CLIENT", "MISSING_AUTHENTICATION_TOKEN", "INVALID_SIGNATURE"}
+_THROTTLED = {"SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "REQUEST_TIME_TOO_SKEWED"}
+_RETRY_HINT = "then rerun: nothing was committed, and a rerun resumes from the finished shards"
+
+
+def translate(error: BaseException, location: str | None = None) -> StorageError | None:
+    """One clean StorageError for a pyarrow/AWS SDK error (names the store, the bucket and the fix; no secret), or
+    None when `error` is not a store's error."""
+    text = str(error)
+    found = _AWS_ERROR.search(text)
+    if found is None:
+        return None
+    code, http, operation = found.group(1), found.group(2), found.group(3) or "request"
+    if code == "UNKNOWN" and http:  # e.g. a HEAD answered 503 or 403: no body, no error code
+        code = {"403": "ACCESS_DENIED", "503": "SLOW_DOWN"}.get(http, f"HTTP {http}")
+    in_bucket = _IN_BUCKET.search(text)
+    bucket = in_bucket.group(1) if in_bucket else bucket_of(location or "")
+    store = redact(endpoint())
+    where = f"the store {store}" + (f", bucket {bucket!r}" if bucket else "")
+    if code in _UNREACHABLE or "curlCode" in text:
+        message = (
+            f"cannot reach {where} ({code} during {operation}); check the endpoint (AWS_ENDPOINT_URL_S3, {ENV_OPTIONS} "
+            f"or --storage-option endpoint=...) and that the store is up, {_RETRY_HINT}"
+        )
+    elif code in _DENIED:
+        message = (
+            f"{where} refused the credentials ({code} during {operation}); check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY / AWS_PROFILE (or --storage-option access_key_id=... secret_access_key=...) and the "
+            "bucket's policy"
+        )
+    elif code in {"NO_SUCH_BUCKET"} or "NoSuchBucket" in text:
+        message = f"bucket {bucket!r} does not exist at the store {store}; create it or fix the location's bucket name"
+    elif code in _THROTTLED or "SlowDown" in text:
+        message = (
+            f"{where} is throttling or unavailable ({code} during {operation}) beyond {max_attempts()} attempts with "
+            f"backoff; lower the concurrency (fewer parallel shards) or wait, {_RETRY_HINT}"
+        )
+    else:
+        detail = redact(text.split("operation:", 1)[-1].strip())[:160]
+        message = f"{where} failed ({code} during {operation}: {detail}); {_RETRY_HINT}"
+    return StorageError(message)
+
+
+@contextlib.contextmanager
+def translate_errors(location: str | None = None) -> Iterator[None]:
+    """Turn a store's OSError (unreachable, credentials refused, missing bucket, throttling) raised inside into one
+    StorageError; other errors (a missing file is a fact, FileNotFoundError) pass unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        clean = translate(e, location)
+        if clean is None:
+            raise
+        raise clean from e
