@@ -11,10 +11,12 @@ appears atomically (written under a temporary name, then renamed). Training feat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
+import posixpath
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,9 +26,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ctmwa_batch import pipeline, schema
+from ctmwa_batch import pipeline, schema, storage
 from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
 from ctmwa_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_QUEUE_BATCHES, DEVICES, check_device
 from ctmwa_batch.errors import InputSchemaError
@@ -45,9 +48,9 @@ PROGRESS_EVERY_S = 10.0
 class EmbedConfig:
     """What `ctmwa-batch embed` does."""
 
-    bundle_dir: Path  # model bundle with image_encoder.onnx, text_encoder.onnx, tokenizer.json (a head is not needed)
-    input_path: Path  # a posts Parquet file or a folder of them (hive partitions become columns)
-    output_path: Path  # the features Parquet file to write (replaced atomically if it exists)
+    bundle_dir: str | Path  # model bundle with image_encoder.onnx, text_encoder.onnx, tokenizer.json (a head is not needed)
+    input_path: str | Path  # a posts Parquet file or a folder of them (hive partitions become columns)
+    output_path: str | Path  # the features Parquet file to write (replaced atomically if it exists)
     id_column: str | None = schema.DEFAULT_ID_COLUMN  # must exist when set; passed through like other columns
     text_column: str | None = schema.DEFAULT_TEXT_COLUMN  # string column; None = posts have no text
     image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI) column; None = no images
@@ -129,13 +132,19 @@ class Encoders:
 # --------------------------------------------------------------------------------------------------- input
 
 
-def _open_input(path: Path) -> ds.Dataset:
-    if not path.exists():
-        raise InputSchemaError(f"input {str(path)!r} does not exist; pass --input a posts Parquet file or a folder of them")
+def _open_input(location: str) -> tuple[ds.Dataset, Path]:
+    """The posts as a dataset (a local path or a URI) and the folder relative image paths are relative to."""
+    fs, path = storage.open_filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputSchemaError(f"input {location!r} does not exist; pass --input a posts Parquet file or a folder of them")
     try:
-        return ds.dataset(str(path), format="parquet", partitioning="hive")
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputSchemaError(f"input {str(path)!r} is not readable as Parquet: {e}; pass --input a posts Parquet file or folder") from e
+        dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
+    except pa.ArrowInvalid as e:
+        raise InputSchemaError(f"input {location!r} is not readable as Parquet: {e}; pass --input a posts Parquet file or folder") from e
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return dataset, Path.cwd()
+    return dataset, Path(path) if info.type == pafs.FileType.Directory else Path(path).parent
 
 
 # --------------------------------------------------------------------------------------------------- output
@@ -222,32 +231,35 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
     """Run the embed job on the shared pipeline (decoding overlaps encoding); returns stats (rows, rows with text /
     image, image errors by reason, seconds, rows/s, seconds per stage)."""
     t0 = time.perf_counter()
-    dataset = _open_input(Path(config.input_path))
+    dataset, base = _open_input(str(config.input_path))
     image_paths = check_posts_schema(dataset.schema, config, f"input {str(config.input_path)!r}")
     bundle = load_bundle(config.bundle_dir)
     encoders = Encoders(bundle, RuntimeConfig(device=config.device, intra_op_threads=config.intra_op_threads), config.precision)
-    base = Path(config.input_path) if Path(config.input_path).is_dir() else Path(config.input_path).parent
     source = {
         "model_version": bundle.model_version, "encoder": bundle.manifest.get("encoder", {}).get("source"),
         "bundle": str(config.bundle_dir), "precision": encoders.precision,
     }
     out_schema, passthrough = _output_schema(dataset.schema, config, {"ctmwa_batch.embed": json.dumps(source)})
-    output = Path(config.output_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    output = str(config.output_path)
+    out_fs, out_path = storage.open_filesystem(output)
+    out_fs.create_dir(posixpath.dirname(out_path), recursive=True)
+    # Written under a hidden name beside the output and moved over it: a reader never sees half a file.
+    tmp = f"{posixpath.dirname(out_path)}/.{posixpath.basename(out_path)}.tmp-{uuid.uuid4().hex}"
     counts = _EmbedCounts()
     # Bounded readahead: at most a few batches of image bytes are in memory at once.
     batches = ((b, base) for b in dataset.to_batches(batch_size=config.batch_size, batch_readahead=2, fragment_readahead=1))
     try:
-        with ImageDecoder(encoders.image_spec, config.workers) as decoder, pq.ParquetWriter(str(tmp), out_schema) as writer:
-            stats = pipeline.run(
-                batches, _steps(encoders, config, image_paths, out_schema, passthrough), decoder,
-                pipeline.ParquetSink(writer, out_schema, tally=counts.add), queue_batches=DEFAULT_QUEUE_BATCHES,
-                name="embed", progress=Progress(dataset.count_rows(), PROGRESS_EVERY_S, label="embedded"),
-            )
-        os.replace(tmp, output)
+        with ImageDecoder(encoders.image_spec, config.workers) as decoder, out_fs.open_output_stream(tmp) as sink:
+            with pq.ParquetWriter(sink, out_schema) as writer:
+                stats = pipeline.run(
+                    batches, _steps(encoders, config, image_paths, out_schema, passthrough), decoder,
+                    pipeline.ParquetSink(writer, out_schema, tally=counts.add), queue_batches=DEFAULT_QUEUE_BATCHES,
+                    name="embed", progress=Progress(dataset.count_rows(), PROGRESS_EVERY_S, label="embedded"),
+                )
+        out_fs.move(tmp, out_path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            out_fs.delete_file(tmp)
     seconds = time.perf_counter() - t0
     result = {
         "rows": stats.rows,
@@ -263,7 +275,7 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
         "provider": encoders.provider,
         "precision": encoders.precision,
         "model_version": bundle.model_version,
-        "output": str(output),
+        "output": output,
     }
     logger.info("embed done: %s", json.dumps(result))
     return result
@@ -286,9 +298,9 @@ def embed_posts(
     """Library entry point of `ctmwa-batch embed`: posts Parquet -> features Parquet; returns the stats."""
     return embed(
         EmbedConfig(
-            bundle_dir=Path(bundle_dir),
-            input_path=Path(input_path),
-            output_path=Path(output_path),
+            bundle_dir=bundle_dir,
+            input_path=input_path,
+            output_path=output_path,
             id_column=id_column,
             text_column=text_column,
             image_column=image_column,
@@ -307,9 +319,9 @@ def embed_posts(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch embed` arguments."""
     d = EmbedConfig(Path("."), Path("."), Path("."))
-    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder (encoders needed, head not)")
-    parser.add_argument("--input", required=True, type=Path, help="posts Parquet file or folder")
-    parser.add_argument("--output", required=True, type=Path, help="features Parquet file to write")
+    parser.add_argument("--bundle", required=True, help="model bundle folder (encoders needed, head not), or s3://.../models/VERSION")
+    parser.add_argument("--input", required=True, help="posts Parquet file or folder, a path or a URI (s3://...)")
+    parser.add_argument("--output", required=True, help="features Parquet file to write, a path or a URI (s3://...)")
     parser.add_argument("--id-column", default=d.id_column, help=f"id column (default {d.id_column!r})")
     parser.add_argument("--text-column", default=d.text_column, help=f"text column (default {d.text_column!r})")
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ctmwa_batch.config import DEFAULT_MAX_ROWS_PER_SHARD
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
+from ctmwa_batch import storage
 from ctmwa_batch.storage import open_filesystem  # noqa: F401 - the layout's readers open locations through here
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def partition_of(input_path: str) -> str:
 
 def output_dir(output_root: str, model_version: str, partition: str) -> str:
     """Where one partition's scores for one model version live."""
-    return f"{output_root.rstrip('/')}/model_version={model_version}/{partition}"
+    return storage.join(output_root, f"model_version={model_version}", partition)
 
 
 def report_dir(output_root: str, model_version: str, partition: str) -> str:
@@ -260,10 +261,7 @@ def is_committed(plan: PartitionPlan) -> bool:
 
 
 def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    tmp = f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    storage.write_object(fs, path, data)  # temp + rename on a disk, one PUT on an object store
 
 
 def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:

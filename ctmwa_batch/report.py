@@ -20,13 +20,11 @@ import html
 import io
 import json
 import logging
-import posixpath
-import uuid
 from typing import Any
 
 import numpy as np
 
-from ctmwa_batch import drift
+from ctmwa_batch import drift, storage
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.partitions import open_filesystem, report_dir
 from ctmwa_batch.schema import STATUSES
@@ -90,14 +88,11 @@ def write_report(
     for warning in numbers["warnings"]:
         logger.info("warning %s", warning["message"])
     logger.info("report for %s written to %s (%d alert(s), %d warning(s))", _span(numbers), out_dir, len(numbers["alerts"]), len(numbers["warnings"]))
-    return {**numbers, "out_dir": out_dir, "html": f"{out_dir.rstrip('/')}/{HTML_NAME}", "json": f"{out_dir.rstrip('/')}/{JSON_NAME}"}
+    return {**numbers, "out_dir": out_dir, "html": storage.join(out_dir, HTML_NAME), "json": storage.join(out_dir, JSON_NAME)}
 
 
 def _write(fs: Any, path: str, data: bytes) -> None:
-    tmp = f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    storage.write_object(fs, path, data)  # temp + rename on a disk, one PUT on an object store
 
 
 def _span(numbers: dict[str, Any]) -> str:

@@ -133,7 +133,9 @@ class Settings:
 
     def input_path(self, date: str) -> str:
         """The input partition of one day (YYYY-MM-DD)."""
-        return f"{self.input_root.rstrip('/')}/{self.partition_template.format(date=date)}"
+        from ctmwa_batch.storage import join  # refuses a query string rather than appending to it
+
+        return join(self.input_root, self.partition_template.format(date=date))
 
     @property
     def passthrough_columns(self) -> tuple[str, ...]:
