@@ -154,6 +154,13 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
     for key, arg in (("region", "region"), ("access_key_id", "access_key"), ("secret_access_key", "secret_key"), ("session_token", "session_token")):
         if opts.get(key):
             kwargs[arg] = opts[key]
+    # pyarrow takes explicit credentials as a pair: one given explicitly takes its partner from the environment.
+    if ("access_key" in kwargs) != ("secret_key" in kwargs):
+        kwargs.setdefault("access_key", os.environ.get("AWS_ACCESS_KEY_ID", ""))
+        kwargs.setdefault("secret_key", os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+        if not (kwargs["access_key"] and kwargs["secret_key"]):
+            raise StorageError("storage credentials come in a pair: set both access_key_id and secret_access_key "
+                               "(options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
     return kwargs
 
 

@@ -121,9 +121,12 @@ def test_store_errors_become_one_clean_line(monkeypatch, message, expect):
 
 
 def _score_cli(capsys, bundle: str, src: str, out: str, *extra: str) -> tuple[int, str]:
+    """Exit status and stderr of `ctmwa-batch score`; its stdout (the summary) goes to `_score_cli.out`."""
     rc = cli_main(["score", "--bundle", bundle, "--input", src, "--output", out, "--device", "cpu", "--threads", "1",
                    "--scored-at", FIXED_TIME, *extra])
-    return rc, capsys.readouterr().err
+    captured = capsys.readouterr()
+    _score_cli.out = captured.out
+    return rc, captured.err
 
 
 def _one_clean_line(err: str, *must: str) -> str:
@@ -162,8 +165,8 @@ def test_faults_end_with_one_clean_error_and_nothing_committed(s3, full_bundle, 
     with FaultyS3() as slow:
         rc, err = _score_cli(capsys, str(full_bundle), src, out, "--storage-option", f"endpoint={slow.endpoint}")
         assert slow.requests >= 2  # retried
-    assert rc == 2
-    _one_clean_line(err, f"the store {slow.endpoint}, bucket '{s3.bucket}' is throttling", "beyond 2 attempts")
+        assert rc == 2
+        _one_clean_line(err, f"the store {slow.endpoint}, bucket '{s3.bucket}' is throttling", "beyond 2 attempts")
 
     # nothing was committed (nor written) anywhere
     assert fs.get_file_info(pafs.FileSelector(f"{s3.bucket}/scores", allow_not_found=True, recursive=True)) == []
@@ -200,10 +203,10 @@ def test_zoo_s3_to_s3_with_a_published_bundle_equals_a_local_run(s3, full_bundle
     common = ["--max-rows-per-shard", "8", "--batch-size", "3", "--precision", "fp32"]
     rc, err = _score_cli(capsys, f"{models}/{version}", f"s3://{b}/posts/{PARTITION}", f"s3://{b}/scores", *common)
     assert rc == 0, err
-    remote = json.loads(capsys.readouterr().out)
+    remote = json.loads(_score_cli.out)
     rc, err = _score_cli(capsys, str(full_bundle), str(local_src), str(tmp_path / "scores"), *common)
     assert rc == 0, err
-    local = json.loads(capsys.readouterr().out)
+    local = json.loads(_score_cli.out)
     assert remote["rows"] == local["rows"] and remote["parts"] == local["parts"] == 3
     assert not Path("s3:").exists()
 
@@ -225,7 +228,7 @@ def test_zoo_s3_to_s3_with_a_published_bundle_equals_a_local_run(s3, full_bundle
     with fs.open_input_stream(f"{out_dir}/_SUCCESS.json") as f:
         before = f.read()
     rc, _ = _score_cli(capsys, f"{models}/{version}", f"s3://{b}/posts/{PARTITION}", f"s3://{b}/scores", *common)
-    assert rc == 0 and json.loads(capsys.readouterr().out)["skipped"] is True
+    assert rc == 0 and json.loads(_score_cli.out)["skipped"] is True
     with fs.open_input_stream(f"{out_dir}/_SUCCESS.json") as f:
         assert f.read() == before
     success = json.loads(before)
@@ -279,3 +282,106 @@ def test_registry_in_the_store_publish_is_whole_or_absent(s3, full_bundle, encod
     assert [p for p in (tmp_path / "c2").iterdir()] == []  # nothing half-verified stays in the cache
     with pytest.raises(registry.RegistryError, match="another or a damaged copy"):
         registry.publish(full_bundle, models)
+
+
+# --------------------------------------------------------------------------------------------------- kills
+
+
+@pytest.mark.slow
+def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_bundle, tmp_path):
+    """SIGKILL the scorer at random moments (and twice while it commits), rerun, and compare with a clean run. A
+    reader that honours _SUCCESS.json polls all along and must only ever see the whole partition."""
+    import random
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.ctmwa_batch.test_score import write_posts
+
+    fs = s3.filesystem()
+    b = s3.bucket
+    for k in range(2):
+        write_posts(tmp_path / "posts" / f"part-{k}.parquet", 120, row_group_size=10, start=k * 120)
+    _upload(fs, tmp_path / "posts", f"{b}/posts/{PARTITION}")
+    version = load_bundle(full_bundle).model_version
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+
+    def cmd(out: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "ctmwa_batch.cli", "score", "--bundle", str(full_bundle), "--input", f"s3://{b}/posts/{PARTITION}",
+                "--output", out, "--device", "cpu", "--threads", "1", "--workers", "0", "--batch-size", "16", "--precision", "fp32",
+                "--max-rows-per-shard", "20", "--scored-at", FIXED_TIME, *extra]
+
+    t0 = time.monotonic()
+    clean = subprocess.run(cmd(f"s3://{b}/clean"), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+    clean_seconds = time.monotonic() - t0
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    clean_dir = f"{b}/clean/model_version={version}/{PARTITION}"
+    want = _read_committed(fs, clean_dir)
+    assert want.num_rows == 240
+
+    out_dir = f"{b}/scores/model_version={version}/{PARTITION}"
+    seen: list[tuple[int, int]] = []  # (rows, distinct ids) each time the honouring reader found the partition committed
+    glob_views: set[int] = set()  # how many parts a plain glob reader listed
+    stop = threading.Event()
+    reader_fs = s3.filesystem()
+
+    def honouring_reader() -> None:
+        while not stop.is_set():
+            try:
+                table = _read_committed(reader_fs, out_dir)
+            except FileNotFoundError:  # no _SUCCESS.json: not committed, nothing to read
+                continue
+            seen.append((table.num_rows, len(set(table.column("post_id").to_pylist()))))
+
+    def visible_parts() -> int:
+        listing = fs.get_file_info(pafs.FileSelector(out_dir, allow_not_found=True))
+        return sum(1 for i in listing if i.type == pafs.FileType.File and i.base_name.startswith("part-"))
+
+    reader = threading.Thread(target=honouring_reader, daemon=True)
+    reader.start()
+    rng = random.Random(19)
+    killed = 0
+    try:
+        for attempt in range(8):
+            committed = partitions.read_success(f"s3://{out_dir}") is not None
+            proc = subprocess.Popen(cmd(f"s3://{b}/scores", *(["--overwrite"] if committed else [])), env=env, cwd=repo,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if attempt in (3, 6):  # while it commits: as soon as a glob reader sees a first part move into place
+                before = visible_parts()
+                while proc.poll() is None and visible_parts() <= before:
+                    time.sleep(0.01)
+            else:
+                deadline = time.monotonic() + rng.uniform(0.5, clean_seconds)
+                while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if proc.poll() is None:
+                proc.kill()
+                killed += 1
+            proc.wait()
+            glob_views.add(visible_parts())
+        final = subprocess.run(cmd(f"s3://{b}/scores"), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr[-2000:]
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        reader.join(timeout=30)
+    assert killed >= 4, f"only {killed} of 8 runs were killed before they finished"
+
+    got = _read_committed(fs, out_dir)
+    assert got.equals(want)
+    ids = got.column("post_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 240
+    # a plain glob reader sees exactly the clean rows too, and nothing is left over under the partition
+    assert pq.read_table(out_dir, filesystem=fs).num_rows == 240
+    success = partitions.read_success(f"s3://{out_dir}")
+    files = {posixpath_rel(i.path, out_dir) for i in fs.get_file_info(pafs.FileSelector(out_dir, recursive=True)) if i.type == pafs.FileType.File}
+    markers = {f"_shards/{success['plan_id']}-{k:05d}.json" for k in range(len(success["parts"]))}
+    assert files == set(success["parts"]) | markers | {partitions.SUCCESS}
+    # the honouring reader never saw a partial partition
+    assert seen and set(seen) == {(240, 240)}, set(seen)
+
+
+def posixpath_rel(path: str, root: str) -> str:
+    return path[len(root):].lstrip("/")
