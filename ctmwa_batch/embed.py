@@ -256,7 +256,7 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
                     pipeline.ParquetSink(writer, out_schema, tally=counts.add), queue_batches=DEFAULT_QUEUE_BATCHES,
                     name="embed", progress=Progress(dataset.count_rows(), PROGRESS_EVERY_S, label="embedded"),
                 )
-        out_fs.move(tmp, out_path)
+        storage.move(out_fs, tmp, out_path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             out_fs.delete_file(tmp)

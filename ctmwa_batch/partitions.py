@@ -331,7 +331,7 @@ def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Ite
             fs.delete_file(tmp)
         raise
     try:
-        fs.move(tmp, staged)
+        storage.move(fs, tmp, staged)
     except FileNotFoundError:
         # A concurrent worker committed the partition and swept our temporary file: its part is ours.
         if shard_done(plan, shard_index) is None:
@@ -364,7 +364,7 @@ def _publish_parts(fs: pafs.FileSystem, path: str, plan: PartitionPlan) -> None:
     for shard in plan.shards:
         name = plan.part_name(shard.index)
         try:
-            fs.move(f"{path}/{SHARDS_DIR}/{name}", f"{path}/{name}")
+            storage.move(fs, f"{path}/{SHARDS_DIR}/{name}", f"{path}/{name}")
         except FileNotFoundError:
             if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
                 raise PartitionNotReady(

@@ -247,6 +247,20 @@ def write_object(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         f.write(data)
 
 
+def move(fs: pafs.FileSystem, src: str, dest: str) -> None:
+    """fs.move, with a missing source always a FileNotFoundError (S3 answers a copy of a missing key NoSuchKey).
+
+    On an object store a move is a copy and a delete: `dest` appears whole (one PUT) but `src` may outlive a kill."""
+    try:
+        fs.move(src, dest)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if "NO_SUCH_KEY" in str(e) or "NoSuchKey" in str(e):
+            raise FileNotFoundError(f"{src}: no such object") from e
+        raise
+
+
 # --------------------------------------------------------------------------------------------------- errors
 
 _AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?(?: during (\w+) operation)?")
