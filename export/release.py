@@ -10,7 +10,8 @@ ctmwa_export_model DAG calls them one task each, and `release(...)` runs them in
     publish          {models_root}/{model_version}/ and the CURRENT pointer, both moved atomically (ctmwa_batch.registry)
 
 Work files live under the models root because the tasks may run on different machines: the models root is the
-storage they all share. Every step writes its output whole or not at all, so a retried task starts clean.
+storage they all share. A models root in an object store (s3://...) takes the bundle only: the work files then go to
+CTMWA_RELEASE_WORK_ROOT (a folder the export tasks share), and the bundle is uploaded at publish. Every step writes its output whole or not at all, so a retried task starts clean.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -34,6 +36,7 @@ from ctmwa_batch.settings import Settings
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging"
+ENV_WORK_ROOT = "CTMWA_RELEASE_WORK_ROOT"  # the work folder's root when the models root is in an object store
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
@@ -91,6 +94,15 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
 
 
+def work_root(models_root: str) -> Path:
+    """Where a release's work files go: {models_root}/.staging/ on a filesystem; with the models root in an object
+    store (ONNX export and training write local files), CTMWA_RELEASE_WORK_ROOT, else a folder in the temp dir: the
+    export DAG's tasks then need that folder in common (one machine, or a shared mount)."""
+    if "://" in models_root and not models_root.startswith("file://"):
+        return Path(os.environ.get(ENV_WORK_ROOT) or Path(tempfile.gettempdir()) / "ctmwa-release")
+    return Path(models_root) / STAGING
+
+
 def prepare(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     """Check the release inputs exist and make the run's work folder; returns {"work_dir", "config"} for the next steps."""
     config = ReleaseConfig.from_params(params)
@@ -98,7 +110,7 @@ def prepare(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
         value = getattr(config, name)
         if value and "://" not in value and not Path(value).exists():
             raise ReleaseError(f"{name} {value!r} does not exist")
-    work = Path(config.models_root) / STAGING / _safe(run_id)
+    work = work_root(config.models_root) / _safe(run_id)
     work.mkdir(parents=True, exist_ok=True)
     logger.info("release work folder %s; %s", work, "training on " + (config.training_posts or config.features or "") if config.trains else f"exporting checkpoint {config.checkpoint}")
     return {"work_dir": str(work), "config": dataclasses.asdict(config)}

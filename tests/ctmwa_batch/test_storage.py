@@ -368,6 +368,7 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
         stop.set()
         reader.join(timeout=30)
     assert killed >= 4, f"only {killed} of 8 runs were killed before they finished"
+    print(f"{killed} kills; a plain glob reader listed {sorted(glob_views)} part(s) after them; the honouring reader read {len(seen)} times")
 
     got = _read_committed(fs, out_dir)
     assert got.equals(want)
