@@ -29,14 +29,16 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctmwa_batch import schema
+from ctmwa_batch import schema, storage
 from ctmwa_batch.errors import BundleError
 from ctmwa_batch.preprocess import ImageSpec, TextSpec
 
@@ -252,14 +254,90 @@ def _variant_problems(manifest: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------------------------------- the local cache
+
+ENV_CACHE = "CTMWA_BUNDLE_CACHE"  # where bundles from an object store are cached (default ~/.cache/ctmwa-batch/bundles)
+_CHUNK = 8 << 20
+
+
+def _copy_stream(src: Any, dst: Any) -> None:
+    while chunk := src.read(_CHUNK):
+        dst.write(chunk)
+
+
+def _remote_manifest(location: str) -> tuple[dict[str, Any], bytes]:
+    """The manifest of the bundle at `location` in an object store, and its bytes; BundleError when absent."""
+    fs, path = storage.open_filesystem(location)
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BundleError(f"no model bundle at {location!r} (no {MANIFEST}); publish one there with `ctmwa-batch models publish`") from None
+    try:
+        manifest = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{MANIFEST} at {location!r} is unreadable ({e}); publish the bundle again") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest.get("model_version"):
+        raise BundleError(f"{MANIFEST} at {location!r} has no 'files' table or model_version; publish the bundle again")
+    return manifest, data
+
+
+def cache_root() -> Path:
+    """Where bundles fetched from an object store are cached: CTMWA_BUNDLE_CACHE, else ~/.cache/ctmwa-batch/bundles."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctmwa-batch" / "bundles"
+
+
+def fetch_bundle(location: str, cache: str | Path | None = None) -> Path:
+    """A local copy of the bundle at `location` (s3://.../models/VERSION): from the cache when it holds this version
+    (keyed by model version and the manifest's sha256), else downloaded, verified (every checksum) and renamed into
+    the cache. A bundle is immutable, so a cached copy was verified once and is reused as it is."""
+    manifest, data = _remote_manifest(location)
+    version = str(manifest["model_version"])
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", version):
+        raise BundleError(f"{MANIFEST} at {location!r} has model_version {version!r}, not a folder name; publish the bundle again")
+    root = Path(cache) if cache is not None else cache_root()
+    dest = root / f"{version}-{hashlib.sha256(data).hexdigest()[:12]}"
+    if (dest / MANIFEST).is_file():
+        logger.debug("bundle %s from the cache %s", location, dest)
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+    fs, path = storage.open_filesystem(location)
+    try:
+        for name in sorted(manifest["files"]):
+            target = staging / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"{MANIFEST} at {location!r} lists {name!r}, outside the bundle; publish the bundle again")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as out:
+                    _copy_stream(src, out)
+            except FileNotFoundError:
+                raise BundleError(f"bundle {location!r} lists {name!r} but the store has no such object; publish it again") from None
+        (staging / MANIFEST).write_bytes(data)
+        load_bundle(staging)  # every checksum, once: the cache only ever holds verified copies
+        try:
+            os.rename(staging, dest)
+        except OSError:
+            if not (dest / MANIFEST).is_file():
+                raise
+            logger.info("bundle %s was cached concurrently; keeping that copy", version)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("bundle %s copied from %s into the cache %s (verified)", version, location, dest)
+    return dest
+
+
 def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
     """Read a bundle; with verify (the default) check every file's sha256 and fail naming each bad file.
 
     A location in an object store (s3://.../models/VERSION) is read from the local bundle cache
-    (ctmwa_batch.registry.fetch_bundle): copied and verified once, then reused without hashing again."""
-    if "://" in str(root) and not str(root).startswith("file://"):
-        from ctmwa_batch.registry import fetch_bundle  # registry imports this module
-
+    (fetch_bundle): copied and verified once, then reused without hashing again."""
+    if storage.is_object_store(str(root)):
         return load_bundle(fetch_bundle(str(root)), verify=False)
     root = Path(root)
     manifest = _read_manifest(root)

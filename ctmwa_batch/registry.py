@@ -19,7 +19,6 @@ checksum verified before the copy is renamed into the cache) and reuses it after
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -32,15 +31,13 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ctmwa_batch import storage
-from ctmwa_batch.bundle import MANIFEST, Bundle, load_bundle
+from ctmwa_batch.bundle import ENV_CACHE, MANIFEST, Bundle, _copy_stream, _remote_manifest, cache_root, fetch_bundle, load_bundle  # noqa: F401 - re-exported
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.settings import CURRENT
 
 logger = logging.getLogger(__name__)
 
 POINTER = "CURRENT"
-ENV_CACHE = "CTMWA_BUNDLE_CACHE"  # where bundles from an object store are cached (default ~/.cache/ctmwa-batch/bundles)
-_CHUNK = 8 << 20
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -230,11 +227,6 @@ def describe(models_root: str | Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: (e.get("created_at") or "", e["model_version"]))
 
 
-def _copy_stream(src: Any, dst: Any) -> None:
-    while chunk := src.read(_CHUNK):
-        dst.write(chunk)
-
-
 def _upload(bundle: Bundle, models_root: str) -> str:
     """Upload a verified bundle to {models_root}/{version}/ in an object store: every file, then manifest.json last,
     so the version is published only once it is whole. An existing version must have the same manifest (and files
@@ -259,72 +251,6 @@ def _upload(bundle: Bundle, models_root: str) -> str:
             _copy_stream(src, out)
     storage.write_object(fs, f"{path}/{MANIFEST}", manifest_bytes)  # last: the version is published from here on
     logger.info("published model %s at %s", version, dest)
-    return dest
-
-
-def _remote_manifest(location: str) -> tuple[dict[str, Any], bytes]:
-    """The manifest of the bundle at `location` in an object store, and its bytes; BundleError when absent."""
-    fs, path = storage.open_filesystem(location)
-    try:
-        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise BundleError(f"no model bundle at {location!r} (no {MANIFEST}); publish one there with `ctmwa-batch models publish`") from None
-    try:
-        manifest = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{MANIFEST} at {location!r} is unreadable ({e}); publish the bundle again") from e
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest.get("model_version"):
-        raise BundleError(f"{MANIFEST} at {location!r} has no 'files' table or model_version; publish the bundle again")
-    return manifest, data
-
-
-def cache_root() -> Path:
-    """Where bundles fetched from an object store are cached: CTMWA_BUNDLE_CACHE, else ~/.cache/ctmwa-batch/bundles."""
-    env = os.environ.get(ENV_CACHE)
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctmwa-batch" / "bundles"
-
-
-def fetch_bundle(location: str, cache: str | Path | None = None) -> Path:
-    """A local copy of the bundle at `location` (s3://.../models/VERSION): from the cache when it holds this version
-    (keyed by model version and the manifest's sha256), else downloaded, verified (every checksum) and renamed into
-    the cache. A bundle is immutable, so a cached copy was verified once and is reused as it is."""
-    manifest, data = _remote_manifest(location)
-    version = str(manifest["model_version"])
-    _check_version_name(version)
-    root = Path(cache) if cache is not None else cache_root()
-    dest = root / f"{version}-{hashlib.sha256(data).hexdigest()[:12]}"
-    if (dest / MANIFEST).is_file():
-        logger.debug("bundle %s from the cache %s", location, dest)
-        return dest
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".staging-{version}-{uuid.uuid4().hex[:8]}"
-    fs, path = storage.open_filesystem(location)
-    try:
-        for name in sorted(manifest["files"]):
-            target = staging / name
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise BundleError(f"{MANIFEST} at {location!r} lists {name!r}, outside the bundle; publish the bundle again")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as out:
-                    _copy_stream(src, out)
-            except FileNotFoundError:
-                raise BundleError(f"bundle {location!r} lists {name!r} but the store has no such object; publish it again") from None
-        (staging / MANIFEST).write_bytes(data)
-        load_bundle(staging)  # every checksum, once: the cache only ever holds verified copies
-        try:
-            os.rename(staging, dest)
-        except OSError:
-            if not (dest / MANIFEST).is_file():
-                raise
-            logger.info("bundle %s was cached concurrently; keeping that copy", version)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    logger.info("bundle %s copied from %s into the cache %s (verified)", version, location, dest)
     return dest
 
 

