@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work / name, ignore_errors=True)
     # the partition: generated posts (text + JPEG, a few bad rows), cut into --files files
     demo_posts.write_lake(work / "gen", [DATE], rows=args.rows, row_group_size=args.rows_per_shard)
-    table = pa.concat_tables(pq.read_table(p) for p in sorted((work / "gen").rglob("*.parquet")))
+    table = pa.concat_tables(pq.read_table(p) for p in sorted((work / "gen" / "posts").rglob("*.parquet")))
     shutil.rmtree(work / "gen")
     local_posts = work / "lake" / "posts" / f"dt={DATE}"
     local_posts.mkdir(parents=True)
