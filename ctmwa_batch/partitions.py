@@ -147,6 +147,9 @@ def list_input(input_path: str) -> list[InputFile]:
                 footer = pq.ParquetFile(f)
                 meta, arrow_schema = footer.metadata, footer.schema_arrow
         except (pa.ArrowInvalid, OSError) as e:
+            store_error = storage.translate(e, input_path)  # a store that is down is a fault of the run, not of the file
+            if store_error is not None:
+                raise store_error from e
             raise InputSchemaError(f"{i.path!r} is not a readable Parquet file ({e}); remove or fix it") from e
         row_groups = tuple(meta.row_group(k).num_rows for k in range(meta.num_row_groups))
         files.append(InputFile(i.path, i.size, row_groups, arrow_schema))
