@@ -2,13 +2,19 @@
 
 Precedence, lowest first (DESIGN.md section 9):
 1. the standard AWS environment and profiles (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
-   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_PROFILE`), which every client reads itself;
+   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_PROFILE`), which every client reads itself
+   (pyarrow's S3 client but the endpoint variables, which pyarrow_s3_options passes on);
 2. `CTMWA_STORAGE_OPTIONS`: a JSON object or `key=value,key=value`;
 3. `--storage-option KEY=VALUE` on a command line, or an Airflow Connection (`conn_id`), via `configure`.
 
 Option keys (one vocabulary for pyarrow and the image fetcher): `endpoint`, `region`, `access_key_id`,
 `secret_access_key`, `session_token`, `profile`. Secrets never reach a log line, an error, a marker or an XCom:
 format a location or an error with `redact`.
+
+Locations never carry settings: a URI with a query string is refused (`check_location`), and `join` builds paths
+under a location. s3:// locations share one cached S3FileSystem per configuration, each bucket checked once;
+`translate_errors` turns a store's OSError (unreachable, credentials refused, missing bucket, throttling past the
+retries) into one StorageError line naming the store, the bucket and the fix.
 """
 
 from __future__ import annotations
