@@ -106,3 +106,10 @@ def score_partition(
         if health_report:
             HealthReportOperator(task_id="health_report", summary=commit.output, output=output, baseline_days=baseline_days, fail_on_drift=fail_on_drift, conn_id=conn_id)
     return group
+
+
+def result_of(group: TaskGroup) -> Any:
+    """The group's result for downstream tasks (an XComArg): the output of its last task, the commit summary (with
+    the health report's fields when the group has one), e.g. `rollup(result_of(scoring))`."""
+    (last,) = group.get_leaves()
+    return last.output

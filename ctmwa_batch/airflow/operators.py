@@ -12,15 +12,13 @@ then the defaults), which is how the shipped DAGs use them; a value given here w
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-logger = logging.getLogger(__name__)
+from ctmwa_batch.airflow.connections import connection_storage
 
 # Arguments of score_partition and the operators that are settings (ctmwa_batch.settings.Settings fields), by name.
 SCORING_OPTIONS = ("device", "precision", "batch_size", "id_column", "text_column", "image_column", "passthrough", "max_rows_per_shard")
@@ -36,49 +34,6 @@ def settings_args(output: str | None = None, models_root: str | None = None, mod
     if passthrough is not None and not isinstance(passthrough, str):
         options["passthrough"] = ",".join(passthrough)  # a list of columns, as Settings keeps them: comma-separated
     return {"output_root": output, "models_root": models_root, "model_version": model_version, **options}
-
-
-# --------------------------------------------------------------------------------------------------- storage
-
-
-def connection_storage_options(conn: Any) -> dict[str, str]:
-    """Storage options (ctmwa_batch.storage keys) from an Airflow Connection: an `aws` Connection's login / password
-    (access key id / secret), its extra's `endpoint_url` (or `service_config.s3.endpoint_url`), `region_name`,
-    `aws_session_token`, `profile_name`; for other types, `host` (with scheme and port) is the endpoint."""
-    extra = dict(conn.extra_dejson or {})
-    s3_config = ((extra.get("service_config") or {}).get("s3") or {}) if isinstance(extra.get("service_config"), dict) else {}
-    endpoint = extra.get("endpoint_url") or s3_config.get("endpoint_url") or extra.get("endpoint")
-    if not endpoint and conn.host:
-        endpoint = conn.host if "://" in conn.host else f"{'https' if conn.schema == 'https' else 'http'}://{conn.host}"
-        if conn.port and ":" not in endpoint.split("://", 1)[1]:
-            endpoint = f"{endpoint}:{conn.port}"
-    found = {
-        "endpoint": endpoint,
-        "region": extra.get("region_name") or extra.get("region"),
-        "access_key_id": conn.login or extra.get("aws_access_key_id"),
-        "secret_access_key": conn.password or extra.get("aws_secret_access_key"),
-        "session_token": extra.get("aws_session_token"),
-        "profile": extra.get("profile_name") or extra.get("profile"),
-    }
-    return {k: str(v) for k, v in found.items() if v}
-
-
-@contextlib.contextmanager
-def connection_storage(conn_id: str | None) -> Iterator[None]:
-    """While the task runs, its storage (input, output, models, image URIs) uses the Connection `conn_id`; None leaves
-    the worker's standard configuration (the AWS environment, CTMWA_STORAGE_OPTIONS). Looked up here, at run time."""
-    if not conn_id:
-        yield
-        return
-    from ctmwa_batch import storage
-
-    options = connection_storage_options(BaseHook.get_connection(conn_id))
-    logger.info("storage from Connection %r: %s", conn_id, ", ".join(f"{k}={v}" for k, v in options.items() if k not in storage.SECRET_KEYS and k != "access_key_id") or "no options")
-    storage.configure(options)
-    try:
-        yield
-    finally:
-        storage.configure(None)
 
 
 # --------------------------------------------------------------------------------------------------- lineage
