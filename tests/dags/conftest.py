@@ -62,7 +62,7 @@ class DagRunner:
         spec.write_text(json.dumps({"dags_folder": str(dags_folder), "runs": runs}))
         proc = subprocess.run(
             [sys.executable, "-m", "tests.dags.airflow_runner", str(spec), str(result)],
-            env=airflow_env(self.home, **(env or {})),
+            env=airflow_env(self.home, AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder), **(env or {})),  # dag.test() syncs that bundle
             cwd=REPO,
             capture_output=True,
             text=True,
