@@ -7,6 +7,7 @@ transport), and the commits update Asset(output)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -171,3 +172,71 @@ def test_two_groups_in_a_users_dag_commit_every_row(run_dags, full_bundle, tmp_p
     assert names(completes["campaign.commit"][0]["outputs"]) == {("file", str(Path(output_dir(str(scores), version, CAMPAIGN))))}
     assert ("file", str(full_bundle)) in names(completes["campaign.plan"][0]["inputs"])
     assert names(completes["posts.health_report"][0]["outputs"]) == {("file", str(Path(daily["report_dir"])))}
+
+
+S3_DAG = '''
+import pendulum
+from airflow.sdk import dag
+
+from ctmwa_batch.airflow import score_partition
+
+
+@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False)
+def lake_on_s3():
+    score_partition(
+        "posts",
+        input="s3://{bucket}/posts/dt={{{{ params.day }}}}",
+        output="s3://{bucket}/scores",
+        bundle={bundle!r},
+        device="cpu",
+        max_rows_per_shard=20,
+        conn_id="lake_s3",
+    )
+
+
+lake_on_s3()
+'''
+
+
+@pytest.mark.slow
+def test_a_connection_gives_the_storage_of_an_s3_lake(run_dags, full_bundle, s3_server, tmp_path_factory, monkeypatch):
+    """input and output on a real S3 server, reached through the Connection alone: the worker has no AWS_* variable."""
+    import uuid
+
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    root = tmp_path_factory.mktemp("s3_dag")
+    bucket = f"lake-{uuid.uuid4().hex[:8]}"
+    s3_server.create_bucket(bucket)
+    info = demo_posts.write_partition(root / "local", DAY, rows=30, row_group_size=10)
+    fs = s3_server.filesystem()
+    local = root / "local" / "posts" / f"dt={DAY}"
+    for f in local.iterdir():
+        with fs.open_output_stream(f"{bucket}/posts/dt={DAY}/{f.name}") as out:
+            out.write(f.read_bytes())
+    folder = root / "dags"
+    folder.mkdir()
+    (folder / "lake_on_s3.py").write_text(S3_DAG.format(bucket=bucket, bundle=str(full_bundle)))
+    connection = {
+        "conn_type": "aws",
+        "login": s3_server.access_key,
+        "password": s3_server.secret_key,
+        "extra": {"endpoint_url": s3_server.endpoint, "region_name": "us-east-1"},
+    }
+    (run,) = run_dags(
+        [{"dag_id": "lake_on_s3", "logical_date": f"{DAY}T00:00:00+00:00", "conf": {"day": DAY}}],
+        env={"AIRFLOW_CONN_LAKE_S3": json.dumps(connection)},
+        dags_folder=folder,
+    )
+    assert run["state"] == "success", run["tasks"]
+    assert task_states(run, "posts.score_shard") == ["success"] * 2
+    summary = run["xcom"]["posts.health_report"]
+    version = summary["model_version"]
+    out = f"{bucket}/scores/model_version={version}/dt={DAY}"
+    assert summary["output_dir"] == f"s3://{out}" and summary["rows"]["input"] == summary["rows"]["output"] == info["rows"] == 40
+    scored = pq.read_table(out, filesystem=fs)
+    assert scored.column("post_id").to_pylist() == pq.read_table(local).column("post_id").to_pylist()
+    assert json.loads(fs.open_input_stream(f"{out}/_SUCCESS.json").read())["rows"]["output"] == scored.num_rows
+    assert fs.get_file_info(f"{bucket}/scores/model_version={version}/_reports/dt={DAY}/report.html").size > 10_000
+    assert "storage from Connection 'lake_s3': endpoint=" + s3_server.endpoint in run_dags.log
+    assert s3_server.secret_key not in run_dags.log and s3_server.secret_key not in json.dumps(run["xcom"])
