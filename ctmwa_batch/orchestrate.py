@@ -150,7 +150,7 @@ def partition_date(partition: str) -> str | None:
     return None
 
 
-def plan_partition(input_path: str, settings: Settings, *, overwrite: bool = False, bundle: str | None = None, date: str | None = None) -> dict[str, Any]:
+def plan_input(input_path: str, settings: Settings, *, overwrite: bool = False, bundle: str | None = None, date: str | None = None) -> dict[str, Any]:
     """Plan task: resolve the model (the `bundle` folder, else the settings' model_version), plan the partition at
     `input_path` into shards. `shards` is empty when the partition is already committed for this input and model (the
     run is then a no-op) and overwrite is off. `date` is the day it holds (None: read from the partition path)."""
@@ -198,11 +198,11 @@ def plan_scoring(
         input_path = settings.input_path(date)
     if overwrite is None:
         overwrite = bool(params.get("overwrite", False))
-    return plan_partition(input_path, settings, overwrite=overwrite, bundle=bundle, date=date)
+    return plan_input(input_path, settings, overwrite=overwrite, bundle=bundle, date=date)
 
 
 def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Nightly plan: the day of the data interval (or the param partition_date) under the input root (plan_partition)."""
+    """Nightly plan: the day of the data interval (or the param partition_date) under the input root (plan_input)."""
     return plan_scoring(None, None, params, interval_start)
 
 
@@ -233,23 +233,25 @@ def commit_day(planned: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- backfill
 
 
-def plan_backfill(params: Mapping[str, Any]) -> dict[str, Any]:
+def plan_backfill(params: Mapping[str, Any], explicit: Mapping[str, Any] | None = None, *, bundle: str | None = None) -> dict[str, Any]:
     """Backfill plan task: which days of [start_date, end_date] need scoring for the model, in chunks of days.
 
     Days already committed for the model (same input fingerprint) are skipped unless overwrite; days without input
     are reported as missing (and fail the run when on_missing is "fail"). Chunks keep the mapped task count within
-    Airflow's max_map_length: one day per task until the range is longer than that.
+    Airflow's max_map_length: one day per task until the range is longer than that. start_date, end_date, overwrite,
+    on_missing and the settings come from the run's params, overlaid by `explicit` (a score_range group's arguments;
+    None values leave the params'); `bundle` is a bundle folder instead of the models root's model_version.
     """
     from ctmwa_batch.partitions import is_committed, plan_partition
 
-    params = dict(params or {})
+    params = {**dict(params or {}), **{k: v for k, v in (explicit or {}).items() if v is not None}}
     settings = Settings.load(overrides=params)
     days = date_range(parse_date(params.get("start_date"), "start_date"), parse_date(params.get("end_date"), "end_date"))
     overwrite = bool(params.get("overwrite", False))
     on_missing = params.get("on_missing") or "skip"
     if on_missing not in ("skip", "fail"):
         raise SettingsError(f"on_missing = {on_missing!r}; use 'skip' or 'fail'")
-    bundle_dir, version = resolve_bundle(settings, verify=False)  # job.score_partition verifies it
+    bundle_dir, version = resolve_bundle(settings, verify=False, bundle=bundle)  # job.score_partition verifies it
     entries = []
     for date in days:
         path = settings.input_path(date)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["score_partition", "result_of", "PlanPartitionOperator", "ScoreShardOperator", "CommitPartitionOperator", "HealthReportOperator"]
+__all__ = ["score_partition", "score_range", "result_of", "PlanPartitionOperator", "ScoreShardOperator", "CommitPartitionOperator", "HealthReportOperator"]
 
 _WHERE = {
     "score_partition": "ctmwa_batch.airflow.group",
+    "score_range": "ctmwa_batch.airflow.group",
     "result_of": "ctmwa_batch.airflow.group",
     "PlanPartitionOperator": "ctmwa_batch.airflow.operators",
     "ScoreShardOperator": "ctmwa_batch.airflow.operators",

@@ -113,3 +113,124 @@ def result_of(group: TaskGroup) -> Any:
     the health report's fields when the group has one), e.g. `rollup(result_of(scoring))`."""
     (last,) = group.get_leaves()
     return last.output
+
+
+def score_range(
+    group_id: str,
+    *,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    input_root: str | None = None,
+    partition_template: str | None = None,
+    output: str | None = None,
+    bundle: str | None = None,
+    models_root: str | None = None,
+    model_version: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    batch_size: int | None = None,
+    id_column: str | None = None,
+    text_column: str | None = None,
+    image_column: str | None = None,
+    passthrough: str | list[str] | None = None,
+    max_rows_per_shard: int | None = None,
+    overwrite: bool | None = None,
+    on_missing: str | None = None,
+    conn_id: str | None = None,
+    health_report: bool = True,
+    baseline_days: int | None = None,
+    fail_on_drift: bool | None = None,
+    asset: Asset | bool | None = True,
+    score_task_args: Mapping[str, Any] | None = None,
+    **task_group_kwargs: Any,
+) -> TaskGroup:
+    """Score a range of days with one model, in bounded parallel, skipping days already committed for it; returns
+    the TaskGroup: plan -> chunks -> score_days (mapped: one task per day, or per chunk of days when the range is
+    longer than max_map_length) -> report, health_report.
+
+    Mapping inside a mapped group is not allowed, so a range cannot be a mapped score_partition: here each mapped
+    task scores whole days (`{input_root}/{partition_template}` with each date), shard after shard. `start_date` and
+    `end_date` (YYYY-MM-DD, both included; templated) default to the run's params of those names, `on_missing`
+    ("skip" or "fail") to the param or "skip". The other arguments are score_partition's; `asset` gets one event per
+    mapped task, listing the days it committed. The model is resolved once, when plan runs.
+    """
+    from ctmwa_batch.airflow.connections import connection_storage
+
+    if bundle and (models_root or model_version):
+        raise ValueError("give bundle= (a bundle folder) or models_root= with model_version=, not both")
+    if isinstance(passthrough, (list, tuple)):
+        passthrough = ",".join(passthrough)
+    outlets = [] if asset is None or asset is False else [_output_asset(output) if asset is True else asset]
+    explicit = {
+        "start_date": start_date,
+        "end_date": end_date,
+        "overwrite": overwrite,
+        "on_missing": on_missing,
+        "input_root": input_root,
+        "partition_template": partition_template,
+        "output_root": output,
+        "models_root": models_root,
+        "model_version": model_version,
+        "device": device,
+        "precision": precision,
+        "batch_size": batch_size,
+        "id_column": id_column,
+        "text_column": text_column,
+        "image_column": image_column,
+        "passthrough": passthrough,
+        "max_rows_per_shard": max_rows_per_shard,
+        "baseline_days": baseline_days,
+        "fail_on_drift": fail_on_drift,
+    }
+    with TaskGroup(group_id, **task_group_kwargs) as group:
+
+        @task
+        def plan(explicit: dict, params=None) -> dict:
+            """Resolve the model and list the days that need scoring, in at most max_map_length chunks."""
+            from ctmwa_batch import orchestrate
+
+            with connection_storage(conn_id):
+                return orchestrate.plan_backfill(params, explicit, bundle=bundle)
+
+        @task
+        def chunks(backfill: dict) -> list:
+            """The chunks of days score_days maps over (none when every day is committed or missing)."""
+            return [list(chunk) for chunk in backfill["chunks"]]
+
+        @task(outlets=outlets)
+        def score_days(backfill: dict, dates: list, outlet_events=None) -> list:
+            """Score and commit each day of the chunk; a retry skips the shards and days that finished."""
+            from ctmwa_batch import orchestrate
+
+            with connection_storage(conn_id):
+                summaries = orchestrate.score_days(backfill, dates)
+            for outlet in outlets:
+                outlet_events[outlet].extra = orchestrate.asset_extra(summaries)
+            return summaries
+
+        @task(trigger_rule="none_failed")  # also when no day needed scoring (zero mapped tasks)
+        def report(backfill: dict, results) -> dict:
+            """Per-day table of the scored days, plus the days left alone (committed before, or no input)."""
+            from ctmwa_batch import orchestrate
+
+            return orchestrate.report_backfill(backfill, list(results or []))
+
+        @task(trigger_rule="none_failed")
+        def health(backfill: dict) -> dict:
+            """One health report for the whole range; with fail_on_drift an alert fails this task."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from ctmwa_batch import orchestrate
+
+            with connection_storage(conn_id):
+                result = orchestrate.health_report_backfill(backfill)
+            if result["fail"]:
+                raise AirflowFailException(result["failure"])
+            return result
+
+        planned = plan(explicit)
+        results = score_days.override(**dict(score_task_args or {})).partial(backfill=planned).expand(dates=chunks(planned))
+        report(planned, results)
+        if health_report:
+            results >> health.override(task_id="health_report")(planned)
+    return group
