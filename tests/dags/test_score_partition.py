@@ -124,8 +124,9 @@ def test_two_groups_in_a_users_dag_commit_every_row(run_dags, full_bundle, tmp_p
     (root / "staging" / "posts" / f"dt={CAMPAIGN[-10:]}").rename(campaign_dir)
     folder = write_dag(root / "dags", lake=str(lake), scores=str(scores), models=str(models), bundle=str(full_bundle), conn_id=None)
     lineage = root / "openlineage.json"
-    (run,) = run_dags(
-        [{"dag_id": "my_pipeline", "logical_date": f"{DAY}T00:00:00+00:00"}],
+    run, rerun = run_dags(
+        # The same day again (another run of it, six hours later): both partitions are committed, nothing to do.
+        [{"dag_id": "my_pipeline", "logical_date": f"{DAY}T00:00:00+00:00"}, {"dag_id": "my_pipeline", "logical_date": f"{DAY}T06:00:00+00:00"}],
         env={
             "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(lineage), "append": True}),
             "AIRFLOW__OPENLINEAGE__NAMESPACE": "ctmwa-tests",
@@ -158,6 +159,13 @@ def test_two_groups_in_a_users_dag_commit_every_row(run_dags, full_bundle, tmp_p
     assert [e["task_id"] for e in events] == ["campaign.commit", "posts.commit"]
     assert {e["uri"] for e in events} == {f"file://{scores}"}
     assert [e["extra"]["partitions"][0]["partition"] for e in events] == [CAMPAIGN, f"dt={DAY}"]
+
+    # The rerun: zero shards, the summaries unchanged, no Asset event.
+    assert rerun["state"] == "success", rerun["tasks"]
+    assert rerun["xcom"]["posts.shards"] == [] and set(task_states(rerun, "posts.score_shard")) == {"skipped"}
+    for group in ("posts", "campaign"):
+        assert rerun["xcom"][f"{group}.commit"]["skipped"] and rerun["xcom"][f"{group}.commit"]["committed_at"] == run["xcom"][f"{group}.commit"]["committed_at"]
+    assert rerun["asset_events"] == []
 
     # OpenLineage: posts and model in, scores (and the report) out.
     completes = {}
