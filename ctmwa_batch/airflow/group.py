@@ -18,7 +18,8 @@ from typing import Any
 
 from airflow.sdk import Asset, TaskGroup, task
 
-from ctmwa_batch.airflow.operators import CommitPartitionOperator, HealthReportOperator, PlanPartitionOperator, ScoreShardOperator
+from ctmwa_batch.airflow.connections import connection_storage
+from ctmwa_batch.airflow.operators import CommitPartitionOperator, HealthReportOperator, PlanPartitionOperator, ScoreShardOperator, settings_args
 
 
 def _output_asset(output: str | None) -> Asset:
@@ -154,12 +155,8 @@ def score_range(
     ("skip" or "fail") to the param or "skip". The other arguments are score_partition's; `asset` gets one event per
     mapped task, listing the days it committed. The model is resolved once, when plan runs.
     """
-    from ctmwa_batch.airflow.connections import connection_storage
-
     if bundle and (models_root or model_version):
         raise ValueError("give bundle= (a bundle folder) or models_root= with model_version=, not both")
-    if isinstance(passthrough, (list, tuple)):
-        passthrough = ",".join(passthrough)
     outlets = [] if asset is None or asset is False else [_output_asset(output) if asset is True else asset]
     explicit = {
         "start_date": start_date,
@@ -168,19 +165,21 @@ def score_range(
         "on_missing": on_missing,
         "input_root": input_root,
         "partition_template": partition_template,
-        "output_root": output,
-        "models_root": models_root,
-        "model_version": model_version,
-        "device": device,
-        "precision": precision,
-        "batch_size": batch_size,
-        "id_column": id_column,
-        "text_column": text_column,
-        "image_column": image_column,
-        "passthrough": passthrough,
-        "max_rows_per_shard": max_rows_per_shard,
-        "baseline_days": baseline_days,
-        "fail_on_drift": fail_on_drift,
+        **settings_args(
+            output,
+            models_root,
+            model_version,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            id_column=id_column,
+            text_column=text_column,
+            image_column=image_column,
+            passthrough=passthrough,
+            max_rows_per_shard=max_rows_per_shard,
+            baseline_days=baseline_days,
+            fail_on_drift=fail_on_drift,
+        ),
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
 
