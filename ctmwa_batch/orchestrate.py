@@ -162,6 +162,11 @@ def plan_input(input_path: str, settings: Settings, *, overwrite: bool = False, 
     plan = job.plan(input_path, settings.output_root, bundle_dir, config=config)
     skip = bool(plan.get("skip", False))
     shards = [] if skip else [s["index"] for s in plan["shards"]]
+    if len(shards) > settings.max_map_length:  # Airflow would refuse to expand score_shard over them
+        raise SettingsError(
+            f"{input_path} cuts into {len(shards)} shards of at most {settings.max_rows_per_shard} rows, more than "
+            f"max_map_length = {settings.max_map_length} mapped tasks; raise max_rows_per_shard (or [core] max_map_length with CTMWA_MAX_MAP_LENGTH)"
+        )
     if skip:
         logger.info("%s is already committed for model %s at %s: nothing to score (set overwrite to rescore)", input_path, version, plan["output_dir"])
     else:

@@ -156,3 +156,10 @@ def test_a_partition_without_a_date_gets_no_health_report(tmp_path):
     health = orchestrate.health_report(summary, None, {"output_root": str(tmp_path)})
     assert health["report_dir"] is None and not health["fail"] and "names no date" in health["notes"][0]
     assert not any(tmp_path.iterdir())
+
+
+def test_more_shards_than_airflow_maps_fail_the_plan(tmp_path, models_root):
+    demo_posts.write_partition(tmp_path / "lake", "2026-01-05", rows=30, row_group_size=10)  # 4 row groups
+    params = {**_params(tmp_path, models_root), "max_rows_per_shard": 10, "max_map_length": 3}
+    with pytest.raises(SettingsError, match="4 shards of at most 10 rows, more than max_map_length = 3"):
+        orchestrate.plan_scoring(str(tmp_path / "lake" / "posts" / "dt=2026-01-05"), None, params)
