@@ -14,8 +14,6 @@ import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from ctmwa_batch.airflow.connections import connection_storage_options
 from ctmwa_batch.airflow.provider import get_provider_info
 
@@ -44,7 +42,6 @@ def test_provider_info_is_valid_for_airflow():
             assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
 
 
-@pytest.mark.slow
 def test_airflow_providers_list_shows_the_package(tmp_path):
     """The installed package's metadata, as pip would write it from pyproject.toml (a dist-info on the path ahead of
     the development install), is what Airflow's provider discovery reads."""
