@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ from ctmwa_batch.partitions import open_filesystem, read_success
 from ctmwa_batch.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class InputPartitionMissing(CtmwaError):
@@ -96,25 +99,27 @@ def input_ready(interval_start: dt.datetime | None, params: Mapping[str, Any] | 
     return False
 
 
-def _require_input(path: str, settings: Settings, date: str) -> None:
+def _require_input(path: str, settings: Settings, date: str | None) -> None:
     why = input_state(path, settings.input_ready_marker)
     if why is not None:
+        what = f"input partition for {date}" if date else "input partition"
         raise InputPartitionMissing(
-            f"input partition for {date} is missing: {path} ({why}); the upstream load has not landed it. "
-            "Rerun this task once it exists, or check CTMWA_INPUT_ROOT / CTMWA_PARTITION_TEMPLATE"
+            f"{what} is missing: {path} ({why}); the upstream load has not landed it. "
+            "Rerun this task once it exists, or check the input path (CTMWA_INPUT_ROOT / CTMWA_PARTITION_TEMPLATE)"
         )
 
 
 # --------------------------------------------------------------------------------------------------- models
 
 
-def resolve_bundle(settings: Settings, verify: bool = True) -> tuple[str, str]:
-    """(bundle folder, model version) of the settings' model_version, resolved once per run; `verify` checks every
-    file's checksum (job.plan does that itself, so the nightly plan skips it here)."""
+def resolve_bundle(settings: Settings, verify: bool = True, bundle: str | None = None) -> tuple[str, str]:
+    """(bundle folder, model version): the `bundle` folder when given, else the settings' model_version under their
+    models root, resolved once per run; `verify` checks every file's checksum (job.plan does that itself, so the
+    nightly plan skips it here)."""
     from ctmwa_batch.bundle import load_bundle
     from ctmwa_batch.scorer import require_scoring_bundle
 
-    path = registry.resolve(settings.models_root, settings.model_version)
+    path = bundle or registry.resolve(settings.models_root, settings.model_version)
     bundle = load_bundle(path, verify=verify)
     require_scoring_bundle(bundle)
     return str(path), bundle.model_version
@@ -128,28 +133,46 @@ def score_config(settings: Settings, overwrite: bool = False) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- nightly
 
 
-def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Plan task: resolve the model, plan the day's partition into shards. `shards` is empty when the partition is
-    already committed for this input and model (the run is then a no-op) and overwrite is off."""
+def task_settings(explicit: Mapping[str, Any] | None, params: Mapping[str, Any] | None) -> Settings:
+    """The settings a task runs with: defaults, then `CTMWA_*` variables, then the run's params, then the task's own
+    arguments (`explicit`, e.g. a score_partition group's output or device; None values leave the layer below)."""
+    given = {k: v for k, v in (explicit or {}).items() if v is not None}
+    return Settings.load(overrides={**dict(params or {}), **given})
+
+
+def partition_date(partition: str) -> str | None:
+    """The day a partition path names (its first YYYY-MM-DD, e.g. `region=eu/dt=2026-01-05`), or None."""
+    for found in _DATE.finditer(partition):
+        try:
+            return dt.date.fromisoformat(found.group(0)).isoformat()
+        except ValueError:
+            continue
+    return None
+
+
+def plan_input(input_path: str, settings: Settings, *, overwrite: bool = False, bundle: str | None = None, date: str | None = None) -> dict[str, Any]:
+    """Plan task: resolve the model (the `bundle` folder, else the settings' model_version), plan the partition at
+    `input_path` into shards. `shards` is empty when the partition is already committed for this input and model (the
+    run is then a no-op) and overwrite is off. `date` is the day it holds (None: read from the partition path)."""
     from ctmwa_batch import job
 
-    params = dict(params or {})
-    settings = Settings.load(overrides=params)
-    date = day_of(interval_start, params)
-    input_path = settings.input_path(date)
     _require_input(input_path, settings, date)
-    bundle_dir, version = resolve_bundle(settings, verify=False)  # job.plan verifies it
-    overwrite = bool(params.get("overwrite", False))
+    bundle_dir, version = resolve_bundle(settings, verify=False, bundle=bundle)  # job.plan verifies it
     config = score_config(settings, overwrite)
     plan = job.plan(input_path, settings.output_root, bundle_dir, config=config)
     skip = bool(plan.get("skip", False))
     shards = [] if skip else [s["index"] for s in plan["shards"]]
+    if len(shards) > settings.max_map_length:  # Airflow would refuse to expand score_shard over them
+        raise SettingsError(
+            f"{input_path} cuts into {len(shards)} shards of at most {settings.max_rows_per_shard} rows, more than "
+            f"max_map_length = {settings.max_map_length} mapped tasks; raise max_rows_per_shard (or [core] max_map_length with CTMWA_MAX_MAP_LENGTH)"
+        )
     if skip:
         logger.info("%s is already committed for model %s at %s: nothing to score (set overwrite to rescore)", input_path, version, plan["output_dir"])
     else:
         logger.info("%s: %d rows in %d shard(s) of at most %d rows, model %s", input_path, plan["fingerprint"]["num_rows"], len(shards), settings.max_rows_per_shard, version)
     return {
-        "date": date,
+        "date": date or partition_date(plan["partition"]),
         "input_path": input_path,
         "output_dir": plan["output_dir"],
         "bundle_dir": bundle_dir,
@@ -159,6 +182,33 @@ def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | Non
         "plan": plan,
         "config": config,
     }
+
+
+def plan_scoring(
+    input_path: str | None,
+    explicit: Mapping[str, Any] | None,
+    params: Mapping[str, Any] | None,
+    interval_start: dt.datetime | None = None,
+    *,
+    overwrite: bool | None = None,
+    bundle: str | None = None,
+) -> dict[str, Any]:
+    """What a plan task of a score_partition group runs: the settings of the task (`task_settings`), the partition
+    (`input_path`, else the run's day under the input root, as `plan_day`), `overwrite` (None: the run's param)."""
+    params = dict(params or {})
+    settings = task_settings(explicit, params)
+    date = None
+    if not input_path:
+        date = day_of(interval_start, params)
+        input_path = settings.input_path(date)
+    if overwrite is None:
+        overwrite = bool(params.get("overwrite", False))
+    return plan_input(input_path, settings, overwrite=overwrite, bundle=bundle, date=date)
+
+
+def plan_day(interval_start: dt.datetime | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Nightly plan: the day of the data interval (or the param partition_date) under the input root (plan_input)."""
+    return plan_scoring(None, None, params, interval_start)
 
 
 def shards_to_score(planned: Mapping[str, Any]) -> list[int]:
@@ -188,23 +238,25 @@ def commit_day(planned: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- backfill
 
 
-def plan_backfill(params: Mapping[str, Any]) -> dict[str, Any]:
+def plan_backfill(params: Mapping[str, Any], explicit: Mapping[str, Any] | None = None, *, bundle: str | None = None) -> dict[str, Any]:
     """Backfill plan task: which days of [start_date, end_date] need scoring for the model, in chunks of days.
 
     Days already committed for the model (same input fingerprint) are skipped unless overwrite; days without input
     are reported as missing (and fail the run when on_missing is "fail"). Chunks keep the mapped task count within
-    Airflow's max_map_length: one day per task until the range is longer than that.
+    Airflow's max_map_length: one day per task until the range is longer than that. start_date, end_date, overwrite,
+    on_missing and the settings come from the run's params, overlaid by `explicit` (a score_range group's arguments;
+    None values leave the params'); `bundle` is a bundle folder instead of the models root's model_version.
     """
     from ctmwa_batch.partitions import is_committed, plan_partition
 
-    params = dict(params or {})
+    params = {**dict(params or {}), **{k: v for k, v in (explicit or {}).items() if v is not None}}
     settings = Settings.load(overrides=params)
     days = date_range(parse_date(params.get("start_date"), "start_date"), parse_date(params.get("end_date"), "end_date"))
     overwrite = bool(params.get("overwrite", False))
     on_missing = params.get("on_missing") or "skip"
     if on_missing not in ("skip", "fail"):
         raise SettingsError(f"on_missing = {on_missing!r}; use 'skip' or 'fail'")
-    bundle_dir, version = resolve_bundle(settings, verify=False)  # job.score_partition verifies it
+    bundle_dir, version = resolve_bundle(settings, verify=False, bundle=bundle)  # job.score_partition verifies it
     entries = []
     for date in days:
         path = settings.input_path(date)
@@ -313,14 +365,14 @@ def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None =
         labels = list(seen)
     head = ["date", "model", "shards", "rows", *STATUSES, *labels, "rows/s", "run"]
     lines = []
-    for s in sorted(summaries, key=lambda s: s["date"]):
+    for s in sorted(summaries, key=lambda s: s["date"] or s["partition"]):
         rows = s.get("rows") or {}
         by_status = rows.get("by_status") or {}
         sentiments = s.get("sentiments") or {}
         rate = (s.get("timings") or {}).get("rows_per_second") or (s.get("timings") or {}).get("rows_per_second_per_shard")
         lines.append(
             [
-                s["date"],
+                s["date"] or s["partition"],
                 str(s.get("model_version") or "")[:8],
                 str(s.get("shards") or ""),
                 str(rows.get("output", rows.get("input", ""))),
@@ -391,22 +443,31 @@ def _health(result: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     }
 
 
-def health_report(summary: Mapping[str, Any], params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Nightly health_report task: the day's report.html and report.json under `_reports/{partition}` beside its scores,
-    against the CTMWA_BASELINE_DAYS before it; logs the alerts. `fail` is true when one fired and CTMWA_FAIL_ON_DRIFT
-    is set (the DAG then fails this task, never the scoring)."""
+def health_report(summary: Mapping[str, Any], params: Mapping[str, Any] | None, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Health_report task: the partition's report.html and report.json under `_reports/{partition}` beside its scores,
+    against the `baseline_days` before its day (the same partition path with the earlier dates); logs the alerts.
+    `fail` is true when one fired and fail_on_drift is set (the task then fails, never the scoring). A partition whose
+    path names no date gets no report (a note says why). Settings as `task_settings(explicit, params)`."""
     from ctmwa_batch import report
+    from ctmwa_batch.drift import partition_for
     from ctmwa_batch.partitions import report_dir
 
-    settings = Settings.load(overrides=params)
+    settings = task_settings(explicit, params)
+    date, partition = summary.get("date"), summary["partition"]
+    if not date:
+        note = f"partition {partition} names no date (YYYY-MM-DD): no baseline days to compare it with, so no health report"
+        logger.warning("%s", note)
+        return {"date": None, "end_date": None, "report_dir": None, "html": None, "json": None, "alerts": [], "warnings": 0, "notes": [note], "fail": False, "failure": None}
+    # The baseline days are the same partition path with earlier dates (`region=eu/dt={date}` for region=eu/dt=...).
+    template = settings.partition_template if partition_for(date, settings.partition_template) == partition else partition.replace(date, "{date}")
     result = report.write_report(
         settings.output_root,
         summary["model_version"],
-        summary["date"],
-        report_dir(settings.output_root, summary["model_version"], summary["partition"]),
+        date,
+        report_dir(settings.output_root, summary["model_version"], partition),
         baseline_days=settings.baseline_days,
         thresholds=report.thresholds_from(settings),
-        partition_template=settings.partition_template,
+        partition_template=template,
     )
     return _health(result, settings)
 

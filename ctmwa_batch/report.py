@@ -20,6 +20,7 @@ import html
 import io
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -134,157 +135,210 @@ def _density(hist: np.ndarray) -> np.ndarray:
     return hist / max(hist.sum(), 1) * hist.size  # density over [0, 1]
 
 
-def draw_figures(numbers: dict[str, Any], figure_module: Any) -> list[dict[str, str]]:
-    """The report's figures as [{"name", "title", "caption", "png" (bytes)}]."""
-    Figure = figure_module.Figure
-    days = numbers["days"]
-    report_days = [d for d in days if d["role"] == "report"]
-    base_days = [d for d in days if d["role"] == "baseline"]
-    dates = [d["date"] for d in days]
-    x = np.arange(len(days))
-    is_report = np.array([d["role"] == "report" for d in days])
-    labels = numbers["labels"]
-    span = _span(numbers)
-    base_label = f"baseline ({len(numbers['baseline']['present'])} day(s))"
-    day_label = "tonight" if len(report_days) == 1 else f"{len(report_days)} report days"
-    last_drift = numbers["drift"].get(numbers["end_date"]) or (list(numbers["drift"].values()) or [{}])[-1]
-    out = []
+@dataclass(frozen=True)
+class _Canvas:
+    """What every figure of one report reads: the days on the x axis, their roles and the latest drift."""
 
-    def finish(fig: Any, name: str, title: str, caption: str) -> None:
-        out.append({"name": name, "title": title, "caption": caption, "png": _png(fig)})
+    Figure: Any  # matplotlib.figure.Figure
+    days: list[dict[str, Any]]
+    report_days: list[dict[str, Any]]
+    base_days: list[dict[str, Any]]
+    labels: list[str]
+    span: str
+    base_label: str  # legend entry of the baseline window
+    day_label: str  # legend entry of the report day(s)
+    last_drift: dict[str, Any]  # the drift record of the last report day
+    thresholds: dict[str, Any]
 
-    def mark_days(ax: Any) -> None:
-        ax.set_xticks(x, [_short(d) for d in dates], rotation=0 if len(dates) <= 10 else 60, fontsize=8)
-        for i, d in enumerate(days):
+    @classmethod
+    def of(cls, numbers: dict[str, Any], figure_module: Any) -> _Canvas:
+        days = numbers["days"]
+        report_days = [d for d in days if d["role"] == "report"]
+        return cls(
+            Figure=figure_module.Figure,
+            days=days,
+            report_days=report_days,
+            base_days=[d for d in days if d["role"] == "baseline"],
+            labels=numbers["labels"],
+            span=_span(numbers),
+            base_label=f"baseline ({len(numbers['baseline']['present'])} day(s))",
+            day_label="tonight" if len(report_days) == 1 else f"{len(report_days)} report days",
+            last_drift=numbers["drift"].get(numbers["end_date"]) or (list(numbers["drift"].values()) or [{}])[-1],
+            thresholds=numbers["thresholds"],
+        )
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.arange(len(self.days))
+
+    @property
+    def is_report(self) -> np.ndarray:
+        return np.array([d["role"] == "report" for d in self.days])
+
+    @property
+    def quantities(self) -> dict[str, Any]:
+        return self.last_drift.get("quantities", {})
+
+    def psi_of(self, name: str) -> float:
+        return self.quantities.get(name, {}).get("value", float("nan"))
+
+    def mark_days(self, ax: Any) -> None:
+        """Day ticks, "missing" on uncommitted days, report days shaded."""
+        dates = [d["date"] for d in self.days]
+        ax.set_xticks(self.x, [_short(d) for d in dates], rotation=0 if len(dates) <= 10 else 60, fontsize=8)
+        for i, d in enumerate(self.days):
             if not d.get("committed"):
                 ax.text(i, 0.5, "missing", rotation=90, ha="center", va="center", fontsize=8, color="#888888", transform=ax.get_xaxis_transform())
-            if is_report[i]:
+            if d["role"] == "report":
                 ax.axvspan(i - 0.5, i + 0.5, color="#fff3c4", zorder=0)
 
-    # 1. drift summary: PSI per quantity (and rate changes) against the thresholds
-    t = numbers["thresholds"]
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    def histograms(self, ax: Any, name: str, colour: str) -> None:
+        """The pooled histogram of `name`: baseline filled, report day(s) as a step line."""
+        centres = (np.arange(drift.HIST_BINS) + 0.5) / drift.HIST_BINS
+        base, now = _pooled(self.base_days, name), _pooled(self.report_days, name)
+        if base is not None and base.sum():
+            ax.fill_between(centres, _density(base), step="mid", color="#999999", alpha=0.5, label=self.base_label)
+        if now is not None and now.sum():
+            ax.step(centres, _density(now), where="mid", color=colour, lw=1.5, label=self.day_label)
+        ax.set_xlim(0, 1)
+
+
+def _figure(fig: Any, name: str, title: str, caption: str) -> dict[str, Any]:
+    return {"name": name, "title": title, "caption": caption, "png": _png(fig)}
+
+
+def _bars(ax: Any, items: list, warn: float, alert: float, xlabel: str, symmetric: bool) -> None:
+    """Horizontal bars coloured by threshold, with the warn and alert lines (both signs when `symmetric`)."""
+    if not items:
+        ax.text(0.5, 0.5, "no baseline: nothing to compare", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    names, values = zip(*items)
+    colours = ["#D55E00" if abs(v) >= alert else "#E69F00" if abs(v) >= warn else "#0072B2" for v in values]
+    ax.barh(range(len(values)), values, color=colours)
+    ax.set_yticks(range(len(values)), names, fontsize=9)
+    ax.invert_yaxis()
+    for s in ((-1, 1) if symmetric else (1,)):
+        ax.axvline(s * warn, color="#E69F00", ls="--", lw=1)
+        ax.axvline(s * alert, color="#D55E00", ls="--", lw=1)
+    if symmetric:
+        ax.axvline(0, color="black", lw=0.8)
+        lim = max(alert * 1.3, max(abs(v) for v in values) * 1.1)
+        ax.set_xlim(-lim, lim)
+    else:
+        ax.set_xlim(0, max(alert * 1.3, max(values) * 1.1))
+    ax.set_xlabel(xlabel)
+
+
+def _drift_figure(c: _Canvas) -> dict[str, Any]:
+    """PSI per quantity and status-rate changes against the thresholds."""
+    t = c.thresholds
+    fig = c.Figure(figsize=(9, 3.6), layout="constrained")
     ax_psi, ax_rate = fig.subplots(1, 2, width_ratios=[1, 1])
-    quantities = last_drift.get("quantities", {})
-    psis = [(k, v["value"]) for k, v in quantities.items() if v["kind"] == "psi"]
-    rates = [(k.replace("status:", ""), v["value"] * 100) for k, v in quantities.items() if v["kind"] == "rate" and (k.startswith("status:") or k == "unreadable_image")]
-
-    def bars(ax: Any, items: list, warn: float, alert: float, xlabel: str, symmetric: bool) -> None:
-        if not items:
-            ax.text(0.5, 0.5, "no baseline: nothing to compare", ha="center", va="center", transform=ax.transAxes)
-            ax.set_axis_off()
-            return
-        names, values = zip(*items)
-        colours = ["#D55E00" if abs(v) >= alert else "#E69F00" if abs(v) >= warn else "#0072B2" for v in values]
-        ax.barh(range(len(values)), values, color=colours)
-        ax.set_yticks(range(len(values)), names, fontsize=9)
-        ax.invert_yaxis()
-        for s in ((-1, 1) if symmetric else (1,)):
-            ax.axvline(s * warn, color="#E69F00", ls="--", lw=1)
-            ax.axvline(s * alert, color="#D55E00", ls="--", lw=1)
-        if symmetric:
-            ax.axvline(0, color="black", lw=0.8)
-            lim = max(alert * 1.3, max(abs(v) for v in values) * 1.1)
-            ax.set_xlim(-lim, lim)
-        else:
-            ax.set_xlim(0, max(alert * 1.3, max(values) * 1.1))
-        ax.set_xlabel(xlabel)
-
-    bars(ax_psi, psis, t["psi_warn"], t["psi_alert"], f"PSI (warn {t['psi_warn']:g}, alert {t['psi_alert']:g})", False)
-    bars(ax_rate, rates, t["rate_warn"] * 100, t["rate_alert"] * 100, f"change of share, points (warn ±{t['rate_warn'] * 100:g}, alert ±{t['rate_alert'] * 100:g})", True)
+    psis = [(k, v["value"]) for k, v in c.quantities.items() if v["kind"] == "psi"]
+    rates = [(k.replace("status:", ""), v["value"] * 100) for k, v in c.quantities.items() if v["kind"] == "rate" and (k.startswith("status:") or k == "unreadable_image")]
+    _bars(ax_psi, psis, t["psi_warn"], t["psi_alert"], f"PSI (warn {t['psi_warn']:g}, alert {t['psi_alert']:g})", False)
+    _bars(ax_rate, rates, t["rate_warn"] * 100, t["rate_alert"] * 100, f"change of share, points (warn ±{t['rate_warn'] * 100:g}, alert ±{t['rate_alert'] * 100:g})", True)
     ax_psi.set_title("distribution drift (PSI)", fontsize=10)
     ax_rate.set_title("status rate change", fontsize=10)
-    fig.suptitle(f"Drift of {last_drift.get('date', span)} against its baseline", fontsize=11)
-    finish(fig, "drift", "Drift against the baseline", "Bars past the dashed lines warn (orange) or alert (red). PSI on the baseline's deciles; rate changes in percentage points of all rows.")
+    fig.suptitle(f"Drift of {c.last_drift.get('date', c.span)} against its baseline", fontsize=11)
+    return _figure(fig, "drift", "Drift against the baseline", "Bars past the dashed lines warn (orange) or alert (red). PSI on the baseline's deciles; rate changes in percentage points of all rows.")
 
-    # 2. sentiment mix per day
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
+
+def _sentiment_figure(c: _Canvas) -> dict[str, Any]:
+    """The share of each predicted sentiment per day."""
+    fig = c.Figure(figsize=(9, 3.6), layout="constrained")
     ax = fig.subplots()
-    bottom = np.zeros(len(days))
-    for k, label in enumerate(labels):
-        shares = np.array([(d.get("by_sentiment", {}).get(label, 0) / d["scored"]) if d.get("committed") and d.get("scored") else 0.0 for d in days])
-        ax.bar(x, shares, bottom=bottom, color=SENTIMENT_COLOURS.get(label.lower(), PALETTE[k % len(PALETTE)]), label=label, width=0.7)
+    bottom = np.zeros(len(c.days))
+    for k, label in enumerate(c.labels):
+        shares = np.array([(d.get("by_sentiment", {}).get(label, 0) / d["scored"]) if d.get("committed") and d.get("scored") else 0.0 for d in c.days])
+        ax.bar(c.x, shares, bottom=bottom, color=SENTIMENT_COLOURS.get(label.lower(), PALETTE[k % len(PALETTE)]), label=label, width=0.7)
         bottom += shares
-    mark_days(ax)
+    c.mark_days(ax)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of scored rows")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    ax.set_title(f"Sentiment mix per day (report days shaded); PSI {quantities.get('sentiment_mix', {}).get('value', float('nan')):.3f}", fontsize=10)
-    finish(fig, "sentiment_mix", "Sentiment mix per day", "Share of each predicted sentiment among the scored rows, baseline window and report day(s).")
+    ax.set_title(f"Sentiment mix per day (report days shaded); PSI {c.psi_of('sentiment_mix'):.3f}", fontsize=10)
+    return _figure(fig, "sentiment_mix", "Sentiment mix per day", "Share of each predicted sentiment among the scored rows, baseline window and report day(s).")
 
-    # 3. confidence histogram, report days against the baseline
-    fig = Figure(figsize=(9, 3.4), layout="constrained")
+
+def _confidence_figure(c: _Canvas) -> dict[str, Any]:
+    """The confidence histogram, report days against the baseline."""
+    fig = c.Figure(figsize=(9, 3.4), layout="constrained")
     ax = fig.subplots()
-    centres = (np.arange(drift.HIST_BINS) + 0.5) / drift.HIST_BINS
-    base, now = _pooled(base_days, "confidence"), _pooled(report_days, "confidence")
-    if base is not None and base.sum():
-        ax.fill_between(centres, _density(base), step="mid", color="#999999", alpha=0.5, label=base_label)
-    if now is not None and now.sum():
-        ax.step(centres, _density(now), where="mid", color="#D55E00", lw=1.5, label=day_label)
-    ax.set_xlim(0, 1)
+    c.histograms(ax, "confidence", "#D55E00")
     ax.set_xlabel("confidence (probability of the predicted class)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8, frameon=False)
-    ax.set_title(f"Confidence, {day_label} against the {base_label}; PSI {quantities.get('confidence', {}).get('value', float('nan')):.3f}", fontsize=10)
-    finish(fig, "confidence", "Confidence distribution", "Histogram of the confidence of scored rows (100 bins over [0, 1]).")
+    ax.set_title(f"Confidence, {c.day_label} against the {c.base_label}; PSI {c.psi_of('confidence'):.3f}", fontsize=10)
+    return _figure(fig, "confidence", "Confidence distribution", "Histogram of the confidence of scored rows (100 bins over [0, 1]).")
 
-    # 4. status and missing-modality rates per day
-    fig = Figure(figsize=(9, 3.6), layout="constrained")
+
+def _rates_figure(c: _Canvas) -> dict[str, Any]:
+    """Status shares and missing-modality rates per day."""
+    fig = c.Figure(figsize=(9, 3.6), layout="constrained")
     ax_s, ax_m = fig.subplots(1, 2)
-    bottom = np.zeros(len(days))
+    bottom = np.zeros(len(c.days))
     for status in STATUSES:
-        shares = np.array([d["rates"][f"status:{status}"] if d.get("committed") else 0.0 for d in days])
-        ax_s.bar(x, shares, bottom=bottom, color=STATUS_COLOURS.get(status, "#000000"), label=status, width=0.7)
+        shares = np.array([d["rates"][f"status:{status}"] if d.get("committed") else 0.0 for d in c.days])
+        ax_s.bar(c.x, shares, bottom=bottom, color=STATUS_COLOURS.get(status, "#000000"), label=status, width=0.7)
         bottom += shares
-    mark_days(ax_s)
+    c.mark_days(ax_s)
     ax_s.set_ylim(0, 1)
     ax_s.set_ylabel("share of rows")
     ax_s.set_title("status per day", fontsize=10)
     ax_s.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for key, colour, label in (("missing_text", "#56B4E9", "no text"), ("missing_image", "#E69F00", "no image"), ("unreadable_image", "#D55E00", "undecodable image")):
-        ys = np.array([d["rates"][key] * 100 if d.get("committed") else np.nan for d in days])
-        ax_m.plot(x, ys, marker="o", color=colour, label=label)
-    mark_days(ax_m)
+        ys = np.array([d["rates"][key] * 100 if d.get("committed") else np.nan for d in c.days])
+        ax_m.plot(c.x, ys, marker="o", color=colour, label=label)
+    c.mark_days(ax_m)
     ax_m.set_ylim(bottom=0)
     ax_m.set_ylabel("% of rows")
     ax_m.set_title("missing modalities per day", fontsize=10)
     ax_m.legend(fontsize=7, frameon=False)
-    finish(fig, "rates", "Status and missing-modality rates", "Left: share of rows per status. Right: rows without a text, without an image, and with image bytes that could not be decoded.")
+    return _figure(fig, "rates", "Status and missing-modality rates", "Left: share of rows per status. Right: rows without a text, without an image, and with image bytes that could not be decoded.")
 
-    # 5. modality weights (and evidence, when the scores carry it)
-    # evidence only where the scores carry it with values (a head without evidence outputs leaves the columns null)
-    names = [*drift.DISTRIBUTIONS[1:], *(n for n in drift.EVIDENCE if (h := _pooled(report_days, n)) is not None and h.sum() > 0)]
-    fig = Figure(figsize=(9, 2.8 if len(names) <= 2 else 5.2), layout="constrained")
+
+def _modality_figure(c: _Canvas) -> dict[str, Any]:
+    """Modality weights, and the evidence where the scores carry it with values (a head without evidence outputs
+    leaves the columns null)."""
+    names = [*drift.DISTRIBUTIONS[1:], *(n for n in drift.EVIDENCE if (h := _pooled(c.report_days, n)) is not None and h.sum() > 0)]
+    fig = c.Figure(figsize=(9, 2.8 if len(names) <= 2 else 5.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots((len(names) + 1) // 2, 2)).ravel()
     for ax, name in zip(axes, names):
-        base, now = _pooled(base_days, name), _pooled(report_days, name)
-        if base is not None and base.sum():
-            ax.fill_between(centres, _density(base), step="mid", color="#999999", alpha=0.5, label=base_label)
-        if now is not None and now.sum():
-            ax.step(centres, _density(now), where="mid", color="#0072B2", lw=1.5, label=day_label)
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{name}; PSI {quantities.get(name, {}).get('value', float('nan')):.3f}", fontsize=10)
+        c.histograms(ax, name, "#0072B2")
+        ax.set_title(f"{name}; PSI {c.psi_of(name):.3f}", fontsize=10)
         ax.legend(fontsize=7, frameon=False)
     for ax in axes[len(names) :]:
         ax.set_axis_off()
     has_evidence = any(n in names for n in drift.EVIDENCE)
-    finish(
+    return _figure(
         fig,
         "modality",
         "Modality weights" + (" and evidence" if has_evidence else ""),
         "text_weight / image_weight (the meta-learned weight nets)" + (" and text_evidence / image_evidence" if has_evidence else "") + ", report day(s) against the baseline.",
     )
 
-    # 6. throughput per day
-    fig = Figure(figsize=(9, 2.8), layout="constrained")
+
+def _throughput_figure(c: _Canvas) -> dict[str, Any]:
+    """Rows per second of each day's scoring."""
+    fig = c.Figure(figsize=(9, 2.8), layout="constrained")
     ax = fig.subplots()
-    rps = np.array([(d.get("throughput") or {}).get("rows_per_second") or (d.get("throughput") or {}).get("rows_per_second_per_shard") or 0.0 if d.get("committed") else 0.0 for d in days])
-    ax.bar(x, rps, color=np.where(is_report, "#0072B2", "#999999"), width=0.7)
-    mark_days(ax)
+    rps = np.array([(d.get("throughput") or {}).get("rows_per_second") or (d.get("throughput") or {}).get("rows_per_second_per_shard") or 0.0 if d.get("committed") else 0.0 for d in c.days])
+    ax.bar(c.x, rps, color=np.where(c.is_report, "#0072B2", "#999999"), width=0.7)
+    c.mark_days(ax)
     ax.set_ylabel("rows/s")
     ax.set_title("Throughput per day (first shard start to last shard end)", fontsize=10)
-    finish(fig, "throughput", "Throughput per day", "Rows per second of each day's scoring, wall clock over all its shards.")
-    return out
+    return _figure(fig, "throughput", "Throughput per day", "Rows per second of each day's scoring, wall clock over all its shards.")
+
+
+FIGURES = (_drift_figure, _sentiment_figure, _confidence_figure, _rates_figure, _modality_figure, _throughput_figure)
+
+
+def draw_figures(numbers: dict[str, Any], figure_module: Any) -> list[dict[str, Any]]:
+    """The report's figures as [{"name", "title", "caption", "png" (bytes)}], in FIGURES order."""
+    canvas = _Canvas.of(numbers, figure_module)
+    return [draw(canvas) for draw in FIGURES]
 
 
 # --------------------------------------------------------------------------------------------------- HTML

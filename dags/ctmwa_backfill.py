@@ -7,7 +7,7 @@ Trigger it by hand with `start_date`, `end_date` (both included), `model_version
 CURRENT moves meanwhile. Parallelism is bounded by the pool (all DAGs together) and by max_active_tis_per_dag (this
 DAG's share). Days without input are listed in the report and skipped (`on_missing`: "fail" fails the run instead).
 `health_report` writes one report for the whole range under `{output_root}/model_version={v}/_reports/dt=START..END/`.
-Wiring only: every task is one call into ctmwa_batch.orchestrate.
+An example of ctmwa_batch.airflow.score_range with the deployment settings: wiring only.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Asset, Param, dag
 
+from ctmwa_batch.airflow import score_range
 from ctmwa_batch.settings import SCORES_ASSET_NAME, SCORES_ASSET_URI, Settings, override_param_specs
 
 SETTINGS = Settings.load()  # parse time: only the scheduling fields (queue, pool, retries, timeouts) are used
@@ -44,58 +44,21 @@ SCORES = Asset(name=SCORES_ASSET_NAME, uri=SCORES_ASSET_URI)
     },
 )
 def ctmwa_backfill():
-    @task
-    def plan(params=None) -> dict:
-        """Resolve the model and list the days that need scoring, in at most max_map_length chunks."""
-        from ctmwa_batch import orchestrate
-
-        return orchestrate.plan_backfill(params)
-
-    @task
-    def chunks(backfill: dict) -> list:
-        """The chunks of days score_days maps over (none when every day is committed or missing)."""
-        from ctmwa_batch import orchestrate
-
-        return orchestrate.chunks_to_score(backfill)
-
-    @task(
-        **SETTINGS.scoring_task_kwargs(),  # queue and pool of the GPU workers (executor, pod template when set)
-        retries=SETTINGS.shard_retries,
-        retry_delay=timedelta(minutes=SETTINGS.retry_delay_minutes),
-        # A task scores whole days one after another; a retry skips the shards and days that finished.
-        execution_timeout=timedelta(minutes=SETTINGS.backfill_timeout_minutes),
-        max_active_tis_per_dag=SETTINGS.max_active_shards,
-        outlets=[SCORES],
+    # Everything left out (start_date, end_date, on_missing, input, output, models, device...) comes from the run's
+    # params and the settings.
+    score_range(
+        "backfill",
+        prefix_group_id=False,  # task ids plan, chunks, score_days, report, health_report
+        asset=SCORES,
+        score_task_args={
+            **SETTINGS.scoring_task_kwargs(),  # queue and pool of the GPU workers (executor, pod template when set)
+            "retries": SETTINGS.shard_retries,
+            "retry_delay": timedelta(minutes=SETTINGS.retry_delay_minutes),
+            # A task scores whole days one after another; a retry skips the shards and days that finished.
+            "execution_timeout": timedelta(minutes=SETTINGS.backfill_timeout_minutes),
+            "max_active_tis_per_dag": SETTINGS.max_active_shards,
+        },
     )
-    def score_days(backfill: dict, dates: list, outlet_events=None) -> list:
-        """Score and commit each day of the chunk; updates the ctmwa_scores Asset with the committed partitions."""
-        from ctmwa_batch import orchestrate
-
-        summaries = orchestrate.score_days(backfill, dates)
-        outlet_events[SCORES].extra = orchestrate.asset_extra(summaries)
-        return summaries
-
-    @task(trigger_rule="none_failed")  # also when no day needed scoring (zero mapped tasks)
-    def report(backfill: dict, results) -> dict:
-        """Per-day table of the scored days, plus the days left alone (committed before, or no input)."""
-        from ctmwa_batch import orchestrate
-
-        return orchestrate.report_backfill(backfill, list(results or []))
-
-    @task(trigger_rule="none_failed")
-    def health_report(backfill: dict) -> dict:
-        """One health report for the whole range; with CTMWA_FAIL_ON_DRIFT an alert fails this task."""
-        from ctmwa_batch import orchestrate
-
-        health = orchestrate.health_report_backfill(backfill)
-        if health["fail"]:
-            raise AirflowFailException(health["failure"])
-        return health
-
-    planned = plan()
-    results = score_days.partial(backfill=planned).expand(dates=chunks(planned))
-    report(planned, results)
-    results >> health_report(planned)
 
 
 ctmwa_backfill()

@@ -1,7 +1,7 @@
 """Nightly CTMWA scoring of one day's posts partition.
 
-    wait_for_input -> plan -> shards -> score_shard (mapped: one task per shard, GPU queue and pool) -> commit
-        -> health_report -> publish, report
+    wait_for_input -> [score_partition: plan -> shards -> score_shard (mapped, GPU queue and pool) -> commit
+        -> health_report] -> publish, report
 
 Each run scores the UTC day its data interval starts on, `{input_root}/dt=YYYY-MM-DD`, into
 `{output_root}/model_version={v}/dt=YYYY-MM-DD/` (param `partition_date` names another day). A partition that has not
@@ -11,7 +11,7 @@ not a silent success. `health_report` writes report.html / report.json under
 into the Asset event's extra, and with CTMWA_FAIL_ON_DRIFT set an alert fails that task and so the run (`report`, a
 leaf, waits for it), while the scores stay committed and `publish` still publishes them. A day already committed for the same input and model is a no-op (param `overwrite` rescores).
 The tasks are idempotent, so `airflow backfill create --dag-id ctmwa_score_daily ...` works as well as the
-ctmwa_backfill DAG. Wiring only: every task is one call into ctmwa_batch.orchestrate.
+ctmwa_backfill DAG. An example of ctmwa_batch.airflow.score_partition with the deployment settings: wiring only.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
+from ctmwa_batch.airflow import score_partition
 from ctmwa_batch.settings import SCORES_ASSET_NAME, SCORES_ASSET_URI, Settings, override_param_specs
 
 SETTINGS = Settings.load()  # parse time: only the scheduling fields (schedule, queue, pool, retries, timeouts) are used
@@ -56,49 +57,20 @@ def ctmwa_score_daily():
 
         return orchestrate.input_ready(data_interval_start, params)
 
-    @task
-    def plan(params=None, data_interval_start=None) -> dict:
-        """Resolve the model once for the run and cut the partition into shards (none when already committed)."""
-        from ctmwa_batch import orchestrate
-
-        return orchestrate.plan_day(data_interval_start, params)
-
-    @task
-    def shards(planned: dict) -> list:
-        """The shard indexes score_shard maps over (none when the day is already committed)."""
-        from ctmwa_batch import orchestrate
-
-        return orchestrate.shards_to_score(planned)
-
-    @task(
-        **SETTINGS.scoring_task_kwargs(),  # queue and pool of the GPU workers (executor, pod template when set)
-        retries=SETTINGS.shard_retries,
-        retry_delay=timedelta(minutes=SETTINGS.retry_delay_minutes),
-        execution_timeout=timedelta(minutes=SETTINGS.shard_timeout_minutes),
-        max_active_tis_per_dag=SETTINGS.max_active_shards,
+    # Everything left at None (input, output, models, device, columns...) comes from the settings and the run's params.
+    scoring = score_partition(
+        "score",
+        prefix_group_id=False,  # task ids plan, shards, score_shard, commit, health_report
+        asset=None,  # publish updates the ctmwa_scores Asset, with the health report's alerts
+        score_task_args={
+            **SETTINGS.scoring_task_kwargs(),  # queue and pool of the GPU workers (executor, pod template when set)
+            "retries": SETTINGS.shard_retries,
+            "retry_delay": timedelta(minutes=SETTINGS.retry_delay_minutes),
+            "execution_timeout": timedelta(minutes=SETTINGS.shard_timeout_minutes),
+            "max_active_tis_per_dag": SETTINGS.max_active_shards,
+        },
     )
-    def score_shard(planned: dict, shard_index: int) -> dict:
-        """Score one shard on a GPU worker; a retry skips what already finished."""
-        from ctmwa_batch import orchestrate
-
-        return orchestrate.score_shard(planned, shard_index)
-
-    @task(trigger_rule="none_failed")  # runs after zero shards too: a committed day reports its existing summary
-    def commit(planned: dict) -> dict:
-        """Write _SUCCESS.json after every shard finished (unchanged when the run had nothing to score)."""
-        from ctmwa_batch import orchestrate
-
-        return orchestrate.commit_day(planned)
-
-    @task
-    def health_report(summary: dict, params=None) -> dict:
-        """Write the day's health report beside its scores and log its alerts; with CTMWA_FAIL_ON_DRIFT an alert fails this task."""
-        from ctmwa_batch import orchestrate
-
-        health = orchestrate.health_report(summary, params)
-        if health["fail"]:
-            raise AirflowFailException(health["failure"])  # no retry: the same scores drift the same way
-        return health
+    summary = scoring.get_child_by_label("commit").output
 
     # After the health report, whether it passed or failed on drift (the scores are committed either way); not when commit failed.
     @task(outlets=[SCORES], trigger_rule="all_done_min_one_success")
@@ -119,14 +91,9 @@ def ctmwa_score_daily():
 
         return orchestrate.report(summary, title=f"ctmwa_score_daily {summary['date']}")
 
-    planned = plan()
-    wait_for_input() >> planned
-    scored = score_shard.partial(planned=planned).expand(shard_index=shards(planned))
-    summary = commit(planned)
-    scored >> summary
-    health = health_report(summary)
-    health >> publish(summary)
-    health >> report(summary)  # a leaf after the health report: a drift failure makes the run fail, not only the task
+    wait_for_input() >> scoring
+    scoring >> publish(summary)
+    scoring >> report(summary)  # a leaf after the health report: a drift failure makes the run fail, not only the task
 
 
 ctmwa_score_daily()

@@ -3,7 +3,7 @@
 The tests start it as a subprocess with AIRFLOW_HOME and friends set, so Airflow's configuration, its ORM and its
 logging setup never enter the pytest process. SPEC: {"dags_folder": ..., "runs": [{"dag_id", "logical_date" (ISO or
 null), "conf" (dict), "env" (dict, set before the run)}]}. RESULT: one entry per run with the run's state, every task
-instance's state (task_id, map_index) and the non-mapped tasks' return values.
+instance's state (task_id, map_index), the non-mapped tasks' return values and the run's Asset events.
 """
 
 from __future__ import annotations
@@ -34,6 +34,17 @@ def _xcoms(dag_id: str, run_id: str) -> dict[str, object]:
     return out
 
 
+def _asset_events(dag_id: str, run_id: str) -> list[dict[str, object]]:
+    from sqlalchemy import select
+
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(select(AssetEvent).where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id))
+        return [{"task_id": e.source_task_id, "uri": e.asset.uri, "name": e.asset.name, "extra": e.extra} for e in rows]
+
+
 def main(spec_path: str, result_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
@@ -59,6 +70,7 @@ def main(spec_path: str, result_path: str) -> int:
                 "data_interval_start": dr.data_interval_start.isoformat() if dr.data_interval_start else None,
                 "tasks": [{"task_id": t, "map_index": m, "state": s} for t, m, s in tis],
                 "xcom": _xcoms(run["dag_id"], dr.run_id),
+                "asset_events": _asset_events(run["dag_id"], dr.run_id),
             }
         )
     with open(result_path, "w") as f:

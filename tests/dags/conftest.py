@@ -55,14 +55,14 @@ class DagRunner:
         self.workdir = workdir
         self.calls = 0
 
-    def __call__(self, runs: list[dict], env: dict[str, str] | None = None, timeout: float = 600) -> list[dict]:
+    def __call__(self, runs: list[dict], env: dict[str, str] | None = None, timeout: float = 600, dags_folder: Path = DAGS) -> list[dict]:
         self.calls += 1
         spec = self.workdir / f"spec-{self.calls}.json"
         result = self.workdir / f"result-{self.calls}.json"
-        spec.write_text(json.dumps({"dags_folder": str(DAGS), "runs": runs}))
+        spec.write_text(json.dumps({"dags_folder": str(dags_folder), "runs": runs}))
         proc = subprocess.run(
             [sys.executable, "-m", "tests.dags.airflow_runner", str(spec), str(result)],
-            env=airflow_env(self.home, **(env or {})),
+            env=airflow_env(self.home, AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder), **(env or {})),  # dag.test() syncs that bundle
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -76,7 +76,8 @@ class DagRunner:
 
 @pytest.fixture(scope="session")
 def run_dags(airflow_home: Path, tmp_path_factory: pytest.TempPathFactory) -> DagRunner:
-    """Call with [{"dag_id", "logical_date", "conf"}, ...] (and env for the tasks): runs them in order with dag.test()."""
+    """Call with [{"dag_id", "logical_date", "conf"}, ...] (and env for the tasks, and another dags_folder than dags/):
+    runs them in order with dag.test()."""
     return DagRunner(airflow_home, tmp_path_factory.mktemp("dag_runs"))
 
 

@@ -138,3 +138,28 @@ def test_model_version_param_pins_a_published_version(tmp_path, models_root):
     assert orchestrate.plan_day(interval, _params(tmp_path, models_root, model_version=version))["model_version"] == version
     with pytest.raises(registry.RegistryError, match="'nope' is not published"):
         orchestrate.plan_day(interval, _params(tmp_path, models_root, model_version="nope"))
+
+
+def test_task_settings_lay_the_params_under_a_groups_arguments():
+    settings = orchestrate.task_settings({"device": "cpu", "output_root": None}, {"device": "auto", "output_root": "s3://b/scores", "max_rows_per_shard": 5, "partition_date": "2026-01-05"})
+    assert (settings.device, settings.output_root, settings.max_rows_per_shard) == ("cpu", "s3://b/scores", 5)
+
+
+def test_the_date_of_a_partition_path():
+    assert orchestrate.partition_date("region=eu/dt=2026-01-05") == "2026-01-05"
+    assert orchestrate.partition_date("dt=2026-13-45/hour=2026-01-02") == "2026-01-02"  # the first real date
+    assert orchestrate.partition_date("campaign_spring") is None
+
+
+def test_a_partition_without_a_date_gets_no_health_report(tmp_path):
+    summary = {"date": None, "partition": "campaign_spring", "model_version": "v1", "output_dir": str(tmp_path / "x")}
+    health = orchestrate.health_report(summary, None, {"output_root": str(tmp_path)})
+    assert health["report_dir"] is None and not health["fail"] and "names no date" in health["notes"][0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_more_shards_than_airflow_maps_fail_the_plan(tmp_path, models_root):
+    demo_posts.write_partition(tmp_path / "lake", "2026-01-05", rows=30, row_group_size=10)  # 4 row groups
+    params = {**_params(tmp_path, models_root), "max_rows_per_shard": 10, "max_map_length": 3}
+    with pytest.raises(SettingsError, match="4 shards of at most 10 rows, more than max_map_length = 3"):
+        orchestrate.plan_scoring(str(tmp_path / "lake" / "posts" / "dt=2026-01-05"), None, params)

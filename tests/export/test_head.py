@@ -344,9 +344,10 @@ def test_evidence_is_exact_with_logits_in_the_hundreds(tmp_path):
         assert np.all(got[f"{side}_evidence"][predicted == 1] == 0.5)  # a neutral prediction carries no sentiment
 
 
-def test_training_on_separable_images_exports(tmp_path):
+def test_training_on_separable_images_exports(tmp_path, encoder_bundle):
     """Features whose image side is perfectly separable by its unimodal label: the image evidence classifier's
-    weights grow until |logits| reach the hundreds; the export validates and matches float64 within 1e-4."""
+    weights grow until |logits| reach the hundreds; `ctmwa-export head` validates, and the bundle's head matches
+    float64 within 1e-4."""
     from fixtures.features import SyntheticSpec, write_synthetic_features
     from training.cli import main as train_main
 
@@ -355,7 +356,8 @@ def test_training_on_separable_images_exports(tmp_path):
     config = '{"model": {"embed_dim": 8, "weight_net_hidden": 16}, "training": {"lr": 0.05, "batch_size": 64}}'
     assert train_main(["--features", str(features), "--out", str(out), "--epochs", "2", "--seed", "0", "--config", config]) == 0
     model, _, _ = load_checkpoint(out)
-    report = H.export_head_graph(model, tmp_path / "head.onnx", H.HeadExportConfig(extra_batch_sizes=()))
+    bundle = tmp_path / "bundle"
+    assert export_main(["head", "--checkpoint", str(out), "--encoders", str(encoder_bundle), "--out", str(bundle)]) == 0
     rng = np.random.default_rng(2)
     n = 300
     # Embeddings scaled so the image evidence logits reach 140 (the CLIP-like unit rows of separable data come close).
@@ -366,11 +368,13 @@ def test_training_on_separable_images_exports(tmp_path):
         "has_text": np.ones(n, bool),
         "has_image": np.ones(n, bool),
     }
-    got = run_head(report.path, feeds)
+    got = run_head(bundle / HEAD, feeds)
     predicted = got["logits"].argmax(1)
     for side, classifier in (("text", model.txt_e_c), ("image", model.img_e_c)):
         want = evidence_float64(classifier.weight.detach(), classifier.bias.detach(), feeds[f"{side}_emb"], predicted, neutral=1)
         np.testing.assert_allclose(got[f"{side}_evidence"], want, atol=1e-4, err_msg=side)
+    image_logits = np.abs(feeds["image_emb"].astype(np.float64) @ model.img_e_c.weight.detach().double().numpy().T).max(1)
+    assert np.median(image_logits) >= 100  # the far range, where the float32 softmax used to underflow
 
 
 # --------------------------------------------------------------------------------------------------- CLI and errors
