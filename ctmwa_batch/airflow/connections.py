@@ -41,17 +41,19 @@ def connection_storage_options(conn: Any) -> dict[str, str]:
 def connection_storage(conn_id: str | None) -> Iterator[None]:
     """While the task runs, its storage (input, output, models, image URIs) uses the Connection `conn_id`; None leaves
     the worker's standard configuration (the AWS environment, CTMWA_STORAGE_OPTIONS). Looked up here, at run time."""
+    from ctmwa_batch import storage
+
     if not conn_id:
-        yield
+        with storage.translate_errors():  # a store's fault ends the task with one line: the store, the bucket, the fix
+            yield
         return
     from airflow.sdk import BaseHook
-
-    from ctmwa_batch import storage
 
     options = connection_storage_options(BaseHook.get_connection(conn_id))
     logger.info("storage from Connection %r: %s", conn_id, ", ".join(f"{k}={v}" for k, v in options.items() if k not in storage.SECRET_KEYS and k != "access_key_id") or "no options")
     storage.configure(options)
     try:
-        yield
+        with storage.translate_errors():
+            yield
     finally:
         storage.configure(None)
