@@ -260,12 +260,13 @@ ENV_CACHE = "CTMWA_BUNDLE_CACHE"  # where bundles from an object store are cache
 _CHUNK = 8 << 20
 
 
-def _copy_stream(src: Any, dst: Any) -> None:
+def copy_stream(src: Any, dst: Any) -> None:
+    """Copy one stream into another in 8 MiB chunks (bundle files are hundreds of MB: never read whole)."""
     while chunk := src.read(_CHUNK):
         dst.write(chunk)
 
 
-def _remote_manifest(location: str) -> tuple[dict[str, Any], bytes]:
+def read_remote_manifest(location: str) -> tuple[dict[str, Any], bytes]:
     """The manifest of the bundle at `location` in an object store, and its bytes; BundleError when absent."""
     fs, path = storage.open_filesystem(location)
     try:
@@ -294,7 +295,7 @@ def fetch_bundle(location: str, cache: str | Path | None = None) -> Path:
     """A local copy of the bundle at `location` (s3://.../models/VERSION): from the cache when it holds this version
     (keyed by model version and the manifest's sha256), else downloaded, verified (every checksum) and renamed into
     the cache. A bundle is immutable, so a cached copy was verified once and is reused as it is."""
-    manifest, data = _remote_manifest(location)
+    manifest, data = read_remote_manifest(location)
     version = str(manifest["model_version"])
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", version):
         raise BundleError(f"{MANIFEST} at {location!r} has model_version {version!r}, not a folder name; publish the bundle again")
@@ -314,7 +315,7 @@ def fetch_bundle(location: str, cache: str | Path | None = None) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as out:
-                    _copy_stream(src, out)
+                    copy_stream(src, out)
             except FileNotFoundError:
                 raise BundleError(f"bundle {location!r} lists {name!r} but the store has no such object; publish it again") from None
         (staging / MANIFEST).write_bytes(data)

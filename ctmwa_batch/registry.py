@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ctmwa_batch import storage
-from ctmwa_batch.bundle import ENV_CACHE, MANIFEST, Bundle, _copy_stream, _remote_manifest, cache_root, fetch_bundle, load_bundle  # noqa: F401 - re-exported
+from ctmwa_batch.bundle import ENV_CACHE, MANIFEST, Bundle, cache_root, copy_stream, fetch_bundle, load_bundle, read_remote_manifest  # noqa: F401 - fetch_bundle, cache_root and ENV_CACHE re-exported
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.settings import CURRENT
 
@@ -207,7 +207,7 @@ def describe(models_root: str | Path) -> list[dict[str, Any]]:
     for version in list_versions(models_root):
         try:
             if _remote(models_root):  # the manifest alone: listing does not download bundles
-                manifest = _remote_manifest(storage.join(str(models_root), version))[0]
+                manifest = read_remote_manifest(storage.join(str(models_root), version))[0]
             else:
                 b: Bundle = load_bundle(Path(models_root) / version, verify=False)
                 manifest = b.manifest
@@ -236,7 +236,7 @@ def _upload(bundle: Bundle, models_root: str) -> str:
     fs, path = storage.open_filesystem(dest)
     manifest_bytes = (Path(bundle.root) / MANIFEST).read_bytes()
     if fs.get_file_info(f"{path}/{MANIFEST}").type == pafs.FileType.File:
-        remote, remote_bytes = _remote_manifest(dest)
+        remote, remote_bytes = read_remote_manifest(dest)
         problems = [] if remote_bytes == manifest_bytes else [f"{MANIFEST} differs from the bundle's"]
         listed = remote.get("files") or {}
         infos = fs.get_file_info([f"{path}/{name}" for name in sorted(listed)])
@@ -248,7 +248,7 @@ def _upload(bundle: Bundle, models_root: str) -> str:
         return dest
     for name in sorted(bundle.manifest["files"]):
         with open(Path(bundle.root) / name, "rb") as src, fs.open_output_stream(f"{path}/{name}") as out:
-            _copy_stream(src, out)
+            copy_stream(src, out)
     storage.write_object(fs, f"{path}/{MANIFEST}", manifest_bytes)  # last: the version is published from here on
     logger.info("published model %s at %s", version, dest)
     return dest
@@ -289,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         print(json.dumps(describe(args.models_root), indent=2))
     elif args.action == "current":
-        print(current_version(args.models_root) if resolve(args.models_root, CURRENT) else "")
+        resolve(args.models_root, CURRENT)  # fails unless CURRENT names a published version
+        print(current_version(args.models_root))
     elif args.action == "publish":
         print(json.dumps(publish(args.bundle, args.models_root, make_current=not args.no_current), indent=2))
     else:
