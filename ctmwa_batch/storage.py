@@ -274,7 +274,7 @@ _IN_BUCKET = re.compile(r"in bucket '([^']*)'")
 _UNREACHABLE = {"NETWORK_CONNECTION", "REQUEST_TIMEOUT", "INTERNAL_FAILURE"}
 _DENIED = {"ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "INVALID_CLIENT_TOKEN_ID", "EXPIRED_TOKEN",
            "UNRECOGNIZED_CLIENT", "MISSING_AUTHENTICATION_TOKEN", "INVALID_SIGNATURE"}
-_THROTTLED = {"SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "REQUEST_TIME_TOO_SKEWED"}
+_THROTTLED = {"SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}
 _RETRY_HINT = "then rerun: nothing was committed, and a rerun resumes from the finished shards"
 
 
@@ -305,7 +305,7 @@ def translate(error: BaseException, location: str | None = None) -> StorageError
         )
     elif code in {"NO_SUCH_BUCKET"} or "NoSuchBucket" in text:
         message = f"bucket {bucket!r} does not exist at the store {store}; create it or fix the location's bucket name"
-    elif code in _THROTTLED or "SlowDown" in text:
+    elif code in _THROTTLED or "SlowDown" in text or (http or "").startswith("5"):  # 5xx: a store down or overloaded
         message = (
             f"{where} is throttling or unavailable ({code} during {operation}) beyond {max_attempts()} attempts with "
             f"backoff; lower the concurrency (fewer parallel shards) or wait, {_RETRY_HINT}"

@@ -107,6 +107,8 @@ def test_endpoint_comes_from_the_aws_variables_then_the_options(monkeypatch):
          "operation: Please reduce your request rate.", r"bucket 'lake' is throttling or unavailable .*lower the concurrency"),
         ("When getting information for bucket 'lake': AWS Error UNKNOWN (HTTP status 503) during HeadBucket operation: No response body.",
          r"throttling or unavailable \(SLOW_DOWN during HeadBucket\)"),
+        ("When reading information for key 'x' in bucket 'lake': AWS Error UNKNOWN (HTTP status 500) during HeadObject operation: No response body.",
+         r"bucket 'lake' is throttling or unavailable \(HTTP 500 during HeadObject\)"),
     ],
 )
 def test_store_errors_become_one_clean_line(monkeypatch, message, expect):
@@ -414,3 +416,53 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
 
 def posixpath_rel(path: str, root: str) -> str:
     return path[len(root):].lstrip("/")
+
+
+@pytest.mark.slow
+def test_store_lost_mid_run_fails_cleanly_and_a_rerun_after_recovery_completes(full_bundle, tmp_path):
+    """The store goes away while shards are being scored: one clean error line, nothing committed; once it is back,
+    a rerun resumes from the finished shards and commits every row once."""
+    import subprocess
+    import sys
+    import time
+
+    from fixtures.s3server import S3Server
+    from tests.ctmwa_batch.test_score import write_posts
+
+    write_posts(tmp_path / "posts" / "part-0.parquet", 400, row_group_size=10)
+    repo = Path(__file__).resolve().parents[2]
+    with S3Server(tmp_path / "s3") as s3:  # its own server: this test stops it
+        s3.create_bucket("lake")
+        fs = s3.filesystem()
+        _upload(fs, tmp_path / "posts", f"lake/posts/{PARTITION}")
+        env = {**os.environ, **s3.env(), "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", storage.ENV_MAX_ATTEMPTS: "2"}
+        cmd = [sys.executable, "-m", "ctmwa_batch.cli", "score", "--bundle", str(full_bundle), "--input", f"s3://lake/posts/{PARTITION}",
+               "--output", "s3://lake/scores", "--device", "cpu", "--threads", "1", "--workers", "0", "--batch-size", "2",
+               "--max-rows-per-shard", "20", "--scored-at", FIXED_TIME]
+        version = load_bundle(full_bundle).model_version
+        shards = f"lake/scores/model_version={version}/{PARTITION}/_shards"
+        proc = subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [i for i in fs.get_file_info(pafs.FileSelector(shards, allow_not_found=True)) if i.base_name.endswith(".json")]
+            if len(done) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before the store could be taken away"
+        s3.stop()  # the store is gone mid-run
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        # refused connections, or the gateway's 500s while the server shuts down: either way a fault of the store
+        assert last.startswith("ctmwa-batch score: StorageError: ") and "bucket 'lake'" in last, last
+        assert "cannot reach the store" in last or "is throttling or unavailable" in last, last
+        assert "Traceback" not in err and SECRET_KEY not in err
+        s3.restart()  # the store is back, with what it held
+        out_dir = f"lake/scores/model_version={version}/{PARTITION}"
+        assert fs.get_file_info(f"{out_dir}/{partitions.SUCCESS}").type == pafs.FileType.NotFound  # nothing committed
+        rerun = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        summary = json.loads(rerun.stdout)
+        assert summary["run"]["shards_skipped"] >= 2 and summary["rows"]["output"] == 400
+        ids = _read_committed(s3.filesystem(), out_dir).column("post_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 400
