@@ -160,6 +160,8 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
     for key, arg in (("region", "region"), ("access_key_id", "access_key"), ("secret_access_key", "secret_key"), ("session_token", "session_token")):
         if opts.get(key):
             kwargs[arg] = opts[key]
+    if opts.get("profile") and "access_key" not in kwargs and "secret_key" not in kwargs:
+        kwargs.update({k: v for k, v in _profile(opts["profile"]).items() if k not in kwargs})
     # pyarrow takes explicit credentials as a pair: one given explicitly takes its partner from the environment.
     if ("access_key" in kwargs) != ("secret_key" in kwargs):
         kwargs.setdefault("access_key", os.environ.get("AWS_ACCESS_KEY_ID", ""))
@@ -168,6 +170,33 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
             raise StorageError("storage credentials come in a pair: set both access_key_id and secret_access_key "
                                "(options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
     return kwargs
+
+
+def _profile(name: str) -> dict[str, str]:
+    """Keys (and region) of a named AWS profile, from the shared credentials and config files: pyarrow's S3 client
+    takes no profile name (it reads AWS_PROFILE only), so a `profile` option is resolved here."""
+    import configparser
+
+    home = os.path.expanduser("~")
+    credentials_file = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
+    config_file = os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config")
+    credentials, config = configparser.ConfigParser(), configparser.ConfigParser()
+    credentials.read(credentials_file)
+    config.read(config_file)
+    section = credentials[name] if credentials.has_section(name) else {}
+    settings = config[f"profile {name}"] if config.has_section(f"profile {name}") else (config[name] if config.has_section(name) else {})
+    merged = {**dict(settings), **dict(section)}
+    if not merged.get("aws_access_key_id") or not merged.get("aws_secret_access_key"):
+        raise StorageError(
+            f"AWS profile {name!r} has no aws_access_key_id / aws_secret_access_key in {credentials_file} or {config_file}; "
+            "fix the profile, or set the keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or --storage-option)"
+        )
+    out = {"access_key": merged["aws_access_key_id"], "secret_key": merged["aws_secret_access_key"]}
+    if merged.get("aws_session_token"):
+        out["session_token"] = merged["aws_session_token"]
+    if merged.get("region"):
+        out["region"] = merged["region"]
+    return out
 
 
 # A store that is down or throttling is retried with the AWS SDK's standard backoff (exponential, jittered) this many

@@ -94,6 +94,20 @@ def test_endpoint_comes_from_the_aws_variables_then_the_options(monkeypatch):
     assert storage.pyarrow_s3_options()["endpoint_override"] == "10.0.0.1:8333"
 
 
+def test_a_profile_option_takes_its_keys_from_the_shared_files(monkeypatch, tmp_path):
+    (tmp_path / "credentials").write_text("[lake]\naws_access_key_id = AKIALAKE\naws_secret_access_key = lake-secret-1\n")
+    (tmp_path / "config").write_text("[profile lake]\nregion = eu-west-3\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", storage.ENV_OPTIONS):
+        monkeypatch.delenv(name, raising=False)
+    storage.configure({"profile": "lake"})
+    assert storage.pyarrow_s3_options() == {"access_key": "AKIALAKE", "secret_key": "lake-secret-1", "region": "eu-west-3"}
+    storage.configure({"profile": "nobody"})
+    with pytest.raises(StorageError, match="AWS profile 'nobody' has no aws_access_key_id"):
+        storage.pyarrow_s3_options()
+
+
 @pytest.mark.parametrize(
     ("message", "expect"),
     [
