@@ -278,7 +278,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="published versions, oldest first, with the current one marked")
     sub.add_parser("current", help="print the version CURRENT names")
     p = sub.add_parser("publish", help="copy a bundle in (verified) and make it current")
-    p.add_argument("bundle", type=Path, help="a complete bundle folder (encoders, tokenizer, head)")
+    p.add_argument("bundle", type=storage.local_path, help="a complete bundle folder (encoders, tokenizer, head)")
     p.add_argument("--no-current", action="store_true", help="publish without moving CURRENT")
     s = sub.add_parser("set-current", help="move CURRENT to a published version (a rollback, too)")
     s.add_argument("version")

@@ -19,6 +19,7 @@ retries) into one StorageError line naming the store, the bucket and the fix.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -28,6 +29,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -109,6 +111,17 @@ def check_location(location: str) -> str:
             f"{ENV_OPTIONS} or --storage-option endpoint=http://host:port"
         )
     return location
+
+
+def local_path(value: str) -> Path:
+    """argparse type of an argument that takes a local folder or file only: a URI is refused, never turned into a
+    local path (Path("s3://lake/x") would be the folder "s3:/lake/x")."""
+    if is_uri(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is a URI; this takes a local path (copy it here first; bundles go to a store with "
+            "`ctmwa-batch models --models-root s3://... publish BUNDLE`)"
+        )
+    return Path(value)
 
 
 def join(location: str, *parts: str) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from export import assemble
 from ctmwa_batch.bundle import FP32, PRECISIONS
+from ctmwa_batch.storage import local_path
 from export.encoders import EncoderExportConfig
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-export encoders` arguments."""
     d = EncoderExportConfig()
     parser.add_argument("--from", dest="source", default=d.source, help=f"hub id or local folder of a CLIP model (default {d.source})")
-    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--out", required=True, type=local_path, help="bundle folder to write")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag, commit)")
     parser.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset (default {d.opset})")
     parser.add_argument("--atol", type=float, default=d.atol, help=f"validation tolerance (default {d.atol:g})")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from ctmwa_batch.bundle import load_bundle
+from ctmwa_batch.storage import local_path
 from export import assemble
 from export.head import HeadExportConfig
 
@@ -20,12 +20,12 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-export head` arguments."""
     d = HeadExportConfig()
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder written by ctmwa-train")
-    parser.add_argument("--encoders", required=True, type=Path, help="encoders-only bundle written by ctmwa-export encoders")
-    parser.add_argument("--out", required=True, type=Path, help="full bundle folder to write")
+    parser.add_argument("--checkpoint", required=True, type=local_path, help="checkpoint folder written by ctmwa-train")
+    parser.add_argument("--encoders", required=True, type=local_path, help="encoders-only bundle written by ctmwa-export encoders")
+    parser.add_argument("--out", required=True, type=local_path, help="full bundle folder to write")
     parser.add_argument("--fp16", action="store_true", help="compute in float16 inside the graph (inputs/outputs stay float32)")
     parser.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the valid split of --features")
-    parser.add_argument("--features", type=Path, help="features Parquet for --calibrate")
+    parser.add_argument("--features", type=local_path, help="features Parquet for --calibrate")
     parser.add_argument("--labels", help="comma-separated class names (default: the checkpoint's)")
     parser.add_argument("--end-to-end", action="store_true", help="also write end_to_end.onnx: encoders + head in one graph")
     parser.add_argument("--no-fold", action="store_true", help="keep the translators' attention in the graph (for comparisons)")

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from ctmwa_batch.errors import CtmwaError
+from ctmwa_batch.storage import local_path
 from training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--features", required=True, type=Path, help="features Parquet (DESIGN.md section 5)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for the checkpoint and metrics.json")
+    parser.add_argument("--features", required=True, type=local_path, help="features Parquet (DESIGN.md section 5)")
+    parser.add_argument("--out", required=True, type=local_path, help="output folder for the checkpoint and metrics.json")
     parser.add_argument(
         "--config",
         help='JSON file or inline JSON: {"model": {CTMWAConfig fields}, "training": {TrainConfig fields}}; flags override it',

@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
+
+from ctmwa_batch.storage import local_path
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `ctmwa-train evidence`."""
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder (`ctmwa-train --out`)")
-    parser.add_argument("--features", required=True, type=Path, help="features Parquet the model was trained on")
-    parser.add_argument("--out", type=Path, help="write the refitted checkpoint here (default: in place)")
+    parser.add_argument("--checkpoint", required=True, type=local_path, help="checkpoint folder (`ctmwa-train --out`)")
+    parser.add_argument("--features", required=True, type=local_path, help="features Parquet the model was trained on")
+    parser.add_argument("--out", type=local_path, help="write the refitted checkpoint here (default: in place)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
