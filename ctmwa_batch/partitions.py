@@ -12,6 +12,11 @@ inside `_shards/`, renamed there when complete (staged), and its marker written;
 into place, removes what older plans or killed runs left, and writes `_SUCCESS.json` last. Readers (pyarrow.dataset,
 Spark, DuckDB) skip names starting with `.` or `_`, so until a commit nothing of a run is visible to them, and a
 killed run leaves nothing they would read.
+
+On an object store (s3://) a rename is a copy and a delete (`storage.move`), and markers and `_SUCCESS.json` are one
+PUT each (`storage.write_object`). A reader that honours `_SUCCESS.json` (reads the `parts` it lists) never sees a
+partial partition; a plain glob reader can see a partial set of parts while `commit` moves them in, on any storage,
+and must wait for `_SUCCESS.json` (README, "Lakes in object storage").
 """
 
 from __future__ import annotations
