@@ -182,8 +182,9 @@ def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any
     config: dict[str, Any] = {}
     endpoint = _s3_endpoint()
     if endpoint:
-        config["endpoint"] = endpoint if "://" in endpoint else f"https://{endpoint}"
-        if config["endpoint"].startswith("http://"):
+        # obstore ranks AWS_ENDPOINT_URL_S3 from the environment above a plain `endpoint`; this key ranks with it.
+        config["aws_endpoint_url_s3"] = endpoint if "://" in endpoint else f"https://{endpoint}"
+        if config["aws_endpoint_url_s3"].startswith("http://"):
             client = {**client, "allow_http": True}
     for key, name in (("region", "region"), ("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key"), ("session_token", "token")):
         if opts.get(key):
@@ -218,6 +219,12 @@ class _Stores:
             logger.debug("image store %s %s", kind, storage.redact(key[1]))
         return store
 
+    def one_off(self, url: str) -> Any:
+        """A store for one http(s) URL with a query string (its own client: no connection reuse)."""
+        from obstore.store import HTTPStore
+
+        return HTTPStore.from_url(url, client_options={**self._client, "allow_http": url.startswith("http://")}, retry_config=self._retry)
+
     def _make(self, kind: str, scheme: str, netloc: str) -> Any:
         from obstore.store import AzureStore, GCSStore, HTTPStore
 
@@ -238,6 +245,7 @@ class _Target:
     scheme: str
     netloc: str  # bucket, container or host (empty for files)
     path: str  # key inside the store, or a local path
+    whole: str | None = None  # an http(s) URL with a query string, fetched by a store of its own
 
 
 def parse_location(location: str, base: Path) -> _Target | str:
@@ -257,7 +265,11 @@ def parse_location(location: str, base: Path) -> _Target | str:
         return _Target("file", "file", "", unquote(parts.path))
     netloc, path = parts.netloc, parts.path.lstrip("/")
     if kind == "http":
-        path = parts.path.lstrip("/") + (f"?{parts.query}" if parts.query else "")
+        # obstore percent-encodes the path it is given, so it gets the decoded path; a query string (a signed URL)
+        # cannot travel in a path at all: such a URL gets a client of its own (`whole`).
+        path = unquote(parts.path).lstrip("/")
+        if parts.query and netloc:
+            return _Target(kind, parts.scheme, netloc, "", whole=location)
     if not netloc:
         return _short(f"malformed image URI {location}: no {'host' if kind == 'http' else 'bucket'}")
     if not path:
@@ -369,7 +381,7 @@ class Fetcher:
             outcome = await self._local(location, target)
         else:
             try:
-                store = self._stores.get(target.kind, target.scheme, target.netloc)
+                store = self._stores.one_off(target.whole) if target.whole else self._stores.get(target.kind, target.scheme, target.netloc)
             except CtmwaError:
                 raise
             except Exception as e:  # noqa: BLE001 - a store that cannot be built is a configuration error of the run
