@@ -324,6 +324,12 @@ class Fetcher:
         """Start fetching a batch's images; the handle's `result` is (bytes or None, error text or None) per row."""
         return asyncio.run_coroutine_threadsafe(self._batch(list(locations), base), self._loop)
 
+    def submit_windows(self, locations: Sequence[str | None], base: Path) -> list[cf.Future]:
+        """`submit` per window of `concurrency` rows, in order: a window's images can be decoded while the next
+        window's are still on the way (requests are served first come, first served)."""
+        w = self.config.concurrency
+        return [self.submit(locations[i : i + w], base) for i in range(0, len(locations), w)] or [self.submit([], base)]
+
     def result(self, handle: cf.Future) -> tuple[list[bytes | None], list[str | None]]:
         """Wait for a submitted batch; FetchFailed / FetchDenied when the run must fail (nothing committed)."""
         images, errors = handle.result()

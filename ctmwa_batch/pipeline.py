@@ -221,7 +221,7 @@ class _Run:
                 prepared = prepare(*item)
                 t2 = time.perf_counter()
                 locations = getattr(prepared, "locations", None)
-                handle = None if locations is None else self.fetcher.submit(locations, item[1])
+                handle = None if locations is None else self.fetcher.submit_windows(locations, item[1])
                 seconds.read += t1 - t0
                 seconds.prepare += t2 - t1
                 if not self.put(self.fetching, (prepared, handle)):
@@ -232,20 +232,31 @@ class _Run:
             self.put(self.fetching, _END)
 
     def fetch_loop(self) -> None:
-        """Batches in order: wait for their images (if by reference), then hand the bytes to the decoder."""
+        """Batches in order: wait for their images (if by reference) window by window, handing each window's bytes to
+        the decoder as it arrives, so decoding overlaps the rest of the fetch."""
         seconds = self.stats.seconds
         try:
             while (item := self.get(self.fetching)) is not _END:
-                prepared, handle = item
-                if handle is not None:
-                    t0 = time.perf_counter()
-                    while not handle.done():
-                        if self.stop.is_set():
-                            return
-                        cf.wait([handle], timeout=0.1)
-                    prepared.images, prepared.read_errors = self.fetcher.result(handle)
-                    seconds.fetch_wait += time.perf_counter() - t0
-                if not self.put(self.prepared, (prepared, self.decoder.submit(prepared.images))):
+                prepared, windows = item
+                if windows is None:
+                    decoding = [self.decoder.submit(prepared.images)]
+                else:
+                    images: list[bytes | None] = []
+                    errors: list[str | None] = []
+                    decoding = []
+                    for window in windows:
+                        t0 = time.perf_counter()
+                        while not window.done():
+                            if self.stop.is_set():
+                                return
+                            cf.wait([window], timeout=0.1)
+                        got, why = self.fetcher.result(window)
+                        seconds.fetch_wait += time.perf_counter() - t0
+                        images += got
+                        errors += why
+                        decoding.append(self.decoder.submit(got))
+                    prepared.images, prepared.read_errors = images, errors
+                if not self.put(self.prepared, (prepared, decoding)):
                     break
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
             self.fail(e)
@@ -273,15 +284,22 @@ class _Run:
     def infer_loop(self, infer: Callable[[Any, Decoded], pa.RecordBatch]) -> None:
         try:
             while (item := self.get(self.prepared)) is not _END:
-                prepared, handle = item
+                prepared, decoding = item
                 t0 = time.perf_counter()
-                decoded = self.decoder.result(handle)
+                decoded = _joined([self.decoder.result(h) for h in decoding])
                 self.stats.seconds.decode_wait += time.perf_counter() - t0
                 if not self.put(self.scored, infer(prepared, decoded)):
                     break
             self.put(self.scored, _END)
         except BaseException as e:
             self.fail(e)
+
+
+def _joined(parts: list[Decoded]) -> Decoded:
+    """One batch's decoded windows as one."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), [r for p in parts for r in p[2]]
 
 
 def run(
