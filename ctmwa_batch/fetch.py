@@ -459,8 +459,9 @@ class Fetcher:
                 stats.requests += 1
                 t0 = time.perf_counter()
                 try:
-                    result = await asyncio.wait_for(obstore.get_async(store, path), c.request_timeout_s + 1)
-                    data = bytes(await asyncio.wait_for(result.bytes_async(), c.request_timeout_s + 1))
+                    # obstore's client enforces connect_timeout_s and request_timeout_s (client_options)
+                    result = await obstore.get_async(store, path)
+                    data = bytes(await result.bytes_async())
                 except Exception as e:  # noqa: BLE001 - classified below
                     error: BaseException | None = e
                 else:
