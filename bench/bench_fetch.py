@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=25.0, help="held per request by the proxy in front of each store")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY, help="--fetch-concurrency of the URI runs")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each scoring case, interleaved; the best is reported")
+    parser.add_argument("--model", choices=["tiny", "vit-b32"], default="tiny",
+                        help="the bundle: tiny encoders (decoding is the whole cost) or full-size ViT-B/32 (random weights)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_fetch"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -157,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work / "s3", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     print("machine:", cpu_flags(), flush=True)
-    bundle, _ = build_bundle(work, "tiny")
+    bundle, _ = build_bundle(work, args.model)
     delay = args.latency_ms / 1000
-    report: dict = {"machine": cpu_flags(), "posts": args.posts, "latency_ms": args.latency_ms, "concurrency": args.concurrency}
+    report: dict = {"machine": cpu_flags(), "model": args.model, "posts": args.posts, "latency_ms": args.latency_ms, "concurrency": args.concurrency}
     with S3Server(work / "s3") as s3, ImageHTTPServer() as http, \
             ProxyProcess(("127.0.0.1", s3.port), delay) as s3_proxy, ProxyProcess(("127.0.0.1", http.port), delay) as http_proxy:
         os.environ.update(s3.env() | {"AWS_ENDPOINT_URL_S3": s3_proxy.endpoint})
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     inline = best["inline"]["rows_per_s"]
     seq = fetch_only["sequential pyarrow S3FileSystem"]
     print()
-    print(f"machine: {report['machine']}; {args.posts} posts (500x400 JPEG ~50 KB), tiny bundle, {args.latency_ms:g} ms per request, "
+    print(f"machine: {report['machine']}; {args.posts} posts (500x400 JPEG ~50 KB), {args.model} bundle, {args.latency_ms:g} ms per request, "
           f"--fetch-concurrency {args.concurrency}, best of {args.repeat}")
     print()
     print("| run | rows/s or images/s | vs inline | vs sequential fetch | fetch p50 / p95 ms | retries |")
