@@ -8,6 +8,7 @@ texts) and the tiny bundle:
    on a real S3 server (SeaweedFS, fixtures/s3server.py), http:// URLs on a local HTTP server; both stores behind a
    user-space TCP proxy that holds every request `--latency-ms` (fixtures/netproxy.py, in a process of its own so it
    does not share the scorer's GIL; this kernel has no netem);
+   and once more on s3:// with one GET in flight (`--fetch-concurrency 1`: a sequential fetch, end to end);
 2. the fetch alone, on the same s3:// objects: today's sequential loop (one reused pyarrow S3FileSystem), our
    fetcher (ctmwa_batch.fetch) at its default concurrency and at Daft's, and Daft's `url.download` (max_connections
    32 and ours), as images/s.
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs[kind].append(result)
                 print(f"score, images {kind}:", json.dumps(result), flush=True)
         best = {kind: max(rs, key=lambda r: r["rows_per_s"]) for kind, rs in runs.items()}
+        # the scorer with one GET in flight: a sequential fetch, end to end
+        best["s3-sequential"] = score(bundle, posts["s3"], work / "scores-s3-sequential", 1)
+        print("score, images s3, --fetch-concurrency 1:", json.dumps(best["s3-sequential"]), flush=True)
         fetch_only = {
             "sequential pyarrow S3FileSystem": sequential_pyarrow(s3, s3_proxy.endpoint, args.posts),
             f"ctmwa_batch.fetch, concurrency {args.concurrency}": ours_fetch_only(args.posts, args.concurrency),
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| run | rows/s or images/s | vs inline | vs sequential fetch | fetch p50 / p95 ms | retries |")
     print("|---|---|---|---|---|---|")
-    for kind, label in (("inline", "score, inline bytes"), ("s3", "score, s3:// keys"), ("http", "score, http:// URLs")):
+    for kind, label in (("inline", "score, inline bytes"), ("s3", "score, s3:// keys"), ("http", "score, http:// URLs"),
+                        ("s3-sequential", "score, s3:// keys, --fetch-concurrency 1")):
         r = best[kind]
         f = r["fetch"] or {}
         lat = f"{f['latency_p50_ms']} / {f['latency_p95_ms']}" if f else "-"
