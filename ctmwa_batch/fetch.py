@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import os
 import random
 import re
 import threading
@@ -127,6 +128,12 @@ class _Outcome:
     kind: str  # ok | not_found | denied | failed | refused | invalid | error
 
 
+def shown(location: str) -> str:
+    """A location as errors show it: a query string (a signed URL's signature) is left out."""
+    head, sep, _ = location.partition("?")
+    return f"{head}?..." if sep and "://" in head else location
+
+
 def _short(text: str) -> str:
     text = storage.redact(text).replace("\n", " ")
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
@@ -170,8 +177,6 @@ def _seconds(s: float) -> timedelta:
 
 def _s3_endpoint() -> str | None:
     """The S3 endpoint in force: the explicit option, else the AWS environment's (AWS_ENDPOINT_URL_S3 first)."""
-    import os
-
     return storage.options().get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
@@ -256,11 +261,11 @@ def parse_location(location: str, base: Path) -> _Target | str:
     scheme = location.split("://", 1)[0].lower()
     kind = SCHEMES.get(scheme)
     if kind is None:
-        return _short(f"unsupported image URI scheme {scheme!r} in {location}; use {SUPPORTED}")
+        return _short(f"unsupported image URI scheme {scheme!r} in {shown(location)}; use {SUPPORTED}")
     try:
         parts = urlsplit(location)
     except ValueError as e:
-        return _short(f"malformed image URI {location}: {e}")
+        return _short(f"malformed image URI {shown(location)}: {e}")
     if kind == "file":
         return _Target("file", "file", "", unquote(parts.path))
     netloc, path = parts.netloc, parts.path.lstrip("/")
@@ -318,7 +323,7 @@ class Fetcher:
                 future.set_exception(e)
 
         self._loop.call_soon_threadsafe(run)
-        return future.result()
+        return future.result(timeout=60)
 
     def submit(self, locations: Sequence[str | None], base: Path) -> cf.Future:
         """Start fetching a batch's images; the handle's `result` is (bytes or None, error text or None) per row."""
@@ -392,7 +397,7 @@ class Fetcher:
                 raise
             except Exception as e:  # noqa: BLE001 - a store that cannot be built is a configuration error of the run
                 stats.invalid += 1
-                return _Outcome(None, _short(f"image store for {location} cannot be configured: {type(e).__name__}: {e}"), "invalid")
+                return _Outcome(None, _short(f"image store for {shown(location)} cannot be configured: {type(e).__name__}: {e}"), "invalid")
             outcome = await self._remote(location, store, target.path)
         self._account(outcome, location)
         return outcome
@@ -474,17 +479,17 @@ class Fetcher:
                 return _Outcome(data, None, "ok")
             kind = classify(error)
             if kind == "not_found":
-                return _Outcome(None, _short(f"image not found: {location}"), "not_found")
+                return _Outcome(None, _short(f"image not found: {shown(location)}"), "not_found")
             if kind == "denied":
                 status = _status(error)
-                return _Outcome(None, _short(f"image permission denied{f' (HTTP {status})' if status else ''}: {location}"), "denied")
+                return _Outcome(None, _short(f"image permission denied{f' (HTTP {status})' if status else ''}: {shown(location)}"), "denied")
             if kind == "refused":
-                return _Outcome(None, _short(f"image fetch refused (HTTP {_status(error)}): {location}"), "refused")
+                return _Outcome(None, _short(f"image fetch refused (HTTP {_status(error)}): {shown(location)}"), "refused")
             # transient: back off (full jitter) unless out of tries or of time
             delay = random.uniform(0, min(c.backoff_max_s, c.backoff_initial_s * 2 ** (tries - 1)))
             if tries >= c.max_tries or time.perf_counter() - start + delay > c.retry_budget_s:
-                logger.debug("giving up on %s after %d tries: %s", storage.redact(location), tries, _cause(error))
-                return _Outcome(None, _short(f"image fetch failed after {tries} tries: {location}: {_cause(error)}"), "failed")
+                logger.debug("giving up on %s after %d tries: %s", storage.redact(shown(location)), tries, _cause(error))
+                return _Outcome(None, _short(f"image fetch failed after {tries} tries: {shown(location)}: {_cause(error)}"), "failed")
             await asyncio.sleep(delay)
 
 

@@ -185,9 +185,12 @@ def test_classify(message, kind):
 
 def test_http_percent_encoded_paths_and_signed_urls(tmp_path):
     with ImageHTTPServer({"a b.jpg": b"plain", "a b.jpg?sig=1&x=%2F": b"signed"}) as server:
+        port = server.port
         with Fetcher(FAST) as fetcher:
-            data, errors = fetcher.fetch([server.endpoint + "/a%20b.jpg", server.endpoint + "/a%20b.jpg?sig=1&x=%2F"], tmp_path)
-    assert data == [b"plain", b"signed"] and errors == [None, None]
+            data, errors = fetcher.fetch([server.endpoint + "/a%20b.jpg", server.endpoint + "/a%20b.jpg?sig=1&x=%2F",
+                                          server.endpoint + "/gone.jpg?X-Amz-Signature=deadbeef"], tmp_path)
+    assert data == [b"plain", b"signed", None] and errors[:2] == [None, None]
+    assert errors[2] == f"image not found: http://127.0.0.1:{port}/gone.jpg?..."  # a signature is never shown
 
 
 def test_parse_location(tmp_path):
