@@ -194,18 +194,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {report['machine']}; {args.posts} posts (500x400 JPEG ~50 KB), {args.model} bundle, {args.latency_ms:g} ms per request, "
           f"--fetch-concurrency {args.concurrency}, best of {args.repeat}")
     print()
-    print("| run | rows/s or images/s | vs inline | vs sequential fetch | fetch p50 / p95 ms | retries |")
-    print("|---|---|---|---|---|---|")
+    print("| run | rows/s or images/s | vs inline | vs sequential fetch | waited for images | fetch p50 / p95 ms | retries |")
+    print("|---|---|---|---|---|---|---|")
     for kind, label in (("inline", "score, inline bytes"), ("s3", "score, s3:// keys"), ("http", "score, http:// URLs"),
                         ("s3-sequential", "score, s3:// keys, --fetch-concurrency 1")):
         r = best[kind]
         f = r["fetch"] or {}
         lat = f"{f['latency_p50_ms']} / {f['latency_p95_ms']}" if f else "-"
-        print(f"| {label} | **{r['rows_per_s']:,}** | {r['rows_per_s'] / inline:.2f}x | {r['rows_per_s'] / seq:.1f}x | {lat} | {f.get('retries', '-')} |")
+        st = r["stages_s"]
+        waited = f"{st['fetch_wait']:.2f} s of {st['total']:.2f} s" if f else "-"
+        print(f"| {label} | **{r['rows_per_s']:,}** | {r['rows_per_s'] / inline:.2f}x | {r['rows_per_s'] / seq:.1f}x | {waited} | {lat} | {f.get('retries', '-')} |")
     for name, rate in fetch_only.items():
         if rate is None:
             continue
-        print(f"| fetch alone: {name} | {rate:,.1f} | | {rate / seq:.1f}x | | |")
+        print(f"| fetch alone: {name} | {rate:,.1f} | | {rate / seq:.1f}x | | | |")
     daft = fetch_only.get(f"Daft url.download, max_connections {args.concurrency}")
     ours = fetch_only[f"ctmwa_batch.fetch, concurrency {args.concurrency}"]
     if daft:
