@@ -399,10 +399,10 @@ class Fetcher:
                 stats.invalid += 1
                 return _Outcome(None, _short(f"image store for {shown(location)} cannot be configured: {type(e).__name__}: {e}"), "invalid")
             outcome = await self._remote(location, store, target.path)
-        self._account(outcome, location)
+        self._account(outcome)
         return outcome
 
-    def _account(self, outcome: _Outcome, location: str) -> None:
+    def _account(self, outcome: _Outcome) -> None:
         stats, c = self.stats, self.config
         if outcome.kind in ("not_found", "denied", "failed", "refused"):
             setattr(stats, outcome.kind, getattr(stats, outcome.kind) + 1)
