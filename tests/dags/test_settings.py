@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import sys
-
-import argparse
 
 import pytest
 
