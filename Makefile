@@ -47,6 +47,8 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_score.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_report.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_storage.py
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),bench]"  # Daft, the peer of bench_fetch.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_fetch.py
 
 # On a CUDA machine with onnxruntime-gpu: the gpu-marked tests and bench_score.py --device cuda (fp32, fp16), one table.
 # Uses .venv when there is one, else $(PYTHON) with PYTHONPATH=. (see bench/gpu_check.sh).

@@ -20,6 +20,7 @@ DEFAULT_DEVICE = "auto"  # CLI and library default: CUDA when it works, else CPU
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_ROWS_PER_SHARD = 200_000
 DEFAULT_QUEUE_BATCHES = 4  # batches in flight between two pipeline stages
+DEFAULT_FETCH_CONCURRENCY = 64  # image GETs in flight per worker (images by URI): hides ~25 ms per request at ~2,500 images/s
 DEFAULT_ID_COLUMN = "post_id"
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_IMAGE_COLUMN = "image"
@@ -69,10 +70,16 @@ class ScoreConfig:
     passthrough: tuple[str, ...] = ()  # further input columns copied to the output after the scores
     scored_at: str | None = None  # ISO-8601 time stamped on every row (reproducible reruns); None = the time of scoring
     precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight (image column of URIs), all stores together
+    max_fetch_failures: int = 0  # rows per shard that may end image_missing when the image store fails past the retries; beyond, the shard fails
 
     def __post_init__(self) -> None:
         check_device(self.device)
         check_precision(self.precision)
+        if self.fetch_concurrency < 1:
+            raise ValueError(f"fetch_concurrency {self.fetch_concurrency}: must be at least 1")
+        if self.max_fetch_failures < 0:
+            raise ValueError(f"max_fetch_failures {self.max_fetch_failures}: must be 0 or more")
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size}: must be at least 1")
         if self.workers is not None and self.workers < 0:

@@ -182,6 +182,7 @@ class _EmbedPrepared:
     tokens: TokenizedTexts
     images: list[bytes | None]
     read_errors: list[str | None]
+    locations: list[str | None] | None  # image URIs/paths the pipeline's fetch stage turns into `images`
 
 
 @dataclass
@@ -207,8 +208,8 @@ def _steps(encoders: Encoders, config: EmbedConfig, image_paths: bool, out_schem
 
     def prepare(batch: pa.RecordBatch, base: Path) -> _EmbedPrepared:
         texts = batch.column(config.text_column).to_pylist() if config.text_column else [None] * batch.num_rows
-        images, read_errors = image_items(batch, config.image_column, image_paths, base)
-        return _EmbedPrepared(batch, encoders.tokenizer.encode(texts), images, read_errors)
+        images, locations = image_items(batch, config.image_column, image_paths)
+        return _EmbedPrepared(batch, encoders.tokenizer.encode(texts), images, [None] * batch.num_rows, locations)
 
     def infer(prepared: _EmbedPrepared, decoded: pipeline.Decoded) -> pa.RecordBatch:
         pixels, image_ok, image_reasons = decoded

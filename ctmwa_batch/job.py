@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from ctmwa_batch import partitions, pipeline
 from ctmwa_batch.bundle import Bundle, load_bundle
 from ctmwa_batch.config import JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
+from ctmwa_batch.fetch import FetchConfig, Fetcher
 from ctmwa_batch.inputs import InputColumns, PlanMismatch, check_input, check_unchanged, planned_columns
 from ctmwa_batch.partitions import PartitionNotReady, PartitionPlan
 from ctmwa_batch.posts import ImageDecoder
@@ -82,12 +84,14 @@ def _plan(
 
 
 class _Session:
-    """What scoring several shards in one process shares: the scorer's sessions and the decoding pool."""
+    """What scoring several shards in one process shares: the scorer's sessions, the decoding pool and the image
+    fetcher (its stores and connections)."""
 
     def __init__(self, bundle: Bundle, labels: list[str], config: JobConfig):
         self.config = config
         self.scorer = Scorer(bundle, config.score, labels=labels)
         self.decoder = ImageDecoder(self.scorer.image_spec, config.score.decode_workers)
+        self.fetcher = Fetcher(FetchConfig(concurrency=config.score.fetch_concurrency, max_failures=config.score.max_fetch_failures))
         logger.info(
             "scoring with model %s on %s, %s encoders, %d decoding process(es), batch %d",
             self.scorer.model_version, self.scorer.provider, self.scorer.precision, config.score.decode_workers, config.score.batch_size,
@@ -97,6 +101,7 @@ class _Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.fetcher.close()
         self.decoder.close()
 
 
@@ -128,7 +133,8 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
     with partitions.part_writer(p, shard_index, out_schema) as part:
         sink = pipeline.ParquetSink(part.writer, out_schema, config.row_group_rows, counts.add)
         stats = pipeline.run(batches, steps, session.decoder, sink, queue_batches=config.queue_batches,
-                             name=f"score-{shard_index}", progress=progress)
+                             name=f"score-{shard_index}", progress=progress, fetcher=session.fetcher,
+                             fetch_batches=_fetch_batches(config))
         if stats.rows != shard.num_rows:
             raise CtmwaError(
                 f"shard {shard_index} of {p.partition}: wrote {stats.rows} rows for {shard.num_rows} input rows; "
@@ -143,11 +149,19 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
             provider=scorer.provider,
             precision=scorer.precision,
         )
+        if stats.fetch is not None:
+            part.stats["fetch"] = stats.fetch
         marker = dict(part.stats)
     total = stats.seconds.total
     logger.info("shard %d of %s: %d rows in %.1fs (%.0f rows/s) %s", shard_index, p.partition, stats.rows, total,
                 stats.rows / total if total else 0.0, counts.statuses)
     return marker
+
+
+def _fetch_batches(config: JobConfig) -> int:
+    """Batches whose images may be in flight at once: at least two batches' worth of the fetch concurrency, so every
+    request slot stays busy while the fetch thread hands a finished batch on, and never fewer than the queues hold."""
+    return max(config.queue_batches, math.ceil(2 * config.score.fetch_concurrency / config.score.batch_size))
 
 
 def _shard_summary(marker: dict[str, Any], skipped: bool) -> dict[str, Any]:
@@ -249,15 +263,36 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
         "timings": {k: v for k, v in success["timings"].items() if k != "shards"},
         "parts": len(success["parts"]),
         "runtime": success.get("runtime", {}),  # encoder precision and execution provider the shards ran with
+        **({"fetch": success["fetch"]} if success.get("fetch") else {}),  # images by reference: requests, bytes, retries, latency
         "committed_at": success["committed_at"],
     }
+
+
+def fetch_totals(markers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The image fetch stats of a partition from its shards' markers: counts summed; latency percentiles are the
+    worst shard's (percentiles do not add up); None when no shard fetched images by reference."""
+    fetches = [m["fetch"] for m in markers if m and m.get("fetch")]
+    if not fetches:
+        return None
+    total: dict[str, Any] = {}
+    for f in fetches:
+        for key, value in f.items():
+            if key.startswith("latency_"):
+                known = [v for v in (total.get(key), value) if v is not None]
+                total[key] = max(known) if known else None
+            elif key == "concurrency":
+                total[key] = value
+            elif isinstance(value, (int, float)):
+                total[key] = round(total.get(key, 0) + value, 3)
+    return total
 
 
 def _commit(p: PartitionPlan) -> dict[str, Any]:
     existing = partitions.read_success(p.output_dir)
     if existing is not None and existing.get("plan_id") == p.plan_id and partitions.is_committed(p):
         return summary(existing, p.output_dir)
-    return summary(partitions.commit(p), p.output_dir)
+    fetch = fetch_totals([partitions.shard_done(p, s.index) for s in p.shards])
+    return summary(partitions.commit(p, {"fetch": fetch} if fetch else None), p.output_dir)
 
 
 def commit(plan: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,20 @@
-"""The one decode-and-encode loop: record batches of posts stream through four overlapped stages joined by bounded
+"""The one decode-and-encode loop: record batches of posts stream through five overlapped stages joined by bounded
 queues, so memory stays flat whatever the input's size. `score` (ctmwa_batch.job) and `embed` (ctmwa_batch.embed)
 both run on it; they differ only in their two steps and their sink.
 
     reader thread    record batches from the source (a shard's row groups, or a dataset); `prepare` (columns,
-                     tokenization, no model); image bytes handed to the decoder (submit returns at once)
-    decoder          worker processes (or the reader thread itself with workers=0): bytes -> uint8 pixels
+                     tokenization, no model); image URIs/paths handed to the fetcher (submit returns at once)
+    fetcher          an asyncio loop in its own thread (ctmwa_batch.fetch): a bounded number of GETs in flight,
+                     across the batches the reader has submitted
+    fetch thread     waits for a batch's image bytes (at once when the column holds bytes), hands them to the decoder
+    decoder          worker processes (or the fetch thread itself with workers=0): bytes -> uint8 pixels
     main thread      waits for a batch's pixels, runs `infer` (the encoders, and the head when scoring)
     writer thread    the sink: output batches -> Parquet, counts, progress
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
 import queue
 import threading
@@ -26,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ctmwa_batch import partitions
+from ctmwa_batch.fetch import Fetcher
 from ctmwa_batch.partitions import Shard
 from ctmwa_batch.posts import ImageDecoder
 from ctmwa_batch.progress import Progress
@@ -38,9 +43,11 @@ _END = object()
 
 
 class HasImages(Protocol):
-    """What `prepare` returns: at least the batch's image bytes (None where null or unreadable)."""
+    """What `prepare` returns: at least the batch's image bytes, or their locations for the fetch stage to fill them."""
 
-    images: list[bytes | None]
+    images: list[bytes | None]  # image bytes (None where null, unreadable, or still to fetch)
+    locations: list[str | None] | None  # image URIs/paths to fetch into `images`; None when the column holds bytes
+    read_errors: list[str | None]  # why a location gave no bytes (the fetch stage sets them)
 
 
 P = TypeVar("P", bound=HasImages)
@@ -68,6 +75,8 @@ class StageSeconds:
 
     read: float = 0.0  # waiting for the source's next batch
     prepare: float = 0.0  # the prepare step
+    fetch: float = 0.0  # wall time with at least one image GET in flight (images by URI)
+    fetch_wait: float = 0.0  # the fetch thread waiting for a batch's images (what fetching did not hide)
     decode_wait: float = 0.0  # the main thread waiting for a batch's pixels
     decode: float = 0.0  # decoding, all workers together
     write: float = 0.0  # the sink
@@ -85,6 +94,7 @@ class PipelineStats:
     rows: int = 0  # rows the sink wrote
     batches: int = 0  # batches the sink wrote
     seconds: StageSeconds = field(default_factory=StageSeconds)
+    fetch: dict[str, Any] | None = None  # the fetcher's stats (requests, bytes, retries, latency) when images were by URI
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -163,11 +173,13 @@ class ParquetSink:
 class _Run:
     """One run's queues, stop flag, failures and stats; the three loops below are its threads."""
 
-    def __init__(self, decoder: ImageDecoder, sink: Sink, queue_batches: int, progress: Progress | None):
+    def __init__(self, decoder: ImageDecoder, fetcher: Fetcher, sink: Sink, queue_batches: int, fetch_batches: int, progress: Progress | None):
         self.decoder = decoder
+        self.fetcher = fetcher
         self.sink = sink
         self.progress = progress
         self.stop = threading.Event()
+        self.fetching: queue.Queue = queue.Queue(maxsize=fetch_batches)
         self.prepared: queue.Queue = queue.Queue(maxsize=queue_batches)
         self.scored: queue.Queue = queue.Queue(maxsize=queue_batches)
         self.failures: list[BaseException] = []
@@ -208,10 +220,43 @@ class _Run:
                     break
                 prepared = prepare(*item)
                 t2 = time.perf_counter()
-                handle = self.decoder.submit(prepared.images)
+                locations = getattr(prepared, "locations", None)
+                handle = None if locations is None else self.fetcher.submit_windows(locations, item[1])
                 seconds.read += t1 - t0
                 seconds.prepare += t2 - t1
-                if not self.put(self.prepared, (prepared, handle)):
+                if not self.put(self.fetching, (prepared, handle)):
+                    break
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            self.fail(e)
+        finally:
+            self.put(self.fetching, _END)
+
+    def fetch_loop(self) -> None:
+        """Batches in order: wait for their images (if by reference) window by window, handing each window's bytes to
+        the decoder as it arrives, so decoding overlaps the rest of the fetch."""
+        seconds = self.stats.seconds
+        try:
+            while (item := self.get(self.fetching)) is not _END:
+                prepared, windows = item
+                if windows is None:
+                    decoding = [self.decoder.submit(prepared.images)]
+                else:
+                    images: list[bytes | None] = []
+                    errors: list[str | None] = []
+                    decoding = []
+                    for window in windows:
+                        t0 = time.perf_counter()
+                        while not window.done():
+                            if self.stop.is_set():
+                                return
+                            cf.wait([window], timeout=0.1)
+                        got, why = self.fetcher.result(window)
+                        seconds.fetch_wait += time.perf_counter() - t0
+                        images += got
+                        errors += why
+                        decoding.append(self.decoder.submit(got))
+                    prepared.images, prepared.read_errors = images, errors
+                if not self.put(self.prepared, (prepared, decoding)):
                     break
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
             self.fail(e)
@@ -239,15 +284,22 @@ class _Run:
     def infer_loop(self, infer: Callable[[Any, Decoded], pa.RecordBatch]) -> None:
         try:
             while (item := self.get(self.prepared)) is not _END:
-                prepared, handle = item
+                prepared, decoding = item
                 t0 = time.perf_counter()
-                decoded = self.decoder.result(handle)
+                decoded = _joined([self.decoder.result(h) for h in decoding])
                 self.stats.seconds.decode_wait += time.perf_counter() - t0
                 if not self.put(self.scored, infer(prepared, decoded)):
                     break
             self.put(self.scored, _END)
         except BaseException as e:
             self.fail(e)
+
+
+def _joined(parts: list[Decoded]) -> Decoded:
+    """One batch's decoded windows as one."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), [r for p in parts for r in p[2]]
 
 
 def run(
@@ -259,14 +311,24 @@ def run(
     queue_batches: int = 4,
     name: str = "pipeline",
     progress: Progress | None = None,
+    fetcher: Fetcher | None = None,
+    fetch_batches: int | None = None,
 ) -> PipelineStats:
-    """Stream `batches` through prepare / decode / infer / sink; returns the run's stats. The first failure of any
-    stage stops every stage and is raised here (after the threads are joined: nothing is left running)."""
+    """Stream `batches` through prepare / fetch / decode / infer / sink; returns the run's stats. The first failure of
+    any stage stops every stage and is raised here (after the threads are joined: nothing is left running).
+
+    `fetcher` serves images by URI or path (one of its own when None, closed at the end); its failure counts start
+    afresh for this run. `fetch_batches` (default `queue_batches`) bounds the batches whose images are being fetched
+    at once: enough to keep the fetcher's concurrency busy, few enough to bound memory."""
     t_start = time.perf_counter()
     decode_before = decoder.seconds
-    r = _Run(decoder, sink, queue_batches, progress)
+    own = fetcher is None
+    fetcher = Fetcher() if fetcher is None else fetcher
+    fetcher.begin()
+    r = _Run(decoder, fetcher, sink, queue_batches, fetch_batches or queue_batches, progress)
     threads = [
         threading.Thread(target=r.reader, args=(batches, steps.prepare), name=f"{name}-read", daemon=True),
+        threading.Thread(target=r.fetch_loop, name=f"{name}-fetch", daemon=True),
         threading.Thread(target=r.writer, name=f"{name}-write", daemon=True),
     ]
     for t in threads:
@@ -276,8 +338,14 @@ def run(
     finally:
         for t in threads:
             t.join()
+        fetch = fetcher.summary()
+        if own:
+            fetcher.close()
     if r.failures:
         raise r.failures[0]
     r.stats.seconds.decode = decoder.seconds - decode_before
+    if fetch["objects"]:
+        r.stats.fetch = fetch
+        r.stats.seconds.fetch = fetch["seconds"]
     r.stats.seconds.total = time.perf_counter() - t_start
     return r.stats

@@ -1,4 +1,4 @@
-"""Reading posts: the column checks, image bytes from a bytes or path column, and the image-decoding process pool.
+"""Reading posts: the column checks, image bytes or locations from the image column, and the image-decoding process pool.
 
 Shared by `embed` (training features) and `score` (scores), so both read posts and decode images one way.
 """
@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -70,34 +69,15 @@ def check_posts_schema(posts_schema: pa.Schema, columns: PostColumns, where: str
     return image_paths
 
 
-def read_image_path(location: str | None, base: Path) -> tuple[bytes | None, str | None]:
-    """Bytes of an image given by path or URI; (None, reason) when unreadable."""
-    if location is None or location == "":
-        return None, None
-    try:
-        if "://" in location:
-            from pyarrow import fs
-
-            filesystem, inner = fs.FileSystem.from_uri(location)
-            with filesystem.open_input_stream(inner) as f:
-                return f.read(), None
-        p = Path(location)
-        return (p if p.is_absolute() else base / p).read_bytes(), None
-    except Exception as e:  # noqa: BLE001 - an unreadable image is a per-row result
-        return None, f"unreadable image path: {type(e).__name__}: {str(e)[:100]}"
-
-
-def image_items(
-    batch: pa.RecordBatch, image_column: str | None, image_paths: bool, base: Path
-) -> tuple[list[bytes | None], list[str | None]]:
-    """The image bytes of a batch and, for path columns, why a path could not be read."""
+def image_items(batch: pa.RecordBatch, image_column: str | None, image_paths: bool) -> tuple[list[bytes | None], list[str | None] | None]:
+    """A batch's image bytes and, for a path/URI column, its image locations instead (the bytes stay None until the
+    pipeline's fetch stage, ctmwa_batch.fetch, fills them)."""
     if not image_column:
-        return [None] * batch.num_rows, [None] * batch.num_rows
+        return [None] * batch.num_rows, None
     values = batch.column(image_column).to_pylist()
     if not image_paths:
-        return values, [None] * len(values)
-    read = [read_image_path(v, base) for v in values]
-    return [r[0] for r in read], [r[1] for r in read]
+        return values, None
+    return [None] * len(values), values
 
 
 # --------------------------------------------------------------------------------------------------- decoding

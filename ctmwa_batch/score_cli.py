@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r}; '' for none)")
     parser.add_argument("--passthrough", nargs="*", default=[], metavar="COLUMN", help="input columns to copy to the output")
     parser.add_argument("--scored-at", default=None, help="ISO-8601 time stamped on every row (default: now)")
+    parser.add_argument("--fetch-concurrency", type=int, default=d.fetch_concurrency,
+                        help=f"image GETs in flight when the image column holds URIs (default {d.fetch_concurrency})")
+    parser.add_argument(
+        "--max-fetch-failures", type=int, default=d.max_fetch_failures, metavar="N",
+        help="rows per shard that may be committed as image_missing when the image store fails past its retries "
+        "(default 0: the shard fails, nothing is committed, a retry scores it later)",
+    )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=d.precision,
         help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
@@ -53,6 +60,8 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             passthrough=tuple(args.passthrough),
             scored_at=args.scored_at,
             precision=args.precision,
+            fetch_concurrency=args.fetch_concurrency,
+            max_fetch_failures=args.max_fetch_failures,
         )
         return JobConfig(score=score, overwrite=args.overwrite, max_rows_per_shard=args.max_rows_per_shard)
     except ValueError as e:

@@ -39,6 +39,7 @@ from ctmwa_batch.bundle import CORE_HEAD_OUTPUTS, EVIDENCE_OUTPUTS, HEAD, HEAD_I
 from ctmwa_batch.config import ScoreConfig, parse_time
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.errors import BundleError, InputSchemaError
+from ctmwa_batch.fetch import FetchConfig, fetch_images
 from ctmwa_batch.posts import check_posts_schema, image_errors, image_items
 from ctmwa_batch.preprocess import MAX_REASON_CHARS, ImageSpec, TokenizedTexts, decode_images
 from ctmwa_batch.runtime import RuntimeConfig, create_session
@@ -56,9 +57,10 @@ class Prepared:
 
     ids: pa.Array  # the id column, as read
     tokens: TokenizedTexts  # tokenized texts (ok False where missing)
-    images: list[bytes | None]  # image bytes (None where null or unreadable)
-    read_errors: list[str | None]  # why an image path could not be read (path columns only)
+    images: list[bytes | None]  # image bytes (None where null, unreadable, or still to fetch)
+    read_errors: list[str | None]  # why an image URI/path gave no bytes (set by the fetch stage)
     passthrough: list[pa.Array] = field(default_factory=list)  # config.passthrough columns, as read
+    locations: list[str | None] | None = None  # image URIs/paths to fetch (path columns); None when bytes
 
     @property
     def num_rows(self) -> int:
@@ -151,13 +153,14 @@ class Scorer:
             image_paths = check_posts_schema(batch.schema, c, "the record batch")
         n = batch.num_rows
         texts = batch.column(c.text_column).to_pylist() if c.text_column else [None] * n
-        images, read_errors = image_items(batch, c.image_column, image_paths, base or Path.cwd())
+        images, locations = image_items(batch, c.image_column, image_paths)
         return Prepared(
             ids=batch.column(c.id_column),
             tokens=self.encoders.tokenizer.encode(texts),
             images=images,
-            read_errors=read_errors,
+            read_errors=[None] * n,
             passthrough=[batch.column(name) for name in c.passthrough],
+            locations=locations,
         )
 
     def infer(
@@ -174,7 +177,10 @@ class Scorer:
         scored = id_ok & (text_ok | image_ok)
 
         outs = self._run_models(prepared, pixels, image_ok, scored)
-        status, errors = _statuses(id_ok, text_ok, image_ok, image_errors(image_ok, image_reasons, prepared.read_errors))
+        # A fetch error reads as it stands ("image not found: s3://..."); a decode error gets the "image: " prefix.
+        decode_errors = image_errors(image_ok, image_reasons, [None] * n)
+        row_errors = [fetch or (None if bad is None else _reason("image", bad)) for fetch, bad in zip(prepared.read_errors, decode_errors)]
+        status, errors = _statuses(id_ok, text_ok, image_ok, row_errors)
         probs, C = outs["probs"], len(self.labels)
         sentiment = self._labels.take(_argmax_or_null(probs, scored))
         columns: list[pa.Array] = [
@@ -234,13 +240,16 @@ class Scorer:
     def score(self, batch: pa.RecordBatch, base: Path | None = None) -> pa.RecordBatch:
         """Score one record batch of posts in this process (the job overlaps these steps across batches)."""
         prepared = self.prepare(batch, base)
+        if prepared.locations is not None:
+            prepared.images, prepared.read_errors = fetch_images(prepared.locations, base or Path.cwd(), FetchConfig(
+                concurrency=self.config.fetch_concurrency, max_failures=self.config.max_fetch_failures))
         return self.infer(prepared, decode_images(prepared.images, self.image_spec))
 
 
 def _statuses(
     id_ok: np.ndarray, text_ok: np.ndarray, image_ok: np.ndarray, image_errors: list[str | None]
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Each row's status and error text (a null id; a present image that could not be used)."""
+    """Each row's status and error text (a null id; a present image that could not be used, its text as given)."""
     n = len(id_ok)
     status = np.full(n, schema.STATUS_NO_CONTENT, dtype=object)
     status[text_ok & image_ok] = schema.STATUS_OK
@@ -249,7 +258,7 @@ def _statuses(
     status[~id_ok] = schema.STATUS_ERROR
     errors: list[str | None] = [None] * n
     for i, image_error in enumerate(image_errors):
-        reasons = ([] if id_ok[i] else ["id: null"]) + ([] if image_error is None else [_reason("image", image_error)])
+        reasons = ([] if id_ok[i] else ["id: null"]) + ([] if image_error is None else [image_error])
         if reasons:
             errors[i] = "; ".join(reasons)
     return status, errors

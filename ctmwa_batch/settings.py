@@ -19,6 +19,7 @@ from typing import Any
 
 from ctmwa_batch.config import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_FETCH_CONCURRENCY,
     DEFAULT_ID_COLUMN,
     DEFAULT_IMAGE_COLUMN,
     DEFAULT_MAX_ROWS_PER_SHARD,
@@ -68,6 +69,8 @@ class Settings:
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per ONNX Runtime batch
     precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
     max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # rows one mapped task scores; the unit of distribution and of retries
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight per worker when the image column holds URIs
+    max_fetch_failures: int = 0  # rows per shard committed as image_missing when the image store fails past its retries; 0 = the shard fails (Airflow retries it)
     # ---- how Airflow schedules the work (read when the DAG files are parsed)
     schedule: str = "@daily"  # cron of the nightly DAG; each run scores the day its data interval starts on (UTC)
     queue: str = "gpu"  # Celery queue / worker label of the scoring tasks: the GPU workers listen on it
@@ -97,7 +100,7 @@ class Settings:
             raise SettingsError(f"device {self.device!r} unknown; set CTMWA_DEVICE (or the device param) to one of {list(DEVICES)}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"precision {self.precision!r} unknown; set CTMWA_PRECISION (or the precision param) to one of {list(PRECISIONS)}")
-        for name in ("batch_size", "max_rows_per_shard", "max_active_shards", "input_poke_minutes", "max_map_length", "shard_timeout_minutes", "backfill_timeout_minutes"):
+        for name in ("batch_size", "max_rows_per_shard", "fetch_concurrency", "max_active_shards", "input_poke_minutes", "max_map_length", "shard_timeout_minutes", "backfill_timeout_minutes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must be at least 1 (CTMWA_{name.upper()})")
         for name in ("drift_psi_warn", "drift_psi_alert", "drift_rate_warn", "drift_rate_alert"):
@@ -106,7 +109,7 @@ class Settings:
         for warn, alert in (("drift_psi_warn", "drift_psi_alert"), ("drift_rate_warn", "drift_rate_alert")):
             if getattr(self, alert) < getattr(self, warn):
                 raise SettingsError(f"{alert} = {getattr(self, alert)} is below {warn} = {getattr(self, warn)}; raise CTMWA_{alert.upper()} or lower CTMWA_{warn.upper()}")
-        for name in ("shard_retries", "retry_delay_minutes", "input_wait_hours", "baseline_days", "drift_min_rows"):
+        for name in ("shard_retries", "retry_delay_minutes", "max_fetch_failures", "input_wait_hours", "baseline_days", "drift_min_rows"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must not be negative (CTMWA_{name.upper()})")
         for name in ("input_root", "output_root", "models_root", "model_version", "queue", "pool", "id_column", "text_column", "image_column"):
@@ -152,6 +155,8 @@ class Settings:
             text_column=self.text_column,
             image_column=self.image_column,
             passthrough=self.passthrough_columns,
+            fetch_concurrency=self.fetch_concurrency,
+            max_fetch_failures=self.max_fetch_failures,
         )
 
     def job_config(self, overwrite: bool = False) -> JobConfig:
@@ -189,6 +194,7 @@ RUN_OVERRIDES = {
     "batch_size": "rows per ONNX Runtime batch; null = CTMWA_BATCH_SIZE",
     "precision": "encoder variant auto | fp32 | fp16 | int8; null = CTMWA_PRECISION (default auto)",
     "max_rows_per_shard": "rows per scoring task; null = CTMWA_MAX_ROWS_PER_SHARD",
+    "max_fetch_failures": "rows per shard committed as image_missing when the image store fails past its retries; null = CTMWA_MAX_FETCH_FAILURES (default 0: fail)",
 }
 
 
@@ -205,7 +211,7 @@ def override_param_specs() -> dict[str, dict[str, Any]]:
         if name == "precision":
             spec["enum"] = [None, *PRECISIONS]
         if kind is int:
-            spec["minimum"] = 1
+            spec["minimum"] = 0 if name == "max_fetch_failures" else 1
         specs[name] = spec
     return specs
 

@@ -48,6 +48,8 @@ def score_partition(
     image_column: str | None = None,
     passthrough: str | list[str] | None = None,
     max_rows_per_shard: int | None = None,
+    fetch_concurrency: int | None = None,
+    max_fetch_failures: int | None = None,
     overwrite: bool | None = None,
     conn_id: str | None = None,
     health_report: bool = True,
@@ -64,6 +66,8 @@ def score_partition(
     - `bundle` (a bundle folder) or `models_root` with `model_version` ("current" follows CURRENT when plan runs).
     - Scoring: `device` (cuda | cpu | auto), `precision`, `batch_size`, `id_column`, `text_column`, `image_column`,
       `passthrough` (input columns copied to the scores), `max_rows_per_shard` (rows per mapped task), `overwrite`.
+    - Images by URI: `fetch_concurrency` (GETs in flight per worker), `max_fetch_failures` (rows per shard that may be
+      committed as image_missing when the image store fails past its retries; 0: the shard fails and Airflow retries).
     - `conn_id`: an Airflow Connection (e.g. type aws, with `endpoint_url` in its extra) that gives the storage of
       input, output, models and image URIs; resolved inside each task, never when the DAG is parsed.
     - `health_report`, `baseline_days`, `fail_on_drift`: the report beside the scores, against the days before.
@@ -88,6 +92,8 @@ def score_partition(
         "image_column": image_column,
         "passthrough": passthrough,
         "max_rows_per_shard": max_rows_per_shard,
+        "fetch_concurrency": fetch_concurrency,
+        "max_fetch_failures": max_fetch_failures,
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
         plan = PlanPartitionOperator(

@@ -21,7 +21,10 @@ from airflow.sdk.exceptions import AirflowFailException
 from ctmwa_batch.airflow.connections import connection_storage
 
 # Arguments of score_partition and the operators that are settings (ctmwa_batch.settings.Settings fields), by name.
-SCORING_OPTIONS = ("device", "precision", "batch_size", "id_column", "text_column", "image_column", "passthrough", "max_rows_per_shard")
+SCORING_OPTIONS = (
+    "device", "precision", "batch_size", "id_column", "text_column", "image_column", "passthrough", "max_rows_per_shard",
+    "fetch_concurrency", "max_fetch_failures",
+)
 REPORT_OPTIONS = ("baseline_days", "fail_on_drift")
 
 

@@ -142,7 +142,7 @@ def test_folder_input_hive_partitions_and_image_paths(encoder_bundle, tmp_path):
     rows = {r["post_id"]: r for r in pq.read_table(tmp_path / "f.parquet").to_pylist()}
     assert set(rows) == {"a", "b", "c", "d"}
     assert rows["a"]["has_image"] and rows["d"]["has_image"] and rows["d"]["dt"] is not None
-    assert not rows["b"]["has_image"] and rows["b"]["image_error"].startswith("unreadable image path")
+    assert not rows["b"]["has_image"] and rows["b"]["image_error"] == f"image not found: {img_dir / 'missing.jpg'}"
     assert not rows["c"]["has_image"] and rows["c"]["image_error"] is None
 
 

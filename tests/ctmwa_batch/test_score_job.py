@@ -256,4 +256,4 @@ def test_image_paths_hive_input_and_ids_of_another_name(full_bundle, tmp_path):
     rows = pq.read_table(output_dir(tmp_path / "out", full_bundle, "dt=2026-11-26/hour=03")).to_pylist()
     assert [r["id"] for r in rows] == [1, 2, 3]
     assert [r["status"] for r in rows] == ["ok", "image_missing", "no_content"]
-    assert rows[1]["error"].startswith("image: unreadable image path")
+    assert rows[1]["error"] == "image not found: img/missing.jpg"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import sys
@@ -99,3 +100,18 @@ def test_settings_build_the_job_config_with_one_set_of_defaults():
         j.score.batch_size, j.max_rows_per_shard, j.score.id_column, j.score.text_column, j.score.image_column)
     assert (d.device, j.score.device) == ("cuda", "auto")
     assert runtime.DEVICES is config.DEVICES and override_param_specs()["device"]["enum"][1:] == list(config.DEVICES)
+
+
+def test_fetch_settings_reach_the_score_config_and_the_cli():
+    from ctmwa_batch.score_cli import add_arguments, config_from
+
+    s = Settings.load({"CTMWA_MAX_FETCH_FAILURES": "3", "CTMWA_FETCH_CONCURRENCY": "8"})
+    assert (s.score_config().max_fetch_failures, s.score_config().fetch_concurrency) == (3, 8)
+    assert Settings.load({}, {"max_fetch_failures": 0}).job_config().score.max_fetch_failures == 0
+    with pytest.raises(SettingsError, match="max_fetch_failures"):
+        Settings.load({"CTMWA_MAX_FETCH_FAILURES": "-1"})
+    assert override_param_specs()["max_fetch_failures"]["minimum"] == 0
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--bundle", "b", "--input", "i", "--output", "o", "--fetch-concurrency", "16", "--max-fetch-failures", "2"])
+    assert (config_from(args).score.fetch_concurrency, config_from(args).score.max_fetch_failures) == (16, 2)
