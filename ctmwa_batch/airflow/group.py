@@ -122,6 +122,57 @@ def result_of(group: TaskGroup) -> Any:
     return last.output
 
 
+def _range_tasks(conn_id: str | None, bundle: str | None, outlets: list) -> tuple:
+    """score_range's tasks (plan, chunks, score_days, report, health), each a call into ctmwa_batch.orchestrate
+    under the group's Connection."""
+
+    @task
+    def plan(explicit: dict, params=None) -> dict:
+        """Resolve the model and list the days that need scoring, in at most max_map_length chunks."""
+        from ctmwa_batch import orchestrate
+
+        with connection_storage(conn_id):
+            return orchestrate.plan_backfill(params, explicit, bundle=bundle)
+
+    @task
+    def chunks(backfill: dict) -> list:
+        """The chunks of days score_days maps over (none when every day is committed or missing)."""
+        return [list(chunk) for chunk in backfill["chunks"]]
+
+    @task(outlets=outlets)
+    def score_days(backfill: dict, dates: list, outlet_events=None) -> list:
+        """Score and commit each day of the chunk; a retry skips the shards and days that finished."""
+        from ctmwa_batch import orchestrate
+
+        with connection_storage(conn_id):
+            summaries = orchestrate.score_days(backfill, dates)
+        for outlet in outlets:
+            outlet_events[outlet].extra = orchestrate.asset_extra(summaries)
+        return summaries
+
+    @task(trigger_rule="none_failed")  # also when no day needed scoring (zero mapped tasks)
+    def report(backfill: dict, results) -> dict:
+        """Per-day table of the scored days, plus the days left alone (committed before, or no input)."""
+        from ctmwa_batch import orchestrate
+
+        return orchestrate.report_backfill(backfill, list(results or []))
+
+    @task(trigger_rule="none_failed")
+    def health(backfill: dict) -> dict:
+        """One health report for the whole range; with fail_on_drift an alert fails this task."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ctmwa_batch import orchestrate
+
+        with connection_storage(conn_id):
+            result = orchestrate.health_report_backfill(backfill)
+        if result["fail"]:
+            raise AirflowFailException(result["failure"])
+        return result
+
+    return plan, chunks, score_days, report, health
+
+
 def score_range(
     group_id: str,
     *,
@@ -141,6 +192,8 @@ def score_range(
     image_column: str | None = None,
     passthrough: str | list[str] | None = None,
     max_rows_per_shard: int | None = None,
+    fetch_concurrency: int | None = None,
+    max_fetch_failures: int | None = None,
     overwrite: bool | None = None,
     on_missing: str | None = None,
     conn_id: str | None = None,
@@ -183,56 +236,14 @@ def score_range(
             image_column=image_column,
             passthrough=passthrough,
             max_rows_per_shard=max_rows_per_shard,
+            fetch_concurrency=fetch_concurrency,
+            max_fetch_failures=max_fetch_failures,
             baseline_days=baseline_days,
             fail_on_drift=fail_on_drift,
         ),
     }
+    plan, chunks, score_days, report, health = _range_tasks(conn_id, bundle, outlets)
     with TaskGroup(group_id, **task_group_kwargs) as group:
-
-        @task
-        def plan(explicit: dict, params=None) -> dict:
-            """Resolve the model and list the days that need scoring, in at most max_map_length chunks."""
-            from ctmwa_batch import orchestrate
-
-            with connection_storage(conn_id):
-                return orchestrate.plan_backfill(params, explicit, bundle=bundle)
-
-        @task
-        def chunks(backfill: dict) -> list:
-            """The chunks of days score_days maps over (none when every day is committed or missing)."""
-            return [list(chunk) for chunk in backfill["chunks"]]
-
-        @task(outlets=outlets)
-        def score_days(backfill: dict, dates: list, outlet_events=None) -> list:
-            """Score and commit each day of the chunk; a retry skips the shards and days that finished."""
-            from ctmwa_batch import orchestrate
-
-            with connection_storage(conn_id):
-                summaries = orchestrate.score_days(backfill, dates)
-            for outlet in outlets:
-                outlet_events[outlet].extra = orchestrate.asset_extra(summaries)
-            return summaries
-
-        @task(trigger_rule="none_failed")  # also when no day needed scoring (zero mapped tasks)
-        def report(backfill: dict, results) -> dict:
-            """Per-day table of the scored days, plus the days left alone (committed before, or no input)."""
-            from ctmwa_batch import orchestrate
-
-            return orchestrate.report_backfill(backfill, list(results or []))
-
-        @task(trigger_rule="none_failed")
-        def health(backfill: dict) -> dict:
-            """One health report for the whole range; with fail_on_drift an alert fails this task."""
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from ctmwa_batch import orchestrate
-
-            with connection_storage(conn_id):
-                result = orchestrate.health_report_backfill(backfill)
-            if result["fail"]:
-                raise AirflowFailException(result["failure"])
-            return result
-
         planned = plan(explicit)
         results = score_days.override(**dict(score_task_args or {})).partial(backfill=planned).expand(dates=chunks(planned))
         report(planned, results)
