@@ -36,7 +36,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
-from ctmwa_batch.partitions import open_filesystem, output_dir, partition_of, read_success
+from ctmwa_batch.partitions import output_dir, partition_of, read_success
+from ctmwa_batch.storage import open_filesystem
 from ctmwa_batch.schema import STATUSES
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
-import os
 import random
 import re
 import threading
@@ -175,17 +174,12 @@ def _seconds(s: float) -> timedelta:
     return timedelta(seconds=s)
 
 
-def _s3_endpoint() -> str | None:
-    """The S3 endpoint in force: the explicit option, else the AWS environment's (AWS_ENDPOINT_URL_S3 first)."""
-    return storage.options().get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
 def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any:
     from obstore.store import S3Store
 
     opts = storage.options()
     config: dict[str, Any] = {}
-    endpoint = _s3_endpoint()
+    endpoint = storage.s3_endpoint(opts)
     if endpoint:
         # obstore ranks AWS_ENDPOINT_URL_S3 from the environment above a plain `endpoint`; this key ranks with it.
         config["aws_endpoint_url_s3"] = endpoint if "://" in endpoint else f"https://{endpoint}"

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ctmwa_batch import partitions, schema
+from ctmwa_batch import schema, storage
 from ctmwa_batch.config import ScoreConfig
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
 from ctmwa_batch.partitions import InputFile, PartitionPlan, Shard
@@ -111,7 +111,7 @@ def planned_columns(plan: PartitionPlan, config: ScoreConfig) -> InputColumns:
 
 def check_unchanged(plan: PartitionPlan, shard: Shard) -> None:
     """Fail when a file of the shard changed size since planning (the row-group ranges would be wrong)."""
-    fs, _ = partitions.open_filesystem(plan.input_path)
+    fs, _ = storage.open_filesystem(plan.input_path)
     sizes = {f["path"]: f["size"] for f in plan.fingerprint["files"]}
     for piece in shard.pieces:
         info = fs.get_file_info(piece.path)

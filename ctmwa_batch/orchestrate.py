@@ -22,7 +22,8 @@ import pyarrow.fs as pafs
 
 from ctmwa_batch import registry
 from ctmwa_batch.errors import CtmwaError
-from ctmwa_batch.partitions import open_filesystem, read_success
+from ctmwa_batch.partitions import read_success
+from ctmwa_batch.storage import open_filesystem
 from ctmwa_batch.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -499,7 +500,7 @@ def publish_extra(summary: Mapping[str, Any], params: Mapping[str, Any] | None) 
     storage is about this very commit (a failed or missing report leaves `alerts` null and says so in the log)."""
     import json
 
-    from ctmwa_batch.partitions import open_filesystem, report_dir
+    from ctmwa_batch.partitions import report_dir
     from ctmwa_batch.report import JSON_NAME
 
     extra = asset_extra([summary])

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import posixpath
 import re
 import time
@@ -38,10 +37,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ctmwa_batch import storage
 from ctmwa_batch.config import DEFAULT_MAX_ROWS_PER_SHARD
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
-from ctmwa_batch import storage
-from ctmwa_batch.storage import open_filesystem  # noqa: F401 - the layout's readers open locations through here
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +129,7 @@ class PartitionPlan:
 
 def list_input(input_path: str) -> list[InputFile]:
     """The Parquet files of a partition, sorted, with their row-group sizes and schemas (one footer read per file)."""
-    fs, path = open_filesystem(input_path)
+    fs, path = storage.open_filesystem(input_path)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputSchemaError(f"input {input_path!r} does not exist; pass a Parquet file or a folder of them")
@@ -250,7 +248,7 @@ def plan_partition(
 
 def read_success(out_dir: str) -> dict | None:
     """The partition's `_SUCCESS.json`, or None when it is not committed."""
-    fs, path = open_filesystem(out_dir)
+    fs, path = storage.open_filesystem(out_dir)
     try:
         with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
             return json.loads(f.read())
@@ -268,10 +266,6 @@ def is_committed(plan: PartitionPlan) -> bool:
     )
 
 
-def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    storage.write_object(fs, path, data)  # temp + rename on a disk, one PUT on an object store
-
-
 def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
     """Get the output ready for scoring; False when there is nothing to do (already committed, not forced).
 
@@ -280,7 +274,7 @@ def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
     if is_committed(plan) and not overwrite:
         log.info("partition %s already committed for model %s: nothing to do", plan.partition, plan.model_version)
         return False
-    fs, path = open_filesystem(plan.output_dir)
+    fs, path = storage.open_filesystem(plan.output_dir)
     fs.create_dir(f"{path}/{SHARDS_DIR}", recursive=True)
     with contextlib.suppress(FileNotFoundError):
         fs.delete_file(f"{path}/{SUCCESS}")
@@ -293,7 +287,7 @@ def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
 
 def shard_done(plan: PartitionPlan, shard_index: int) -> dict | None:
     """The marker of a finished shard of this plan, or None."""
-    fs, path = open_filesystem(plan.output_dir)
+    fs, path = storage.open_filesystem(plan.output_dir)
     try:
         with fs.open_input_stream(f"{path}/{plan.marker_name(shard_index)}") as f:
             return json.loads(f.read())
@@ -318,7 +312,7 @@ def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Ite
     once both succeed: the parts are equal and each rename replaces the other's atomically. The writer settings are
     fixed (and the file carries no timestamp of its own), so equal rows give equal bytes.
     """
-    fs, path = open_filesystem(plan.output_dir)
+    fs, path = storage.open_filesystem(plan.output_dir)
     fs.create_dir(f"{path}/{SHARDS_DIR}", recursive=True)
     staged = f"{path}/{SHARDS_DIR}/{plan.part_name(shard_index)}"
     tmp = f"{path}/{SHARDS_DIR}/.{plan.part_name(shard_index)}.tmp-{uuid.uuid4().hex}"
@@ -356,7 +350,7 @@ def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Ite
         "finished_at": round(time.time(), 3),
         **out.stats,
     }
-    _write_atomic(fs, f"{path}/{plan.marker_name(shard_index)}", json.dumps(marker, sort_keys=True).encode())
+    storage.write_object(fs, f"{path}/{plan.marker_name(shard_index)}", json.dumps(marker, sort_keys=True).encode())
 
 
 def _sum_counts(markers: list[dict], key: str) -> dict[str, int]:
@@ -384,7 +378,7 @@ def _publish_parts(fs: pafs.FileSystem, path: str, plan: PartitionPlan) -> None:
 def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
     """Publish the partition: check every shard of the plan finished, move the staged parts into place, remove what
     other plans or killed runs left, then write `_SUCCESS.json` last. Returns its content. Idempotent."""
-    fs, path = open_filesystem(plan.output_dir)
+    fs, path = storage.open_filesystem(plan.output_dir)
     markers = [shard_done(plan, s.index) for s in plan.shards]
     missing = [s.index for s, m in zip(plan.shards, markers) if m is None]
     if missing:
@@ -440,6 +434,6 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
         "committed_at": datetime.now(timezone.utc).isoformat(),
         **(extra or {}),
     }
-    _write_atomic(fs, f"{path}/{SUCCESS}", json.dumps(success, indent=2, sort_keys=True).encode())
+    storage.write_object(fs, f"{path}/{SUCCESS}", json.dumps(success, indent=2, sort_keys=True).encode())
     log.info("committed %s: %d rows %s", plan.output_dir, output_rows, success["rows"]["by_status"])
     return success

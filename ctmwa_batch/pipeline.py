@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ctmwa_batch import partitions
+from ctmwa_batch import storage
 from ctmwa_batch.fetch import Fetcher
 from ctmwa_batch.partitions import Shard
 from ctmwa_batch.posts import ImageDecoder
@@ -103,7 +103,7 @@ class PipelineStats:
 def shard_batches(input_path: str, shard: Shard, columns: list[str], batch_size: int) -> Iterator[tuple[pa.RecordBatch, Path]]:
     """A shard's rows, only `columns`, in record batches, with the folder relative image paths are relative to;
     column chunks are streamed, not loaded whole."""
-    fs, _ = partitions.open_filesystem(input_path)
+    fs, _ = storage.open_filesystem(input_path)
     local = isinstance(fs, pafs.LocalFileSystem)
     for piece in shard.pieces:
         base = Path(piece.path).parent if local else Path.cwd()

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ctmwa_batch import storage
-from ctmwa_batch.bundle import ENV_CACHE, MANIFEST, Bundle, cache_root, copy_stream, fetch_bundle, load_bundle, read_remote_manifest  # noqa: F401 - fetch_bundle, cache_root and ENV_CACHE re-exported
+from ctmwa_batch.bundle import MANIFEST, Bundle, copy_stream, load_bundle, read_remote_manifest
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.settings import CURRENT
 
@@ -80,14 +80,7 @@ def list_versions(models_root: str | Path) -> list[str]:
 
 def current_version(models_root: str | Path) -> str | None:
     """The version `CURRENT` names, or None when nothing was made current yet."""
-    if _remote(models_root):
-        text = _read_text(storage.join(str(models_root), POINTER))
-    else:
-        try:
-            text = (Path(models_root) / POINTER).read_text()
-        except FileNotFoundError:
-            return None
-    text = (text or "").strip()
+    text = (_read_text(storage.join(str(models_root), POINTER)) or "").strip()
     return text or None
 
 

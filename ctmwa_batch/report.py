@@ -27,7 +27,8 @@ import numpy as np
 
 from ctmwa_batch import drift, storage
 from ctmwa_batch.errors import CtmwaError
-from ctmwa_batch.partitions import open_filesystem, report_dir
+from ctmwa_batch.partitions import report_dir
+from ctmwa_batch.storage import open_filesystem
 from ctmwa_batch.schema import STATUSES
 from ctmwa_batch.settings import Settings
 

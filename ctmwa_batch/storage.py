@@ -141,14 +141,16 @@ def bucket_of(location: str) -> str | None:
     return str(location).partition("://")[2].split("/", 1)[0].split("?", 1)[0] or None
 
 
+def s3_endpoint(opts: Mapping[str, str] | None = None) -> str | None:
+    """The S3 endpoint in force: the explicit option, then AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL; None = AWS's.
+    Every S3 client here (pyarrow's, which reads no endpoint variable itself, and the image fetcher's) takes it."""
+    opts = options() if opts is None else opts
+    return opts.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def endpoint() -> str:
-    """The S3 endpoint in force, for messages: the explicit option, then AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
-    return (
-        options().get("endpoint")
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or "AWS S3 (default endpoint)"
-    )
+    """The S3 endpoint in force, for messages."""
+    return s3_endpoint() or "AWS S3 (default endpoint)"
 
 
 def redact(text: object) -> str:
@@ -164,8 +166,7 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments of pyarrow.fs.S3FileSystem from the storage options (the AWS environment fills the rest)."""
     opts = options() if opts is None else opts
     kwargs: dict[str, Any] = {}
-    # pyarrow's S3 client does not read the standard endpoint variables itself: they are the lowest layer here.
-    endpoint = opts.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint(opts)
     if endpoint:
         scheme, sep, rest = endpoint.partition("://")
         kwargs["endpoint_override"] = rest if sep else endpoint

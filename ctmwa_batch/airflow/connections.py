@@ -43,17 +43,15 @@ def connection_storage(conn_id: str | None) -> Iterator[None]:
     the worker's standard configuration (the AWS environment, CTMWA_STORAGE_OPTIONS). Looked up here, at run time."""
     from ctmwa_batch import storage
 
-    if not conn_id:
+    if conn_id:
+        from airflow.sdk import BaseHook
+
+        options = connection_storage_options(BaseHook.get_connection(conn_id))
+        logger.info("storage from Connection %r: %s", conn_id, ", ".join(f"{k}={v}" for k, v in options.items() if k not in storage.SECRET_KEYS and k != "access_key_id") or "no options")
+        storage.configure(options)
+    try:
         with storage.translate_errors():  # a store's fault ends the task with one line: the store, the bucket, the fix
             yield
-        return
-    from airflow.sdk import BaseHook
-
-    options = connection_storage_options(BaseHook.get_connection(conn_id))
-    logger.info("storage from Connection %r: %s", conn_id, ", ".join(f"{k}={v}" for k, v in options.items() if k not in storage.SECRET_KEYS and k != "access_key_id") or "no options")
-    storage.configure(options)
-    try:
-        with storage.translate_errors():
-            yield
     finally:
-        storage.configure(None)
+        if conn_id:
+            storage.configure(None)

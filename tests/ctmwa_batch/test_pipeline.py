@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ctmwa_batch import job, partitions, pipeline
+from ctmwa_batch import job, pipeline, storage
 from ctmwa_batch.embed import embed_posts
 from ctmwa_batch.posts import ImageDecoder
 from ctmwa_batch.preprocess import ImageSpec
@@ -186,7 +186,7 @@ def test_a_plan_reads_each_footer_once_and_a_shard_only_its_own_files(full_bundl
     files = [str(write_posts(folder / f"part-{k}.parquet", 10, row_group_size=5, start=10 * k)) for k in range(3)]
     handler = _CountingHandler()
     counting = pafs.PyFileSystem(handler)
-    monkeypatch.setattr(partitions, "open_filesystem", lambda path: (counting, str(Path(path).resolve())))
+    monkeypatch.setattr(storage, "open_filesystem", lambda path: (counting, str(Path(path).resolve())))
 
     plan = job.plan(folder, tmp_path / "out", full_bundle, config=cpu(max_rows_per_shard=10))
     assert {p: handler.opened[p] for p in files} == {p: 1 for p in files}  # one footer read per file, columns included

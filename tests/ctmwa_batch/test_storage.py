@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctmwa_batch import partitions, registry, storage
-from ctmwa_batch.bundle import load_bundle
+from ctmwa_batch.bundle import ENV_CACHE, fetch_bundle, load_bundle
 from ctmwa_batch.cli import main as cli_main
 from ctmwa_batch.storage import StorageError
 from fixtures.s3server import SECRET_KEY, FaultyS3, free_port_pairs
@@ -38,7 +38,7 @@ def s3(s3_server, monkeypatch, tmp_path):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv(storage.ENV_OPTIONS, raising=False)
-    monkeypatch.setenv(registry.ENV_CACHE, str(tmp_path / "bundle-cache"))
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "bundle-cache"))
     bucket = f"t-{uuid.uuid4().hex[:10]}"
     s3_server.create_bucket(bucket)
     s3_server.bucket = bucket
@@ -237,7 +237,7 @@ def test_zoo_s3_to_s3_with_a_published_bundle_equals_a_local_run(s3, full_bundle
     assert pq.read_table(out_dir, filesystem=fs).num_rows == got.num_rows
 
     # the bundle came through the cache, once
-    cached = list(Path(os.environ[registry.ENV_CACHE]).iterdir())
+    cached = list(Path(os.environ[ENV_CACHE]).iterdir())
     assert [p.name.split("-")[0] for p in cached] == [version.split("-")[0]]
 
     # a rerun is a no-op: _SUCCESS.json unchanged, byte for byte
@@ -285,16 +285,16 @@ def test_registry_in_the_store_publish_is_whole_or_absent(s3, full_bundle, encod
     assert [(d["model_version"], d["current"]) for d in described] == [(version, True)]
 
     # the cache: verified once, reused; a damaged object in the store is refused by a fresh cache
-    first = registry.fetch_bundle(f"{models}/{version}", tmp_path / "c1")
-    assert registry.fetch_bundle(f"{models}/{version}", tmp_path / "c1") == first
+    first = fetch_bundle(f"{models}/{version}", tmp_path / "c1")
+    assert fetch_bundle(f"{models}/{version}", tmp_path / "c1") == first
     assert load_bundle(first).model_version == version
     with fs.open_output_stream(f"{s3.bucket}/models/{version}/tokenizer.json") as f:
         f.write(b"{}")
-    assert registry.fetch_bundle(f"{models}/{version}", tmp_path / "c1") == first  # immutable: the cached copy stands
+    assert fetch_bundle(f"{models}/{version}", tmp_path / "c1") == first  # immutable: the cached copy stands
     from ctmwa_batch.errors import BundleError
 
     with pytest.raises(BundleError, match="failed verification"):
-        registry.fetch_bundle(f"{models}/{version}", tmp_path / "c2")
+        fetch_bundle(f"{models}/{version}", tmp_path / "c2")
     assert [p for p in (tmp_path / "c2").iterdir()] == []  # nothing half-verified stays in the cache
     with pytest.raises(registry.RegistryError, match="another or a damaged copy"):
         registry.publish(full_bundle, models)
