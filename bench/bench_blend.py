@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: fixtures are not installed
 
+from machine import cpu_flags  # noqa: E402
+
 from fixtures.features import SyntheticSpec, write_synthetic_features  # noqa: E402
 from training.data import read_features  # noqa: E402
 from training.evidence import logistic_baseline  # noqa: E402
@@ -32,7 +34,6 @@ from training.fit import choose_class_bias, evaluate  # noqa: E402
 from training.meta import TrainConfig  # noqa: E402
 from training.model import PROBE_WEIGHT, load_checkpoint  # noqa: E402
 from training.probe import fit_probe_blend  # noqa: E402
-from machine import cpu_flags  # noqa: E402
 
 ROWS = ("as trained", "class bias only", "blend + class bias", "logistic regression")
 
@@ -51,8 +52,12 @@ def measure(checkpoint: Path, features: Path) -> dict:
     final = evaluate(model, data.test, bias)
     lr = logistic_baseline(data.train_split(), data.valid, data.test, model.config.num_classes)
     figures = [(r["accuracy"], r["f1_weighted"]) for r in (as_trained, bias_only, final)] + [lr]
-    return {"rows": dict(zip(ROWS, figures)), "weight": blend["weight"], "bias": report["bias"],
-            "valid_gain": blend["valid_f1_weighted_after"] - blend["valid_f1_weighted_before"]}
+    return {
+        "rows": dict(zip(ROWS, figures)),
+        "weight": blend["weight"],
+        "bias": report["bias"],
+        "valid_gain": blend["valid_f1_weighted_after"] - blend["valid_f1_weighted_before"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,19 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     runs = []
     for data_seed, checkpoint in enumerate(kept):
-        features = write_synthetic_features(args.kept / f"features-{data_seed}.parquet", args.posts, 3, args.dim, data_seed, spec)
+        features = write_synthetic_features(
+            args.kept / f"features-{data_seed}.parquet", args.posts, 3, args.dim, data_seed, spec
+        )
         run = measure(checkpoint, features)
         runs.append(run)
         cells = "  ".join(f"{name} {a:.3f}/{f:.3f}" for name, (a, f) in run["rows"].items())
-        print(f"{checkpoint.name} (data {data_seed}): {cells}; blend weight {run['weight']} (valid F1 {run['valid_gain']:+.4f}), bias {[round(b, 2) for b in run['bias']]}")
-    print(f"\nTest accuracy / weighted F1, mean over {len(runs)} seeds ({args.posts} posts, class shares {args.class_shares or 'uniform'})")
+        print(
+            f"{checkpoint.name} (data {data_seed}): {cells}; blend weight {run['weight']} (valid F1 {run['valid_gain']:+.4f}), bias {[round(b, 2) for b in run['bias']]}"
+        )
+    print(
+        f"\nTest accuracy / weighted F1, mean over {len(runs)} seeds ({args.posts} posts, class shares {args.class_shares or 'uniform'})"
+    )
     for name in ROWS:
         acc = statistics.fmean(r["rows"][name][0] for r in runs)
         f1 = statistics.fmean(r["rows"][name][1] for r in runs)
         print(f"{name:<22} acc {acc:.4f}   F1 {f1:.4f}")
     gap = statistics.fmean(r["rows"]["blend + class bias"][1] - r["rows"]["logistic regression"][1] for r in runs)
     print(f"blend + class bias − logistic regression: F1 {gap:+.4f}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_flags()}), Python {platform.python_version()}, torch {torch.__version__}; {time.perf_counter() - start:.0f} s")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_flags()}), Python {platform.python_version()}, torch {torch.__version__}; {time.perf_counter() - start:.0f} s"
+    )
     return 0
 
 

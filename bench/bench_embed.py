@@ -34,7 +34,9 @@ from ctmwa_batch.embed import embed_posts  # noqa: E402
 from ctmwa_batch.preprocess import ImageSpec, decode_images  # noqa: E402
 from fixtures import images as fixture_images  # noqa: E402
 
-WORDS = "i love this so much great day at the beach with friends terrible service never again what a view happy sad".split()
+WORDS = (
+    "i love this so much great day at the beach with friends terrible service never again what a view happy sad".split()
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ def best_of(repeats: int, fn, *args, **kwargs) -> float:
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def bench_preprocess(images: list[bytes], spec: ImageSpec, workers: int, repeats: int) -> float:
@@ -105,19 +108,40 @@ def transformers_pipeline(clip_dir: Path, posts: Path, out: Path, batch: int) ->
     from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     model = CLIPModel.from_pretrained(clip_dir).eval()
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir), tokenizer=AutoTokenizer.from_pretrained(clip_dir))
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir),
+        tokenizer=AutoTokenizer.from_pretrained(clip_dir),
+    )
     rows = 0
-    with pq.ParquetWriter(str(out), pa.schema([("post_id", pa.string()), ("text_emb", pa.list_(pa.float32())), ("image_emb", pa.list_(pa.float32()))])) as writer:
+    with pq.ParquetWriter(
+        str(out),
+        pa.schema(
+            [("post_id", pa.string()), ("text_emb", pa.list_(pa.float32())), ("image_emb", pa.list_(pa.float32()))]
+        ),
+    ) as writer:
         for record_batch in pq.ParquetFile(posts).iter_batches(batch_size=batch):
             texts = record_batch.column("text").to_pylist()
             pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in record_batch.column("image").to_pylist()]
             inputs = processor(text=texts, images=pil, return_tensors="pt", padding=True, truncation=True)
             with torch.no_grad():
-                image = torch.nn.functional.normalize(model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output, dim=-1)
-                text = torch.nn.functional.normalize(
-                    model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).pooler_output, dim=-1
+                image = torch.nn.functional.normalize(
+                    model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output, dim=-1
                 )
-            writer.write_table(pa.table({"post_id": record_batch.column("post_id"), "text_emb": list(text.numpy()), "image_emb": list(image.numpy())}))
+                text = torch.nn.functional.normalize(
+                    model.get_text_features(
+                        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                    ).pooler_output,
+                    dim=-1,
+                )
+            writer.write_table(
+                pa.table(
+                    {
+                        "post_id": record_batch.column("post_id"),
+                        "text_emb": list(text.numpy()),
+                        "image_emb": list(image.numpy()),
+                    }
+                )
+            )
             rows += record_batch.num_rows
     return rows
 
@@ -135,12 +159,26 @@ def bench_model(name: str, clip_dir: Path, bundle_dir: Path, posts: Path, config
     embed_posts(bundle_dir, posts, work / f"warm-{slug}.parquet", batch_size=config.embed_batch, device="cpu")
     results = {}
     for workers in (0, os.cpu_count() or 1):
-        seconds = best_of(config.repeats, embed_posts, bundle_dir, posts, work / f"embed-{slug}-{workers}.parquet", batch_size=config.embed_batch, device="cpu", workers=workers)
+        seconds = best_of(
+            config.repeats,
+            embed_posts,
+            bundle_dir,
+            posts,
+            work / f"embed-{slug}-{workers}.parquet",
+            batch_size=config.embed_batch,
+            device="cpu",
+            workers=workers,
+        )
         results[workers] = n / seconds
         print(f"{name}: embed end to end, decode workers {workers}: {results[workers]:8.1f} posts/s", flush=True)
-    seconds = best_of(config.repeats, transformers_pipeline, clip_dir, posts, work / f"hf-{slug}.parquet", config.transformers_batch)
+    seconds = best_of(
+        config.repeats, transformers_pipeline, clip_dir, posts, work / f"hf-{slug}.parquet", config.transformers_batch
+    )
     baseline = n / seconds
-    print(f"{name}: transformers pipeline (CLIPProcessor + CLIPModel fp32, batch {config.transformers_batch}): {baseline:8.1f} posts/s", flush=True)
+    print(
+        f"{name}: transformers pipeline (CLIPProcessor + CLIPModel fp32, batch {config.transformers_batch}): {baseline:8.1f} posts/s",
+        flush=True,
+    )
     best = max(results.values())
     print(f"{name}: ratio embed (best) / transformers = {best / baseline:.2f}x", flush=True)
     diff = compare_outputs(work / f"embed-{slug}-0.parquet", work / f"hf-{slug}.parquet")
@@ -167,22 +205,31 @@ def main(argv: list[str] | None = None) -> int:
 
     work = config.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, "
-          f"onnxruntime {onnxruntime.__version__} ({onnxruntime.get_available_providers()[0] if 'CUDAExecutionProvider' in onnxruntime.get_available_providers() else 'CPUExecutionProvider'}), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads); {load()}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, "
+        f"onnxruntime {onnxruntime.__version__} ({onnxruntime.get_available_providers()[0] if 'CUDAExecutionProvider' in onnxruntime.get_available_providers() else 'CPUExecutionProvider'}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); {load()}",
+        flush=True,
+    )
     posts = work / f"posts-{config.posts}.parquet"
     table = make_posts(posts, config.posts) if not posts.exists() else pq.read_table(posts)
     images = table.column("image").to_pylist()
     sizes = np.array([len(b) for b in images]) / 1024
-    print(f"posts: {config.posts}, JPEG 640x480, {sizes.mean():.1f} KB mean ({sizes.min():.1f}-{sizes.max():.1f} KB), texts 5-30 words", flush=True)
+    print(
+        f"posts: {config.posts}, JPEG 640x480, {sizes.mean():.1f} KB mean ({sizes.min():.1f}-{sizes.max():.1f} KB), texts 5-30 words",
+        flush=True,
+    )
 
     for size in (224, 32):
         for draft in (True, False):
             spec = ImageSpec(size=size, resize_shortest_edge=size, jpeg_draft=draft)
             one = bench_preprocess(images, spec, 1, config.repeats + 1)
             pool = bench_preprocess(images, spec, os.cpu_count() or 1, config.repeats + 1)
-            print(f"preprocess to {size}x{size} uint8 (JPEG draft {'on ' if draft else 'off'}): 1 process {one:7.1f} img/s, "
-                  f"{os.cpu_count()}-process pool {pool:7.1f} img/s", flush=True)
+            print(
+                f"preprocess to {size}x{size} uint8 (JPEG draft {'on ' if draft else 'off'}): 1 process {one:7.1f} img/s, "
+                f"{os.cpu_count()}-process pool {pool:7.1f} img/s",
+                flush=True,
+            )
 
     tiny_dir, tiny_bundle = work / "tiny_clip", work / "tiny_bundle"
     if not tiny_bundle.exists():
@@ -197,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ViT-B/32 random: built in {seconds:.0f}s", flush=True)
             seconds, _ = timed(export_encoders, EncoderExportConfig(source=str(full_dir), out_dir=full_bundle))
             print(f"ViT-B/32 random: exported + validated + parity-checked in {seconds:.0f}s", flush=True)
-        print(f"ViT-B/32 random: bundle {load_bundle(full_bundle).model_version}, "
-              f"{sum(p.stat().st_size for p in full_bundle.iterdir()) / 1e6:.0f} MB", flush=True)
+        print(
+            f"ViT-B/32 random: bundle {load_bundle(full_bundle).model_version}, "
+            f"{sum(p.stat().st_size for p in full_bundle.iterdir()) / 1e6:.0f} MB",
+            flush=True,
+        )
         bench_model("ViT-B/32 random", full_dir, full_bundle, posts, config, config.posts)
     print(f"done; {load()} (other processes on this machine count in it)", flush=True)
     return 0

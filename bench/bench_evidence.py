@@ -50,6 +50,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: fixtures and demo are not installed
 
+from machine import cpu_flags  # noqa: E402
+
 from ctmwa_batch.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENCE, TEXT_WEIGHT  # noqa: E402
 from ctmwa_batch.runtime import RuntimeConfig, create_session  # noqa: E402
 from demo.train import DEMO_TRAINING  # noqa: E402
@@ -60,17 +62,25 @@ from training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402
 from training.fit import fit  # noqa: E402
 from training.meta import TrainConfig  # noqa: E402
 from training.model import CTMWAConfig, save_checkpoint  # noqa: E402
-from machine import cpu_flags  # noqa: E402
 
 logger = logging.getLogger("bench_evidence")
 
-CANDIDATES = ("paper weights", "unimodal head", "counterfactual", "query head", "neck, post label", "evidence (shipped)")
+CANDIDATES = (
+    "paper weights",
+    "unimodal head",
+    "counterfactual",
+    "query head",
+    "neck, post label",
+    "evidence (shipped)",
+)
 
 
 def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) -> dict:
     """Write this seed's features; train, export, score the test split, and measure every candidate."""
     torch.set_num_threads(args.threads)
-    features = write_synthetic_features(work / f"features-{data_seed}.parquet", args.posts, args.classes, args.dim, data_seed, _spec(args))
+    features = write_synthetic_features(
+        work / f"features-{data_seed}.parquet", args.posts, args.classes, args.dim, data_seed, _spec(args)
+    )
     start = time.perf_counter()
     training = dict(DEMO_TRAINING) if args.scaled_lr else {}
     config = TrainConfig.from_dict({**training, "seed": seed, "epochs": args.epochs})
@@ -79,15 +89,24 @@ def run_seed(args: argparse.Namespace, seed: int, data_seed: int, work: Path) ->
     model, bias = result.model, result.class_bias["bias"]
     train_seconds = time.perf_counter() - start
     if args.keep:
-        save_checkpoint(model, model.config, args.keep / f"seed-{seed}", {"class_bias": result.class_bias, "labels": data.labels})
+        save_checkpoint(
+            model, model.config, args.keep / f"seed-{seed}", {"class_bias": result.class_bias, "labels": data.labels}
+        )
         (args.keep / f"seed-{seed}" / "metrics.json").write_text(json.dumps(result.metrics, indent=1, default=str))
 
     # The shipped outputs, from the exported graph through ONNX Runtime.
     test = data.test
-    report = export_head_graph(model, work / f"head-{seed}.onnx", HeadExportConfig(extra_batch_sizes=()), class_bias=bias)
+    report = export_head_graph(
+        model, work / f"head-{seed}.onnx", HeadExportConfig(extra_batch_sizes=()), class_bias=bias
+    )
     session = create_session(report.path, RuntimeConfig(device="cpu", intra_op_threads=args.threads))
     onnx_out = session.run(
-        {"text_emb": test.text.numpy(), "image_emb": test.image.numpy(), "has_text": test.has_text.numpy(), "has_image": test.has_image.numpy()}
+        {
+            "text_emb": test.text.numpy(),
+            "image_emb": test.image.numpy(),
+            "has_text": test.has_text.numpy(),
+            "has_image": test.has_image.numpy(),
+        }
     )
     predicted = torch.from_numpy(onnx_out[PROBS].argmax(1))
     rows = torch.arange(len(test))
@@ -167,22 +186,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=3, help="number of classes")
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs, help="epochs (default: ctmwa-train's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="training seeds")
-    parser.add_argument("--data-seeds", type=int, nargs="+", help="seeds of each run's synthetic features (default: 0, 1, 2, ...)")
     parser.add_argument(
-        "--class-shares", type=float, nargs="+", help="share of each post label (default uniform; MVSA-Single-like: 0.59 0.10 0.31)"
+        "--data-seeds", type=int, nargs="+", help="seeds of each run's synthetic features (default: 0, 1, 2, ...)"
     )
-    parser.add_argument("--scaled-lr", action="store_true", help="the demo's step sizes (lr 0.01, inner_lr 0.06) instead of the defaults")
+    parser.add_argument(
+        "--class-shares",
+        type=float,
+        nargs="+",
+        help="share of each post label (default uniform; MVSA-Single-like: 0.59 0.10 0.31)",
+    )
+    parser.add_argument(
+        "--scaled-lr",
+        action="store_true",
+        help="the demo's step sizes (lr 0.01, inner_lr 0.06) instead of the defaults",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads per seed")
     parser.add_argument("--json", type=Path, help="also write every seed's figures here")
     parser.add_argument("--keep", type=Path, help="keep each seed's checkpoint and metrics.json under this folder")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
 
     data_seeds = args.data_seeds or list(range(len(args.seeds)))
     if len(data_seeds) != len(args.seeds):
-        parser.error(f"--data-seeds gives {len(data_seeds)} seeds for {len(args.seeds)} --seeds; give one per training seed")
+        parser.error(
+            f"--data-seeds gives {len(data_seeds)} seeds for {len(args.seeds)} --seeds; give one per training seed"
+        )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -220,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     gap = statistics.fmean(r["test_f1_weighted"] - r["logreg_test_f1_weighted"] for r in runs)
     gain = statistics.fmean(r["test_f1_weighted"] - r["test_f1_weighted_without_class_bias"] for r in runs)
     dacc = statistics.fmean(r["test_accuracy"] - r["test_accuracy_without_class_bias"] for r in runs)
-    print(f"probe blend + class bias: F1 {gain:+.4f}, accuracy {dacc:+.4f}; CTMWA (default) − logistic regression: F1 {gap:+.4f}")
+    print(
+        f"probe blend + class bias: F1 {gain:+.4f}, accuracy {dacc:+.4f}; CTMWA (default) − logistic regression: F1 {gap:+.4f}"
+    )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_flags()}), {args.threads} thread(s) per seed, {args.jobs} job(s), "
         f"Python {platform.python_version()}, torch {torch.__version__}; total {total:.0f} s"

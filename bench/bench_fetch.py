@@ -82,7 +82,12 @@ def score(bundle: Path, posts: Path, out: Path, concurrency: int) -> dict:
     from ctmwa_batch.job import ScoreConfig, score_partition
 
     shutil.rmtree(out, ignore_errors=True)
-    summary = score_partition(posts, out, bundle, ScoreConfig(device="cpu", fetch_concurrency=concurrency, scored_at="2026-11-26T00:00:00+00:00"))
+    summary = score_partition(
+        posts,
+        out,
+        bundle,
+        ScoreConfig(device="cpu", fetch_concurrency=concurrency, scored_at="2026-11-26T00:00:00+00:00"),
+    )
     return {
         "rows_per_s": summary["timings"]["rows_per_second"],
         "by_status": summary["rows"]["by_status"],
@@ -128,12 +133,16 @@ def daft_fetch_only(s3: S3Server, endpoint: str, n: int, max_connections: int) -
     except ImportError:
         logger.warning("daft is not installed (pip install daft, or the project's bench extra): no Daft figures")
         return None
-    io = IOConfig(s3=S3Config(endpoint_url=endpoint, key_id=s3.access_key, access_key=s3.secret_key, region_name="us-east-1"))
+    io = IOConfig(
+        s3=S3Config(endpoint_url=endpoint, key_id=s3.access_key, access_key=s3.secret_key, region_name="us-east-1")
+    )
     uris = [f"s3://{BUCKET}/img/{i}.jpg" for i in range(n)]
 
     def run(items: list[str]) -> float:
         df = daft.from_pydict({"uri": items})
-        df = df.with_column("data", download(df["uri"], max_connections=max_connections, on_error="raise", io_config=io))
+        df = df.with_column(
+            "data", download(df["uri"], max_connections=max_connections, on_error="raise", io_config=io)
+        )
         t0 = time.perf_counter()
         got = df.to_pydict()["data"]
         seconds = time.perf_counter() - t0
@@ -147,11 +156,21 @@ def daft_fetch_only(s3: S3Server, endpoint: str, n: int, max_connections: int) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=256)
-    parser.add_argument("--latency-ms", type=float, default=25.0, help="held per request by the proxy in front of each store")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY, help="--fetch-concurrency of the URI runs")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each scoring case, interleaved; the best is reported")
-    parser.add_argument("--model", choices=["tiny", "vit-b32"], default="tiny",
-                        help="the bundle: tiny encoders (decoding is the whole cost) or full-size ViT-B/32 (random weights)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=25.0, help="held per request by the proxy in front of each store"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY, help="--fetch-concurrency of the URI runs"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs of each scoring case, interleaved; the best is reported"
+    )
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "vit-b32"],
+        default="tiny",
+        help="the bundle: tiny encoders (decoding is the whole cost) or full-size ViT-B/32 (random weights)",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_fetch"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -162,9 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     print("machine:", cpu_flags(), flush=True)
     bundle, _ = build_bundle(work, args.model)
     delay = args.latency_ms / 1000
-    report: dict = {"machine": cpu_flags(), "model": args.model, "posts": args.posts, "latency_ms": args.latency_ms, "concurrency": args.concurrency}
-    with S3Server(work / "s3") as s3, ImageHTTPServer() as http, \
-            ProxyProcess(("127.0.0.1", s3.port), delay) as s3_proxy, ProxyProcess(("127.0.0.1", http.port), delay) as http_proxy:
+    report: dict = {
+        "machine": cpu_flags(),
+        "model": args.model,
+        "posts": args.posts,
+        "latency_ms": args.latency_ms,
+        "concurrency": args.concurrency,
+    }
+    with (
+        S3Server(work / "s3") as s3,
+        ImageHTTPServer() as http,
+        ProxyProcess(("127.0.0.1", s3.port), delay) as s3_proxy,
+        ProxyProcess(("127.0.0.1", http.port), delay) as http_proxy,
+    ):
         os.environ.update(s3.env() | {"AWS_ENDPOINT_URL_S3": s3_proxy.endpoint})
         posts = write_partitions(work, args.posts, s3, http, http_proxy.endpoint)
         runs: dict[str, list[dict]] = {k: [] for k in posts}
@@ -182,28 +211,44 @@ def main(argv: list[str] | None = None) -> int:
             f"ctmwa_batch.fetch, concurrency {args.concurrency}": ours_fetch_only(args.posts, args.concurrency),
             "ctmwa_batch.fetch, concurrency 32": ours_fetch_only(args.posts, 32),
             "Daft url.download, max_connections 32": daft_fetch_only(s3, s3_proxy.endpoint, args.posts, 32),
-            f"Daft url.download, max_connections {args.concurrency}": daft_fetch_only(s3, s3_proxy.endpoint, args.posts, args.concurrency),
+            f"Daft url.download, max_connections {args.concurrency}": daft_fetch_only(
+                s3, s3_proxy.endpoint, args.posts, args.concurrency
+            ),
         }
-        print("fetch alone, s3:// (images/s):", json.dumps({k: v and round(v, 1) for k, v in fetch_only.items()}), flush=True)
+        print(
+            "fetch alone, s3:// (images/s):",
+            json.dumps({k: v and round(v, 1) for k, v in fetch_only.items()}),
+            flush=True,
+        )
     report |= {"score": best, "fetch_only": fetch_only}
     (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
     inline = best["inline"]["rows_per_s"]
     seq = fetch_only["sequential pyarrow S3FileSystem"]
     print()
-    print(f"machine: {report['machine']}; {args.posts} posts (500x400 JPEG ~50 KB), {args.model} bundle, {args.latency_ms:g} ms per request, "
-          f"--fetch-concurrency {args.concurrency}, best of {args.repeat}")
+    print(
+        f"machine: {report['machine']}; {args.posts} posts (500x400 JPEG ~50 KB), {args.model} bundle, {args.latency_ms:g} ms per request, "
+        f"--fetch-concurrency {args.concurrency}, best of {args.repeat}"
+    )
     print()
-    print("| run | rows/s or images/s | vs inline | vs sequential fetch | waited for images | fetch p50 / p95 ms | retries |")
+    print(
+        "| run | rows/s or images/s | vs inline | vs sequential fetch | waited for images | fetch p50 / p95 ms | retries |"
+    )
     print("|---|---|---|---|---|---|---|")
-    for kind, label in (("inline", "score, inline bytes"), ("s3", "score, s3:// keys"), ("http", "score, http:// URLs"),
-                        ("s3-sequential", "score, s3:// keys, --fetch-concurrency 1")):
+    for kind, label in (
+        ("inline", "score, inline bytes"),
+        ("s3", "score, s3:// keys"),
+        ("http", "score, http:// URLs"),
+        ("s3-sequential", "score, s3:// keys, --fetch-concurrency 1"),
+    ):
         r = best[kind]
         f = r["fetch"] or {}
         lat = f"{f['latency_p50_ms']} / {f['latency_p95_ms']}" if f else "-"
         st = r["stages_s"]
         waited = f"{st['fetch_wait']:.2f} s of {st['total']:.2f} s" if f else "-"
-        print(f"| {label} | **{r['rows_per_s']:,}** | {r['rows_per_s'] / inline:.2f}x | {r['rows_per_s'] / seq:.1f}x | {waited} | {lat} | {f.get('retries', '-')} |")
+        print(
+            f"| {label} | **{r['rows_per_s']:,}** | {r['rows_per_s'] / inline:.2f}x | {r['rows_per_s'] / seq:.1f}x | {waited} | {lat} | {f.get('retries', '-')} |"
+        )
     for name, rate in fetch_only.items():
         if rate is None:
             continue
@@ -211,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     daft = fetch_only.get(f"Daft url.download, max_connections {args.concurrency}")
     ours = fetch_only[f"ctmwa_batch.fetch, concurrency {args.concurrency}"]
     if daft:
-        print(f"\nctmwa_batch.fetch / Daft at {args.concurrency} connections: {ours / daft:.2f}x; at 32: "
-              f"{fetch_only['ctmwa_batch.fetch, concurrency 32'] / fetch_only['Daft url.download, max_connections 32']:.2f}x")
+        print(
+            f"\nctmwa_batch.fetch / Daft at {args.concurrency} connections: {ours / daft:.2f}x; at 32: "
+            f"{fetch_only['ctmwa_batch.fetch, concurrency 32'] / fetch_only['Daft url.download, max_connections 32']:.2f}x"
+        )
     return 0
 
 

@@ -71,7 +71,9 @@ def torch_threads(n: int):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(prog="bench_head", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench_head", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     d = BenchConfig()
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(d.batch_sizes))
     parser.add_argument("--seconds", type=float, default=d.seconds)
@@ -84,10 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     ort = import_onnxruntime()
 
     torch.manual_seed(config.seed)
-    model = CTMWA(CTMWAConfig(text_dim=config.dim, image_dim=config.dim, embed_dim=config.embed_dim, num_classes=config.num_classes)).eval()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-          f"torch {torch.__version__}, onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})")
-    print(f"model: Dt = Dv = {config.dim}, E = {config.embed_dim}, C = {config.num_classes}, random weights; inputs: mixed masks (70% text, 70% image)")
+    model = CTMWA(
+        CTMWAConfig(
+            text_dim=config.dim, image_dim=config.dim, embed_dim=config.embed_dim, num_classes=config.num_classes
+        )
+    ).eval()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+    )
+    print(
+        f"model: Dt = Dv = {config.dim}, E = {config.embed_dim}, C = {config.num_classes}, random weights; inputs: mixed masks (70% text, 70% image)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         graphs = {}
@@ -98,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
                 ("onnx fp32 unfolded", HeadExportConfig(fold_translators=False)),
                 ("onnx fp16 folded", HeadExportConfig(fp16=True)),
             ):
-                graphs[label] = export_head_graph(model, Path(tmp) / f"{label.replace(' ', '_')}.onnx", export_config).path
+                graphs[label] = export_head_graph(
+                    model, Path(tmp) / f"{label.replace(' ', '_')}.onnx", export_config
+                ).path
         print(f"exported and validated 3 graphs in {time.perf_counter() - t0:.1f}s")
 
-        torch_modules = {"torch fp32 unfolded": CTMWAHead(model), "torch fp32 folded": CTMWAHead(fold_translators(model))}
+        torch_modules = {
+            "torch fp32 unfolded": CTMWAHead(model),
+            "torch fp32 folded": CTMWAHead(fold_translators(model)),
+        }
         results: list[tuple[str, str, int, float]] = []
         for n in config.batch_sizes:
             feeds = head_inputs(n, "mixed", text_dim=config.dim, image_dim=config.dim, seed=config.seed)
@@ -110,19 +125,21 @@ def main(argv: list[str] | None = None) -> int:
                 where = f"cpu {threads or os.cpu_count()} thr"
                 for label, module in torch_modules.items():
                     with torch_threads(threads), torch.no_grad():
-                        results.append((label, where, n, rows_per_second(lambda m=module: m(*tensors), n, config)))
+                        results.append((label, where, n, rows_per_second(lambda m=module, t=tensors: m(*t), n, config)))
                 for label, path in graphs.items():
                     session = create_session(path, RuntimeConfig(device="cpu", intra_op_threads=threads))
-                    results.append((label, where, n, rows_per_second(lambda s=session: s.run(feeds), n, config)))
+                    results.append((label, where, n, rows_per_second(lambda s=session, f=feeds: s.run(f), n, config)))
             if CUDA in ort.get_available_providers():
                 for label, path in graphs.items():
                     session = create_session(path, RuntimeConfig(device="cuda"))
-                    results.append((label, "cuda (io binding)", n, rows_per_second(lambda s=session: s.run(feeds), n, config)))
+                    results.append(
+                        (label, "cuda (io binding)", n, rows_per_second(lambda s=session, f=feeds: s.run(f), n, config))
+                    )
             if torch.cuda.is_available():
                 cuda_module = CTMWAHead(model).cuda()
                 cuda_tensors = tuple(t.cuda() for t in tensors)
 
-                def run_cuda() -> None:
+                def run_cuda(cuda_module=cuda_module, cuda_tensors=cuda_tensors) -> None:
                     with torch.no_grad():
                         cuda_module(*cuda_tensors)
                     torch.cuda.synchronize()
@@ -134,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, where, n, rate in results:
             print(f"{label:<22}{where:<20}{n:>7}{rate:>14,.0f}")
         if CUDA not in ort.get_available_providers():
-            print(f"CUDA: skipped (this onnxruntime offers {ort.get_available_providers()}; install onnxruntime-gpu on a GPU machine)")
+            print(
+                f"CUDA: skipped (this onnxruntime offers {ort.get_available_providers()}; install onnxruntime-gpu on a GPU machine)"
+            )
         if not torch.cuda.is_available():
             print("CUDA (torch): skipped (torch.cuda.is_available() is False)")
 
@@ -142,7 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         n = max(config.batch_sizes)
         feeds = head_inputs(n, "mixed", text_dim=config.dim, image_dim=config.dim, seed=config.seed + 1)
         with torch.no_grad():
-            want = {k: v.numpy() for k, v in CTMWAHead(model)(*(torch.from_numpy(feeds[name]) for name in HEAD_INPUTS)).items()}
+            want = {
+                k: v.numpy()
+                for k, v in CTMWAHead(model)(*(torch.from_numpy(feeds[name]) for name in HEAD_INPUTS)).items()
+            }
         print()
         print(f"agreement with PyTorch fp32 on {n} rows (mixed masks):")
         for label, path in graphs.items():
@@ -150,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             prob = np.abs(got["probs"] - want["probs"]).max()
             weights = max(np.abs(got[k] - want[k]).max() for k in ("text_weight", "image_weight"))
             agree = (got["probs"].argmax(1) == want["probs"].argmax(1)).mean()
-            print(f"  {label:<20} max |probs diff| {prob:.2e}, max |weight diff| {weights:.2e}, argmax agreement {agree:.4%}")
+            print(
+                f"  {label:<20} max |probs diff| {prob:.2e}, max |weight diff| {weights:.2e}, argmax agreement {agree:.4%}"
+            )
     return 0
 
 

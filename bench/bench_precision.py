@@ -53,16 +53,21 @@ def _features(path: Path) -> dict:
         dim = len(next(v for v in values if v is not None))
         return np.array([v if v is not None else [0.0] * dim for v in values], dtype=np.float32)
 
-    return {"post_id": t.column("post_id").to_pylist(), "text_emb": emb("text_emb"), "image_emb": emb("image_emb"),
-            "has_text": np.array(t.column("has_text").to_pylist(), bool), "has_image": np.array(t.column("has_image").to_pylist(), bool),
-            "label": np.array(t.column("label").to_pylist()) if "label" in t.column_names else np.zeros(n)}
+    return {
+        "post_id": t.column("post_id").to_pylist(),
+        "text_emb": emb("text_emb"),
+        "image_emb": emb("image_emb"),
+        "has_text": np.array(t.column("has_text").to_pylist(), bool),
+        "has_image": np.array(t.column("has_image").to_pylist(), bool),
+        "label": np.array(t.column("label").to_pylist()) if "label" in t.column_names else np.zeros(n),
+    }
 
 
 def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
     import torch
 
-    from fixtures.posts import LABELS, write_training_posts
     from ctmwa_batch.embed import embed_posts
+    from fixtures.posts import LABELS, write_training_posts
     from training.cli import main as train_main
     from training.model import load_checkpoint
 
@@ -82,8 +87,25 @@ def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
     ckpt = folder / "ctmwa"
     if not (ckpt / "config.json").exists():
         # the demo's training settings (demo/run_demo.py): batch 64, lr 0.005
-        assert train_main(["--features", str(feats), "--out", str(ckpt), "--epochs", str(epochs), "--seed", "0", "--labels", ",".join(LABELS),
-                           "--config", json.dumps({"training": {"batch_size": 64, "lr": 0.005}})]) == 0
+        assert (
+            train_main(
+                [
+                    "--features",
+                    str(feats),
+                    "--out",
+                    str(ckpt),
+                    "--epochs",
+                    str(epochs),
+                    "--seed",
+                    "0",
+                    "--labels",
+                    ",".join(LABELS),
+                    "--config",
+                    json.dumps({"training": {"batch_size": 64, "lr": 0.005}}),
+                ]
+            )
+            == 0
+        )
     logger.info("%s: fp32 features and head ready in %.0fs", size, time.perf_counter() - t0)
     model, _, _ = load_checkpoint(ckpt)
     results: dict = {"held_out_posts": None}
@@ -96,12 +118,18 @@ def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
         seconds = time.perf_counter() - t0
         f = _features(out)
         with torch.no_grad():
-            logits = model(torch.from_numpy(f["text_emb"]), torch.from_numpy(f["image_emb"]),
-                           torch.from_numpy(f["has_text"]), torch.from_numpy(f["has_image"])).logits_m.numpy()
+            logits = model(
+                torch.from_numpy(f["text_emb"]),
+                torch.from_numpy(f["image_emb"]),
+                torch.from_numpy(f["has_text"]),
+                torch.from_numpy(f["has_image"]),
+            ).logits_m.numpy()
         preds[precision], embs[precision] = logits.argmax(1), f
         results["held_out_posts"] = len(f["post_id"])
-        results[precision] = {"accuracy": round(float((preds[precision] == f["label"]).mean()), 4),
-                              "embed_posts_per_s": round(stats["rows"] / seconds, 1)}
+        results[precision] = {
+            "accuracy": round(float((preds[precision] == f["label"]).mean()), 4),
+            "embed_posts_per_s": round(stats["rows"] / seconds, 1),
+        }
     for precision in PRECISIONS:
         r = results[precision]
         r["agreement_with_fp32"] = round(float((preds[precision] == preds["fp32"]).mean()), 4)
@@ -116,7 +144,9 @@ def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "vit-b32"], choices=["tiny", "vit-b32"])
-    parser.add_argument("--posts", nargs="+", type=int, default=[1500, 600], help="generated posts per size (30%% held out)")
+    parser.add_argument(
+        "--posts", nargs="+", type=int, default=[1500, 600], help="generated posts per size (30%% held out)"
+    )
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_work"))
     args = parser.parse_args(argv)
@@ -130,13 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         report[size] = run_size(args.work, size, n, args.epochs)
         print(f"{size}:", json.dumps(report[size]), flush=True)
     print()
-    print("| encoders | precision | held-out posts | prediction = fp32 | flipped | accuracy (generated labels) | image emb cosine min / mean | text emb cosine min / mean | embed posts/s (CPU) |")
+    print(
+        "| encoders | precision | held-out posts | prediction = fp32 | flipped | accuracy (generated labels) | image emb cosine min / mean | text emb cosine min / mean | embed posts/s (CPU) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for size, r in report.items():
         for p in PRECISIONS:
             x = r[p]
-            print(f"| {size} | {p} | {r['held_out_posts']} | {x['agreement_with_fp32']:.2%} | {x['flipped_posts']} | {x['accuracy']:.2%} | "
-                  f"{x['image_emb_cosine_min']:.5f} / {x['image_emb_cosine_mean']:.6f} | {x['text_emb_cosine_min']:.5f} / {x['text_emb_cosine_mean']:.6f} | {x['embed_posts_per_s']} |")
+            print(
+                f"| {size} | {p} | {r['held_out_posts']} | {x['agreement_with_fp32']:.2%} | {x['flipped_posts']} | {x['accuracy']:.2%} | "
+                f"{x['image_emb_cosine_min']:.5f} / {x['image_emb_cosine_mean']:.6f} | {x['text_emb_cosine_min']:.5f} / {x['text_emb_cosine_mean']:.6f} | {x['embed_posts_per_s']} |"
+            )
     (args.work / "precision_report.json").write_text(json.dumps(report, indent=2))
     return 0
 

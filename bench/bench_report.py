@@ -34,7 +34,11 @@ def build_lake(root: Path, days: list[str], rows: int) -> float:
 
     t0 = time.perf_counter()
     for k, d in enumerate(days):
-        mix = Mix(evidence=True) if k < len(days) - 1 else Mix(sentiment=(0.2, 0.3, 0.5), status=(0.8, 0.04, 0.15, 0.01, 0.0), evidence=True)
+        mix = (
+            Mix(evidence=True)
+            if k < len(days) - 1
+            else Mix(sentiment=(0.2, 0.3, 0.5), status=(0.8, 0.04, 0.15, 0.01, 0.0), evidence=True)
+        )
         commit_day(root, VERSION, d, draw_scores(rows, k, mix, d), row_group_size=131_072)
     return time.perf_counter() - t0
 
@@ -46,7 +50,14 @@ def streaming(root: str, days: list[str]) -> dict:
     from ctmwa_batch import drift
 
     numbers = drift.build(root, VERSION, days[-1], baseline_days=len(days) - 1, thresholds=drift.Thresholds())
-    return {d["date"]: {"rows": d["rows"], "by_status": d["by_status"], "hist": d["distributions"]["confidence"]["histogram"]} for d in numbers["days"]}
+    return {
+        d["date"]: {
+            "rows": d["rows"],
+            "by_status": d["by_status"],
+            "hist": d["distributions"]["confidence"]["histogram"],
+        }
+        for d in numbers["days"]
+    }
 
 
 def read_everything(root: str, days: list[str]) -> dict:
@@ -58,14 +69,29 @@ def read_everything(root: str, days: list[str]) -> dict:
     from ctmwa_batch.partitions import output_dir
     from ctmwa_batch.schema import STATUSES
 
-    columns = ["status", "sentiment", "confidence", "text_weight", "image_weight", "has_text", "has_image", "error", "text_evidence", "image_evidence"]
+    columns = [
+        "status",
+        "sentiment",
+        "confidence",
+        "text_weight",
+        "image_weight",
+        "has_text",
+        "has_image",
+        "error",
+        "text_evidence",
+        "image_evidence",
+    ]
     tables = {d: pq.read_table(output_dir(root, VERSION, f"dt={d}"), columns=columns) for d in days}
     out = {}
     for d, t in tables.items():
         present = {r["values"]: r["counts"] for r in pc.value_counts(t.column("status")).to_pylist()}
         counts = {k: present.get(k, 0) for k in STATUSES}
         _ = pc.value_counts(t.column("sentiment")).to_pylist()
-        _ = pc.sum(pc.invert(t.column("has_text"))), pc.sum(pc.invert(t.column("has_image"))), pc.sum(pc.match_substring(t.column("error"), "image:"))
+        _ = (
+            pc.sum(pc.invert(t.column("has_text"))),
+            pc.sum(pc.invert(t.column("has_image"))),
+            pc.sum(pc.match_substring(t.column("error"), "image:")),
+        )
         hist = None
         for name in ("confidence", "text_weight", "image_weight", "text_evidence", "image_evidence"):
             h = np.histogram(pc.drop_null(t.column(name)).to_numpy().astype(np.float64), bins=100, range=(0, 1))[0]
@@ -97,7 +123,12 @@ def child(way: str, root: str, days: list[str]) -> None:
 
 
 def run_child(way: str, root: Path, days: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", way, "--root", str(root), "--dates", ",".join(days)], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", way, "--root", str(root), "--dates", ",".join(days)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{way} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -113,7 +144,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=8, help="committed days: the report day and its baseline")
     parser.add_argument("--rows", type=int, default=1_000_000, help="score rows per day")
-    parser.add_argument("--root", default="/tmp/ctmwa_bench_report", help="where the lake goes (removed first, and after)")
+    parser.add_argument(
+        "--root", default="/tmp/ctmwa_bench_report", help="where the lake goes (removed first, and after)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the lake")
     parser.add_argument("--reuse", action="store_true", help="use the lake a --keep run left at --root")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -137,7 +170,9 @@ def main() -> int:
         pass
     built = 0.0 if args.reuse else build_lake(root, days, args.rows)
     size = sum(f.stat().st_size for f in root.rglob("*.parquet"))
-    print(f"lake: {args.days} committed days x {args.rows:,} rows = {args.days * args.rows:,} rows, {size / 1e6:.0f} MB of Parquet (written in {built:.0f} s)")
+    print(
+        f"lake: {args.days} committed days x {args.rows:,} rows = {args.days * args.rows:,} rows, {size / 1e6:.0f} MB of Parquet (written in {built:.0f} s)"
+    )
     imports = baseline_rss()
     results = {way: run_child(way, root, days) for way in ("streaming", "read_table", "full_report")}
     s, r = results["streaming"], results["read_table"]
@@ -145,11 +180,17 @@ def main() -> int:
     rows = args.days * args.rows
     print(f"peak RSS of the imports alone: {imports:.0f} MB")
     print(f"{'way':<48} {'seconds':>8} {'rows/s':>12} {'peak RSS MB':>12}")
-    for way, label in (("streaming", "ctmwa_batch.drift (streaming, bounded memory)"), ("read_table", "read_table of every day, then compute"), ("full_report", "full report (numbers + 6 figures + HTML)")):
+    for way, label in (
+        ("streaming", "ctmwa_batch.drift (streaming, bounded memory)"),
+        ("read_table", "read_table of every day, then compute"),
+        ("full_report", "full report (numbers + 6 figures + HTML)"),
+    ):
         x = results[way]
         print(f"{label:<48} {x['seconds']:>8.2f} {rows / x['seconds']:>12,.0f} {x['peak_rss_mb']:>12.0f}")
     print(f"time: read_table / streaming = {r['seconds'] / s['seconds']:.2f}x")
-    print(f"peak RSS: read_table / streaming = {r['peak_rss_mb'] / s['peak_rss_mb']:.2f}x (above the imports: {(r['peak_rss_mb'] - imports) / max(s['peak_rss_mb'] - imports, 1):.1f}x)")
+    print(
+        f"peak RSS: read_table / streaming = {r['peak_rss_mb'] / s['peak_rss_mb']:.2f}x (above the imports: {(r['peak_rss_mb'] - imports) / max(s['peak_rss_mb'] - imports, 1):.1f}x)"
+    )
     print(f"full report: {results['full_report']['result']}")
     try:
         load = os.getloadavg()

@@ -44,8 +44,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ctmwa_batch.config import ScoreConfig  # noqa: E402
 from machine import cpu_info  # noqa: E402
+
+from ctmwa_batch.config import ScoreConfig  # noqa: E402
 from fixtures import images as fixture_images  # noqa: E402
 
 logger = logging.getLogger("bench_score")
@@ -61,14 +62,23 @@ WORDS = "good great happy love sad bad angry day night beach cat dog coffee frie
 def photo_jpeg(rng: np.random.Generator, w: int = 500, h: int = 400, quality: int | None = None) -> bytes:
     """A photo-like JPEG (fixtures.images) with coarser texture and milder noise (40-60 KB at 500x400)."""
     quality = int(rng.integers(90, 93)) if quality is None else quality
-    return fixture_images.photo_jpeg(w, h, rng, quality=quality, block=16, texture=18.0, noise=float(rng.uniform(5.4, 7.0)))
+    return fixture_images.photo_jpeg(
+        w, h, rng, quality=quality, block=16, texture=18.0, noise=float(rng.uniform(5.4, 7.0))
+    )
 
 
 def short_text(rng: np.random.Generator) -> str:
     return " ".join(rng.choice(WORDS, size=int(rng.integers(4, 14))))
 
 
-def write_posts(path: Path, n: int, seed: int, image_size: tuple[int, int], distinct_images: int | None = None, row_group_size: int = 10_000) -> dict:
+def write_posts(
+    path: Path,
+    n: int,
+    seed: int,
+    image_size: tuple[int, int],
+    distinct_images: int | None = None,
+    row_group_size: int = 10_000,
+) -> dict:
     """A posts partition of n rows; `distinct_images` JPEGs are cycled when set (for big partitions)."""
     rng = np.random.default_rng(seed)
     k = n if distinct_images is None else min(n, distinct_images)
@@ -91,8 +101,13 @@ def write_posts(path: Path, n: int, seed: int, image_size: tuple[int, int], dist
                 )
             )
     sizes = [len(j) for j in jpegs]
-    return {"rows": n, "jpeg_kb_mean": round(np.mean(sizes) / 1024, 1), "jpeg_kb_min": round(min(sizes) / 1024, 1),
-            "jpeg_kb_max": round(max(sizes) / 1024, 1), "file_mb": round(path.stat().st_size / 2**20, 1)}
+    return {
+        "rows": n,
+        "jpeg_kb_mean": round(np.mean(sizes) / 1024, 1),
+        "jpeg_kb_min": round(min(sizes) / 1024, 1),
+        "jpeg_kb_max": round(max(sizes) / 1024, 1),
+        "file_mb": round(path.stat().st_size / 2**20, 1),
+    }
 
 
 # --------------------------------------------------------------------------------------------------- models
@@ -115,9 +130,13 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     if not (clip_dir / "config.json").exists():
         (build_random_clip_vit_b32 if size == "vit-b32" else build_tiny_clip)(clip_dir, seed=0)
     if not (enc_dir / MANIFEST).exists():
-        export_encoders(EncoderExportConfig(source=str(clip_dir), out_dir=enc_dir, overwrite=True, precisions=PRECISIONS))
+        export_encoders(
+            EncoderExportConfig(source=str(clip_dir), out_dir=enc_dir, overwrite=True, precisions=PRECISIONS)
+        )
     dim = 512 if size == "vit-b32" else 16
-    config = CTMWAConfig(text_dim=dim, image_dim=dim, embed_dim=128 if size == "vit-b32" else 8, num_classes=len(LABELS))
+    config = CTMWAConfig(
+        text_dim=dim, image_dim=dim, embed_dim=128 if size == "vit-b32" else 8, num_classes=len(LABELS)
+    )
     torch.manual_seed(0)
     save_checkpoint(CTMWA(config).eval(), config, ckpt_dir, {"labels": LABELS})
     export_head(ckpt_dir, enc_dir, full_dir)
@@ -137,7 +156,10 @@ def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int, device: 
     table = pq.read_table(posts)
     items, texts = table.column("image").to_pylist(), table.column("text").to_pylist()
     n = len(items)
-    scorer = Scorer(load_bundle(bundle_dir), ScoreConfig(device=device, intra_op_threads=threads, workers=workers, precision=precision))
+    scorer = Scorer(
+        load_bundle(bundle_dir),
+        ScoreConfig(device=device, intra_op_threads=threads, workers=workers, precision=precision),
+    )
     out: dict = {}
     with ImageDecoder(scorer.image_spec, workers) as decoder:
         decoder.result(decoder.submit(items[:8]))  # start the pool's processes
@@ -164,14 +186,29 @@ def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int, device: 
         scorer.head.run(feeds)
     out["head_per_s"] = 5 * n / (time.perf_counter() - t0)
     # The model alone (encoders + head, no decoding): what inference could do if decoding were free.
-    out["model_alone_posts_per_s"] = 1.0 / (1.0 / out["image_encoder_per_s"] + 1.0 / out["text_encoder_per_s"] + 1.0 / out["head_per_s"])
+    out["model_alone_posts_per_s"] = 1.0 / (
+        1.0 / out["image_encoder_per_s"] + 1.0 / out["text_encoder_per_s"] + 1.0 / out["head_per_s"]
+    )
     out = {k: round(v, 1) for k, v in out.items()}
     out["precision"] = scorer.precision
-    out["providers"] = {"image_encoder": enc.image_session.provider, "text_encoder": enc.text_session.provider, "head": scorer.head.provider}
+    out["providers"] = {
+        "image_encoder": enc.image_session.provider,
+        "text_encoder": enc.text_session.provider,
+        "head": scorer.head.provider,
+    }
     return out
 
 
-def ours(bundle_dir: Path, posts: Path, out_root: Path, workers: int, threads: int, batch_size: int, device: str, precision: str) -> dict:
+def ours(
+    bundle_dir: Path,
+    posts: Path,
+    out_root: Path,
+    workers: int,
+    threads: int,
+    batch_size: int,
+    device: str,
+    precision: str,
+) -> dict:
     """ctmwa-batch score end to end; posts/s over the shard (read -> decode -> encode -> head -> write -> commit)."""
     import shutil
 
@@ -179,8 +216,14 @@ def ours(bundle_dir: Path, posts: Path, out_root: Path, workers: int, threads: i
 
     shutil.rmtree(out_root, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = score_partition(posts, out_root, bundle_dir, ScoreConfig(
-        device=device, workers=workers, intra_op_threads=threads, batch_size=batch_size, precision=precision))
+    summary = score_partition(
+        posts,
+        out_root,
+        bundle_dir,
+        ScoreConfig(
+            device=device, workers=workers, intra_op_threads=threads, batch_size=batch_size, precision=precision
+        ),
+    )
     wall = time.perf_counter() - t0
     rows = summary["rows"]["output"]
     return {
@@ -211,7 +254,11 @@ def baseline(clip_dir: Path, bundle_dir: Path, posts: Path, out_path: Path, thre
     head, _, _ = load_checkpoint(bundle_dir.parent / bundle_dir.name.replace("-bundle", "-ctmwa"))
     head = head.to(dev)
     table = pq.read_table(posts)
-    items, texts, ids = table.column("image").to_pylist(), table.column("text").to_pylist(), table.column("post_id").to_pylist()
+    items, texts, ids = (
+        table.column("image").to_pylist(),
+        table.column("text").to_pylist(),
+        table.column("post_id").to_pylist(),
+    )
     rows = []
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -224,8 +271,15 @@ def baseline(clip_dir: Path, bundle_dir: Path, posts: Path, out_path: Path, thre
             out = head(text_emb, image_emb)
             probs = out.logits_m.softmax(-1).cpu().numpy()
             for j, p in enumerate(probs):
-                rows.append({"post_id": ids[i + j], "sentiment": LABELS[int(p.argmax())], "confidence": float(p.max()),
-                             "text_weight": float(out.text_weight[j]), "image_weight": float(out.image_weight[j])})
+                rows.append(
+                    {
+                        "post_id": ids[i + j],
+                        "sentiment": LABELS[int(p.argmax())],
+                        "confidence": float(p.max()),
+                        "text_weight": float(out.text_weight[j]),
+                        "image_weight": float(out.image_weight[j]),
+                    }
+                )
     pq.write_table(pa.Table.from_pylist(rows), out_path)
     return {"posts_per_s": round(len(items) / (time.perf_counter() - t0), 1), "device": str(dev)}
 
@@ -251,24 +305,34 @@ def print_table(report: dict) -> None:
     """One Markdown table, ready to paste into the README."""
     base = (report.get("baseline") or {}).get("posts_per_s")
     print()
-    print(f"machine: {report['machine']['cpu']['model']}, {report['machine']['cpu']['cpus']} CPUs, flags {' '.join(report['machine']['cpu']['flags'])}, "
-          f"GPU {report['machine']['gpu'] or 'none'}, load {report['machine']['cpu']['load_1min']} at start, {report['machine']['load_end']} at end")
+    print(
+        f"machine: {report['machine']['cpu']['model']}, {report['machine']['cpu']['cpus']} CPUs, flags {' '.join(report['machine']['cpu']['flags'])}, "
+        f"GPU {report['machine']['gpu'] or 'none'}, load {report['machine']['cpu']['load_1min']} at start, {report['machine']['load_end']} at end"
+    )
     print(f"posts: {json.dumps(report['posts'], default=float)}")
     print()
-    print("| run | precision | providers (image / text / head) | decode img/s | image enc /s | text enc /s | head rows/s | models alone /s | end to end posts/s | vs transformers |")
+    print(
+        "| run | precision | providers (image / text / head) | decode img/s | image enc /s | text enc /s | head rows/s | models alone /s | end to end posts/s | vs transformers |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for run in report["runs"]:
         c, o = run["ceilings"], run["ours"]
         prov = " / ".join(p.replace("ExecutionProvider", "") for p in c["providers"].values())
         ratio = f"{o['posts_per_s'] / base:.2f}x" if base else "-"
-        print(f"| ctmwa-batch score | {c['precision']} | {prov} | {c['decode_images_per_s']:,} | {c['image_encoder_per_s']:,} | {c['text_encoder_per_s']:,} | "
-              f"{c['head_per_s']:,} | {c['model_alone_posts_per_s']:,} | **{o['posts_per_s']:,}** ({o['posts_per_s_incl_startup']:,} with start-up) | {ratio} |")
+        print(
+            f"| ctmwa-batch score | {c['precision']} | {prov} | {c['decode_images_per_s']:,} | {c['image_encoder_per_s']:,} | {c['text_encoder_per_s']:,} | "
+            f"{c['head_per_s']:,} | {c['model_alone_posts_per_s']:,} | **{o['posts_per_s']:,}** ({o['posts_per_s_incl_startup']:,} with start-up) | {ratio} |"
+        )
     if base:
         b = report["baseline"]
-        print(f"| transformers pipeline (CLIPImageProcessorPil + CLIPModel fp32, batch 64, torch head) | fp32 | torch {b['device']} | | | | | | **{base:,}** | 1.00x |")
+        print(
+            f"| transformers pipeline (CLIPImageProcessorPil + CLIPModel fp32, batch 64, torch head) | fp32 | torch {b['device']} | | | | | | **{base:,}** | 1.00x |"
+        )
     for run in report["runs"]:
         if "agreement_with_transformers" in run:
-            print(f"sentiment agreement with the transformers pipeline, {run['ceilings']['precision']}: {run['agreement_with_transformers']:.2%}")
+            print(
+                f"sentiment agreement with the transformers pipeline, {run['ceilings']['precision']}: {run['agreement_with_transformers']:.2%}"
+            )
 
 
 def _status_kb(pid: int | str, key: str) -> int:
@@ -315,7 +379,9 @@ def memory_run(bundle_dir: Path, posts: Path, out_root: Path, workers: int, batc
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    summary = score_partition(posts, out_root, bundle_dir, ScoreConfig(device="cpu", workers=workers, batch_size=batch_size))
+    summary = score_partition(
+        posts, out_root, bundle_dir, ScoreConfig(device="cpu", workers=workers, batch_size=batch_size)
+    )
     done.set()
     sampler.join()
     return {
@@ -333,13 +399,27 @@ def memory_run(bundle_dir: Path, posts: Path, out_root: Path, workers: int, batc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, default=256, help="posts in the throughput partition (full-size models)")
-    parser.add_argument("--memory-rows", type=int, nargs="*", default=[10_000, 100_000], help="partition sizes for the memory part (none: skip it)")
-    parser.add_argument("--workers", type=int, default=ScoreConfig().decode_workers, help="decoding processes (default: the scorer's)")
+    parser.add_argument(
+        "--memory-rows",
+        type=int,
+        nargs="*",
+        default=[10_000, 100_000],
+        help="partition sizes for the memory part (none: skip it)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=ScoreConfig().decode_workers, help="decoding processes (default: the scorer's)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0 = all cores)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where ctmwa-batch and the transformers pipeline run")
-    parser.add_argument("--precision", action="append", choices=["fp32", "fp16", "int8"],
-                        help="encoder variants to run, repeatable (default: fp32 and int8 on cpu, fp32 and fp16 on cuda)")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where ctmwa-batch and the transformers pipeline run"
+    )
+    parser.add_argument(
+        "--precision",
+        action="append",
+        choices=["fp32", "fp16", "int8"],
+        help="encoder variants to run, repeatable (default: fp32 and int8 on cpu, fp32 and fp16 on cuda)",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_work"), help="cache for models and data")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--_memory-run", nargs=3, metavar=("BUNDLE", "POSTS", "OUT"), help=argparse.SUPPRESS)
@@ -356,8 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     threads = args.threads or os.cpu_count() or 1
-    report: dict = {"machine": {"cpu": cpu_info(), "gpu": gpu_name(), "device": args.device, "decode_workers": args.workers,
-                                "threads": threads, "batch_size": args.batch_size}}
+    report: dict = {
+        "machine": {
+            "cpu": cpu_info(),
+            "gpu": gpu_name(),
+            "device": args.device,
+            "decode_workers": args.workers,
+            "threads": threads,
+            "batch_size": args.batch_size,
+        }
+    }
     print("machine:", json.dumps(report["machine"]), flush=True)
     t_all = time.perf_counter()
 
@@ -366,17 +454,26 @@ def main(argv: list[str] | None = None) -> int:
     if not posts.exists():
         report["posts"] = write_posts(posts, args.posts, seed=1, image_size=(500, 400))
     else:
-        report["posts"] = {"rows": pq.ParquetFile(posts).metadata.num_rows, "file_mb": round(posts.stat().st_size / 2**20, 1)}
+        report["posts"] = {
+            "rows": pq.ParquetFile(posts).metadata.num_rows,
+            "file_mb": round(posts.stat().st_size / 2**20, 1),
+        }
     print("posts:", json.dumps(report["posts"]), flush=True)
 
     if not args.skip_baseline:
         report["baseline"] = baseline(clip_dir, bundle, posts, work / "baseline.parquet", threads, args.device)
-        print("transformers pipeline (CLIPImageProcessorPil + CLIPModel fp32, batch 64, + torch head):", json.dumps(report["baseline"]), flush=True)
+        print(
+            "transformers pipeline (CLIPImageProcessorPil + CLIPModel fp32, batch 64, + torch head):",
+            json.dumps(report["baseline"]),
+            flush=True,
+        )
     report["runs"] = []
     for precision in precisions:
         run = {"ceilings": ceilings(bundle, posts, args.workers, threads, args.device, precision)}
         print(f"ceilings, {precision} (each stage alone, per second):", json.dumps(run["ceilings"]), flush=True)
-        run["ours"] = ours(bundle, posts, work / f"scores-{precision}", args.workers, threads, args.batch_size, args.device, precision)
+        run["ours"] = ours(
+            bundle, posts, work / f"scores-{precision}", args.workers, threads, args.batch_size, args.device, precision
+        )
         print(f"ctmwa-batch score, {precision}:", json.dumps(run["ours"]), flush=True)
         if "baseline" in report:
             run["agreement_with_transformers"] = agreement(run["ours"]["scores"], work / "baseline.parquet")
@@ -394,11 +491,26 @@ def main(argv: list[str] | None = None) -> int:
             if not mem_posts.exists():
                 write_posts(mem_posts, rows, seed=2, image_size=(128, 96), distinct_images=256)
             result = subprocess.run(
-                [sys.executable, __file__, "--_memory-run", str(tiny), str(mem_posts), str(work / f"scores-{rows}"),
-                 "--workers", str(args.workers), "--batch-size", "256"],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--_memory-run",
+                    str(tiny),
+                    str(mem_posts),
+                    str(work / f"scores-{rows}"),
+                    "--workers",
+                    str(args.workers),
+                    "--batch-size",
+                    "256",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
-            memory.append(json.loads(result.stdout.strip().splitlines()[-1]) | {"input_mb": round(mem_posts.stat().st_size / 2**20, 1)})
+            memory.append(
+                json.loads(result.stdout.strip().splitlines()[-1])
+                | {"input_mb": round(mem_posts.stat().st_size / 2**20, 1)}
+            )
             print("memory (tiny encoders, 128x96 JPEGs, batch 256):", json.dumps(memory[-1]), flush=True)
         report["memory"] = memory
     print(f"total bench time {time.perf_counter() - t_all:.0f}s", flush=True)

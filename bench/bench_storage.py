@@ -38,11 +38,23 @@ def timed_run(input_path: str, output_root: str, bundle: Path, rows_per_shard: i
     from ctmwa_batch.config import JobConfig
     from ctmwa_batch.storage import open_filesystem
 
-    config = JobConfig.from_dict({"device": "cpu", "workers": workers, "intra_op_threads": threads, "max_rows_per_shard": rows_per_shard,
-                                  "precision": "fp32", "scored_at": "2026-11-26T03:00:00+00:00"}).to_dict()
+    config = JobConfig.from_dict(
+        {
+            "device": "cpu",
+            "workers": workers,
+            "intra_op_threads": threads,
+            "max_rows_per_shard": rows_per_shard,
+            "precision": "fp32",
+            "scored_at": "2026-11-26T03:00:00+00:00",
+        }
+    ).to_dict()
     t0 = time.perf_counter()
     fs, path = open_filesystem(input_path)
-    listing = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+    listing = [
+        i
+        for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+    ]
     t_list = time.perf_counter() - t0
     t0 = time.perf_counter()
     for info in listing:
@@ -83,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-shard", type=int, default=500, help="rows per shard: one part each (default 500)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: the reader thread)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (default 0: all cores)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_storage"), help="work folder (the bundle is cached there)")
+    parser.add_argument(
+        "--work", type=Path, default=Path("/tmp/ctmwa_bench_storage"), help="work folder (the bundle is cached there)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -92,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
-
     from bench_score import build_bundle
+
     from fixtures import posts as demo_posts
     from fixtures.s3server import S3Server
 
@@ -115,19 +129,42 @@ def main(argv: list[str] | None = None) -> int:
     with S3Server(work / "s3") as s3:
         os.environ.update(s3.env())
         s3.create_bucket(BUCKET)
-        pafs.copy_files(str(local_posts), f"{BUCKET}/posts/dt={DATE}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3.filesystem())
+        pafs.copy_files(
+            str(local_posts),
+            f"{BUCKET}/posts/dt={DATE}",
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=s3.filesystem(),
+        )
         # warm up once (sessions, page cache, the S3 client), then measure each side
         timed_run(str(local_posts), str(work / "warmup"), bundle, args.rows_per_shard, args.workers, args.threads)
-        local = timed_run(str(local_posts), str(work / "scores"), bundle, args.rows_per_shard, args.workers, args.threads)
-        remote = timed_run(f"s3://{BUCKET}/posts/dt={DATE}", f"s3://{BUCKET}/scores", bundle, args.rows_per_shard, args.workers, args.threads)
+        local = timed_run(
+            str(local_posts), str(work / "scores"), bundle, args.rows_per_shard, args.workers, args.threads
+        )
+        remote = timed_run(
+            f"s3://{BUCKET}/posts/dt={DATE}",
+            f"s3://{BUCKET}/scores",
+            bundle,
+            args.rows_per_shard,
+            args.workers,
+            args.threads,
+        )
 
-    report = {"machine": cpu_flags(), "rows": local["rows"], "local": local, "s3": remote,
-              "ratio_s3_over_local_rows_per_s": round(remote["rows_per_s"] / local["rows_per_s"], 3)}
+    report = {
+        "machine": cpu_flags(),
+        "rows": local["rows"],
+        "local": local,
+        "s3": remote,
+        "ratio_s3_over_local_rows_per_s": round(remote["rows_per_s"] / local["rows_per_s"], 3),
+    }
     print(f"machine: {report['machine']}")
-    print(f"{local['rows']} posts in {local['files']} files, {local['shards']} shards (one part each), tiny bundle, fp32, CPU\n")
+    print(
+        f"{local['rows']} posts in {local['files']} files, {local['shards']} shards (one part each), tiny bundle, fp32, CPU\n"
+    )
     head = ["", "rows/s", "total s", "list s", "footers s", "plan s", "shards s", "commit s"]
     keys = ["rows_per_s", "seconds", "list_s", "footers_s", "plan_s", "shards_s", "commit_s"]
-    lines = [head] + [[name, *(str(side[k]) for k in keys)] for name, side in (("local disk", local), ("S3 (SeaweedFS)", remote))]
+    lines = [head] + [
+        [name, *(str(side[k]) for k in keys)] for name, side in (("local disk", local), ("S3 (SeaweedFS)", remote))
+    ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     for line in lines:
         print(" | ".join(c.ljust(w) for c, w in zip(line, widths)))

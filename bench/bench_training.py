@@ -32,13 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: fixtures and demo are not installed
 
+from machine import cpu_flags  # noqa: E402
+
 import training  # noqa: E402
 from demo.train import DEMO_TRAINING  # noqa: E402
 from fixtures.features import write_synthetic_features  # noqa: E402
 from training.data import read_features  # noqa: E402
 from training.evidence import logistic_baseline  # noqa: E402
 from training.meta import TrainConfig  # noqa: E402
-from machine import cpu_flags  # noqa: E402
 
 logger = logging.getLogger("bench_training")
 
@@ -74,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="training seeds")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic features")
     parser.add_argument("--reference-lr", action="store_true", help="the reference's step sizes instead of the demo's")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is faster on a busy machine")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is faster on a busy machine"
+    )
     parser.add_argument("--json", type=Path, help="also write every run's metrics here")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name, _, _ in RUNS}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        features = write_synthetic_features(Path(tmp) / "features.parquet", args.posts, args.classes, args.dim, args.data_seed)
+        features = write_synthetic_features(
+            Path(tmp) / "features.parquet", args.posts, args.classes, args.dim, args.data_seed
+        )
         table = pq.read_table(features)
         without_query = Path(tmp) / "features.without_query.parquet"
         pq.write_table(table.filter(pc.invert(table.column("query"))), without_query)

@@ -23,7 +23,12 @@ def cpu_info() -> dict:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"model": model, "cpus": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags], "load_1min": round(os.getloadavg()[0], 2)}
+    return {
+        "model": model,
+        "cpus": os.cpu_count(),
+        "flags": [f for f in CPU_FLAGS if f in flags],
+        "load_1min": round(os.getloadavg()[0], 2),
+    }
 
 
 def cpu_flags() -> str:

@@ -199,7 +199,9 @@ class Bundle:
                 hint = "; this is an encoders-only bundle: add a head (ctmwa-export head) before scoring"
             elif name in ENCODER_FILES:
                 hint = "; export the encoders into it (ctmwa-export encoders)"
-            raise BundleError(f"bundle {str(self.root)!r} has no {name!r}; it has {sorted(self.manifest['files'])}{hint}")
+            raise BundleError(
+                f"bundle {str(self.root)!r} has no {name!r}; it has {sorted(self.manifest['files'])}{hint}"
+            )
         return self.root / name
 
     def require(self, *names: str) -> None:
@@ -211,11 +213,15 @@ class Bundle:
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
-        raise BundleError(f"bundle folder {str(root)!r} does not exist or is not a folder; pass --bundle DIR of an exported bundle")
+        raise BundleError(
+            f"bundle folder {str(root)!r} does not exist or is not a folder; pass --bundle DIR of an exported bundle"
+        )
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise BundleError(f"bundle {str(root)!r} has no {MANIFEST}; it is not a model bundle (export one with ctmwa-export)") from e
+        raise BundleError(
+            f"bundle {str(root)!r} has no {MANIFEST}; it is not a model bundle (export one with ctmwa-export)"
+        ) from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{MANIFEST} of bundle {str(root)!r} is unreadable: {e}; re-export the bundle") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
@@ -243,14 +249,20 @@ def _variant_problems(manifest: Mapping[str, Any]) -> list[str]:
     problems = []
     for precision, entry in sorted((manifest.get(VARIANTS) or {}).items()):
         if precision not in PRECISIONS:
-            problems.append(f"{MANIFEST}: encoder variant {precision!r} unknown (this ctmwa-batch knows {list(PRECISIONS)})")
+            problems.append(
+                f"{MANIFEST}: encoder variant {precision!r} unknown (this ctmwa-batch knows {list(PRECISIONS)})"
+            )
             continue
         for graph, name in encoder_files(precision).items():
             listed = ((entry or {}).get("files") or {}).get(graph) or {}
             if listed.get("file") != name or name not in manifest["files"]:
-                problems.append(f"{MANIFEST}: encoder variant {precision} lists {listed.get('file')!r} for {graph}, the bundle needs {name!r}")
+                problems.append(
+                    f"{MANIFEST}: encoder variant {precision} lists {listed.get('file')!r} for {graph}, the bundle needs {name!r}"
+                )
             elif listed.get("sha256") != manifest["files"][name]["sha256"]:
-                problems.append(f"{MANIFEST}: encoder variant {precision}: sha256 of {name} differs from the files table")
+                problems.append(
+                    f"{MANIFEST}: encoder variant {precision}: sha256 of {name} differs from the files table"
+                )
     return problems
 
 
@@ -273,12 +285,18 @@ def read_remote_manifest(location: str) -> tuple[dict[str, Any], bytes]:
         with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
             data = f.read()
     except FileNotFoundError:
-        raise BundleError(f"no model bundle at {location!r} (no {MANIFEST}); publish one there with `ctmwa-batch models publish`") from None
+        raise BundleError(
+            f"no model bundle at {location!r} (no {MANIFEST}); publish one there with `ctmwa-batch models publish`"
+        ) from None
     try:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{MANIFEST} at {location!r} is unreadable ({e}); publish the bundle again") from e
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or not manifest.get("model_version"):
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("files"), dict)
+        or not manifest.get("model_version")
+    ):
         raise BundleError(f"{MANIFEST} at {location!r} has no 'files' table or model_version; publish the bundle again")
     return manifest, data
 
@@ -298,7 +316,9 @@ def fetch_bundle(location: str, cache: str | Path | None = None) -> Path:
     manifest, data = read_remote_manifest(location)
     version = str(manifest["model_version"])
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", version):
-        raise BundleError(f"{MANIFEST} at {location!r} has model_version {version!r}, not a folder name; publish the bundle again")
+        raise BundleError(
+            f"{MANIFEST} at {location!r} has model_version {version!r}, not a folder name; publish the bundle again"
+        )
     root = Path(cache) if cache is not None else cache_root()
     dest = root / f"{version}-{hashlib.sha256(data).hexdigest()[:12]}"
     if (dest / MANIFEST).is_file():
@@ -311,13 +331,17 @@ def fetch_bundle(location: str, cache: str | Path | None = None) -> Path:
         for name in sorted(manifest["files"]):
             target = staging / name
             if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise BundleError(f"{MANIFEST} at {location!r} lists {name!r}, outside the bundle; publish the bundle again")
+                raise BundleError(
+                    f"{MANIFEST} at {location!r} lists {name!r}, outside the bundle; publish the bundle again"
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with fs.open_input_stream(f"{path}/{name}") as src, open(target, "wb") as out:
                     copy_stream(src, out)
             except FileNotFoundError:
-                raise BundleError(f"bundle {location!r} lists {name!r} but the store has no such object; publish it again") from None
+                raise BundleError(
+                    f"bundle {location!r} lists {name!r} but the store has no such object; publish it again"
+                ) from None
         (staging / MANIFEST).write_bytes(data)
         load_bundle(staging)  # every checksum, once: the cache only ever holds verified copies
         try:
@@ -356,7 +380,9 @@ def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
                 continue
             digest = sha256_file(path)
             if digest != entry.get("sha256"):
-                problems.append(f"{name}: changed (sha256 {digest[:12]}..., manifest says {str(entry.get('sha256'))[:12]}...)")
+                problems.append(
+                    f"{name}: changed (sha256 {digest[:12]}..., manifest says {str(entry.get('sha256'))[:12]}...)"
+                )
         for name in sorted(_files_on_disk(root) - set(listed)):
             problems.append(f"{name}: unexpected file, not listed in {MANIFEST}")
         problems += _variant_problems(manifest)
@@ -364,14 +390,17 @@ def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
             problems.append(f"{MANIFEST}: model_version does not match its files and preprocessing (edited by hand?)")
         if problems:
             raise BundleError(
-                f"bundle {str(root)!r} failed verification; re-export it or restore these files:\n  - " + "\n  - ".join(problems)
+                f"bundle {str(root)!r} failed verification; re-export it or restore these files:\n  - "
+                + "\n  - ".join(problems)
             )
     bundle = Bundle(root=root, manifest=manifest)
     try:
         if "preprocessing" in manifest:
             bundle.image_spec, bundle.text_spec  # noqa: B018 - parse now, fail at load rather than mid-job
     except (TypeError, ValueError, KeyError) as e:
-        raise BundleError(f"{MANIFEST} of bundle {str(root)!r} has bad preprocessing settings: {e}; re-export the bundle") from e
+        raise BundleError(
+            f"{MANIFEST} of bundle {str(root)!r} has bad preprocessing settings: {e}; re-export the bundle"
+        ) from e
     logger.debug("loaded bundle %s (model_version %s, files %s)", root, bundle.model_version, sorted(bundle.files))
     return bundle
 
@@ -392,7 +421,8 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 def _finish_manifest(root: Path, manifest: dict[str, Any]) -> Bundle:
     """Hash every file in root, derive the model version, write manifest.json, return the verified bundle."""
     manifest["files"] = {
-        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size} for name in sorted(_files_on_disk(root))
+        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
+        for name in sorted(_files_on_disk(root))
     }
     if manifest.get(VARIANTS):
         manifest[VARIANTS] = {
@@ -403,11 +433,15 @@ def _finish_manifest(root: Path, manifest: dict[str, Any]) -> Bundle:
                     for graph, name in encoder_files(precision).items()
                 },
             }
-            for precision, entry in sorted(manifest[VARIANTS].items(), key=lambda kv: PRECISIONS.index(kv[0]) if kv[0] in PRECISIONS else 99)
+            for precision, entry in sorted(
+                manifest[VARIANTS].items(), key=lambda kv: PRECISIONS.index(kv[0]) if kv[0] in PRECISIONS else 99
+            )
         }
     manifest["model_version"] = model_version(manifest)
     _write_json_atomic(root / MANIFEST, manifest)
-    logger.info("wrote %s (model_version %s, %d files)", root / MANIFEST, manifest["model_version"], len(manifest["files"]))
+    logger.info(
+        "wrote %s (model_version %s, %d files)", root / MANIFEST, manifest["model_version"], len(manifest["files"])
+    )
     return load_bundle(root, verify=False)  # just hashed: a second pass over every file would find the same
 
 
@@ -433,7 +467,7 @@ def write_manifest(
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model_version": None,  # filled from the hashes below
-        "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": created_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "labels": list(labels) if labels is not None else None,
         "dims": dict(dims),
         "encoder": dict(encoder),
@@ -507,7 +541,7 @@ def add_head(
         root,
         files,
         updates={
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "labels": list(labels),
             "dims": {"classes": num_classes},
             "graphs": dict(graphs),
@@ -530,10 +564,14 @@ def write_encoders_only(source: Bundle, out_dir: str | Path) -> Bundle:
         shutil.copyfile(source.path(name), out / name)
     manifest = source.manifest
     # the variants as the encoders bundle listed them (the head's agreement figures belong to the head's bundle)
-    variants = {
-        p: {"validation": {g: f for g, f in (source.variant(p).get("validation") or {}).items() if g != "head"}}
-        for p in source.precisions
-    } if manifest.get(VARIANTS) else None
+    variants = (
+        {
+            p: {"validation": {g: f for g, f in (source.variant(p).get("validation") or {}).items() if g != "head"}}
+            for p in source.precisions
+        }
+        if manifest.get(VARIANTS)
+        else None
+    )
     return write_manifest(
         out,
         image=source.image_spec,
@@ -551,10 +589,17 @@ def write_encoders_only(source: Bundle, out_dir: str | Path) -> Bundle:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch inspect` arguments."""
-    parser.add_argument("bundle_path", nargs="?", metavar="BUNDLE", help="model bundle folder, or s3://.../models/VERSION")
+    parser.add_argument(
+        "bundle_path", nargs="?", metavar="BUNDLE", help="model bundle folder, or s3://.../models/VERSION"
+    )
     parser.add_argument("--bundle", help="model bundle folder (same as the positional BUNDLE)")
     parser.add_argument("--no-verify", action="store_true", help="skip the checksum verification")
-    parser.add_argument("--format", choices=["json", "text"], default="json", help="json (default): the manifest; text: a summary to read")
+    parser.add_argument(
+        "--format",
+        choices=["json", "text"],
+        default="json",
+        help="json (default): the manifest; text: a summary to read",
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -566,13 +611,18 @@ def _fmt(value: Any) -> str:
 def _variant_summary(entry: Mapping[str, Any]) -> str:
     """One line of a variant's files and validation figures."""
     files = entry.get("files") or {}
-    parts = [" + ".join(f"{v['file']} ({str(v.get('sha256'))[:12]})" for v in files.values())] if files else ["image_encoder.onnx + text_encoder.onnx"]
+    parts = (
+        [" + ".join(f"{v['file']} ({str(v.get('sha256'))[:12]})" for v in files.values())]
+        if files
+        else ["image_encoder.onnx + text_encoder.onnx"]
+    )
     for graph, figures in sorted((entry.get("validation") or {}).items()):
         if not isinstance(figures, Mapping):
             continue
         shown = ", ".join(
             f"{k} {v:.6f}" if k == "min_cosine" and isinstance(v, float) else f"{k} {_fmt(v)}"
-            for k, v in figures.items() if k in ("min_cosine", "max_abs_diff", "argmax_agreement", "rows")
+            for k, v in figures.items()
+            if k in ("min_cosine", "max_abs_diff", "argmax_agreement", "rows")
         )
         parts.append(f"{graph}: {shown}")
     return "; ".join(parts)
@@ -586,12 +636,17 @@ def describe(bundle: Bundle) -> list[str]:
         f"model_version {bundle.model_version} (format {m.get('format_version')}, opset {m.get('opset')}, created {m.get('created_at')})",
         f"kind          {'full (scoring-ready)' if bundle.has_head else 'encoders only (embed; add a head with ctmwa-export head)'}",
         "files",
-        *(f"  {name:<20} {entry['bytes']:>12,} bytes  sha256 {entry['sha256'][:12]}" for name, entry in sorted(m["files"].items())),
+        *(
+            f"  {name:<20} {entry['bytes']:>12,} bytes  sha256 {entry['sha256'][:12]}"
+            for name, entry in sorted(m["files"].items())
+        ),
         f"dims          {bundle.dims}",
     ]
     encoder = m.get("encoder") or {}
     if encoder:
-        lines.append(f"encoder       {encoder.get('source')} ({encoder.get('architecture')}, text pooling {encoder.get('text_pooling')})")
+        lines.append(
+            f"encoder       {encoder.get('source')} ({encoder.get('architecture')}, text pooling {encoder.get('text_pooling')})"
+        )
     if "preprocessing" in m:
         image, text = bundle.image_spec, bundle.text_spec
         lines.append(
@@ -599,7 +654,10 @@ def describe(bundle: Bundle) -> list[str]:
             f"text max {text.max_length} tokens"
         )
     if bundle.has_encoders:
-        lines.append(f"precisions    {', '.join(bundle.precisions)}" + ("" if m.get(VARIANTS) else " (no variant list: an fp32-only bundle)"))
+        lines.append(
+            f"precisions    {', '.join(bundle.precisions)}"
+            + ("" if m.get(VARIANTS) else " (no variant list: an fp32-only bundle)")
+        )
         for precision in bundle.precisions:
             lines.append(f"  {precision:<5} {_variant_summary(bundle.variant(precision))}")
     if bundle.has_head:
@@ -624,10 +682,13 @@ def describe(bundle: Bundle) -> list[str]:
             )
         evidence = head.get("evidence")
         lines.append(
-            f"evidence      {evidence['method']}" if evidence
+            f"evidence      {evidence['method']}"
+            if evidence
             else "evidence      none: text_evidence/image_evidence score null (head exported before they existed; re-export it)"
         )
-        lines.append("weights       text_weight/image_weight: the paper's meta-learned loss weights, not an attribution")
+        lines.append(
+            "weights       text_weight/image_weight: the paper's meta-learned loss weights, not an attribution"
+        )
         calibration = m.get("calibration") or {}
         if calibration.get("method", "none") == "none":
             lines.append("calibration   none (probs = softmax(logits))")
@@ -639,8 +700,13 @@ def describe(bundle: Bundle) -> list[str]:
         metrics = m.get("training_metrics") or {}
         if metrics:
             keys = (
-                "valid_accuracy", "test_accuracy", "test_f1_weighted", "missing_text_test_accuracy", "missing_image_test_accuracy",
-                "test_text_evidence_auc", "test_image_evidence_auc",
+                "valid_accuracy",
+                "test_accuracy",
+                "test_f1_weighted",
+                "missing_text_test_accuracy",
+                "missing_image_test_accuracy",
+                "test_text_evidence_auc",
+                "test_image_evidence_auc",
             )
             lines.append("metrics       " + ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
     return lines
@@ -653,10 +719,19 @@ def run(args: argparse.Namespace) -> int:
         raise BundleError("give the bundle folder once: ctmwa-batch inspect BUNDLE (or --bundle BUNDLE)")
     bundle = load_bundle(root, verify=not args.no_verify)
     if args.format == "text":
-        print("\n".join([*describe(bundle), f"verified      {'yes: every sha256 matches' if not args.no_verify else 'no (--no-verify)'}"]))
+        print(
+            "\n".join(
+                [
+                    *describe(bundle),
+                    f"verified      {'yes: every sha256 matches' if not args.no_verify else 'no (--no-verify)'}",
+                ]
+            )
+        )
         return 0
     summary = {key: value for key, value in bundle.manifest.items() if key != "files"}
-    summary["files"] = {name: f"{entry['sha256'][:12]} ({entry['bytes']} bytes)" for name, entry in bundle.manifest["files"].items()}
+    summary["files"] = {
+        name: f"{entry['sha256'][:12]} ({entry['bytes']} bytes)" for name, entry in bundle.manifest["files"].items()
+    }
     summary["has_head"] = bundle.has_head
     summary["verified"] = not args.no_verify
     print(json.dumps(summary, indent=2))

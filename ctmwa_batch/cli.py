@@ -27,7 +27,11 @@ def short_description(doc: str | None) -> str:
 
 
 def run_subcommands(
-    prog: str, description: str, subcommands: Mapping[str, str], argv: list[str] | None, quiet_loggers: tuple[str, ...] = ()
+    prog: str,
+    description: str,
+    subcommands: Mapping[str, str],
+    argv: list[str] | None,
+    quiet_loggers: tuple[str, ...] = (),
 ) -> int:
     """Parse `argv` for one of `subcommands` and run it; a CtmwaError is one line on stderr and exit status 2.
 
@@ -43,12 +47,17 @@ def run_subcommands(
         sub_parser = sub.add_parser(name, help=summary.splitlines()[0], description=summary)
         module.add_arguments(sub_parser)
         sub_parser.add_argument(
-            "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+            "--storage-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help=f"object-store setting for every location of this command (repeatable; over the AWS variables and "
             f"{storage.ENV_OPTIONS}); keys: {', '.join(storage.KEYS)}",
         )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         for name in quiet_loggers:
             logging.getLogger(name).setLevel(logging.WARNING)

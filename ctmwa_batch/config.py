@@ -20,7 +20,9 @@ DEFAULT_DEVICE = "auto"  # CLI and library default: CUDA when it works, else CPU
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_ROWS_PER_SHARD = 200_000
 DEFAULT_QUEUE_BATCHES = 4  # batches in flight between two pipeline stages
-DEFAULT_FETCH_CONCURRENCY = 64  # image GETs in flight per worker (images by URI): hides ~25 ms per request at ~2,500 images/s
+DEFAULT_FETCH_CONCURRENCY = (
+    64  # image GETs in flight per worker (images by URI): hides ~25 ms per request at ~2,500 images/s
+)
 DEFAULT_ID_COLUMN = "post_id"
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_IMAGE_COLUMN = "image"
@@ -45,7 +47,7 @@ def parse_time(value: str) -> dt.datetime:
         t = dt.datetime.fromisoformat(value)
     except ValueError as e:
         raise ValueError(f"scored_at {value!r} is not an ISO-8601 time; use e.g. 2026-11-26T00:00:00+00:00") from e
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
 def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
@@ -60,9 +62,13 @@ def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
 class ScoreConfig:
     """How posts are scored: the columns, the device, batching and decoding."""
 
-    device: str = DEFAULT_DEVICE  # auto | cpu | cuda; cuda that is not there is ProviderUnavailable, never a CPU fallback
+    device: str = (
+        DEFAULT_DEVICE  # auto | cpu | cuda; cuda that is not there is ProviderUnavailable, never a CPU fallback
+    )
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per record batch read, decoded, encoded and scored
-    workers: int | None = None  # image-decoding processes; None = one per CPU core but one (at least 1); 0 = in the reader thread
+    workers: int | None = (
+        None  # image-decoding processes; None = one per CPU core but one (at least 1); 0 = in the reader thread
+    )
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = every core
     id_column: str = DEFAULT_ID_COLUMN  # post id (string, integer or binary), copied to the output
     text_column: str | None = DEFAULT_TEXT_COLUMN  # string column; None = the posts have no text
@@ -70,7 +76,9 @@ class ScoreConfig:
     passthrough: tuple[str, ...] = ()  # further input columns copied to the output after the scores
     scored_at: str | None = None  # ISO-8601 time stamped on every row (reproducible reruns); None = the time of scoring
     precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
-    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight (image column of URIs), all stores together
+    fetch_concurrency: int = (
+        DEFAULT_FETCH_CONCURRENCY  # image GETs in flight (image column of URIs), all stores together
+    )
     max_fetch_failures: int = 0  # rows per shard that may end image_missing when the image store fails past the retries; beyond, the shard fails
 
     def __post_init__(self) -> None:
@@ -83,7 +91,9 @@ class ScoreConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size}: must be at least 1")
         if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers {self.workers}: must be 0 (decode in the reader thread), more, or None (one per core)")
+            raise ValueError(
+                f"workers {self.workers}: must be 0 (decode in the reader thread), more, or None (one per core)"
+            )
         if not self.id_column:
             raise ValueError("id_column is required: scores are joined back to posts by it; set --id-column")
         if self.scored_at is not None:
@@ -131,8 +141,12 @@ class JobConfig:
 
     score: ScoreConfig = field(default_factory=ScoreConfig)  # the model-facing settings
     overwrite: bool = False  # rescore a partition already committed for the same input and model
-    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # a shard (one task, one part file) is whole row groups up to this
-    queue_batches: int = DEFAULT_QUEUE_BATCHES  # batches in flight between two stages: bounds memory whatever the partition's size
+    max_rows_per_shard: int = (
+        DEFAULT_MAX_ROWS_PER_SHARD  # a shard (one task, one part file) is whole row groups up to this
+    )
+    queue_batches: int = (
+        DEFAULT_QUEUE_BATCHES  # batches in flight between two stages: bounds memory whatever the partition's size
+    )
     row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
 

@@ -37,13 +37,22 @@ import pyarrow.parquet as pq
 
 from ctmwa_batch.errors import CtmwaError, InputSchemaError
 from ctmwa_batch.partitions import output_dir, partition_of, read_success
-from ctmwa_batch.storage import open_filesystem
 from ctmwa_batch.schema import STATUSES
+from ctmwa_batch.storage import open_filesystem
 
 logger = logging.getLogger(__name__)
 
 HIST_BINS = 100  # fixed bins over [0, 1] for every distribution; PSI bins are merged from these
-REQUIRED_COLUMNS = ("status", "sentiment", "confidence", "text_weight", "image_weight", "has_text", "has_image", "error")
+REQUIRED_COLUMNS = (
+    "status",
+    "sentiment",
+    "confidence",
+    "text_weight",
+    "image_weight",
+    "has_text",
+    "has_image",
+    "error",
+)
 DISTRIBUTIONS = ("confidence", "text_weight", "image_weight")
 EVIDENCE = ("text_evidence", "image_evidence")  # in the scores once the head graph emits them; reported when present
 PSI_FLOOR = 1e-4  # share given to an empty bin, so that ln stays finite
@@ -107,7 +116,12 @@ class Distribution:
         return self.total / self.count if self.count else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "nulls": self.nulls, "mean": _round(self.mean), "histogram": self.histogram.tolist()}
+        return {
+            "count": self.count,
+            "nulls": self.nulls,
+            "mean": _round(self.mean),
+            "histogram": self.histogram.tolist(),
+        }
 
 
 @dataclass
@@ -138,7 +152,11 @@ class DayStats:
         """Share of rows per status, and of rows missing a text / an image / with an unreadable image."""
         n = self.rows or 1
         out = {f"status:{s}": self.by_status.get(s, 0) / n for s in STATUSES}
-        out.update(missing_text=self.missing_text / n, missing_image=self.missing_image / n, unreadable_image=self.unreadable_image / n)
+        out.update(
+            missing_text=self.missing_text / n,
+            missing_image=self.missing_image / n,
+            unreadable_image=self.unreadable_image / n,
+        )
         return out
 
     def merge(self, other: DayStats) -> None:
@@ -156,7 +174,13 @@ class DayStats:
 
     def to_dict(self) -> dict[str, Any]:
         if not self.committed:
-            return {"date": self.date, "partition": self.partition, "output_dir": self.output_dir, "committed": False, "why_missing": self.why_missing}
+            return {
+                "date": self.date,
+                "partition": self.partition,
+                "output_dir": self.output_dir,
+                "committed": False,
+                "why_missing": self.why_missing,
+            }
         timings = self.timings
         return {
             "date": self.date,
@@ -166,7 +190,9 @@ class DayStats:
             "committed_at": self.committed_at,
             "rows": self.rows,
             "scored": self.scored,
-            "by_status": {s: self.by_status.get(s, 0) for s in [*STATUSES, *sorted(set(self.by_status) - set(STATUSES))]},
+            "by_status": {
+                s: self.by_status.get(s, 0) for s in [*STATUSES, *sorted(set(self.by_status) - set(STATUSES))]
+            },
             "by_sentiment": {k: self.by_sentiment.get(k, 0) for k in _union(self.labels, sorted(self.by_sentiment))},
             "missing_text": self.missing_text,
             "missing_image": self.missing_image,
@@ -195,24 +221,34 @@ def _round(x: float | None, digits: int = 6) -> float | None:
 # --------------------------------------------------------------------------------------------------- reading
 
 
-def collect_day(scores_root: str, model_version: str, date: str, partition: str, batch_rows: int = BATCH_ROWS) -> DayStats:
+def collect_day(
+    scores_root: str, model_version: str, date: str, partition: str, batch_rows: int = BATCH_ROWS
+) -> DayStats:
     """Stream one day's committed scores into a DayStats; a day without `_SUCCESS.json` comes back not committed."""
     out_dir = output_dir(scores_root, model_version, partition)
     stats = DayStats(date=date, partition=partition, output_dir=out_dir)
     success = read_success(out_dir)
     if success is None:
         fs, path = open_filesystem(out_dir)
-        stats.why_missing = "no scores for this day" if fs.get_file_info(path).type == pafs.FileType.NotFound else "not committed (no _SUCCESS.json)"
+        stats.why_missing = (
+            "no scores for this day"
+            if fs.get_file_info(path).type == pafs.FileType.NotFound
+            else "not committed (no _SUCCESS.json)"
+        )
         return stats
     if success.get("model_version") != model_version:
-        raise CtmwaError(f"{out_dir}/_SUCCESS.json is for model {success.get('model_version')!r}, not {model_version!r}; the scores root is inconsistent")
+        raise CtmwaError(
+            f"{out_dir}/_SUCCESS.json is for model {success.get('model_version')!r}, not {model_version!r}; the scores root is inconsistent"
+        )
     fs, path = open_filesystem(out_dir)
     for part in success["parts"]:
         part_path = f"{path}/{part}"
         try:
             f = fs.open_input_file(part_path)
         except FileNotFoundError as e:
-            raise CtmwaError(f"{part_path} is listed in _SUCCESS.json but missing; rescore {partition} with --overwrite") from e
+            raise CtmwaError(
+                f"{part_path} is listed in _SUCCESS.json but missing; rescore {partition} with --overwrite"
+            ) from e
         with f:
             _read_part(pq.ParquetFile(f), stats, part_path, batch_rows)
     stats.committed = True
@@ -220,7 +256,9 @@ def collect_day(scores_root: str, model_version: str, date: str, partition: str,
     stats.committed_at = success.get("committed_at")
     expected = (success.get("rows") or {}).get("output")
     if expected is not None and expected != stats.rows:
-        raise CtmwaError(f"{out_dir}: _SUCCESS.json says {expected} rows, the parts hold {stats.rows}; rescore {partition} with --overwrite")
+        raise CtmwaError(
+            f"{out_dir}: _SUCCESS.json says {expected} rows, the parts hold {stats.rows}; rescore {partition} with --overwrite"
+        )
     return stats
 
 
@@ -228,7 +266,9 @@ def _read_part(pf: pq.ParquetFile, stats: DayStats, where: str, batch_rows: int)
     names = pf.schema_arrow.names
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
-        raise InputSchemaError(f"{where} lacks the scores column(s) {missing}; columns are {names}; is this a ctmwa-batch scores partition?")
+        raise InputSchemaError(
+            f"{where} lacks the scores column(s) {missing}; columns are {names}; is this a ctmwa-batch scores partition?"
+        )
     stats.labels = _union(stats.labels, [n[len("prob_") :] for n in names if n.startswith("prob_")])
     dists = [*DISTRIBUTIONS, *(c for c in EVIDENCE if c in names)]
     for name in dists:
@@ -301,9 +341,20 @@ def _level(value: float, warn: float, alert: float) -> str | None:
     return "alert" if value >= alert else "warn" if value >= warn else None
 
 
-def compare(day: DayStats, baseline: DayStats, baseline_dates: list[str], thresholds: Thresholds = Thresholds()) -> dict[str, Any]:
+def compare(
+    day: DayStats, baseline: DayStats, baseline_dates: list[str], thresholds: Thresholds = Thresholds()
+) -> dict[str, Any]:
     """Drift of one day against its pooled baseline: figures per quantity, and the warnings and alerts they raise."""
-    out: dict[str, Any] = {"date": day.date, "baseline_dates": baseline_dates, "rows": day.rows, "baseline_rows": baseline.rows, "quantities": {}, "alerts": [], "warnings": [], "notes": []}
+    out: dict[str, Any] = {
+        "date": day.date,
+        "baseline_dates": baseline_dates,
+        "rows": day.rows,
+        "baseline_rows": baseline.rows,
+        "quantities": {},
+        "alerts": [],
+        "warnings": [],
+        "notes": [],
+    }
     if not baseline.rows:
         out["notes"].append(f"{day.date}: no committed baseline day, drift not computed")
         return out
@@ -313,7 +364,11 @@ def compare(day: DayStats, baseline: DayStats, baseline_dates: list[str], thresh
             f"{day.date}: {day.rows} rows against {baseline.rows} baseline rows, fewer than min_rows {thresholds.min_rows}: "
             "drift figures shown, nothing warned or alerted (sampling noise alone moves PSI at this size)"
         )
-    span = f"the {len(baseline_dates)}-day baseline ({baseline_dates[0]}..{baseline_dates[-1]})" if len(baseline_dates) > 1 else f"the baseline day {baseline_dates[0]}"
+    span = (
+        f"the {len(baseline_dates)}-day baseline ({baseline_dates[0]}..{baseline_dates[-1]})"
+        if len(baseline_dates) > 1
+        else f"the baseline day {baseline_dates[0]}"
+    )
     q = out["quantities"]
 
     def flag(name: str, value: float, warn: float, alert: float, message: str, points: bool = False) -> None:
@@ -323,7 +378,14 @@ def compare(day: DayStats, baseline: DayStats, baseline_dates: list[str], thresh
             threshold = alert if level == "alert" else warn
             at = f"±{threshold * 100:g} points" if points else f"{threshold:g}"
             out["alerts" if level == "alert" else "warnings"].append(
-                {"date": day.date, "quantity": name, "value": _round(value, 4), "threshold": threshold, "level": level, "message": f"{day.date}: {message} ({level} at {at})"}
+                {
+                    "date": day.date,
+                    "quantity": name,
+                    "value": _round(value, 4),
+                    "threshold": threshold,
+                    "level": level,
+                    "message": f"{day.date}: {message} ({level} at {at})",
+                }
             )
 
     labels = _union(baseline.labels, day.labels)
@@ -332,23 +394,62 @@ def compare(day: DayStats, baseline: DayStats, baseline_dates: list[str], thresh
         a = [day.by_sentiment.get(k, 0) for k in labels]
         value = psi(e, a)
         shares = {k: (_round(ai / sum(a), 4), _round(ei / sum(e), 4)) for k, ai, ei in zip(labels, a, e)}
-        q["sentiment_mix"] = {"kind": "psi", "value": _round(value, 4), "day": {k: s[0] for k, s in shares.items()}, "baseline": {k: s[1] for k, s in shares.items()}}
+        q["sentiment_mix"] = {
+            "kind": "psi",
+            "value": _round(value, 4),
+            "day": {k: s[0] for k, s in shares.items()},
+            "baseline": {k: s[1] for k, s in shares.items()},
+        }
         moved = ", ".join(f"{k} {s[0]:.0%} (was {s[1]:.0%})" for k, s in shares.items())
-        flag("sentiment_mix", value, thresholds.psi_warn, thresholds.psi_alert, f"sentiment mix PSI {value:.3f} against {span}: {moved}")
+        flag(
+            "sentiment_mix",
+            value,
+            thresholds.psi_warn,
+            thresholds.psi_alert,
+            f"sentiment mix PSI {value:.3f} against {span}: {moved}",
+        )
     for name, dist in day.distributions.items():
         base = baseline.distributions.get(name)
         if base is None or not base.count or not dist.count:
             continue
         value, edges = distribution_psi(base, dist, thresholds.psi_bins)
-        q[name] = {"kind": "psi", "value": _round(value, 4), "bins": len(edges) - 1, "mean": _round(dist.mean, 4), "baseline_mean": _round(base.mean, 4)}
-        flag(name, value, thresholds.psi_warn, thresholds.psi_alert, f"{name} distribution PSI {value:.3f} against {span} (mean {dist.mean:.3f}, was {base.mean:.3f})")
+        q[name] = {
+            "kind": "psi",
+            "value": _round(value, 4),
+            "bins": len(edges) - 1,
+            "mean": _round(dist.mean, 4),
+            "baseline_mean": _round(base.mean, 4),
+        }
+        flag(
+            name,
+            value,
+            thresholds.psi_warn,
+            thresholds.psi_alert,
+            f"{name} distribution PSI {value:.3f} against {span} (mean {dist.mean:.3f}, was {base.mean:.3f})",
+        )
     day_rates, base_rates = day.rates(), baseline.rates()
     for name, rate in day_rates.items():
         change = rate - base_rates[name]
-        q[name] = {"kind": "rate", "value": _round(change, 4), "day": _round(rate, 4), "baseline": _round(base_rates[name], 4)}
+        q[name] = {
+            "kind": "rate",
+            "value": _round(change, 4),
+            "day": _round(rate, 4),
+            "baseline": _round(base_rates[name], 4),
+        }
         if name.startswith("status:") or name == "unreadable_image":
-            what = f"share of rows with status {name[7:]}" if name.startswith("status:") else "share of rows with an undecodable image"
-            flag(name, change, thresholds.rate_warn, thresholds.rate_alert, f"{what} {'rose' if change >= 0 else 'fell'} to {rate:.1%} from {base_rates[name]:.1%} over {span} ({change * 100:+.1f} points)", points=True)
+            what = (
+                f"share of rows with status {name[7:]}"
+                if name.startswith("status:")
+                else "share of rows with an undecodable image"
+            )
+            flag(
+                name,
+                change,
+                thresholds.rate_warn,
+                thresholds.rate_alert,
+                f"{what} {'rose' if change >= 0 else 'fell'} to {rate:.1%} from {base_rates[name]:.1%} over {span} ({change * 100:+.1f} points)",
+                points=True,
+            )
     return out
 
 
@@ -386,7 +487,9 @@ def build(
     """Every number of the report on `date` (or the range date..end_date): per-day statistics of the report days and
     their baseline windows (each day read once), each report day's drift against its own window, alerts, notes."""
     try:
-        report_dates = day_range(dt.date.fromisoformat(date).isoformat(), dt.date.fromisoformat(end_date or date).isoformat())
+        report_dates = day_range(
+            dt.date.fromisoformat(date).isoformat(), dt.date.fromisoformat(end_date or date).isoformat()
+        )
     except ValueError as e:
         raise CtmwaError(f"date {date!r} / end date {end_date!r}: give YYYY-MM-DD") from e
     if baseline_days < 0:
@@ -394,7 +497,10 @@ def build(
     window = days_before(report_dates[0], baseline_days)
     wanted = [*window, *report_dates]
     with ThreadPoolExecutor(max_workers=max(1, min(len(wanted), os.cpu_count() or 1, MAX_THREADS))) as executor:
-        collected = executor.map(lambda d: collect_day(scores_root, model_version, d, partition_for(d, partition_template), batch_rows), wanted)
+        collected = executor.map(
+            lambda d: collect_day(scores_root, model_version, d, partition_for(d, partition_template), batch_rows),
+            wanted,
+        )
         stats: dict[str, DayStats] = dict(zip(wanted, collected))
     for d, s in stats.items():
         logger.info("%s: %s", d, f"{s.rows} rows" if s.committed else s.why_missing)
@@ -408,7 +514,9 @@ def build(
     notes = []
     missing_window = [d for d in window if not stats[d].committed]
     if missing_window:
-        notes.append(f"{len(missing_window)} of {len(window)} baseline day(s) have no committed scores and are left out of the baseline: {', '.join(missing_window)}")
+        notes.append(
+            f"{len(missing_window)} of {len(window)} baseline day(s) have no committed scores and are left out of the baseline: {', '.join(missing_window)}"
+        )
     if missing_report:
         notes.append(f"{len(missing_report)} report day(s) have no committed scores: {', '.join(missing_report)}")
     drift = {}
@@ -433,7 +541,10 @@ def build(
         "labels": labels,
         "thresholds": dataclasses.asdict(thresholds),
         "histogram": {"bins": HIST_BINS, "range": [0.0, 1.0]},
-        "days": [{**stats[d].to_dict(), "role": "report" if d in report_dates else "baseline"} for d in [*window, *report_dates]],
+        "days": [
+            {**stats[d].to_dict(), "role": "report" if d in report_dates else "baseline"}
+            for d in [*window, *report_dates]
+        ],
         "drift": drift,
         "alerts": [a for d in drift.values() for a in d["alerts"]],
         "warnings": [w for d in drift.values() for w in d["warnings"]],

@@ -30,7 +30,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ctmwa_batch import pipeline, schema, storage
-from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
+from ctmwa_batch.bundle import (
+    ATTENTION_MASK,
+    IMAGE_ENCODER,
+    INPUT_IDS,
+    PIXELS,
+    TEXT_ENCODER,
+    TOKENIZER,
+    Bundle,
+    load_bundle,
+)
 from ctmwa_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_QUEUE_BATCHES, DEVICES, check_device
 from ctmwa_batch.errors import InputSchemaError
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_errors, image_items
@@ -48,12 +57,16 @@ PROGRESS_EVERY_S = 10.0
 class EmbedConfig:
     """What `ctmwa-batch embed` does."""
 
-    bundle_dir: str | Path  # model bundle with image_encoder.onnx, text_encoder.onnx, tokenizer.json (a head is not needed)
+    bundle_dir: (
+        str | Path
+    )  # model bundle with image_encoder.onnx, text_encoder.onnx, tokenizer.json (a head is not needed)
     input_path: str | Path  # a posts Parquet file or a folder of them (hive partitions become columns)
     output_path: str | Path  # the features Parquet file to write (replaced atomically if it exists)
     id_column: str | None = schema.DEFAULT_ID_COLUMN  # must exist when set; passed through like other columns
     text_column: str | None = schema.DEFAULT_TEXT_COLUMN  # string column; None = posts have no text
-    image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # binary (bytes) or string (path/URI) column; None = no images
+    image_column: str | None = (
+        schema.DEFAULT_IMAGE_COLUMN
+    )  # binary (bytes) or string (path/URI) column; None = no images
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per record batch read, decoded, encoded and written
     device: str = DEFAULT_DEVICE  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
     workers: int = 0  # image-decoding processes; 0 decodes in the pipeline's reader thread (still overlapping encoding)
@@ -91,7 +104,11 @@ class Encoders:
         self.precision = resolve_for_bundle(precision, bundle, on_gpu=expects_cuda(runtime.device))
         image_path, text_path = bundle.encoder_paths(self.precision)
         self.image_session = create_session(image_path, runtime)
-        if precision == AUTO and not self.image_session.on_gpu and self.precision != resolve_for_bundle(AUTO, bundle, on_gpu=False):
+        if (
+            precision == AUTO
+            and not self.image_session.on_gpu
+            and self.precision != resolve_for_bundle(AUTO, bundle, on_gpu=False)
+        ):
             # device auto expected CUDA but the session fell back to the CPU: take the CPU's variant instead
             self.precision = resolve_for_bundle(AUTO, bundle, on_gpu=False)
             image_path, text_path = bundle.encoder_paths(self.precision)
@@ -117,7 +134,9 @@ class Encoders:
             # Trim the padding to the longest present row (the dummy rows of missing texts are dropped).
             ids, mask = tokens.input_ids[tokens.ok], tokens.attention_mask[tokens.ok]
             length = int(mask.sum(axis=1).max())
-            emb[tokens.ok] = self.text_session.run({INPUT_IDS: ids[:, :length], ATTENTION_MASK: mask[:, :length]})[schema.TEXT_EMB]
+            emb[tokens.ok] = self.text_session.run({INPUT_IDS: ids[:, :length], ATTENTION_MASK: mask[:, :length]})[
+                schema.TEXT_EMB
+            ]
         return EncodedTexts(emb=emb, ok=tokens.ok, reasons=tokens.reasons)
 
     def encode_pixels(self, pixels: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -137,11 +156,15 @@ def _open_input(location: str) -> tuple[ds.Dataset, Path]:
     fs, path = storage.open_filesystem(location)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise InputSchemaError(f"input {location!r} does not exist; pass --input a posts Parquet file or a folder of them")
+        raise InputSchemaError(
+            f"input {location!r} does not exist; pass --input a posts Parquet file or a folder of them"
+        )
     try:
         dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive")
     except pa.ArrowInvalid as e:
-        raise InputSchemaError(f"input {location!r} is not readable as Parquet: {e}; pass --input a posts Parquet file or folder") from e
+        raise InputSchemaError(
+            f"input {location!r} is not readable as Parquet: {e}; pass --input a posts Parquet file or folder"
+        ) from e
     if not isinstance(fs, pafs.LocalFileSystem):
         return dataset, Path.cwd()
     return dataset, Path(path) if info.type == pafs.FileType.Directory else Path(path).parent
@@ -159,11 +182,12 @@ def embedding_array(emb: np.ndarray, ok: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), values, type=schema.EMBEDDING_TYPE, mask=pa.array(~ok))
 
 
-def _output_schema(posts_schema: pa.Schema, config: EmbedConfig, metadata: dict[str, str]) -> tuple[pa.Schema, list[str]]:
+def _output_schema(
+    posts_schema: pa.Schema, config: EmbedConfig, metadata: dict[str, str]
+) -> tuple[pa.Schema, list[str]]:
     added = {f.name for f in schema.EMBED_FIELDS}
     passthrough = [
-        f for f in posts_schema
-        if f.name not in added and (config.keep_image_column or f.name != config.image_column)
+        f for f in posts_schema if f.name not in added and (config.keep_image_column or f.name != config.image_column)
     ]
     replaced = sorted(added & set(posts_schema.names))
     if replaced:
@@ -203,7 +227,9 @@ class _EmbedCounts:
         self.reasons.update(e.split(":")[0] for e in batch.column(schema.IMAGE_ERROR).to_pylist() if e)
 
 
-def _steps(encoders: Encoders, config: EmbedConfig, image_paths: bool, out_schema: pa.Schema, passthrough: list[str]) -> pipeline.Steps:
+def _steps(
+    encoders: Encoders, config: EmbedConfig, image_paths: bool, out_schema: pa.Schema, passthrough: list[str]
+) -> pipeline.Steps:
     """Embed's two pipeline steps: tokenize in the reader thread; encode and assemble the output in the main thread."""
 
     def prepare(batch: pa.RecordBatch, base: Path) -> _EmbedPrepared:
@@ -235,10 +261,14 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
     dataset, base = _open_input(str(config.input_path))
     image_paths = check_posts_schema(dataset.schema, config, f"input {str(config.input_path)!r}")
     bundle = load_bundle(config.bundle_dir)
-    encoders = Encoders(bundle, RuntimeConfig(device=config.device, intra_op_threads=config.intra_op_threads), config.precision)
+    encoders = Encoders(
+        bundle, RuntimeConfig(device=config.device, intra_op_threads=config.intra_op_threads), config.precision
+    )
     source = {
-        "model_version": bundle.model_version, "encoder": bundle.manifest.get("encoder", {}).get("source"),
-        "bundle": str(config.bundle_dir), "precision": encoders.precision,
+        "model_version": bundle.model_version,
+        "encoder": bundle.manifest.get("encoder", {}).get("source"),
+        "bundle": str(config.bundle_dir),
+        "precision": encoders.precision,
     }
     out_schema, passthrough = _output_schema(dataset.schema, config, {"ctmwa_batch.embed": json.dumps(source)})
     output = str(config.output_path)
@@ -248,14 +278,20 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
     tmp = f"{posixpath.dirname(out_path)}/.{posixpath.basename(out_path)}.tmp-{uuid.uuid4().hex}"
     counts = _EmbedCounts()
     # Bounded readahead: at most a few batches of image bytes are in memory at once.
-    batches = ((b, base) for b in dataset.to_batches(batch_size=config.batch_size, batch_readahead=2, fragment_readahead=1))
+    batches = (
+        (b, base) for b in dataset.to_batches(batch_size=config.batch_size, batch_readahead=2, fragment_readahead=1)
+    )
     try:
         with ImageDecoder(encoders.image_spec, config.workers) as decoder, out_fs.open_output_stream(tmp) as sink:
             with pq.ParquetWriter(sink, out_schema) as writer:
                 stats = pipeline.run(
-                    batches, _steps(encoders, config, image_paths, out_schema, passthrough), decoder,
-                    pipeline.ParquetSink(writer, out_schema, tally=counts.add), queue_batches=DEFAULT_QUEUE_BATCHES,
-                    name="embed", progress=Progress(dataset.count_rows(), PROGRESS_EVERY_S, label="embedded"),
+                    batches,
+                    _steps(encoders, config, image_paths, out_schema, passthrough),
+                    decoder,
+                    pipeline.ParquetSink(writer, out_schema, tally=counts.add),
+                    queue_batches=DEFAULT_QUEUE_BATCHES,
+                    name="embed",
+                    progress=Progress(dataset.count_rows(), PROGRESS_EVERY_S, label="embedded"),
                 )
         storage.move(out_fs, tmp, out_path)
     finally:
@@ -320,18 +356,36 @@ def embed_posts(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch embed` arguments."""
     d = EmbedConfig(Path("."), Path("."), Path("."))
-    parser.add_argument("--bundle", required=True, help="model bundle folder (encoders needed, head not), or s3://.../models/VERSION")
+    parser.add_argument(
+        "--bundle", required=True, help="model bundle folder (encoders needed, head not), or s3://.../models/VERSION"
+    )
     parser.add_argument("--input", required=True, help="posts Parquet file or folder, a path or a URI (s3://...)")
     parser.add_argument("--output", required=True, help="features Parquet file to write, a path or a URI (s3://...)")
     parser.add_argument("--id-column", default=d.id_column, help=f"id column (default {d.id_column!r})")
     parser.add_argument("--text-column", default=d.text_column, help=f"text column (default {d.text_column!r})")
-    parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})")
+    parser.add_argument(
+        "--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r})"
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
-    parser.add_argument("--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default 0: the reader thread, still overlapping encoding)")
-    parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)")
+    parser.add_argument(
+        "--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="image-decoding processes (default 0: the reader thread, still overlapping encoding)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads (default 0: all cores)"
+    )
     parser.add_argument("--keep-image-column", action="store_true", help="pass the image column through as well")
-    parser.add_argument("--precision", choices=CHOICES, default=d.precision, help="encoder variant (default fp32: training features; auto: int8 on CPU, fp16 on CUDA where the bundle has them)")
+    parser.add_argument(
+        "--precision",
+        choices=CHOICES,
+        default=d.precision,
+        help="encoder variant (default fp32: training features; auto: int8 on CPU, fp16 on CUDA where the bundle has them)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,10 +49,16 @@ logger = logging.getLogger(__name__)
 
 # Scheme as written -> the store kind that serves it.
 SCHEMES = {
-    "s3": "s3", "s3a": "s3",
-    "gs": "gs", "gcs": "gs",
-    "az": "az", "azure": "az", "abfs": "az", "abfss": "az",
-    "http": "http", "https": "http",
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gs",
+    "gcs": "gs",
+    "az": "az",
+    "azure": "az",
+    "abfs": "az",
+    "abfss": "az",
+    "http": "http",
+    "https": "http",
     "file": "file",
 }
 SUPPORTED = "s3://, gs://, az://, abfs(s)://, http(s):// or a path"
@@ -143,7 +149,9 @@ def _cause(e: BaseException) -> str:
     if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
         return "request timed out"
     text = str(e).split("\n\nDebug source", 1)[0].strip()
-    if " - " in text:  # "Generic S3 error: Error performing GET <url> in 3ms - Server returned non-2xx status code: ..."
+    if (
+        " - " in text
+    ):  # "Generic S3 error: Error performing GET <url> in 3ms - Server returned non-2xx status code: ..."
         text = text.rsplit(" - ", 1)[1]
     text = text.split("<?xml", 1)[0].rstrip(": ")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -185,7 +193,12 @@ def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any
         config["aws_endpoint_url_s3"] = endpoint if "://" in endpoint else f"https://{endpoint}"
         if config["aws_endpoint_url_s3"].startswith("http://"):
             client = {**client, "allow_http": True}
-    for key, name in (("region", "region"), ("access_key_id", "access_key_id"), ("secret_access_key", "secret_access_key"), ("session_token", "token")):
+    for key, name in (
+        ("region", "region"),
+        ("access_key_id", "access_key_id"),
+        ("secret_access_key", "secret_access_key"),
+        ("session_token", "token"),
+    ):
         if opts.get(key):
             config[name] = opts[key]
     provider = None
@@ -194,7 +207,9 @@ def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any
             import boto3
             from obstore.auth.boto3 import Boto3CredentialProvider
         except ImportError as e:
-            raise storage.StorageError(f"storage option profile={opts['profile']!r} needs boto3 for image fetches; pip install boto3, or give access_key_id / secret_access_key") from e
+            raise storage.StorageError(
+                f"storage option profile={opts['profile']!r} needs boto3 for image fetches; pip install boto3, or give access_key_id / secret_access_key"
+            ) from e
         provider = Boto3CredentialProvider(boto3.Session(profile_name=opts["profile"]))
     return S3Store(bucket, config=config, client_options=client, retry_config=retry, credential_provider=provider)
 
@@ -203,7 +218,10 @@ class _Stores:
     """One obstore store per (scheme, bucket or host), made on first use and kept for the fetcher's life."""
 
     def __init__(self, config: FetchConfig):
-        self._client = {"connect_timeout": _seconds(config.connect_timeout_s), "timeout": _seconds(config.request_timeout_s)}
+        self._client = {
+            "connect_timeout": _seconds(config.connect_timeout_s),
+            "timeout": _seconds(config.request_timeout_s),
+        }
         self._retry = {"max_retries": 0}  # retries are ours (counted, classified, budgeted)
         self._stores: dict[tuple[str, str], Any] = {}
 
@@ -222,7 +240,9 @@ class _Stores:
         """A store for one http(s) URL with a query string (its own client: no connection reuse)."""
         from obstore.store import HTTPStore
 
-        return HTTPStore.from_url(url, client_options={**self._client, "allow_http": url.startswith("http://")}, retry_config=self._retry)
+        return HTTPStore.from_url(
+            url, client_options={**self._client, "allow_http": url.startswith("http://")}, retry_config=self._retry
+        )
 
     def _make(self, kind: str, scheme: str, netloc: str) -> Any:
         from obstore.store import AzureStore, GCSStore, HTTPStore
@@ -233,9 +253,15 @@ class _Stores:
             return GCSStore(netloc, client_options=self._client, retry_config=self._retry)
         if kind == "az":
             if "@" in netloc:  # abfs://container@account.dfs.core.windows.net
-                return AzureStore.from_url(f"{scheme}://{netloc}", client_options=self._client, retry_config=self._retry)
+                return AzureStore.from_url(
+                    f"{scheme}://{netloc}", client_options=self._client, retry_config=self._retry
+                )
             return AzureStore(netloc, client_options=self._client, retry_config=self._retry)
-        return HTTPStore.from_url(f"{scheme}://{netloc}", client_options={**self._client, "allow_http": scheme == "http"}, retry_config=self._retry)
+        return HTTPStore.from_url(
+            f"{scheme}://{netloc}",
+            client_options={**self._client, "allow_http": scheme == "http"},
+            retry_config=self._retry,
+        )
 
 
 @dataclass(frozen=True)
@@ -342,7 +368,9 @@ class Fetcher:
 
     def summary(self) -> dict[str, Any]:
         """This run's stats, JSON-ready (what goes into a shard's marker)."""
-        return self._call(lambda: self.stats.summary() | {"stores": len(self._stores), "concurrency": self.config.concurrency})
+        return self._call(
+            lambda: self.stats.summary() | {"stores": len(self._stores), "concurrency": self.config.concurrency}
+        )
 
     def close(self) -> None:
         """Cancel what is in flight and stop the loop's thread."""
@@ -386,12 +414,20 @@ class Fetcher:
             outcome = await self._local(location, target)
         else:
             try:
-                store = self._stores.one_off(target.whole) if target.whole else self._stores.get(target.kind, target.scheme, target.netloc)
+                store = (
+                    self._stores.one_off(target.whole)
+                    if target.whole
+                    else self._stores.get(target.kind, target.scheme, target.netloc)
+                )
             except CtmwaError:
                 raise
             except Exception as e:  # noqa: BLE001 - a store that cannot be built is a configuration error of the run
                 stats.invalid += 1
-                return _Outcome(None, _short(f"image store for {shown(location)} cannot be configured: {type(e).__name__}: {e}"), "invalid")
+                return _Outcome(
+                    None,
+                    _short(f"image store for {shown(location)} cannot be configured: {type(e).__name__}: {e}"),
+                    "invalid",
+                )
             outcome = await self._remote(location, store, target.path)
         self._account(outcome)
         return outcome
@@ -407,7 +443,12 @@ class Fetcher:
                 "of the shard scores it later. To commit such rows as image_missing instead, raise --max-fetch-failures "
                 "(CTMWA_MAX_FETCH_FAILURES)"
             )
-        if outcome.kind == "denied" and stats.denied > c.max_denied and stats.denied > c.max_denied_share * stats.objects and self._fatal is None:
+        if (
+            outcome.kind == "denied"
+            and stats.denied > c.max_denied
+            and stats.denied > c.max_denied_share * stats.objects
+            and self._fatal is None
+        ):
             self._fatal = FetchDenied(
                 f"{stats.denied} of {stats.objects} image fetches were refused for permission (e.g. {outcome.error}); "
                 "that is a configuration error: check the image store's credentials (AWS_* variables, "
@@ -476,18 +517,32 @@ class Fetcher:
                 return _Outcome(None, _short(f"image not found: {shown(location)}"), "not_found")
             if kind == "denied":
                 status = _status(error)
-                return _Outcome(None, _short(f"image permission denied{f' (HTTP {status})' if status else ''}: {shown(location)}"), "denied")
+                return _Outcome(
+                    None,
+                    _short(f"image permission denied{f' (HTTP {status})' if status else ''}: {shown(location)}"),
+                    "denied",
+                )
             if kind == "refused":
-                return _Outcome(None, _short(f"image fetch refused (HTTP {_status(error)}): {shown(location)}"), "refused")
+                return _Outcome(
+                    None, _short(f"image fetch refused (HTTP {_status(error)}): {shown(location)}"), "refused"
+                )
             # transient: back off (full jitter) unless out of tries or of time
             delay = random.uniform(0, min(c.backoff_max_s, c.backoff_initial_s * 2 ** (tries - 1)))
             if tries >= c.max_tries or time.perf_counter() - start + delay > c.retry_budget_s:
-                logger.debug("giving up on %s after %d tries: %s", storage.redact(shown(location)), tries, _cause(error))
-                return _Outcome(None, _short(f"image fetch failed after {tries} tries: {shown(location)}: {_cause(error)}"), "failed")
+                logger.debug(
+                    "giving up on %s after %d tries: %s", storage.redact(shown(location)), tries, _cause(error)
+                )
+                return _Outcome(
+                    None,
+                    _short(f"image fetch failed after {tries} tries: {shown(location)}: {_cause(error)}"),
+                    "failed",
+                )
             await asyncio.sleep(delay)
 
 
-def fetch_images(locations: Sequence[str | None], base: Path, config: FetchConfig | None = None) -> tuple[list[bytes | None], list[str | None]]:
+def fetch_images(
+    locations: Sequence[str | None], base: Path, config: FetchConfig | None = None
+) -> tuple[list[bytes | None], list[str | None]]:
     """One batch fetched by a fetcher of its own (for callers outside the pipeline, e.g. Scorer.score)."""
     with Fetcher(config) as fetcher:
         return fetcher.fetch(locations, base)

@@ -60,7 +60,12 @@ class InputColumns:
 
     def require_config(self, config: ScoreConfig) -> None:
         """PlanMismatch when `config` names other columns than the ones this was checked for."""
-        planned = (self.id_field.name, self.text_column, self.image_column, tuple(f.name for f in self.passthrough_fields))
+        planned = (
+            self.id_field.name,
+            self.text_column,
+            self.image_column,
+            tuple(f.name for f in self.passthrough_fields),
+        )
         given = (config.id_column, config.text_column, config.image_column, tuple(config.passthrough))
         if planned != given:
             raise PlanMismatch(
@@ -103,7 +108,9 @@ def check_input(files: Sequence[InputFile], config: ScoreConfig, input_path: str
 def planned_columns(plan: PartitionPlan, config: ScoreConfig) -> InputColumns:
     """The columns a plan recorded, checked against the config a shard task scores with."""
     if plan.columns is None:
-        raise PlanMismatch(f"the plan of {plan.partition} records no input columns (an older plan?); plan the partition again")
+        raise PlanMismatch(
+            f"the plan of {plan.partition} records no input columns (an older plan?); plan the partition again"
+        )
     columns = InputColumns.from_dict(plan.columns)
     columns.require_config(config)
     return columns

@@ -67,14 +67,22 @@ def _plan(
     files = partitions.list_input(str(input_path))
     columns = check_input(files, config.score, str(input_path))
     labels = require_scoring_bundle(bundle)
-    p = partitions.plan_partition(str(input_path), str(output_root), bundle.model_version, config.max_rows_per_shard, files=files)
+    p = partitions.plan_partition(
+        str(input_path), str(output_root), bundle.model_version, config.max_rows_per_shard, files=files
+    )
     p = dataclasses.replace(p, columns=columns.to_dict())
     for k in shards or []:
         if not 0 <= k < len(p.shards):
-            raise CtmwaError(f"shard {k} out of range: partition {p.partition} has {len(p.shards)} shard(s); pass --shard 0..{len(p.shards) - 1}")
+            raise CtmwaError(
+                f"shard {k} out of range: partition {p.partition} has {len(p.shards)} shard(s); pass --shard 0..{len(p.shards) - 1}"
+            )
     skip = not partitions.begin(p, overwrite=config.overwrite)
     logger.info(
-        "planned %s: %d rows in %d shard(s), plan %s%s", p.partition, p.num_rows, len(p.shards), p.plan_id,
+        "planned %s: %d rows in %d shard(s), plan %s%s",
+        p.partition,
+        p.num_rows,
+        len(p.shards),
+        p.plan_id,
         " (already committed: skip)" if skip else "",
     )
     return Planned(p, columns, skip), labels
@@ -91,10 +99,16 @@ class _Session:
         self.config = config
         self.scorer = Scorer(bundle, config.score, labels=labels)
         self.decoder = ImageDecoder(self.scorer.image_spec, config.score.decode_workers)
-        self.fetcher = Fetcher(FetchConfig(concurrency=config.score.fetch_concurrency, max_failures=config.score.max_fetch_failures))
+        self.fetcher = Fetcher(
+            FetchConfig(concurrency=config.score.fetch_concurrency, max_failures=config.score.max_fetch_failures)
+        )
         logger.info(
             "scoring with model %s on %s, %s encoders, %d decoding process(es), batch %d",
-            self.scorer.model_version, self.scorer.provider, self.scorer.precision, config.score.decode_workers, config.score.batch_size,
+            self.scorer.model_version,
+            self.scorer.provider,
+            self.scorer.precision,
+            config.score.decode_workers,
+            config.score.batch_size,
         )
 
     def __enter__(self) -> _Session:
@@ -132,9 +146,17 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
     batches = pipeline.shard_batches(p.input_path, shard, scorer.input_columns(), config.score.batch_size)
     with partitions.part_writer(p, shard_index, out_schema) as part:
         sink = pipeline.ParquetSink(part.writer, out_schema, config.row_group_rows, counts.add)
-        stats = pipeline.run(batches, steps, session.decoder, sink, queue_batches=config.queue_batches,
-                             name=f"score-{shard_index}", progress=progress, fetcher=session.fetcher,
-                             fetch_batches=_fetch_batches(config))
+        stats = pipeline.run(
+            batches,
+            steps,
+            session.decoder,
+            sink,
+            queue_batches=config.queue_batches,
+            name=f"score-{shard_index}",
+            progress=progress,
+            fetcher=session.fetcher,
+            fetch_batches=_fetch_batches(config),
+        )
         if stats.rows != shard.num_rows:
             raise CtmwaError(
                 f"shard {shard_index} of {p.partition}: wrote {stats.rows} rows for {shard.num_rows} input rows; "
@@ -153,8 +175,15 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
             part.stats["fetch"] = stats.fetch
         marker = dict(part.stats)
     total = stats.seconds.total
-    logger.info("shard %d of %s: %d rows in %.1fs (%.0f rows/s) %s", shard_index, p.partition, stats.rows, total,
-                stats.rows / total if total else 0.0, counts.statuses)
+    logger.info(
+        "shard %d of %s: %d rows in %.1fs (%.0f rows/s) %s",
+        shard_index,
+        p.partition,
+        stats.rows,
+        total,
+        stats.rows / total if total else 0.0,
+        counts.statuses,
+    )
     return marker
 
 
@@ -178,7 +207,12 @@ def _shard_summary(marker: dict[str, Any], skipped: bool) -> dict[str, Any]:
 
 
 def _score_shards(
-    planned: Planned, indices: list[int], bundle: Bundle, labels: list[str], config: JobConfig, progress: Progress | None
+    planned: Planned,
+    indices: list[int],
+    bundle: Bundle,
+    labels: list[str],
+    config: JobConfig,
+    progress: Progress | None,
 ) -> list[dict[str, Any]]:
     """Score the shards of `indices` that are not finished yet (one scorer and one decoding pool for all)."""
     p = planned.partition
@@ -227,7 +261,9 @@ def plan(
     return planned.to_dict()
 
 
-def score_shard(plan: dict[str, Any], shard_index: int, bundle_dir: str | Path, config: AnyConfig = None) -> dict[str, Any]:
+def score_shard(
+    plan: dict[str, Any], shard_index: int, bundle_dir: str | Path, config: AnyConfig = None
+) -> dict[str, Any]:
     """Score one shard of a plan (the dict from `plan`); a shard already finished is skipped, so a retry is always
     safe. Returns small stats: shard, skipped, rows, status_counts, seconds, rows_per_s."""
     config = JobConfig.coerce(config)
@@ -235,7 +271,12 @@ def score_shard(plan: dict[str, Any], shard_index: int, bundle_dir: str | Path, 
     if not 0 <= shard_index < len(p.shards):
         raise ValueError(f"shard_index {shard_index} out of range: the plan has {len(p.shards)} shard(s)")
     if plan.get("skip"):
-        return {"shard": shard_index, "skipped": True, "rows": p.shards[shard_index].num_rows, "reason": "partition already committed"}
+        return {
+            "shard": shard_index,
+            "skipped": True,
+            "rows": p.shards[shard_index].num_rows,
+            "reason": "partition already committed",
+        }
     marker = partitions.shard_done(p, shard_index)
     if marker is not None:  # a retry of a finished shard: no bundle to load, nothing to do
         return _shard_summary(marker, skipped=True)
@@ -247,7 +288,9 @@ def score_shard(plan: dict[str, Any], shard_index: int, bundle_dir: str | Path, 
             f"bundle {str(bundle_dir)!r} is model {bundle.model_version} but the plan was made for {p.model_version}; "
             "plan the partition again with this bundle"
         )
-    progress = Progress(p.shards[shard_index].num_rows, config.progress_interval_s, label=f"shard {shard_index}: scored")
+    progress = Progress(
+        p.shards[shard_index].num_rows, config.progress_interval_s, label=f"shard {shard_index}: scored"
+    )
     return _score_shards(planned, [shard_index], bundle, labels, config, progress)[0]
 
 
@@ -263,7 +306,9 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
         "timings": {k: v for k, v in success["timings"].items() if k != "shards"},
         "parts": len(success["parts"]),
         "runtime": success.get("runtime", {}),  # encoder precision and execution provider the shards ran with
-        **({"fetch": success["fetch"]} if success.get("fetch") else {}),  # images by reference: requests, bytes, retries, latency
+        **(
+            {"fetch": success["fetch"]} if success.get("fetch") else {}
+        ),  # images by reference: requests, bytes, retries, latency
         "committed_at": success["committed_at"],
     }
 
@@ -332,7 +377,9 @@ def score_partition(
         committed = _commit(p)
     except PartitionNotReady:
         waiting = [s.index for s in p.shards if partitions.shard_done(p, s.index) is None]
-        logger.info("scored shard(s) %s of %s; waiting for shard(s) %s before the commit", indices, p.partition, waiting)
+        logger.info(
+            "scored shard(s) %s of %s; waiting for shard(s) %s before the commit", indices, p.partition, waiting
+        )
         return {"committed": False, "output_dir": p.output_dir, "shards": results, "waiting_for": waiting}
     seconds = time.perf_counter() - t0
     scored = sum(r["rows"] for r in results if not r["skipped"])

@@ -23,8 +23,8 @@ import pyarrow.fs as pafs
 from ctmwa_batch import registry
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.partitions import read_success
-from ctmwa_batch.storage import open_filesystem
 from ctmwa_batch.settings import Settings, SettingsError
+from ctmwa_batch.storage import open_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,10 @@ def day_of(interval_start: dt.datetime | None, params: Mapping[str, Any] | None)
     if override:
         return parse_date(override, "partition_date")
     if interval_start is None:
-        raise SettingsError("this run has no data interval (triggered without a logical date); pass the param partition_date=YYYY-MM-DD")
-    return interval_start.astimezone(dt.timezone.utc).date().isoformat()
+        raise SettingsError(
+            "this run has no data interval (triggered without a logical date); pass the param partition_date=YYYY-MM-DD"
+        )
+    return interval_start.astimezone(dt.UTC).date().isoformat()
 
 
 def date_range(start: str, end: str) -> list[str]:
@@ -83,7 +85,11 @@ def input_state(path: str, marker: str = "") -> str | None:
         return None if fs.get_file_info(f"{inner}/{marker}").type == pafs.FileType.File else f"no {marker} marker yet"
     for entry in fs.get_file_info(pafs.FileSelector(inner, recursive=True)):
         rel = entry.path[len(inner) :].lstrip("/")
-        if entry.type == pafs.FileType.File and rel.endswith(".parquet") and not any(s.startswith((".", "_")) for s in rel.split("/")):
+        if (
+            entry.type == pafs.FileType.File
+            and rel.endswith(".parquet")
+            and not any(s.startswith((".", "_")) for s in rel.split("/"))
+        ):
             return None
     return "no .parquet file in it"
 
@@ -151,7 +157,9 @@ def partition_date(partition: str) -> str | None:
     return None
 
 
-def plan_input(input_path: str, settings: Settings, *, overwrite: bool = False, bundle: str | None = None, date: str | None = None) -> dict[str, Any]:
+def plan_input(
+    input_path: str, settings: Settings, *, overwrite: bool = False, bundle: str | None = None, date: str | None = None
+) -> dict[str, Any]:
     """Plan task: resolve the model (the `bundle` folder, else the settings' model_version), plan the partition at
     `input_path` into shards. `shards` is empty when the partition is already committed for this input and model (the
     run is then a no-op) and overwrite is off. `date` is the day it holds (None: read from the partition path)."""
@@ -169,9 +177,21 @@ def plan_input(input_path: str, settings: Settings, *, overwrite: bool = False, 
             f"max_map_length = {settings.max_map_length} mapped tasks; raise max_rows_per_shard (or [core] max_map_length with CTMWA_MAX_MAP_LENGTH)"
         )
     if skip:
-        logger.info("%s is already committed for model %s at %s: nothing to score (set overwrite to rescore)", input_path, version, plan["output_dir"])
+        logger.info(
+            "%s is already committed for model %s at %s: nothing to score (set overwrite to rescore)",
+            input_path,
+            version,
+            plan["output_dir"],
+        )
     else:
-        logger.info("%s: %d rows in %d shard(s) of at most %d rows, model %s", input_path, plan["fingerprint"]["num_rows"], len(shards), settings.max_rows_per_shard, version)
+        logger.info(
+            "%s: %d rows in %d shard(s) of at most %d rows, model %s",
+            input_path,
+            plan["fingerprint"]["num_rows"],
+            len(shards),
+            settings.max_rows_per_shard,
+            version,
+        )
     return {
         "date": date or partition_date(plan["partition"]),
         "input_path": input_path,
@@ -239,7 +259,9 @@ def commit_day(planned: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- backfill
 
 
-def plan_backfill(params: Mapping[str, Any], explicit: Mapping[str, Any] | None = None, *, bundle: str | None = None) -> dict[str, Any]:
+def plan_backfill(
+    params: Mapping[str, Any], explicit: Mapping[str, Any] | None = None, *, bundle: str | None = None
+) -> dict[str, Any]:
     """Backfill plan task: which days of [start_date, end_date] need scoring for the model, in chunks of days.
 
     Days already committed for the model (same input fingerprint) are skipped unless overwrite; days without input
@@ -252,7 +274,9 @@ def plan_backfill(params: Mapping[str, Any], explicit: Mapping[str, Any] | None 
 
     params = {**dict(params or {}), **{k: v for k, v in (explicit or {}).items() if v is not None}}
     settings = Settings.load(overrides=params)
-    days = date_range(parse_date(params.get("start_date"), "start_date"), parse_date(params.get("end_date"), "end_date"))
+    days = date_range(
+        parse_date(params.get("start_date"), "start_date"), parse_date(params.get("end_date"), "end_date")
+    )
     overwrite = bool(params.get("overwrite", False))
     on_missing = params.get("on_missing") or "skip"
     if on_missing not in ("skip", "fail"):
@@ -267,15 +291,27 @@ def plan_backfill(params: Mapping[str, Any], explicit: Mapping[str, Any] | None 
             continue
         plan = plan_partition(path, settings.output_root, version, settings.max_rows_per_shard)
         state = "committed" if is_committed(plan) and not overwrite else "todo"
-        entries.append({"date": date, "input_path": path, "state": state, "rows": plan.num_rows, "shards": len(plan.shards)})
+        entries.append(
+            {"date": date, "input_path": path, "state": state, "rows": plan.num_rows, "shards": len(plan.shards)}
+        )
     missing = [e["date"] for e in entries if e["state"] == "missing"]
     if missing and on_missing == "fail":
-        raise InputPartitionMissing(f"{len(missing)} day(s) have no input partition: {missing[:10]}{' ...' if len(missing) > 10 else ''}; set on_missing to 'skip' to score the others")
+        raise InputPartitionMissing(
+            f"{len(missing)} day(s) have no input partition: {missing[:10]}{' ...' if len(missing) > 10 else ''}; set on_missing to 'skip' to score the others"
+        )
     todo = [e["date"] for e in entries if e["state"] == "todo"]
     per_task = max(1, math.ceil(len(todo) / settings.max_map_length))
     chunks = [todo[k : k + per_task] for k in range(0, len(todo), per_task)]
     counts = {s: sum(e["state"] == s for e in entries) for s in ("todo", "committed", "missing")}
-    logger.info("backfill %s..%s with model %s: %s; %d task(s) of %d day(s)", days[0], days[-1], version, counts, len(chunks), per_task)
+    logger.info(
+        "backfill %s..%s with model %s: %s; %d task(s) of %d day(s)",
+        days[0],
+        days[-1],
+        version,
+        counts,
+        len(chunks),
+        per_task,
+    )
     for e in entries:
         if e["state"] == "missing":
             logger.warning("no input for %s: %s (%s)", e["date"], e["input_path"], e["why"])
@@ -348,7 +384,13 @@ def asset_extra(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The extra of the scores Asset event: which partitions of which model were committed, and where."""
     return {
         "partitions": [
-            {"date": s["date"], "partition": s["partition"], "model_version": s["model_version"], "output_dir": s["output_dir"], "rows": (s["rows"] or {}).get("output")}
+            {
+                "date": s["date"],
+                "partition": s["partition"],
+                "model_version": s["model_version"],
+                "output_dir": s["output_dir"],
+                "rows": (s["rows"] or {}).get("output"),
+            }
             for s in summaries
             if not s.get("skipped")
         ]
@@ -370,7 +412,9 @@ def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None =
         rows = s.get("rows") or {}
         by_status = rows.get("by_status") or {}
         sentiments = s.get("sentiments") or {}
-        rate = (s.get("timings") or {}).get("rows_per_second") or (s.get("timings") or {}).get("rows_per_second_per_shard")
+        rate = (s.get("timings") or {}).get("rows_per_second") or (s.get("timings") or {}).get(
+            "rows_per_second_per_shard"
+        )
         lines.append(
             [
                 s["date"] or s["partition"],
@@ -385,7 +429,12 @@ def format_report(summaries: list[Mapping[str, Any]], labels: list[str] | None =
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     last = len(head) - 1
-    fmt = lambda cells: "  ".join(c.rjust(w) if 2 <= i < last else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if 2 <= i < last else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)])
 
 
@@ -394,7 +443,13 @@ def report(summaries: list[Mapping[str, Any]] | Mapping[str, Any], title: str = 
     items = [summaries] if isinstance(summaries, Mapping) else list(summaries)
     table = format_report(items)
     logger.info("%s\n%s", title, table)
-    totals: dict[str, Any] = {"days": len(items), "scored": sum(not s.get("skipped") for s in items), "rows": 0, "by_status": {}, "sentiments": {}}
+    totals: dict[str, Any] = {
+        "days": len(items),
+        "scored": sum(not s.get("skipped") for s in items),
+        "rows": 0,
+        "by_status": {},
+        "sentiments": {},
+    }
     for s in items:
         rows = s.get("rows") or {}
         totals["rows"] += int(rows.get("output", 0) or 0)
@@ -407,7 +462,10 @@ def report(summaries: list[Mapping[str, Any]] | Mapping[str, Any], title: str = 
 
 def report_backfill(backfill: Mapping[str, Any], results: list[list[Mapping[str, Any]]] | None) -> dict[str, Any]:
     """Backfill report task: the scored days' table plus the days skipped as committed or missing."""
-    out = report([s for chunk in (results or []) for s in chunk], title=f"ctmwa backfill {backfill['start_date']}..{backfill['end_date']} (model {backfill['model_version']})")
+    out = report(
+        [s for chunk in (results or []) for s in chunk],
+        title=f"ctmwa backfill {backfill['start_date']}..{backfill['end_date']} (model {backfill['model_version']})",
+    )
     out["committed_before"] = [e["date"] for e in backfill["days"] if e["state"] == "committed"]
     out["missing"] = [e["date"] for e in backfill["days"] if e["state"] == "missing"]
     if out["committed_before"]:
@@ -444,7 +502,9 @@ def _health(result: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     }
 
 
-def health_report(summary: Mapping[str, Any], params: Mapping[str, Any] | None, explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def health_report(
+    summary: Mapping[str, Any], params: Mapping[str, Any] | None, explicit: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Health_report task: the partition's report.html and report.json under `_reports/{partition}` beside its scores,
     against the `baseline_days` before its day (the same partition path with the earlier dates); logs the alerts.
     `fail` is true when one fired and fail_on_drift is set (the task then fails, never the scoring). A partition whose
@@ -458,9 +518,24 @@ def health_report(summary: Mapping[str, Any], params: Mapping[str, Any] | None, 
     if not date:
         note = f"partition {partition} names no date (YYYY-MM-DD): no baseline days to compare it with, so no health report"
         logger.warning("%s", note)
-        return {"date": None, "end_date": None, "report_dir": None, "html": None, "json": None, "alerts": [], "warnings": 0, "notes": [note], "fail": False, "failure": None}
+        return {
+            "date": None,
+            "end_date": None,
+            "report_dir": None,
+            "html": None,
+            "json": None,
+            "alerts": [],
+            "warnings": 0,
+            "notes": [note],
+            "fail": False,
+            "failure": None,
+        }
     # The baseline days are the same partition path with earlier dates (`region=eu/dt={date}` for region=eu/dt=...).
-    template = settings.partition_template if partition_for(date, settings.partition_template) == partition else partition.replace(date, "{date}")
+    template = (
+        settings.partition_template
+        if partition_for(date, settings.partition_template) == partition
+        else partition.replace(date, "{date}")
+    )
     result = report.write_report(
         settings.output_root,
         summary["model_version"],
@@ -491,7 +566,15 @@ def health_report_backfill(backfill: Mapping[str, Any]) -> dict[str, Any]:
         )
     except ReportInputMissing as e:
         logger.warning("no health report: %s", e)
-        return {"date": backfill["start_date"], "end_date": backfill["end_date"], "report_dir": None, "alerts": [], "fail": False, "failure": None, "notes": [str(e)]}
+        return {
+            "date": backfill["start_date"],
+            "end_date": backfill["end_date"],
+            "report_dir": None,
+            "alerts": [],
+            "fail": False,
+            "failure": None,
+            "notes": [str(e)],
+        }
     return _health(result, settings)
 
 
@@ -514,9 +597,13 @@ def publish_extra(summary: Mapping[str, Any], params: Mapping[str, Any] | None) 
             numbers = json.loads(f.read())
     except FileNotFoundError:
         numbers = None
-    day = next((d for d in (numbers or {}).get("days", []) if d["date"] == summary["date"] and d["role"] == "report"), None)
+    day = next(
+        (d for d in (numbers or {}).get("days", []) if d["date"] == summary["date"] and d["role"] == "report"), None
+    )
     if day is None or day.get("committed_at") != summary["committed_at"]:
-        logger.warning("no health report of this commit of %s at %s: the Asset event carries no alerts", summary["date"], folder)
+        logger.warning(
+            "no health report of this commit of %s at %s: the Asset event carries no alerts", summary["date"], folder
+        )
         extra["alerts"] = None
         extra["report"] = None
         return extra

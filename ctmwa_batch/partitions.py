@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -124,7 +124,15 @@ class PartitionPlan:
     @classmethod
     def from_dict(cls, d: dict) -> PartitionPlan:
         shards = tuple(Shard(s["index"], tuple(Piece(**p) for p in s["pieces"])) for s in d["shards"])
-        return cls(d["input_path"], d["output_dir"], d["partition"], d["model_version"], d["fingerprint"], shards, d.get("columns"))
+        return cls(
+            d["input_path"],
+            d["output_dir"],
+            d["partition"],
+            d["model_version"],
+            d["fingerprint"],
+            shards,
+            d.get("columns"),
+        )
 
 
 def list_input(input_path: str) -> list[InputFile]:
@@ -150,7 +158,9 @@ def list_input(input_path: str) -> list[InputFile]:
                 footer = pq.ParquetFile(f)
                 meta, arrow_schema = footer.metadata, footer.schema_arrow
         except (pa.ArrowInvalid, OSError) as e:
-            store_error = storage.translate(e, input_path)  # a store that is down is a fault of the run, not of the file
+            store_error = storage.translate(
+                e, input_path
+            )  # a store that is down is a fault of the run, not of the file
             if store_error is not None:
                 raise store_error from e
             raise InputSchemaError(f"{i.path!r} is not a readable Parquet file ({e}); remove or fix it") from e
@@ -430,8 +440,10 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
             "shards": [{"shard": m["shard"], "seconds": m["seconds"], **m.get("timings", {})} for m in markers],
         },
         # how the shards ran: encoder precision and execution provider (one value unless workers differed)
-        "runtime": {key: sorted({str(m[key]) for m in markers if m.get(key) is not None}) for key in ("precision", "provider")},
-        "committed_at": datetime.now(timezone.utc).isoformat(),
+        "runtime": {
+            key: sorted({str(m[key]) for m in markers if m.get(key) is not None}) for key in ("precision", "provider")
+        },
+        "committed_at": datetime.now(UTC).isoformat(),
         **(extra or {}),
     }
     storage.write_object(fs, f"{path}/{SUCCESS}", json.dumps(success, indent=2, sort_keys=True).encode())

@@ -94,13 +94,17 @@ class PipelineStats:
     rows: int = 0  # rows the sink wrote
     batches: int = 0  # batches the sink wrote
     seconds: StageSeconds = field(default_factory=StageSeconds)
-    fetch: dict[str, Any] | None = None  # the fetcher's stats (requests, bytes, retries, latency) when images were by URI
+    fetch: dict[str, Any] | None = (
+        None  # the fetcher's stats (requests, bytes, retries, latency) when images were by URI
+    )
 
 
 # --------------------------------------------------------------------------------------------------- sources
 
 
-def shard_batches(input_path: str, shard: Shard, columns: list[str], batch_size: int) -> Iterator[tuple[pa.RecordBatch, Path]]:
+def shard_batches(
+    input_path: str, shard: Shard, columns: list[str], batch_size: int
+) -> Iterator[tuple[pa.RecordBatch, Path]]:
     """A shard's rows, only `columns`, in record batches, with the folder relative image paths are relative to;
     column chunks are streamed, not loaded whole."""
     fs, _ = storage.open_filesystem(input_path)
@@ -173,7 +177,15 @@ class ParquetSink:
 class _Run:
     """One run's queues, stop flag, failures and stats; the three loops below are its threads."""
 
-    def __init__(self, decoder: ImageDecoder, fetcher: Fetcher, sink: Sink, queue_batches: int, fetch_batches: int, progress: Progress | None):
+    def __init__(
+        self,
+        decoder: ImageDecoder,
+        fetcher: Fetcher,
+        sink: Sink,
+        queue_batches: int,
+        fetch_batches: int,
+        progress: Progress | None,
+    ):
         self.decoder = decoder
         self.fetcher = fetcher
         self.sink = sink
@@ -208,7 +220,9 @@ class _Run:
         self.failures.append(e)
         self.stop.set()
 
-    def reader(self, batches: Iterable[tuple[pa.RecordBatch, Path]], prepare: Callable[[pa.RecordBatch, Path], Any]) -> None:
+    def reader(
+        self, batches: Iterable[tuple[pa.RecordBatch, Path]], prepare: Callable[[pa.RecordBatch, Path], Any]
+    ) -> None:
         seconds = self.stats.seconds
         try:
             source = iter(batches)
@@ -299,7 +313,11 @@ def _joined(parts: list[Decoded]) -> Decoded:
     """One batch's decoded windows as one."""
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), [r for p in parts for r in p[2]]
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        [r for p in parts for r in p[2]],
+    )
 
 
 def run(

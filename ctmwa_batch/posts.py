@@ -69,7 +69,9 @@ def check_posts_schema(posts_schema: pa.Schema, columns: PostColumns, where: str
     return image_paths
 
 
-def image_items(batch: pa.RecordBatch, image_column: str | None, image_paths: bool) -> tuple[list[bytes | None], list[str | None] | None]:
+def image_items(
+    batch: pa.RecordBatch, image_column: str | None, image_paths: bool
+) -> tuple[list[bytes | None], list[str | None] | None]:
     """A batch's image bytes and, for a path/URI column, its image locations instead (the bytes stay None until the
     pipeline's fetch stage, ctmwa_batch.fetch, fills them)."""
     if not image_column:
@@ -83,7 +85,9 @@ def image_items(batch: pa.RecordBatch, image_column: str | None, image_paths: bo
 # --------------------------------------------------------------------------------------------------- decoding
 
 
-def _timed_decode(items: Sequence[bytes | None], spec: ImageSpec) -> tuple[np.ndarray, np.ndarray, list[str | None], float]:
+def _timed_decode(
+    items: Sequence[bytes | None], spec: ImageSpec
+) -> tuple[np.ndarray, np.ndarray, list[str | None], float]:
     t0 = time.perf_counter()
     pixels, ok, reasons = decode_images(items, spec)
     return pixels, ok, reasons, time.perf_counter() - t0
@@ -100,10 +104,15 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def image_errors(ok: Sequence[bool], reasons: Sequence[str | None], read_errors: Sequence[str | None]) -> list[str | None]:
+def image_errors(
+    ok: Sequence[bool], reasons: Sequence[str | None], read_errors: Sequence[str | None]
+) -> list[str | None]:
     """Per row, why a present image could not be used (its path unreadable, its bytes undecodable); None where the
     image was usable or simply absent (null or empty: a missing modality, not an error)."""
-    return [read_err or (None if usable or reason in ("null", "empty") else reason) for usable, reason, read_err in zip(ok, reasons, read_errors)]
+    return [
+        read_err or (None if usable or reason in ("null", "empty") else reason)
+        for usable, reason, read_err in zip(ok, reasons, read_errors)
+    ]
 
 
 @contextlib.contextmanager
@@ -179,7 +188,9 @@ class ImageDecoder:
         # Chunks small enough that every worker gets a share of each batch.
         chunk = max(8, math.ceil(len(items) / (2 * self.workers)))
         with _main_script_hidden(), _children_allowed():
-            return [self.pool.submit(_timed_decode, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)]
+            return [
+                self.pool.submit(_timed_decode, items[i : i + chunk], self.spec) for i in range(0, len(items), chunk)
+            ]
 
     def result(self, handle: Any) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """(uint8 pixels (N, S, S, 3), ok (N,), reasons (N,)) of a submitted batch."""

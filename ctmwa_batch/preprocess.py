@@ -220,9 +220,7 @@ def image_problem(data: bytes | None, spec: ImageSpec = CHECK_SPEC, header_only:
         return _short_reason("undecodable image", e)
 
 
-def decode_images(
-    items: Sequence[bytes | None], spec: ImageSpec
-) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+def decode_images(items: Sequence[bytes | None], spec: ImageSpec) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """A batch of image bytes -> (uint8 (N, S, S, 3) with zeros where unusable, ok bool (N,), reasons (N,))."""
     n = len(items)
     pixels = np.zeros((n, spec.size, spec.size, 3), dtype=np.uint8)

@@ -70,7 +70,9 @@ def list_versions(models_root: str | Path) -> list[str]:
         root = Path(models_root)
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+        return sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+        )
     fs, path = storage.open_filesystem(str(models_root))
     entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     folders = [e for e in entries if e.type == pafs.FileType.Directory and not e.base_name.startswith(".")]
@@ -162,7 +164,12 @@ def publish(bundle_dir: str | Path, models_root: str | Path, *, make_current: bo
         previous = current_version(models_root)
         if make_current:
             previous = set_current(models_root, version)
-        return {"model_version": version, "bundle_dir": dest_location, "current": current_version(models_root) == version, "previous": previous}
+        return {
+            "model_version": version,
+            "bundle_dir": dest_location,
+            "current": current_version(models_root) == version,
+            "previous": previous,
+        }
     root = Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
     dest = root / version
@@ -190,7 +197,12 @@ def publish(bundle_dir: str | Path, models_root: str | Path, *, make_current: bo
     previous = current_version(root)
     if make_current:
         previous = set_current(root, version)
-    return {"model_version": version, "bundle_dir": str(dest), "current": current_version(root) == version, "previous": previous}
+    return {
+        "model_version": version,
+        "bundle_dir": str(dest),
+        "current": current_version(root) == version,
+        "previous": previous,
+    }
 
 
 def describe(models_root: str | Path) -> list[dict[str, Any]]:
@@ -233,10 +245,15 @@ def _upload(bundle: Bundle, models_root: str) -> str:
         problems = [] if remote_bytes == manifest_bytes else [f"{MANIFEST} differs from the bundle's"]
         listed = remote.get("files") or {}
         infos = fs.get_file_info([f"{path}/{name}" for name in sorted(listed)])
-        problems += [f"{name}: {info.size} bytes, manifest says {listed[name].get('bytes')}" for name, info in zip(sorted(listed), infos)
-                     if info.type != pafs.FileType.File or info.size != listed[name].get("bytes", info.size)]
+        problems += [
+            f"{name}: {info.size} bytes, manifest says {listed[name].get('bytes')}"
+            for name, info in zip(sorted(listed), infos)
+            if info.type != pafs.FileType.File or info.size != listed[name].get("bytes", info.size)
+        ]
         if problems:
-            raise RegistryError(f"{dest!r} holds another or a damaged copy of model {version} ({'; '.join(problems)}); delete that prefix and publish again")
+            raise RegistryError(
+                f"{dest!r} holds another or a damaged copy of model {version} ({'; '.join(problems)}); delete that prefix and publish again"
+            )
         logger.info("model %s is already published at %s", version, dest)
         return dest
     for name in sorted(bundle.manifest["files"]):
@@ -266,7 +283,11 @@ def _fsync_dir(path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch models` arguments: list | current | publish BUNDLE | set-current VERSION."""
-    parser.add_argument("--models-root", required=True, help="the models root: a folder of published bundles, or an object-store prefix (s3://bucket/models)")
+    parser.add_argument(
+        "--models-root",
+        required=True,
+        help="the models root: a folder of published bundles, or an object-store prefix (s3://bucket/models)",
+    )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="published versions, oldest first, with the current one marked")
     sub.add_parser("current", help="print the version CURRENT names")

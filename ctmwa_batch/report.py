@@ -28,9 +28,9 @@ import numpy as np
 from ctmwa_batch import drift, storage
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.partitions import report_dir
-from ctmwa_batch.storage import open_filesystem
 from ctmwa_batch.schema import STATUSES
 from ctmwa_batch.settings import Settings
+from ctmwa_batch.storage import open_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,18 @@ HTML_NAME = "report.html"
 JSON_NAME = "report.json"
 # Colours: one per status and a qualitative set for the sentiments (colour-blind safe, Okabe-Ito order).
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-SENTIMENT_COLOURS = {"positive": "#009E73", "neutral": "#BBBBBB", "negative": "#D55E00"}  # the usual reading; other labels take PALETTE
-STATUS_COLOURS = {"ok": "#009E73", "text_missing": "#56B4E9", "image_missing": "#E69F00", "no_content": "#999999", "error": "#D55E00"}
+SENTIMENT_COLOURS = {
+    "positive": "#009E73",
+    "neutral": "#BBBBBB",
+    "negative": "#D55E00",
+}  # the usual reading; other labels take PALETTE
+STATUS_COLOURS = {
+    "ok": "#009E73",
+    "text_missing": "#56B4E9",
+    "image_missing": "#E69F00",
+    "no_content": "#999999",
+    "error": "#D55E00",
+}
 
 
 class ReportDependencyMissing(CtmwaError):
@@ -58,7 +68,9 @@ def thresholds_from(settings: Settings) -> drift.Thresholds:
     )
 
 
-def default_out(scores_root: str, model_version: str, date: str, end_date: str | None = None, partition_template: str = "dt={date}") -> str:
+def default_out(
+    scores_root: str, model_version: str, date: str, end_date: str | None = None, partition_template: str = "dt={date}"
+) -> str:
     """Where a report goes by default: `_reports/{partition}` under the model version (a range: `{partition}..{end}`)."""
     label = date if not end_date or end_date == date else f"{date}..{end_date}"
     return report_dir(scores_root, model_version, drift.partition_for(label, partition_template))
@@ -78,7 +90,7 @@ def write_report(
     """Compute and write report.html and report.json; returns the report's numbers plus `html` and `json` paths."""
     figures_module = _matplotlib()  # fail before reading anything when matplotlib is missing
     numbers = drift.build(scores_root, model_version, date, end_date, baseline_days, thresholds, partition_template)
-    numbers["generated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    numbers["generated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     out_dir = out_dir or default_out(scores_root, model_version, date, end_date, partition_template)
     figures = draw_figures(numbers, figures_module)
     fs, path = open_filesystem(out_dir)
@@ -89,8 +101,19 @@ def write_report(
         logger.warning("ALERT %s", alert["message"])
     for warning in numbers["warnings"]:
         logger.info("warning %s", warning["message"])
-    logger.info("report for %s written to %s (%d alert(s), %d warning(s))", _span(numbers), out_dir, len(numbers["alerts"]), len(numbers["warnings"]))
-    return {**numbers, "out_dir": out_dir, "html": storage.join(out_dir, HTML_NAME), "json": storage.join(out_dir, JSON_NAME)}
+    logger.info(
+        "report for %s written to %s (%d alert(s), %d warning(s))",
+        _span(numbers),
+        out_dir,
+        len(numbers["alerts"]),
+        len(numbers["warnings"]),
+    )
+    return {
+        **numbers,
+        "out_dir": out_dir,
+        "html": storage.join(out_dir, HTML_NAME),
+        "json": storage.join(out_dir, JSON_NAME),
+    }
 
 
 def _write(fs: Any, path: str, data: bytes) -> None:
@@ -128,7 +151,11 @@ def _short(date: str) -> str:
 
 
 def _pooled(days: list[dict[str, Any]], name: str) -> np.ndarray | None:
-    hists = [np.asarray(d["distributions"][name]["histogram"]) for d in days if d.get("committed") and name in d.get("distributions", {})]
+    hists = [
+        np.asarray(d["distributions"][name]["histogram"])
+        for d in days
+        if d.get("committed") and name in d.get("distributions", {})
+    ]
     return np.sum(hists, axis=0) if hists else None
 
 
@@ -189,7 +216,17 @@ class _Canvas:
         ax.set_xticks(self.x, [_short(d) for d in dates], rotation=0 if len(dates) <= 10 else 60, fontsize=8)
         for i, d in enumerate(self.days):
             if not d.get("committed"):
-                ax.text(i, 0.5, "missing", rotation=90, ha="center", va="center", fontsize=8, color="#888888", transform=ax.get_xaxis_transform())
+                ax.text(
+                    i,
+                    0.5,
+                    "missing",
+                    rotation=90,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="#888888",
+                    transform=ax.get_xaxis_transform(),
+                )
             if d["role"] == "report":
                 ax.axvspan(i - 0.5, i + 0.5, color="#fff3c4", zorder=0)
 
@@ -219,7 +256,7 @@ def _bars(ax: Any, items: list, warn: float, alert: float, xlabel: str, symmetri
     ax.barh(range(len(values)), values, color=colours)
     ax.set_yticks(range(len(values)), names, fontsize=9)
     ax.invert_yaxis()
-    for s in ((-1, 1) if symmetric else (1,)):
+    for s in (-1, 1) if symmetric else (1,):
         ax.axvline(s * warn, color="#E69F00", ls="--", lw=1)
         ax.axvline(s * alert, color="#D55E00", ls="--", lw=1)
     if symmetric:
@@ -237,13 +274,29 @@ def _drift_figure(c: _Canvas) -> dict[str, Any]:
     fig = c.Figure(figsize=(9, 3.6), layout="constrained")
     ax_psi, ax_rate = fig.subplots(1, 2, width_ratios=[1, 1])
     psis = [(k, v["value"]) for k, v in c.quantities.items() if v["kind"] == "psi"]
-    rates = [(k.replace("status:", ""), v["value"] * 100) for k, v in c.quantities.items() if v["kind"] == "rate" and (k.startswith("status:") or k == "unreadable_image")]
+    rates = [
+        (k.replace("status:", ""), v["value"] * 100)
+        for k, v in c.quantities.items()
+        if v["kind"] == "rate" and (k.startswith("status:") or k == "unreadable_image")
+    ]
     _bars(ax_psi, psis, t["psi_warn"], t["psi_alert"], f"PSI (warn {t['psi_warn']:g}, alert {t['psi_alert']:g})", False)
-    _bars(ax_rate, rates, t["rate_warn"] * 100, t["rate_alert"] * 100, f"change of share, points (warn ±{t['rate_warn'] * 100:g}, alert ±{t['rate_alert'] * 100:g})", True)
+    _bars(
+        ax_rate,
+        rates,
+        t["rate_warn"] * 100,
+        t["rate_alert"] * 100,
+        f"change of share, points (warn ±{t['rate_warn'] * 100:g}, alert ±{t['rate_alert'] * 100:g})",
+        True,
+    )
     ax_psi.set_title("distribution drift (PSI)", fontsize=10)
     ax_rate.set_title("status rate change", fontsize=10)
     fig.suptitle(f"Drift of {c.last_drift.get('date', c.span)} against its baseline", fontsize=11)
-    return _figure(fig, "drift", "Drift against the baseline", "Bars past the dashed lines warn (orange) or alert (red). PSI on the baseline's deciles; rate changes in percentage points of all rows.")
+    return _figure(
+        fig,
+        "drift",
+        "Drift against the baseline",
+        "Bars past the dashed lines warn (orange) or alert (red). PSI on the baseline's deciles; rate changes in percentage points of all rows.",
+    )
 
 
 def _sentiment_figure(c: _Canvas) -> dict[str, Any]:
@@ -252,15 +305,34 @@ def _sentiment_figure(c: _Canvas) -> dict[str, Any]:
     ax = fig.subplots()
     bottom = np.zeros(len(c.days))
     for k, label in enumerate(c.labels):
-        shares = np.array([(d.get("by_sentiment", {}).get(label, 0) / d["scored"]) if d.get("committed") and d.get("scored") else 0.0 for d in c.days])
-        ax.bar(c.x, shares, bottom=bottom, color=SENTIMENT_COLOURS.get(label.lower(), PALETTE[k % len(PALETTE)]), label=label, width=0.7)
+        shares = np.array(
+            [
+                (d.get("by_sentiment", {}).get(label, 0) / d["scored"])
+                if d.get("committed") and d.get("scored")
+                else 0.0
+                for d in c.days
+            ]
+        )
+        ax.bar(
+            c.x,
+            shares,
+            bottom=bottom,
+            color=SENTIMENT_COLOURS.get(label.lower(), PALETTE[k % len(PALETTE)]),
+            label=label,
+            width=0.7,
+        )
         bottom += shares
     c.mark_days(ax)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of scored rows")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.set_title(f"Sentiment mix per day (report days shaded); PSI {c.psi_of('sentiment_mix'):.3f}", fontsize=10)
-    return _figure(fig, "sentiment_mix", "Sentiment mix per day", "Share of each predicted sentiment among the scored rows, baseline window and report day(s).")
+    return _figure(
+        fig,
+        "sentiment_mix",
+        "Sentiment mix per day",
+        "Share of each predicted sentiment among the scored rows, baseline window and report day(s).",
+    )
 
 
 def _confidence_figure(c: _Canvas) -> dict[str, Any]:
@@ -272,7 +344,12 @@ def _confidence_figure(c: _Canvas) -> dict[str, Any]:
     ax.set_ylabel("density")
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(f"Confidence, {c.day_label} against the {c.base_label}; PSI {c.psi_of('confidence'):.3f}", fontsize=10)
-    return _figure(fig, "confidence", "Confidence distribution", "Histogram of the confidence of scored rows (100 bins over [0, 1]).")
+    return _figure(
+        fig,
+        "confidence",
+        "Confidence distribution",
+        "Histogram of the confidence of scored rows (100 bins over [0, 1]).",
+    )
 
 
 def _rates_figure(c: _Canvas) -> dict[str, Any]:
@@ -289,7 +366,11 @@ def _rates_figure(c: _Canvas) -> dict[str, Any]:
     ax_s.set_ylabel("share of rows")
     ax_s.set_title("status per day", fontsize=10)
     ax_s.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    for key, colour, label in (("missing_text", "#56B4E9", "no text"), ("missing_image", "#E69F00", "no image"), ("unreadable_image", "#D55E00", "undecodable image")):
+    for key, colour, label in (
+        ("missing_text", "#56B4E9", "no text"),
+        ("missing_image", "#E69F00", "no image"),
+        ("unreadable_image", "#D55E00", "undecodable image"),
+    ):
         ys = np.array([d["rates"][key] * 100 if d.get("committed") else np.nan for d in c.days])
         ax_m.plot(c.x, ys, marker="o", color=colour, label=label)
     c.mark_days(ax_m)
@@ -297,13 +378,21 @@ def _rates_figure(c: _Canvas) -> dict[str, Any]:
     ax_m.set_ylabel("% of rows")
     ax_m.set_title("missing modalities per day", fontsize=10)
     ax_m.legend(fontsize=7, frameon=False)
-    return _figure(fig, "rates", "Status and missing-modality rates", "Left: share of rows per status. Right: rows without a text, without an image, and with image bytes that could not be decoded.")
+    return _figure(
+        fig,
+        "rates",
+        "Status and missing-modality rates",
+        "Left: share of rows per status. Right: rows without a text, without an image, and with image bytes that could not be decoded.",
+    )
 
 
 def _modality_figure(c: _Canvas) -> dict[str, Any]:
     """Modality weights, and the evidence where the scores carry it with values (a head without evidence outputs
     leaves the columns null)."""
-    names = [*drift.DISTRIBUTIONS[1:], *(n for n in drift.EVIDENCE if (h := _pooled(c.report_days, n)) is not None and h.sum() > 0)]
+    names = [
+        *drift.DISTRIBUTIONS[1:],
+        *(n for n in drift.EVIDENCE if (h := _pooled(c.report_days, n)) is not None and h.sum() > 0),
+    ]
     fig = c.Figure(figsize=(9, 2.8 if len(names) <= 2 else 5.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots((len(names) + 1) // 2, 2)).ravel()
     for ax, name in zip(axes, names):
@@ -317,7 +406,9 @@ def _modality_figure(c: _Canvas) -> dict[str, Any]:
         fig,
         "modality",
         "Modality weights" + (" and evidence" if has_evidence else ""),
-        "text_weight / image_weight (the meta-learned weight nets)" + (" and text_evidence / image_evidence" if has_evidence else "") + ", report day(s) against the baseline.",
+        "text_weight / image_weight (the meta-learned weight nets)"
+        + (" and text_evidence / image_evidence" if has_evidence else "")
+        + ", report day(s) against the baseline.",
     )
 
 
@@ -325,12 +416,26 @@ def _throughput_figure(c: _Canvas) -> dict[str, Any]:
     """Rows per second of each day's scoring."""
     fig = c.Figure(figsize=(9, 2.8), layout="constrained")
     ax = fig.subplots()
-    rps = np.array([(d.get("throughput") or {}).get("rows_per_second") or (d.get("throughput") or {}).get("rows_per_second_per_shard") or 0.0 if d.get("committed") else 0.0 for d in c.days])
+    rps = np.array(
+        [
+            (d.get("throughput") or {}).get("rows_per_second")
+            or (d.get("throughput") or {}).get("rows_per_second_per_shard")
+            or 0.0
+            if d.get("committed")
+            else 0.0
+            for d in c.days
+        ]
+    )
     ax.bar(c.x, rps, color=np.where(c.is_report, "#0072B2", "#999999"), width=0.7)
     c.mark_days(ax)
     ax.set_ylabel("rows/s")
     ax.set_title("Throughput per day (first shard start to last shard end)", fontsize=10)
-    return _figure(fig, "throughput", "Throughput per day", "Rows per second of each day's scoring, wall clock over all its shards.")
+    return _figure(
+        fig,
+        "throughput",
+        "Throughput per day",
+        "Rows per second of each day's scoring, wall clock over all its shards.",
+    )
 
 
 FIGURES = (_drift_figure, _sentiment_figure, _confidence_figure, _rates_figure, _modality_figure, _throughput_figure)
@@ -378,7 +483,11 @@ def render_html(numbers: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         f"baseline: the {numbers['baseline']['days']} day(s) before, {len(numbers['baseline']['present'])} committed &middot; generated {_e(numbers.get('generated_at', ''))}</p>",
     ]
     if alerts:
-        parts.append(f'<div class="verdict alert">{len(alerts)} alert(s)</div><ul>' + "".join(f"<li>{_e(a['message'])}</li>" for a in alerts) + "</ul>")
+        parts.append(
+            f'<div class="verdict alert">{len(alerts)} alert(s)</div><ul>'
+            + "".join(f"<li>{_e(a['message'])}</li>" for a in alerts)
+            + "</ul>"
+        )
     elif warnings:
         parts.append('<div class="verdict warn">No alert; worth a look:</div>')
     else:
@@ -397,22 +506,34 @@ def render_html(numbers: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         ]
         parts.append(
             f"<p>{_e(date)}: {d['rows']:,} rows against {d['baseline_rows']:,} baseline rows ({_e(', '.join(d['baseline_dates']) or 'none')})</p>"
-            + ("<table><tr><th class='l'>quantity</th><th class='l'>kind</th><th>value</th><th>day</th><th>baseline</th><th class='l'>level</th></tr>" + "".join(rows) + "</table>" if rows else "")
+            + (
+                "<table><tr><th class='l'>quantity</th><th class='l'>kind</th><th>value</th><th>day</th><th>baseline</th><th class='l'>level</th></tr>"
+                + "".join(rows)
+                + "</table>"
+                if rows
+                else ""
+            )
         )
 
     parts.append("<h2>Figures</h2>")
     for f in figures:
         data = base64.b64encode(f["png"]).decode("ascii")
-        parts.append(f'<figure id="{_e(f["name"])}"><img alt="{_e(f["title"])}" src="data:image/png;base64,{data}"><figcaption>{_e(f["caption"])}</figcaption></figure>')
+        parts.append(
+            f'<figure id="{_e(f["name"])}"><img alt="{_e(f["title"])}" src="data:image/png;base64,{data}"><figcaption>{_e(f["caption"])}</figcaption></figure>'
+        )
 
     parts.append("<h2>Per day</h2>")
     labels = numbers["labels"]
     head = ["date", "role", "rows", *STATUSES, *labels, "no text", "no image", "undecodable", "mean conf.", "rows/s"]
-    parts.append("<table><tr>" + "".join(f"<th{' class=l' if i < 2 else ''}>{_e(h)}</th>" for i, h in enumerate(head)) + "</tr>")
+    parts.append(
+        "<table><tr>" + "".join(f"<th{' class=l' if i < 2 else ''}>{_e(h)}</th>" for i, h in enumerate(head)) + "</tr>"
+    )
     for d in numbers["days"]:
         cls = "report" if d["role"] == "report" else ""
         if not d["committed"]:
-            parts.append(f"<tr class='missing {cls}'><td class='l'>{_e(d['date'])}</td><td class='l'>{_e(d['role'])}</td><td class='l' colspan='{len(head) - 2}'>missing: {_e(d['why_missing'])}</td></tr>")
+            parts.append(
+                f"<tr class='missing {cls}'><td class='l'>{_e(d['date'])}</td><td class='l'>{_e(d['role'])}</td><td class='l' colspan='{len(head) - 2}'>missing: {_e(d['why_missing'])}</td></tr>"
+            )
             continue
         tp = d["throughput"]
         cells = [
@@ -452,22 +573,79 @@ def _fmt_side(q: dict[str, Any], side: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     s = Settings.load()  # defaults from CTMWA_* where set
     parser.add_argument("--scores", required=True, help="scores root (the scorer's --output); path or URI")
-    parser.add_argument("--model-version", required=True, help="the model version whose scores to report (model_version=V)")
-    parser.add_argument("--date", required=True, help="the day to report (YYYY-MM-DD); with --end-date the first of a range")
-    parser.add_argument("--end-date", default=None, help="last day of a range report (included); each day is compared with its own baseline")
-    parser.add_argument("--baseline-days", type=int, default=s.baseline_days, help=f"days before the report day that form its baseline (default {s.baseline_days}, CTMWA_BASELINE_DAYS)")
-    parser.add_argument("--out", default=None, help="folder for report.html and report.json (default: SCORES/model_version=V/_reports/PARTITION/)")
-    parser.add_argument("--partition-template", default=s.partition_template, help=f"a day's partition (default {s.partition_template!r}, CTMWA_PARTITION_TEMPLATE)")
-    parser.add_argument("--psi-warn", type=float, default=s.drift_psi_warn, help=f"PSI that warns (default {s.drift_psi_warn}, CTMWA_DRIFT_PSI_WARN)")
-    parser.add_argument("--psi-alert", type=float, default=s.drift_psi_alert, help=f"PSI that alerts (default {s.drift_psi_alert}, CTMWA_DRIFT_PSI_ALERT)")
-    parser.add_argument("--rate-warn", type=float, default=s.drift_rate_warn, help=f"change of a status share that warns, 0.02 = 2 points (default {s.drift_rate_warn}, CTMWA_DRIFT_RATE_WARN)")
-    parser.add_argument("--rate-alert", type=float, default=s.drift_rate_alert, help=f"change of a status share that alerts (default {s.drift_rate_alert}, CTMWA_DRIFT_RATE_ALERT)")
-    parser.add_argument("--min-rows", type=int, default=s.drift_min_rows, help=f"fewer rows than this: nothing alerted (default {s.drift_min_rows}, CTMWA_DRIFT_MIN_ROWS)")
-    parser.add_argument("--fail-on-drift", action=argparse.BooleanOptionalAction, default=s.fail_on_drift, help="exit with status 1 when an alert fires (default off, CTMWA_FAIL_ON_DRIFT)")
+    parser.add_argument(
+        "--model-version", required=True, help="the model version whose scores to report (model_version=V)"
+    )
+    parser.add_argument(
+        "--date", required=True, help="the day to report (YYYY-MM-DD); with --end-date the first of a range"
+    )
+    parser.add_argument(
+        "--end-date",
+        default=None,
+        help="last day of a range report (included); each day is compared with its own baseline",
+    )
+    parser.add_argument(
+        "--baseline-days",
+        type=int,
+        default=s.baseline_days,
+        help=f"days before the report day that form its baseline (default {s.baseline_days}, CTMWA_BASELINE_DAYS)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for report.html and report.json (default: SCORES/model_version=V/_reports/PARTITION/)",
+    )
+    parser.add_argument(
+        "--partition-template",
+        default=s.partition_template,
+        help=f"a day's partition (default {s.partition_template!r}, CTMWA_PARTITION_TEMPLATE)",
+    )
+    parser.add_argument(
+        "--psi-warn",
+        type=float,
+        default=s.drift_psi_warn,
+        help=f"PSI that warns (default {s.drift_psi_warn}, CTMWA_DRIFT_PSI_WARN)",
+    )
+    parser.add_argument(
+        "--psi-alert",
+        type=float,
+        default=s.drift_psi_alert,
+        help=f"PSI that alerts (default {s.drift_psi_alert}, CTMWA_DRIFT_PSI_ALERT)",
+    )
+    parser.add_argument(
+        "--rate-warn",
+        type=float,
+        default=s.drift_rate_warn,
+        help=f"change of a status share that warns, 0.02 = 2 points (default {s.drift_rate_warn}, CTMWA_DRIFT_RATE_WARN)",
+    )
+    parser.add_argument(
+        "--rate-alert",
+        type=float,
+        default=s.drift_rate_alert,
+        help=f"change of a status share that alerts (default {s.drift_rate_alert}, CTMWA_DRIFT_RATE_ALERT)",
+    )
+    parser.add_argument(
+        "--min-rows",
+        type=int,
+        default=s.drift_min_rows,
+        help=f"fewer rows than this: nothing alerted (default {s.drift_min_rows}, CTMWA_DRIFT_MIN_ROWS)",
+    )
+    parser.add_argument(
+        "--fail-on-drift",
+        action=argparse.BooleanOptionalAction,
+        default=s.fail_on_drift,
+        help="exit with status 1 when an alert fires (default off, CTMWA_FAIL_ON_DRIFT)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    thresholds = drift.Thresholds(psi_warn=args.psi_warn, psi_alert=args.psi_alert, rate_warn=args.rate_warn, rate_alert=args.rate_alert, min_rows=args.min_rows)
+    thresholds = drift.Thresholds(
+        psi_warn=args.psi_warn,
+        psi_alert=args.psi_alert,
+        rate_warn=args.rate_warn,
+        rate_alert=args.rate_alert,
+        min_rows=args.min_rows,
+    )
     result = write_report(
         args.scores,
         args.model_version,

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ctmwa_batch.config import DEFAULT_DEVICE, DEVICES, check_device as _check_device_name
+from ctmwa_batch.config import DEFAULT_DEVICE
+from ctmwa_batch.config import check_device as _check_device_name
 from ctmwa_batch.errors import BundleError, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,9 @@ def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) ->
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:
         if config.device != "cpu" and any(word in str(e).lower() for word in ("provider", "cuda", "cudnn")):
-            raise ProviderUnavailable(f"cannot open {str(path)!r} on {config.device}: {e}; {GPU_EXTRA_HINT}, or run with --device cpu") from e
+            raise ProviderUnavailable(
+                f"cannot open {str(path)!r} on {config.device}: {e}; {GPU_EXTRA_HINT}, or run with --device cpu"
+            ) from e
         raise BundleError(f"onnxruntime cannot load {str(path)!r}: {e}; re-export the graph") from e
     got = session.get_providers()
     if config.device == "cuda" and CUDA not in got:
@@ -181,8 +184,12 @@ def create_session(path: str | Path, config: RuntimeConfig = RuntimeConfig()) ->
     model = OnnxModel(session, path, config)
     EVENTS.append(("session", path.name, model.provider))
     if config.device == "auto":
-        logger.info("%s runs on %s (device auto; CUDA %s)", path.name, model.provider,
-                    "in use" if model.on_gpu else "not available")
+        logger.info(
+            "%s runs on %s (device auto; CUDA %s)",
+            path.name,
+            model.provider,
+            "in use" if model.on_gpu else "not available",
+        )
     else:
         logger.debug("%s runs on %s", path.name, model.provider)
     return model

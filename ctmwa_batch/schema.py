@@ -66,7 +66,11 @@ ID_TYPES = (*PATH_TYPES, pa.types.is_integer, *BYTES_TYPES)
 
 # The posts table in its default layout. A feed may carry a null id: scoring keeps that row (status "error").
 POSTS_SCHEMA = pa.schema(
-    [pa.field(DEFAULT_ID_COLUMN, pa.string()), pa.field(DEFAULT_TEXT_COLUMN, pa.string()), pa.field(DEFAULT_IMAGE_COLUMN, pa.binary())]
+    [
+        pa.field(DEFAULT_ID_COLUMN, pa.string()),
+        pa.field(DEFAULT_TEXT_COLUMN, pa.string()),
+        pa.field(DEFAULT_IMAGE_COLUMN, pa.binary()),
+    ]
 )
 # Labelled posts (a dataset reader's output): every post has an id; class indices in `ctmwa.labels` order.
 LABELLED_POSTS_SCHEMA = pa.schema(

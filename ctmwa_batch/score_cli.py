@@ -18,30 +18,76 @@ from ctmwa_batch.job import score_partition
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch score` arguments."""
     d, j = ScoreConfig(), JobConfig()
-    parser.add_argument("--bundle", required=True, help="model bundle: a folder, or a published version in an object store (s3://.../models/VERSION, copied once into a local cache)")
-    parser.add_argument("--input", required=True, help="posts partition: a Parquet file, a folder, a hive path, or a URI (s3://...)")
-    parser.add_argument("--output", required=True, help="scores root; parts go to ROOT/model_version=V/PARTITION/")
-    parser.add_argument("--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
-    parser.add_argument("--workers", type=int, default=d.workers, help="image-decoding processes (default: one per core but one, none on two cores or fewer; 0: the reader thread)")
-    parser.add_argument("--threads", type=int, default=d.intra_op_threads, help="ONNX Runtime threads per session (default 0: all cores)")
-    parser.add_argument("--overwrite", action="store_true", help="rescore even if committed for this input and model")
-    parser.add_argument("--max-rows-per-shard", type=int, default=j.max_rows_per_shard, help=f"rows per shard / part (default {j.max_rows_per_shard})")
-    parser.add_argument("--shard", type=int, action="append", metavar="K", help="score only shard K (repeatable); the last shard to finish commits")
-    parser.add_argument("--id-column", default=d.id_column, help=f"id column (default {d.id_column!r})")
-    parser.add_argument("--text-column", default=d.text_column, help=f"text column (default {d.text_column!r}; '' for none)")
-    parser.add_argument("--image-column", default=d.image_column, help=f"image bytes or path column (default {d.image_column!r}; '' for none)")
-    parser.add_argument("--passthrough", nargs="*", default=[], metavar="COLUMN", help="input columns to copy to the output")
-    parser.add_argument("--scored-at", default=None, help="ISO-8601 time stamped on every row (default: now)")
-    parser.add_argument("--fetch-concurrency", type=int, default=d.fetch_concurrency,
-                        help=f"image GETs in flight when the image column holds URIs (default {d.fetch_concurrency})")
     parser.add_argument(
-        "--max-fetch-failures", type=int, default=d.max_fetch_failures, metavar="N",
+        "--bundle",
+        required=True,
+        help="model bundle: a folder, or a published version in an object store (s3://.../models/VERSION, copied once into a local cache)",
+    )
+    parser.add_argument(
+        "--input", required=True, help="posts partition: a Parquet file, a folder, a hive path, or a URI (s3://...)"
+    )
+    parser.add_argument("--output", required=True, help="scores root; parts go to ROOT/model_version=V/PARTITION/")
+    parser.add_argument(
+        "--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})"
+    )
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"rows per batch (default {d.batch_size})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="image-decoding processes (default: one per core but one, none on two cores or fewer; 0: the reader thread)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=d.intra_op_threads,
+        help="ONNX Runtime threads per session (default 0: all cores)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="rescore even if committed for this input and model")
+    parser.add_argument(
+        "--max-rows-per-shard",
+        type=int,
+        default=j.max_rows_per_shard,
+        help=f"rows per shard / part (default {j.max_rows_per_shard})",
+    )
+    parser.add_argument(
+        "--shard",
+        type=int,
+        action="append",
+        metavar="K",
+        help="score only shard K (repeatable); the last shard to finish commits",
+    )
+    parser.add_argument("--id-column", default=d.id_column, help=f"id column (default {d.id_column!r})")
+    parser.add_argument(
+        "--text-column", default=d.text_column, help=f"text column (default {d.text_column!r}; '' for none)"
+    )
+    parser.add_argument(
+        "--image-column",
+        default=d.image_column,
+        help=f"image bytes or path column (default {d.image_column!r}; '' for none)",
+    )
+    parser.add_argument(
+        "--passthrough", nargs="*", default=[], metavar="COLUMN", help="input columns to copy to the output"
+    )
+    parser.add_argument("--scored-at", default=None, help="ISO-8601 time stamped on every row (default: now)")
+    parser.add_argument(
+        "--fetch-concurrency",
+        type=int,
+        default=d.fetch_concurrency,
+        help=f"image GETs in flight when the image column holds URIs (default {d.fetch_concurrency})",
+    )
+    parser.add_argument(
+        "--max-fetch-failures",
+        type=int,
+        default=d.max_fetch_failures,
+        metavar="N",
         help="rows per shard that may be committed as image_missing when the image store fails past its retries "
         "(default 0: the shard fails, nothing is committed, a retry scores it later)",
     )
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default=d.precision,
+        "--precision",
+        choices=PRECISIONS,
+        default=d.precision,
         help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
     )
 
@@ -70,7 +116,9 @@ def config_from(args: argparse.Namespace) -> JobConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Build the config from the arguments and score the partition."""
-    result = score_partition(args.input, args.output, args.bundle, config_from(args), shards=args.shard, interactive=sys.stderr.isatty())
+    result = score_partition(
+        args.input, args.output, args.bundle, config_from(args), shards=args.shard, interactive=sys.stderr.isatty()
+    )
     print(json.dumps(result, indent=2))
     return 0
 

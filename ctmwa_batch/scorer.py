@@ -84,7 +84,10 @@ class Scorer:
     """A bundle's sessions (image and text encoders, head), loaded once; `score(batch)` scores a batch of posts."""
 
     def __init__(
-        self, bundle: Bundle | str | Path, config: ScoreConfig | dict[str, Any] | None = None, labels: list[str] | None = None
+        self,
+        bundle: Bundle | str | Path,
+        config: ScoreConfig | dict[str, Any] | None = None,
+        labels: list[str] | None = None,
     ):
         """`labels`: the bundle's, when the caller has checked it already (require_scoring_bundle); else checked here."""
         self.config = ScoreConfig.coerce(config)
@@ -105,7 +108,9 @@ class Scorer:
             logger.warning(
                 "%s of bundle %s has no %s outputs (exported by an older ctmwa-export): those columns will be null; "
                 "re-export the head (ctmwa-export head) to fill them",
-                HEAD, self.bundle.root, "/".join(EVIDENCE_OUTPUTS),
+                HEAD,
+                self.bundle.root,
+                "/".join(EVIDENCE_OUTPUTS),
             )
         self.model_version = self.bundle.model_version
         self._labels = pa.array(self.labels, type=pa.string())
@@ -179,7 +184,10 @@ class Scorer:
         outs = self._run_models(prepared, pixels, image_ok, scored)
         # A fetch error reads as it stands ("image not found: s3://..."); a decode error gets the "image: " prefix.
         decode_errors = image_errors(image_ok, image_reasons, [None] * n)
-        row_errors = [fetch or (None if bad is None else _reason("image", bad)) for fetch, bad in zip(prepared.read_errors, decode_errors)]
+        row_errors = [
+            fetch or (None if bad is None else _reason("image", bad))
+            for fetch, bad in zip(prepared.read_errors, decode_errors)
+        ]
         status, errors = _statuses(id_ok, text_ok, image_ok, row_errors)
         probs, C = outs["probs"], len(self.labels)
         sentiment = self._labels.take(_argmax_or_null(probs, scored))
@@ -199,7 +207,7 @@ class Scorer:
             pa.array(status.tolist(), type=pa.string()),
             pa.array(errors, type=pa.string()),
             pa.repeat(pa.scalar(self.model_version, pa.string()), n),
-            pa.repeat(pa.scalar(self._fixed_time or dt.datetime.now(dt.timezone.utc), pa.timestamp("us", tz="UTC")), n),
+            pa.repeat(pa.scalar(self._fixed_time or dt.datetime.now(dt.UTC), pa.timestamp("us", tz="UTC")), n),
             *prepared.passthrough,
         ]
         if out_schema is None:
@@ -209,7 +217,9 @@ class Scorer:
         columns = [col if col.type == f.type else col.cast(f.type) for col, f in zip(columns, out_schema)]
         return pa.RecordBatch.from_arrays(columns, schema=out_schema)
 
-    def _run_models(self, prepared: Prepared, pixels: np.ndarray, image_ok: np.ndarray, scored: np.ndarray) -> dict[str, np.ndarray]:
+    def _run_models(
+        self, prepared: Prepared, pixels: np.ndarray, image_ok: np.ndarray, scored: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The encoders on every present modality, the head on the scored rows; zeros elsewhere. Times each model."""
         n, C, text_ok = prepared.num_rows, len(self.labels), prepared.tokens.ok
         t0 = time.perf_counter()
@@ -241,8 +251,11 @@ class Scorer:
         """Score one record batch of posts in this process (the job overlaps these steps across batches)."""
         prepared = self.prepare(batch, base)
         if prepared.locations is not None:
-            prepared.images, prepared.read_errors = fetch_images(prepared.locations, base or Path.cwd(), FetchConfig(
-                concurrency=self.config.fetch_concurrency, max_failures=self.config.max_fetch_failures))
+            prepared.images, prepared.read_errors = fetch_images(
+                prepared.locations,
+                base or Path.cwd(),
+                FetchConfig(concurrency=self.config.fetch_concurrency, max_failures=self.config.max_fetch_failures),
+            )
         return self.infer(prepared, decode_images(prepared.images, self.image_spec))
 
 

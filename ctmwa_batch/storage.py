@@ -60,9 +60,11 @@ def parse_options(items: Iterable[str] | str | None) -> dict[str, str]:
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as e:
-                raise CtmwaError(f"storage options are not valid JSON ({e.msg}); use a JSON object or key=value,key=value") from None
+                raise CtmwaError(
+                    f"storage options are not valid JSON ({e.msg}); use a JSON object or key=value,key=value"
+                ) from None
             if not isinstance(raw, dict):
-                raise CtmwaError("storage options JSON must be an object, e.g. {\"endpoint\": \"http://host:9000\"}")
+                raise CtmwaError('storage options JSON must be an object, e.g. {"endpoint": "http://host:9000"}')
             pairs = {str(k): str(v) for k, v in raw.items()}
             items = [f"{k}={v}" for k, v in pairs.items()]
         else:
@@ -171,7 +173,12 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
         scheme, sep, rest = endpoint.partition("://")
         kwargs["endpoint_override"] = rest if sep else endpoint
         kwargs["scheme"] = scheme if sep else "https"
-    for key, arg in (("region", "region"), ("access_key_id", "access_key"), ("secret_access_key", "secret_key"), ("session_token", "session_token")):
+    for key, arg in (
+        ("region", "region"),
+        ("access_key_id", "access_key"),
+        ("secret_access_key", "secret_key"),
+        ("session_token", "session_token"),
+    ):
         if opts.get(key):
             kwargs[arg] = opts[key]
     if opts.get("profile") and "access_key" not in kwargs and "secret_key" not in kwargs:
@@ -181,8 +188,10 @@ def pyarrow_s3_options(opts: Mapping[str, str] | None = None) -> dict[str, Any]:
         kwargs.setdefault("access_key", os.environ.get("AWS_ACCESS_KEY_ID", ""))
         kwargs.setdefault("secret_key", os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
         if not (kwargs["access_key"] and kwargs["secret_key"]):
-            raise StorageError("storage credentials come in a pair: set both access_key_id and secret_access_key "
-                               "(options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+            raise StorageError(
+                "storage credentials come in a pair: set both access_key_id and secret_access_key "
+                "(options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+            )
     return kwargs
 
 
@@ -198,7 +207,11 @@ def _profile(name: str) -> dict[str, str]:
     credentials.read(credentials_file)
     config.read(config_file)
     section = credentials[name] if credentials.has_section(name) else {}
-    settings = config[f"profile {name}"] if config.has_section(f"profile {name}") else (config[name] if config.has_section(name) else {})
+    settings = (
+        config[f"profile {name}"]
+        if config.has_section(f"profile {name}")
+        else (config[name] if config.has_section(name) else {})
+    )
     merged = {**dict(settings), **dict(section)}
     if not merged.get("aws_access_key_id") or not merged.get("aws_secret_access_key"):
         raise StorageError(
@@ -232,7 +245,9 @@ def max_attempts() -> int:
     try:
         return max(1, int(raw)) if raw else S3_MAX_ATTEMPTS
     except ValueError:
-        raise CtmwaError(f"{ENV_MAX_ATTEMPTS}={raw!r} is not a whole number of attempts; unset it or set e.g. 5") from None
+        raise CtmwaError(
+            f"{ENV_MAX_ATTEMPTS}={raw!r} is not a whole number of attempts; unset it or set e.g. 5"
+        ) from None
 
 
 def _s3_key(kwargs: Mapping[str, Any]) -> tuple:
@@ -315,8 +330,16 @@ def move(fs: pafs.FileSystem, src: str, dest: str) -> None:
 _AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?(?: during (\w+) operation)?")
 _IN_BUCKET = re.compile(r"in bucket '([^']*)'")
 _UNREACHABLE = {"NETWORK_CONNECTION", "REQUEST_TIMEOUT", "INTERNAL_FAILURE"}
-_DENIED = {"ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY_ID", "INVALID_CLIENT_TOKEN_ID", "EXPIRED_TOKEN",
-           "UNRECOGNIZED_CLIENT", "MISSING_AUTHENTICATION_TOKEN", "INVALID_SIGNATURE"}
+_DENIED = {
+    "ACCESS_DENIED",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "INVALID_ACCESS_KEY_ID",
+    "INVALID_CLIENT_TOKEN_ID",
+    "EXPIRED_TOKEN",
+    "UNRECOGNIZED_CLIENT",
+    "MISSING_AUTHENTICATION_TOKEN",
+    "INVALID_SIGNATURE",
+}
 _THROTTLED = {"SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "INTERNAL_ERROR"}
 _RETRY_HINT = "then rerun: nothing was committed, and a rerun resumes from the finished shards"
 

@@ -39,7 +39,11 @@ SCORES = Asset(name=SCORES_ASSET_NAME, uri=SCORES_ASSET_URI)
         "start_date": Param(type="string", format="date", description="first day to score (YYYY-MM-DD)"),
         "end_date": Param(type="string", format="date", description="last day to score, included (YYYY-MM-DD)"),
         "overwrite": Param(False, type="boolean", description="rescore days already committed for this model"),
-        "on_missing": Param("skip", enum=["skip", "fail"], description="days without input: skip them (listed in the report) or fail the run"),
+        "on_missing": Param(
+            "skip",
+            enum=["skip", "fail"],
+            description="days without input: skip them (listed in the report) or fail the run",
+        ),
         **{name: Param(None, **spec) for name, spec in override_param_specs().items()},
     },
 )

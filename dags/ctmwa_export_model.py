@@ -32,18 +32,42 @@ MODELS = Asset(name=MODELS_ASSET_NAME, uri=MODELS_ASSET_URI)
     doc_md=__doc__,
     default_args={"owner": "ctmwa", "queue": SETTINGS.train_queue},
     params={
-        "clip_source": Param("openai/clip-vit-base-patch32", type="string", description="transformers hub id or local folder of the CLIP model"),
-        "clip_revision": Param(None, type=["null", "string"], description="hub revision (branch, tag, commit); null = default"),
-        "encoders": Param(None, type=["null", "string"], description="reuse this bundle's encoders (e.g. the current model's) instead of exporting clip_source"),
-        "training_posts": Param(None, type=["null", "string"], description="labelled posts Parquet to embed and train on"),
-        "features": Param(None, type=["null", "string"], description="or: a features Parquet embedded with the same encoders"),
-        "checkpoint": Param(None, type=["null", "string"], description="or: a trained checkpoint folder to export without training"),
-        "labels": Param(None, type=["null", "string"], description="comma-separated class names in label order; null = from the features"),
+        "clip_source": Param(
+            "openai/clip-vit-base-patch32",
+            type="string",
+            description="transformers hub id or local folder of the CLIP model",
+        ),
+        "clip_revision": Param(
+            None, type=["null", "string"], description="hub revision (branch, tag, commit); null = default"
+        ),
+        "encoders": Param(
+            None,
+            type=["null", "string"],
+            description="reuse this bundle's encoders (e.g. the current model's) instead of exporting clip_source",
+        ),
+        "training_posts": Param(
+            None, type=["null", "string"], description="labelled posts Parquet to embed and train on"
+        ),
+        "features": Param(
+            None, type=["null", "string"], description="or: a features Parquet embedded with the same encoders"
+        ),
+        "checkpoint": Param(
+            None, type=["null", "string"], description="or: a trained checkpoint folder to export without training"
+        ),
+        "labels": Param(
+            None,
+            type=["null", "string"],
+            description="comma-separated class names in label order; null = from the features",
+        ),
         "train_config": Param({}, type="object", description='ctmwa-train --config, e.g. {"training": {"lr": 0.001}}'),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, description="training epochs; null = the default (20)"),
+        "epochs": Param(
+            None, type=["null", "integer"], minimum=1, description="training epochs; null = the default (20)"
+        ),
         "seed": Param(None, type=["null", "integer"], description="training seed; null = the default (1111)"),
         "calibrate": Param(False, type="boolean", description="fit a softmax temperature on the features' valid split"),
-        "torch_threads": Param(None, type=["null", "integer"], minimum=1, description="torch threads while training; null = every core"),
+        "torch_threads": Param(
+            None, type=["null", "integer"], minimum=1, description="torch threads while training; null = every core"
+        ),
         "make_current": Param(True, type="boolean", description="move CURRENT to the new version"),
         "models_root": Param(None, type=["null", "string"], description="where to publish; null = CTMWA_MODELS_ROOT"),
     },

@@ -40,7 +40,12 @@ SCORES = Asset(name=SCORES_ASSET_NAME, uri=SCORES_ASSET_URI)
     # The light tasks (plan, commit, report) read footers and markers: one retry covers a storage hiccup.
     default_args={"owner": "ctmwa", "retries": 1, "retry_delay": timedelta(minutes=2)},
     params={
-        "partition_date": Param(None, type=["null", "string"], format="date", description="score this day (YYYY-MM-DD) instead of the data interval's"),
+        "partition_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="score this day (YYYY-MM-DD) instead of the data interval's",
+        ),
         "overwrite": Param(False, type="boolean", description="rescore even if the day is committed for this model"),
         **{name: Param(None, **spec) for name, spec in override_param_specs().items()},
     },

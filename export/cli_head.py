@@ -21,14 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-export head` arguments."""
     d = HeadExportConfig()
     parser.add_argument("--checkpoint", required=True, type=local_path, help="checkpoint folder written by ctmwa-train")
-    parser.add_argument("--encoders", required=True, type=local_path, help="encoders-only bundle written by ctmwa-export encoders")
+    parser.add_argument(
+        "--encoders", required=True, type=local_path, help="encoders-only bundle written by ctmwa-export encoders"
+    )
     parser.add_argument("--out", required=True, type=local_path, help="full bundle folder to write")
-    parser.add_argument("--fp16", action="store_true", help="compute in float16 inside the graph (inputs/outputs stay float32)")
-    parser.add_argument("--calibrate", action="store_true", help="fit temperature scaling on the valid split of --features")
+    parser.add_argument(
+        "--fp16", action="store_true", help="compute in float16 inside the graph (inputs/outputs stay float32)"
+    )
+    parser.add_argument(
+        "--calibrate", action="store_true", help="fit temperature scaling on the valid split of --features"
+    )
     parser.add_argument("--features", type=local_path, help="features Parquet for --calibrate")
     parser.add_argument("--labels", help="comma-separated class names (default: the checkpoint's)")
-    parser.add_argument("--end-to-end", action="store_true", help="also write end_to_end.onnx: encoders + head in one graph")
-    parser.add_argument("--no-fold", action="store_true", help="keep the translators' attention in the graph (for comparisons)")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also write end_to_end.onnx: encoders + head in one graph"
+    )
+    parser.add_argument(
+        "--no-fold", action="store_true", help="keep the translators' attention in the graph (for comparisons)"
+    )
     parser.add_argument("--opset", type=int, default=d.opset, help=f"ONNX opset (default {d.opset})")
     parser.add_argument("--atol", type=float, default=d.atol, help=f"fp32 validation tolerance (default {d.atol:g})")
     parser.add_argument("--torchscript", action="store_true", help="use the TorchScript exporter instead of dynamo")

@@ -54,7 +54,9 @@ class EncoderExportConfig:
     dynamo: bool = True  # torch.onnx's dynamo exporter; False = the TorchScript exporter
     jpeg_draft: bool = True  # recorded in the manifest: decode big JPEGs at reduced scale (faster, tiny pixel change)
     overwrite: bool = False  # replace an existing bundle folder
-    precisions: tuple[str, ...] = DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16: export.precision)
+    precisions: tuple[str, ...] = (
+        DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16: export.precision)
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", check_precisions(tuple(self.precisions)))
@@ -98,7 +100,9 @@ def load_clip(source: str, revision: str | None = None) -> tuple[Any, Any, Any]:
     where = f"{source!r}" + (f" at revision {revision!r}" if revision else "")
     looks_local = Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
     if looks_local and not Path(source).expanduser().is_dir():
-        raise ModelSourceError(f"--from {source!r} is not a folder; pass a folder written by save_pretrained or a hub id like {DEFAULT_SOURCE!r}")
+        raise ModelSourceError(
+            f"--from {source!r} is not a folder; pass a folder written by save_pretrained or a hub id like {DEFAULT_SOURCE!r}"
+        )
     source = str(Path(source).expanduser()) if looks_local else source
     try:
         model = CLIPModel.from_pretrained(source, revision=revision).eval()
@@ -110,20 +114,30 @@ def load_clip(source: str, revision: str | None = None) -> tuple[Any, Any, Any]:
             "(network or HF cache needed) or a folder written by save_pretrained (e.g. fixtures.clip.build_tiny_clip)"
         ) from e
     if getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise ModelSourceError(f"the tokenizer of {where} has no tokenizers backend (tokenizer.json); the runtime needs one")
+        raise ModelSourceError(
+            f"the tokenizer of {where} has no tokenizers backend (tokenizer.json); the runtime needs one"
+        )
     return model, tokenizer, processor
 
 
 def image_spec_from_processor(processor: Any, jpeg_draft: bool = True) -> ImageSpec:
     """The ImageSpec that reproduces a CLIPImageProcessorPil (shortest-edge resize + centre crop only)."""
     size, crop = processor.size, processor.crop_size
-    if not (processor.do_resize and size.shortest_edge and processor.do_center_crop and crop.height and crop.height == crop.width):
+    if not (
+        processor.do_resize
+        and size.shortest_edge
+        and processor.do_center_crop
+        and crop.height
+        and crop.height == crop.width
+    ):
         raise ModelSourceError(
             f"image processor resize {dict(size)} / centre crop {processor.do_center_crop} {dict(crop)} is not "
             "CLIP's shortest-edge resize + square centre crop; only that is supported"
         )
     if not processor.do_rescale or abs(processor.rescale_factor - 1 / 255) > 1e-9:
-        raise ModelSourceError(f"image processor rescale {processor.do_rescale} x{processor.rescale_factor}: only x1/255 is supported")
+        raise ModelSourceError(
+            f"image processor rescale {processor.do_rescale} x{processor.rescale_factor}: only x1/255 is supported"
+        )
     resample = Image.Resampling(int(processor.resample)).name.lower()
     if resample not in INTERPOLATIONS:
         raise ModelSourceError(f"image processor resample {processor.resample!r} has no Pillow equivalent here")
@@ -143,14 +157,22 @@ def image_spec_from_processor(processor: Any, jpeg_draft: bool = True) -> ImageS
 def text_spec_from_tokenizer(tokenizer: Any, model: Any, max_length: int | None = None) -> TextSpec:
     """The TextSpec for a tokenizer and model: max length capped by the model's position embeddings."""
     limit = int(model.config.text_config.max_position_embeddings)
-    tok_limit = tokenizer.model_max_length if isinstance(tokenizer.model_max_length, int) and tokenizer.model_max_length < 1e6 else limit
+    tok_limit = (
+        tokenizer.model_max_length
+        if isinstance(tokenizer.model_max_length, int) and tokenizer.model_max_length < 1e6
+        else limit
+    )
     length = max_length if max_length is not None else min(limit, tok_limit)
     if length > limit:
-        raise ModelSourceError(f"max text length {length} exceeds the model's {limit} position embeddings; pass --max-text-length <= {limit}")
+        raise ModelSourceError(
+            f"max text length {length} exceeds the model's {limit} position embeddings; pass --max-text-length <= {limit}"
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ModelSourceError("the tokenizer has neither a pad nor an eos token; cannot pad batches")
-    return TextSpec(max_length=int(length), pad_id=int(pad), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id)
+    return TextSpec(
+        max_length=int(length), pad_id=int(pad), bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id
+    )
 
 
 def legacy_pooling(model: Any) -> bool:
@@ -162,7 +184,15 @@ def legacy_pooling(model: Any) -> bool:
 # --------------------------------------------------------------------------------------------------- specs
 
 
-def image_encoder_spec(image: ImageSpec, dim: int, *, atol: float = 1e-4, opset: int = DEFAULT_OPSET, extra_batch_sizes: tuple[int, ...] = (), dynamo: bool = True) -> ExportSpec:
+def image_encoder_spec(
+    image: ImageSpec,
+    dim: int,
+    *,
+    atol: float = 1e-4,
+    opset: int = DEFAULT_OPSET,
+    extra_batch_sizes: tuple[int, ...] = (),
+    dynamo: bool = True,
+) -> ExportSpec:
     """ExportSpec of the image encoder: random uint8 images of the bundle's size."""
 
     def make_inputs(batch_size: int) -> dict[str, np.ndarray]:
@@ -198,8 +228,15 @@ def specs_for_bundle(bundle: Bundle) -> dict[str, ExportSpec]:
 
 
 def text_encoder_spec(
-    text: TextSpec, vocab_size: int, dim: int, *, legacy_pooling: bool, atol: float = 1e-4, opset: int = DEFAULT_OPSET,
-    extra_batch_sizes: tuple[int, ...] = (), dynamo: bool = True,
+    text: TextSpec,
+    vocab_size: int,
+    dim: int,
+    *,
+    legacy_pooling: bool,
+    atol: float = 1e-4,
+    opset: int = DEFAULT_OPSET,
+    extra_batch_sizes: tuple[int, ...] = (),
+    dynamo: bool = True,
 ) -> ExportSpec:
     """ExportSpec of the text encoder: rows of random tokens between BOS and EOS, of different lengths, right-padded."""
     specials = {i for i in (text.bos_id, text.eos_id, text.pad_id) if i is not None}
@@ -228,7 +265,11 @@ def text_encoder_spec(
         name="text_encoder",
         input_names=(INPUT_IDS, ATTENTION_MASK),
         output_names=(TEXT_EMB,),
-        dynamic_axes={INPUT_IDS: {0: "batch", 1: "sequence"}, ATTENTION_MASK: {0: "batch", 1: "sequence"}, TEXT_EMB: {0: "batch"}},
+        dynamic_axes={
+            INPUT_IDS: {0: "batch", 1: "sequence"},
+            ATTENTION_MASK: {0: "batch", 1: "sequence"},
+            TEXT_EMB: {0: "batch"},
+        },
         make_inputs=make_inputs,
         output_shapes={TEXT_EMB: ("batch", dim)},
         opset=opset,
@@ -255,10 +296,17 @@ PARITY_TEXTS = (
 def _parity_images(size: int) -> list[bytes]:
     """PNG bytes of a few synthetic images: landscape, portrait, odd sizes, grayscale, palette with transparency."""
     out = []
-    shapes = [(3 * size + 5, 2 * size + 1, "RGB"), (size + 3, 2 * size + 7, "RGB"), (size, size, "L"), (2 * size + 1, size + 2, "P")]
+    shapes = [
+        (3 * size + 5, 2 * size + 1, "RGB"),
+        (size + 3, 2 * size + 7, "RGB"),
+        (size, size, "L"),
+        (2 * size + 1, size + 2, "P"),
+    ]
     for i, (w, h, mode) in enumerate(shapes):
         y, x = np.mgrid[0:h, 0:w]
-        rgb = np.stack([(x * 255) // max(w - 1, 1), (y * 255) // max(h - 1, 1), ((x + y) * 37 + i * 50) % 256], axis=-1).astype(np.uint8)
+        rgb = np.stack(
+            [(x * 255) // max(w - 1, 1), (y * 255) // max(h - 1, 1), ((x + y) * 37 + i * 50) % 256], axis=-1
+        ).astype(np.uint8)
         img = Image.fromarray(rgb, "RGB")
         if mode == "L":
             img = img.convert("L")
@@ -271,7 +319,9 @@ def _parity_images(size: int) -> list[bytes]:
     return out
 
 
-def check_preprocessing_parity(bundle: Bundle, model: Any, tokenizer: Any, processor: Any, atol: float) -> dict[str, float]:
+def check_preprocessing_parity(
+    bundle: Bundle, model: Any, tokenizer: Any, processor: Any, atol: float
+) -> dict[str, float]:
     """Runtime path (preprocess + ONNX graphs) vs transformers path (CLIPImageProcessorPil / tokenizer + CLIPModel).
 
     Raises one ExportValidationError listing every mismatch; returns the max |diff| of each embedding.
@@ -280,10 +330,20 @@ def check_preprocessing_parity(bundle: Bundle, model: Any, tokenizer: Any, proce
     image_spec, text_spec = bundle.image_spec, bundle.text_spec
     # Texts: same ids and mask from tokenizer.json alone as from the transformers tokenizer.
     ours = TextTokenizer(bundle.path(TOKENIZER), text_spec).encode(list(PARITY_TEXTS))
-    ref = tokenizer(list(PARITY_TEXTS), padding=True, truncation=True, max_length=text_spec.max_length, return_tensors="np")
+    ref = tokenizer(
+        list(PARITY_TEXTS), padding=True, truncation=True, max_length=text_spec.max_length, return_tensors="np"
+    )
     if ours.input_ids.shape != ref["input_ids"].shape or not np.array_equal(ours.input_ids, ref["input_ids"]):
-        rows = [i for i in range(len(PARITY_TEXTS)) if i >= len(ref["input_ids"]) or ours.input_ids.shape != ref["input_ids"].shape or not np.array_equal(ours.input_ids[i], ref["input_ids"][i])]
-        failures.append(f"tokenizer.json alone gives other input_ids than the transformers tokenizer for texts {[PARITY_TEXTS[i][:30] for i in rows]}")
+        rows = [
+            i
+            for i in range(len(PARITY_TEXTS))
+            if i >= len(ref["input_ids"])
+            or ours.input_ids.shape != ref["input_ids"].shape
+            or not np.array_equal(ours.input_ids[i], ref["input_ids"][i])
+        ]
+        failures.append(
+            f"tokenizer.json alone gives other input_ids than the transformers tokenizer for texts {[PARITY_TEXTS[i][:30] for i in rows]}"
+        )
     elif not np.array_equal(ours.attention_mask, ref["attention_mask"]):
         failures.append("tokenizer.json alone gives another attention_mask than the transformers tokenizer")
     # Images: same uint8 pixels (after the in-graph normalisation) as CLIPImageProcessorPil's pixel_values.
@@ -297,15 +357,24 @@ def check_preprocessing_parity(bundle: Bundle, model: Any, tokenizer: Any, proce
     normalised = (pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
     pixel_diff = float(np.abs(normalised - ref_pixels).max()) if normalised.shape == ref_pixels.shape else float("inf")
     if not pixel_diff <= 1e-4:
-        failures.append(f"decoded pixels differ from CLIPImageProcessorPil's by up to {pixel_diff:.3g} (normalised units)")
+        failures.append(
+            f"decoded pixels differ from CLIPImageProcessorPil's by up to {pixel_diff:.3g} (normalised units)"
+        )
     # End to end: the graphs on the runtime's inputs vs transformers on its own inputs.
     config = RuntimeConfig(device="cpu")
     got_image = create_session(bundle.path(IMAGE_ENCODER), config).run({PIXELS: pixels})[IMAGE_EMB]
-    got_text = create_session(bundle.path(TEXT_ENCODER), config).run({INPUT_IDS: ours.input_ids, ATTENTION_MASK: ours.attention_mask})[TEXT_EMB]
+    got_text = create_session(bundle.path(TEXT_ENCODER), config).run(
+        {INPUT_IDS: ours.input_ids, ATTENTION_MASK: ours.attention_mask}
+    )[TEXT_EMB]
     with torch.no_grad():
-        want_image = F.normalize(model.get_image_features(pixel_values=torch.from_numpy(ref_pixels)).pooler_output, dim=-1).numpy()
+        want_image = F.normalize(
+            model.get_image_features(pixel_values=torch.from_numpy(ref_pixels)).pooler_output, dim=-1
+        ).numpy()
         want_text = F.normalize(
-            model.get_text_features(input_ids=torch.from_numpy(ref["input_ids"]), attention_mask=torch.from_numpy(ref["attention_mask"])).pooler_output, dim=-1
+            model.get_text_features(
+                input_ids=torch.from_numpy(ref["input_ids"]), attention_mask=torch.from_numpy(ref["attention_mask"])
+            ).pooler_output,
+            dim=-1,
         ).numpy()
     diffs = {}
     for name, got, want in ((IMAGE_EMB, got_image, want_image), (TEXT_EMB, got_text, want_text)):
@@ -313,8 +382,14 @@ def check_preprocessing_parity(bundle: Bundle, model: Any, tokenizer: Any, proce
         if not diffs[name] <= atol:
             failures.append(f"{name}: runtime path vs transformers path max |diff| {diffs[name]:.3g} > {atol:g}")
     if failures:
-        raise ExportValidationError("preprocessing parity", failures, max_abs_diff=max(diffs.values(), default=pixel_diff))
-    logger.info("preprocessing parity: pixels max |diff| %.2g, embeddings %s", pixel_diff, {k: f"{v:.2g}" for k, v in diffs.items()})
+        raise ExportValidationError(
+            "preprocessing parity", failures, max_abs_diff=max(diffs.values(), default=pixel_diff)
+        )
+    logger.info(
+        "preprocessing parity: pixels max |diff| %.2g, embeddings %s",
+        pixel_diff,
+        {k: f"{v:.2g}" for k, v in diffs.items()},
+    )
     return diffs
 
 

@@ -37,7 +37,9 @@ def compose(image_encoder: Path, text_encoder: Path, head: Path) -> onnx.ModelPr
     """The three graphs as one model; every internal name is prefixed by its graph's, the interface names are kept."""
     graphs = {}
     for prefix, path in (("image_encoder/", image_encoder), ("text_encoder/", text_encoder), ("head/", head)):
-        graphs[prefix] = onnx.compose.add_prefix(onnx.load(str(path)), prefix, rename_inputs=False, rename_outputs=False)
+        graphs[prefix] = onnx.compose.add_prefix(
+            onnx.load(str(path)), prefix, rename_inputs=False, rename_outputs=False
+        )
     opsets = {prefix: {o.domain: o.version for o in m.opset_import} for prefix, m in graphs.items()}
     if len({tuple(sorted(o.items())) for o in opsets.values()}) != 1:
         raise ValueError(f"the graphs use different opsets {opsets}; export them all with the same --opset")
@@ -75,8 +77,14 @@ class SequentialGraphs(torch.nn.Module):
     def forward(self, pixels, input_ids, attention_mask, has_text, has_image) -> dict[str, torch.Tensor]:
         image_emb = self.image.run({PIXELS: pixels.numpy()})[IMAGE_EMB]
         text_emb = self.text.run({INPUT_IDS: input_ids.numpy(), ATTENTION_MASK: attention_mask.numpy()})[TEXT_EMB]
-        out = self.head.run({TEXT_EMB: text_emb, IMAGE_EMB: image_emb, HAS_TEXT: has_text.numpy(), HAS_IMAGE: has_image.numpy()})
-        return {**{k: torch.from_numpy(v) for k, v in out.items()}, TEXT_EMB: torch.from_numpy(text_emb), IMAGE_EMB: torch.from_numpy(image_emb)}
+        out = self.head.run(
+            {TEXT_EMB: text_emb, IMAGE_EMB: image_emb, HAS_TEXT: has_text.numpy(), HAS_IMAGE: has_image.numpy()}
+        )
+        return {
+            **{k: torch.from_numpy(v) for k, v in out.items()},
+            TEXT_EMB: torch.from_numpy(text_emb),
+            IMAGE_EMB: torch.from_numpy(image_emb),
+        }
 
 
 def end_to_end_spec(bundle: Bundle, num_classes: int, extra_batch_sizes: tuple[int, ...] = ()) -> ExportSpec:
@@ -130,7 +138,9 @@ def write_end_to_end(encoders: Bundle, head: Path, out_path: Path, num_classes: 
     model = compose(image_encoder, text_encoder, head)
     onnx.save(model, str(out_path))
     try:
-        return validate_onnx(end_to_end_spec(encoders, num_classes), out_path, SequentialGraphs(image_encoder, text_encoder, head))
+        return validate_onnx(
+            end_to_end_spec(encoders, num_classes), out_path, SequentialGraphs(image_encoder, text_encoder, head)
+        )
     except BaseException:
         out_path.unlink(missing_ok=True)
         raise

@@ -74,7 +74,9 @@ class HeadExportConfig:
     calibrate: bool = False  # fit a temperature on the valid split of `features`; probs = softmax(logits / T)
     features: Path | None = None  # features Parquet for --calibrate (its `valid` split is used)
     labels: tuple[str, ...] | None = None  # class names; None = the checkpoint's `labels`
-    fold_translators: bool = True  # export o(v(relu(W_c x + b))) with o∘v merged; False keeps the attention (benchmarks)
+    fold_translators: bool = (
+        True  # export o(v(relu(W_c x + b))) with o∘v merged; False keeps the attention (benchmarks)
+    )
     opset: int = DEFAULT_OPSET  # ONNX opset of head.onnx
     atol: float = 1e-4  # fp32: largest |onnxruntime - PyTorch| on any output
     fp16_atol: float = 1e-2  # fp16: largest |diff| on probabilities and weights (values in [0, 1])
@@ -86,7 +88,9 @@ class HeadExportConfig:
 
     def __post_init__(self) -> None:
         if self.calibrate and self.features is None:
-            raise CtmwaError("--calibrate needs --features F: the features Parquet whose 'valid' split fits the temperature")
+            raise CtmwaError(
+                "--calibrate needs --features F: the features Parquet whose 'valid' split fits the temperature"
+            )
 
 
 # --------------------------------------------------------------------------------------------------- graph
@@ -157,7 +161,9 @@ class CTMWAHead(nn.Module):
         text = torch.where(has_text[:, None], text_emb, torch.zeros_like(text_emb)).to(self.dtype)  # (N, Dt)
         image = torch.where(has_image[:, None], image_emb, torch.zeros_like(image_emb)).to(self.dtype)  # (N, Dv)
         out = self.model(text, image, has_text, has_image, class_bias=self.class_bias)
-        logits = (out.logits + self.class_bias).float()  # (N, C) the same sum the forward took its argmax of (probe blend included)
+        logits = (
+            out.logits + self.class_bias
+        ).float()  # (N, C) the same sum the forward took its argmax of (probe blend included)
         zero = torch.zeros_like(out.text_evidence)
         return {
             LOGITS: logits,
@@ -167,12 +173,19 @@ class CTMWAHead(nn.Module):
             TEXT_WEIGHT: out.text_weight.float(),  # (N,)
             IMAGE_WEIGHT: out.image_weight.float(),  # (N,)
             TEXT_EVIDENCE: torch.where(has_text, out.text_evidence, zero).float(),  # (N,) 0 where the text is missing
-            IMAGE_EVIDENCE: torch.where(has_image, out.image_evidence, zero).float(),  # (N,) 0 where the image is missing
+            IMAGE_EVIDENCE: torch.where(
+                has_image, out.image_evidence, zero
+            ).float(),  # (N,) 0 where the image is missing
         }
 
 
 def head_modules(
-    model: CTMWA, *, fold: bool = True, temperature: float = 1.0, fp16: bool = False, class_bias: list[float] | None = None
+    model: CTMWA,
+    *,
+    fold: bool = True,
+    temperature: float = 1.0,
+    fp16: bool = False,
+    class_bias: list[float] | None = None,
 ) -> tuple[CTMWAHead, CTMWAHead]:
     """(module to export, fp32 reference with the model's own translators) for a trained model."""
     reference = CTMWAHead(copy.deepcopy(model), temperature, class_bias=class_bias)
@@ -285,5 +298,12 @@ def export_head_graph(
         model, fold=config.fold_translators, temperature=temperature, fp16=config.fp16, class_bias=class_bias
     )
     c = model.config
-    spec = head_spec(c.text_dim, c.image_dim, c.num_classes, fp16=config.fp16, config=config, stress_scale=evidence_stress_scale(model))
+    spec = head_spec(
+        c.text_dim,
+        c.image_dim,
+        c.num_classes,
+        fp16=config.fp16,
+        config=config,
+        stress_scale=evidence_stress_scale(model),
+    )
     return export_and_validate(spec, exported, out_path, reference=reference)

@@ -65,7 +65,9 @@ def check_precisions(precisions: tuple[str, ...]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"precision(s) {unknown} unknown; use --precision with {list(PRECISIONS)}")
     if FP32 not in precisions:
-        raise ValueError(f"precisions {list(precisions)} lack fp32: the head trains on fp32 features and other variants derive from it; add --precision fp32")
+        raise ValueError(
+            f"precisions {list(precisions)} lack fp32: the head trains on fp32 features and other variants derive from it; add --precision fp32"
+        )
     return tuple(p for p in PRECISIONS if p in precisions)
 
 
@@ -79,8 +81,13 @@ def quantize_int8(src: Path, dst: Path) -> None:
     quantizing both sides of a MatMul only loses precision."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     extra_options={"MatMulConstBOnly": True})
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        extra_options={"MatMulConstBOnly": True},
+    )
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -95,10 +102,14 @@ def convert_fp16(src: Path, dst: Path) -> None:
 CONVERTERS: Mapping[str, Callable[[Path, Path], None]] = {INT8: quantize_int8, FP16: convert_fp16}
 
 
-def variant_spec(spec: ExportSpec, precision: str, tolerance: VariantTolerance | None = None, **changes: Any) -> ExportSpec:
+def variant_spec(
+    spec: ExportSpec, precision: str, tolerance: VariantTolerance | None = None, **changes: Any
+) -> ExportSpec:
     """The fp32 graph's spec with a variant's tolerances (same names, shapes and batch sizes)."""
     tol = tolerance or TOLERANCES[precision]
-    return dataclasses.replace(spec, name=f"{spec.name} ({precision})", atol=tol.atol, min_cosine=tol.min_cosine, **changes)
+    return dataclasses.replace(
+        spec, name=f"{spec.name} ({precision})", atol=tol.atol, min_cosine=tol.min_cosine, **changes
+    )
 
 
 def figures(report: ValidationReport, spec: ExportSpec) -> dict[str, Any]:
@@ -129,7 +140,9 @@ def write_variants(
     reference, and return the manifest's variant entries (validation figures; file hashes are added by the bundle).
 
     `specs` / `references` / `fp32_reports` are keyed by graph name ("image_encoder", "text_encoder")."""
-    entries: dict[str, dict[str, Any]] = {FP32: {"validation": {g: figures(r, specs[g]) for g, r in fp32_reports.items()}}}
+    entries: dict[str, dict[str, Any]] = {
+        FP32: {"validation": {g: figures(r, specs[g]) for g, r in fp32_reports.items()}}
+    }
     for precision in precisions:
         if precision == FP32:
             continue
@@ -139,7 +152,9 @@ def write_variants(
             try:
                 CONVERTERS[precision](src, dst)
             except Exception as e:
-                raise ExportValidationError(f"{graph} ({precision})", [f"conversion failed: {type(e).__name__}: {e}"]) from e
+                raise ExportValidationError(
+                    f"{graph} ({precision})", [f"conversion failed: {type(e).__name__}: {e}"]
+                ) from e
             spec = variant_spec(specs[graph], precision)
             try:
                 report = validate_onnx(spec, dst, references[graph])
@@ -148,7 +163,11 @@ def write_variants(
                 raise
             validation[graph] = figures(report, spec)
         entries[precision] = {"validation": validation}
-        logger.info("%s encoders: %s", precision, {g: {k: v for k, v in f.items() if k in ("min_cosine", "max_abs_diff")} for g, f in validation.items()})
+        logger.info(
+            "%s encoders: %s",
+            precision,
+            {g: {k: v for k, v in f.items() if k in ("min_cosine", "max_abs_diff")} for g, f in validation.items()},
+        )
     return entries
 
 
@@ -181,7 +200,10 @@ def head_agreement(
     `head_logits(text_emb, image_emb) -> logits` (both modalities present). Raises ExportValidationError when a
     variant agrees less than its tolerance; returns precision -> {graph: figures} to merge into the manifest."""
     fp32_files = encoder_files(FP32)
-    refs = {graph: OnnxReference(bundle.root / fp32_files[graph], specs[graph].input_names, specs[graph].output_names[0]) for graph in fp32_files}
+    refs = {
+        graph: OnnxReference(bundle.root / fp32_files[graph], specs[graph].input_names, specs[graph].output_names[0])
+        for graph in fp32_files
+    }
     partner_cache: dict[tuple[str, int], np.ndarray] = {}
 
     def partner(graph: str, n: int) -> np.ndarray:
@@ -189,7 +211,9 @@ def head_agreement(
         other = "text_encoder" if graph == "image_encoder" else "image_encoder"
         if (other, n) not in partner_cache:
             inputs = specs[other].make_inputs(n)
-            partner_cache[(other, n)] = refs[other](*(torch.from_numpy(inputs[k]) for k in specs[other].input_names)).numpy()
+            partner_cache[(other, n)] = refs[other](
+                *(torch.from_numpy(inputs[k]) for k in specs[other].input_names)
+            ).numpy()
         return partner_cache[(other, n)]
 
     def agreement_fn(graph: str) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
@@ -211,17 +235,30 @@ def head_agreement(
         for graph, name in encoder_files(precision).items():
             tol = TOLERANCES[precision]
             spec = variant_spec(
-                specs[graph], precision, agreement=agreement_fn(graph), min_agreement=tol.min_agreement,
+                specs[graph],
+                precision,
+                agreement=agreement_fn(graph),
+                min_agreement=tol.min_agreement,
                 extra_batch_sizes=(*specs[graph].extra_batch_sizes, AGREEMENT_EXTRA_BATCH),
             )
             report = validate_onnx(spec, bundle.root / name, refs[graph])
-            per_graph[graph] = {"argmax_agreement": report.agreement, "rows": report.rows, "tolerance_min_agreement": tol.min_agreement}
+            per_graph[graph] = {
+                "argmax_agreement": report.agreement,
+                "rows": report.rows,
+                "tolerance_min_agreement": tol.min_agreement,
+            }
         result[precision] = per_graph
-        logger.info("head argmax agreement with fp32 embeddings, %s encoders: %s", precision, {g: f["argmax_agreement"] for g, f in per_graph.items()})
+        logger.info(
+            "head argmax agreement with fp32 embeddings, %s encoders: %s",
+            precision,
+            {g: f["argmax_agreement"] for g, f in per_graph.items()},
+        )
     return result
 
 
-def agreement_updates(bundle: Bundle, model: torch.nn.Module, specs: Mapping[str, ExportSpec]) -> dict[str, dict[str, Any]]:
+def agreement_updates(
+    bundle: Bundle, model: torch.nn.Module, specs: Mapping[str, ExportSpec]
+) -> dict[str, dict[str, Any]]:
     """Head argmax agreement of every variant of an encoders bundle with `model` (a trained CTMWA), as the manifest's
     `encoder_variants` entries with the figures merged in; {} for an old bundle without the list (fp32 only).
 

@@ -49,14 +49,22 @@ class ReleaseConfig:
     """What one release does (the ctmwa_export_model DAG's params)."""
 
     models_root: str  # where the bundle is published; work files go to {models_root}/.staging/
-    clip_source: str = DEFAULT_CLIP  # transformers hub id or local folder of a CLIP model (+ tokenizer, image processor)
+    clip_source: str = (
+        DEFAULT_CLIP  # transformers hub id or local folder of a CLIP model (+ tokenizer, image processor)
+    )
     clip_revision: str | None = None  # hub revision of clip_source; None = default branch
-    encoders: str | None = None  # reuse this bundle's encoders (encoders-only or complete) instead of exporting clip_source
-    training_posts: str | None = None  # labelled posts Parquet (post_id, text, image, split, label, t_label, v_label, query)
+    encoders: str | None = (
+        None  # reuse this bundle's encoders (encoders-only or complete) instead of exporting clip_source
+    )
+    training_posts: str | None = (
+        None  # labelled posts Parquet (post_id, text, image, split, label, t_label, v_label, query)
+    )
     features: str | None = None  # or a features Parquet already embedded with the same encoders
     checkpoint: str | None = None  # or a trained checkpoint folder: no training, export it
     labels: str | None = None  # comma-separated class names in label order; None = the features' metadata
-    train_config: dict = dataclasses.field(default_factory=dict)  # ctmwa-train --config ({"model": {...}, "training": {...}})
+    train_config: dict = dataclasses.field(
+        default_factory=dict
+    )  # ctmwa-train --config ({"model": {...}, "training": {...}})
     epochs: int | None = None  # ctmwa-train --epochs; None = the training default (20)
     seed: int | None = None  # ctmwa-train --seed; None = the training default (1111)
     calibrate: bool = False  # fit a softmax temperature on the features' valid split, so confidence means what it says
@@ -72,7 +80,9 @@ class ReleaseConfig:
                 f"checkpoint (export without training); got {given or 'none'}"
             )
         if self.calibrate and self.checkpoint:
-            raise ReleaseError("calibrate needs the training features: give training_posts or features, not a checkpoint")
+            raise ReleaseError(
+                "calibrate needs the training features: give training_posts or features, not a checkpoint"
+            )
         if not isinstance(self.train_config, dict):
             raise ReleaseError(f"train_config must be a JSON object, got {type(self.train_config).__name__}")
 
@@ -112,7 +122,13 @@ def prepare(params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
             raise ReleaseError(f"{name} {value!r} does not exist")
     work = work_root(config.models_root) / _safe(run_id)
     work.mkdir(parents=True, exist_ok=True)
-    logger.info("release work folder %s; %s", work, "training on " + (config.training_posts or config.features or "") if config.trains else f"exporting checkpoint {config.checkpoint}")
+    logger.info(
+        "release work folder %s; %s",
+        work,
+        "training on " + (config.training_posts or config.features or "")
+        if config.trains
+        else f"exporting checkpoint {config.checkpoint}",
+    )
     return {"work_dir": str(work), "config": dataclasses.asdict(config)}
 
 
@@ -132,7 +148,9 @@ def export_encoders(release: Mapping[str, Any]) -> str:
     from export.assemble import export_encoders as export
     from export.encoders import EncoderExportConfig
 
-    bundle = export(EncoderExportConfig(source=config.clip_source, revision=config.clip_revision, out_dir=out, overwrite=True))
+    bundle = export(
+        EncoderExportConfig(source=config.clip_source, revision=config.clip_revision, out_dir=out, overwrite=True)
+    )
     return str(bundle.root)
 
 
@@ -167,11 +185,17 @@ def features(release: Mapping[str, Any], encoders_dir: str) -> str | None:
                 f"{encoders.model_version} from {config.clip_source!r}; give training_posts instead so they are re-embedded"
             )
         if version is None:
-            logger.warning("features %s do not say which encoders made them; make sure they are %s's", config.features, config.clip_source)
+            logger.warning(
+                "features %s do not say which encoders made them; make sure they are %s's",
+                config.features,
+                config.clip_source,
+            )
         return config.features
     out = Path(release["work_dir"]) / "features.parquet"
     stats = embed_posts(encoders_dir, config.training_posts, out, device="auto")
-    logger.info("embedded %d training posts (%d with text, %d with image)", stats["rows"], stats["has_text"], stats["has_image"])
+    logger.info(
+        "embedded %d training posts (%d with text, %d with image)", stats["rows"], stats["has_text"], stats["has_image"]
+    )
     return str(out)
 
 
@@ -198,13 +222,25 @@ def train(release: Mapping[str, Any], features_path: str | None) -> str:
     labels = [s.strip() for s in config.labels.split(",")] if config.labels else None
     logger.info("training on %s into %s (%s)", features_path, out, train_config)
     metrics = training.train(
-        features_path, out, train_config, model=config.train_config.get("model"), labels=labels, threads=config.torch_threads
+        features_path,
+        out,
+        train_config,
+        model=config.train_config.get("model"),
+        labels=labels,
+        threads=config.torch_threads,
     )
-    logger.info("trained: best epoch %s, test accuracy %s, weighted F1 %s", metrics.get("best_epoch"), metrics.get("test_accuracy"), metrics.get("test_f1_weighted"))
+    logger.info(
+        "trained: best epoch %s, test accuracy %s, weighted F1 %s",
+        metrics.get("best_epoch"),
+        metrics.get("test_accuracy"),
+        metrics.get("test_f1_weighted"),
+    )
     return str(out)
 
 
-def export_head(release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: str, features_path: str | None = None) -> str:
+def export_head(
+    release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: str, features_path: str | None = None
+) -> str:
     """The checkpoint's head -> head.onnx beside a copy of the encoders: the complete bundle (parity-validated);
     with `calibrate`, a temperature fitted on the features' valid split goes into the graph."""
     from export.assemble import export_head as export
@@ -214,7 +250,11 @@ def export_head(release: Mapping[str, Any], checkpoint_dir: str, encoders_dir: s
     out = Path(release["work_dir"]) / "bundle"
     if out.exists():
         shutil.rmtree(out)
-    head_config = HeadExportConfig(calibrate=True, features=Path(features_path)) if config.calibrate and features_path else HeadExportConfig()
+    head_config = (
+        HeadExportConfig(calibrate=True, features=Path(features_path))
+        if config.calibrate and features_path
+        else HeadExportConfig()
+    )
     export(checkpoint_dir, encoders_dir, out, head_config)
     return str(out)
 
@@ -267,7 +307,13 @@ def publish(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     config = _config(release)
     result = registry.publish(bundle_dir, config.models_root, make_current=config.make_current)
     shutil.rmtree(release["work_dir"], ignore_errors=True)
-    logger.info("published %s at %s (current: %s, previous: %s)", result["model_version"], result["bundle_dir"], result["current"], result["previous"])
+    logger.info(
+        "published %s at %s (current: %s, previous: %s)",
+        result["model_version"],
+        result["bundle_dir"],
+        result["current"],
+        result["previous"],
+    )
     return result
 
 
@@ -284,7 +330,9 @@ def release(config: ReleaseConfig, run_id: str = "manual") -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m export.release`: a release without Airflow (the ctmwa_export_model DAG's steps in a row)."""
-    parser = argparse.ArgumentParser(prog="python -m export.release", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m export.release", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models-root", required=True)
     parser.add_argument("--clip-source", default=DEFAULT_CLIP)
     group = parser.add_mutually_exclusive_group(required=True)
@@ -299,8 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = ReleaseConfig(
-            models_root=args.models_root, clip_source=args.clip_source, training_posts=args.training_posts, features=args.features,
-            checkpoint=args.checkpoint, labels=args.labels, train_config=args.train_config, epochs=args.epochs, make_current=not args.no_current,
+            models_root=args.models_root,
+            clip_source=args.clip_source,
+            training_posts=args.training_posts,
+            features=args.features,
+            checkpoint=args.checkpoint,
+            labels=args.labels,
+            train_config=args.train_config,
+            epochs=args.epochs,
+            make_current=not args.no_current,
         )
         print(json.dumps(release(config), indent=2))
     except CtmwaError as e:

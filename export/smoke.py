@@ -18,14 +18,22 @@ from PIL import Image
 
 from ctmwa_batch import schema
 
-TEXTS = ("what a lovely day at the beach", "so sad , worst trip", "my cat at home", "great party , love it", "the train again")
+TEXTS = (
+    "what a lovely day at the beach",
+    "so sad , worst trip",
+    "my cat at home",
+    "great party , love it",
+    "the train again",
+)
 PART_FILE = "part-00000.parquet"
 
 
 def _image(seed: int, fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (48, 40)) -> bytes:
     w, h = size
     y, x = np.mgrid[0:h, 0:w]
-    rgb = np.stack([(x * 255) // (w - 1), (y * 255) // (h - 1), np.full((h, w), (seed * 53) % 256)], -1).astype(np.uint8)
+    rgb = np.stack([(x * 255) // (w - 1), (y * 255) // (h - 1), np.full((h, w), (seed * 53) % 256)], -1).astype(
+        np.uint8
+    )
     buf = io.BytesIO()
     Image.fromarray(rgb).convert(mode).save(buf, format=fmt)
     return buf.getvalue()
@@ -54,6 +62,8 @@ def write_sample(folder: str | Path, rows: int = 40) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     posts = [(f"smoke-{i:05d}", TEXTS[i % len(TEXTS)], _image(i)) for i in range(rows)] + bad_rows()
     ids, texts, images = (list(column) for column in zip(*posts, strict=True))
-    table = pa.table(dict(zip(schema.POSTS_SCHEMA.names, (ids, texts, images), strict=True)), schema=schema.POSTS_SCHEMA)
+    table = pa.table(
+        dict(zip(schema.POSTS_SCHEMA.names, (ids, texts, images), strict=True)), schema=schema.POSTS_SCHEMA
+    )
     pq.write_table(table, folder / PART_FILE, row_group_size=max(1, len(posts) // 2))
     return {"posts": str(folder), "rows": len(posts)}

@@ -47,16 +47,24 @@ class ExportSpec:
     input_names: tuple[str, ...]  # graph inputs, in the order the module's forward takes them
     output_names: tuple[str, ...]  # graph outputs, in the order the module returns them (tensor, tuple or dict)
     dynamic_axes: Mapping[str, Mapping[int, str]]  # input/output name -> {axis: symbolic name}, e.g. {0: "batch"}
-    make_inputs: InputMaker  # batch size [, case] -> {input name: numpy array}; the reference gets the same arrays as tensors
-    output_shapes: Mapping[str, tuple[int | str, ...]] = field(default_factory=dict)  # expected shapes; str = a symbolic axis of the inputs
+    make_inputs: (
+        InputMaker  # batch size [, case] -> {input name: numpy array}; the reference gets the same arrays as tensors
+    )
+    output_shapes: Mapping[str, tuple[int | str, ...]] = field(
+        default_factory=dict
+    )  # expected shapes; str = a symbolic axis of the inputs
     opset: int = DEFAULT_OPSET  # ONNX opset of the exported graph
     atol: float = 1e-4  # largest |onnxruntime - PyTorch| allowed on any output element
     export_batch_size: int = 2  # batch size of the example the export traces (not 0 or 1: exporters specialise those)
     validation_batch_sizes: tuple[int, ...] = (1, 3, 7)  # batch sizes validated, none of them the export's
     extra_batch_sizes: tuple[int, ...] = ()  # more batch sizes to validate (e.g. 1000 for a small head)
     dynamo: bool = True  # torch.onnx's dynamo exporter (False: the TorchScript one)
-    input_cases: tuple[str, ...] = ()  # named input variants (e.g. mask combinations) validated at every batch size; make_inputs(n, case)
-    output_atol: Mapping[str, float] = field(default_factory=dict)  # per-output tolerance overriding `atol` (e.g. fp16 logits)
+    input_cases: tuple[
+        str, ...
+    ] = ()  # named input variants (e.g. mask combinations) validated at every batch size; make_inputs(n, case)
+    output_atol: Mapping[str, float] = field(
+        default_factory=dict
+    )  # per-output tolerance overriding `atol` (e.g. fp16 logits)
     # Outputs compared by value in a named input case (default: every output). A stress case that drives some outputs
     # far out (the head's evidence logits in the hundreds) scales the unbounded ones too, where `atol` means nothing;
     # the outputs left out are still checked for shape, dtype and finiteness.
@@ -71,7 +79,9 @@ class ExportSpec:
     argmax_margin: float = 0.0  # smallest top-two gap that counts as unambiguous, whatever the observed error
     max_ambiguous: float = 0.05  # largest share of validated rows allowed to be ambiguous
     # Lower-precision variants (export.precision) are judged as embeddings, not element by element alone:
-    min_cosine: float | None = None  # smallest row-wise cosine of every 2-D float output against the reference; None = unchecked
+    min_cosine: float | None = (
+        None  # smallest row-wise cosine of every 2-D float output against the reference; None = unchecked
+    )
     # Predictions derived from the outputs (e.g. a head's argmax on an encoder's embeddings): outputs -> (N,) labels;
     # the share of rows where the graph's and the reference's labels agree must reach min_agreement.
     agreement: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
@@ -80,15 +90,21 @@ class ExportSpec:
     def __post_init__(self) -> None:
         unknown = set(self.dynamic_axes) - set(self.input_names) - set(self.output_names)
         if unknown:
-            raise ValueError(f"dynamic_axes names {sorted(unknown)} are neither inputs {self.input_names} nor outputs {self.output_names}")
+            raise ValueError(
+                f"dynamic_axes names {sorted(unknown)} are neither inputs {self.input_names} nor outputs {self.output_names}"
+            )
         if self.export_batch_size < 2:
             raise ValueError(f"export_batch_size {self.export_batch_size}: use 2 or more, exporters specialise 0 and 1")
         named = set(self.output_atol) | set(self.argmax_dependent) | {self.argmax_of} - {None}
         unknown = named.union(*map(set, self.case_outputs.values())) - set(self.output_names)
         if unknown:
-            raise ValueError(f"output_atol / argmax_of / argmax_dependent / case_outputs name {sorted(unknown)}, not outputs {self.output_names}")
+            raise ValueError(
+                f"output_atol / argmax_of / argmax_dependent / case_outputs name {sorted(unknown)}, not outputs {self.output_names}"
+            )
         if set(self.case_outputs) - set(self.input_cases):
-            raise ValueError(f"case_outputs names cases {sorted(set(self.case_outputs) - set(self.input_cases))}, not input_cases {self.input_cases}")
+            raise ValueError(
+                f"case_outputs names cases {sorted(set(self.case_outputs) - set(self.input_cases))}, not input_cases {self.input_cases}"
+            )
 
     def tolerance(self, output: str) -> float:
         """Largest |onnxruntime - PyTorch| allowed on one output."""
@@ -120,7 +136,9 @@ class ValidationReport:
     validate_seconds: float  # time spent in checks
     rows: int = 0  # rows compared over all cases
     ambiguous_rows: int = 0  # rows whose argmax_dependent outputs were not compared (near-ties, see ExportSpec)
-    min_cosine: dict[str, float] = field(default_factory=dict)  # output -> smallest row-wise cosine (specs with min_cosine)
+    min_cosine: dict[str, float] = field(
+        default_factory=dict
+    )  # output -> smallest row-wise cosine (specs with min_cosine)
     agreement: float | None = None  # share of rows whose spec.agreement labels match the reference's (None: unchecked)
 
 
@@ -146,7 +164,11 @@ def _export(spec: ExportSpec, module: torch.nn.Module, path: Path) -> None:
         # Input axes that share a symbolic name share one Dim; output axes follow from the graph.
         dims: dict[str, torch.export.Dim] = {}
         dynamic = tuple(
-            {axis: dims.setdefault(symbol, torch.export.Dim(symbol)) for axis, symbol in spec.dynamic_axes.get(name, {}).items()} or None
+            {
+                axis: dims.setdefault(symbol, torch.export.Dim(symbol))
+                for axis, symbol in spec.dynamic_axes.get(name, {}).items()
+            }
+            or None
             for name in spec.input_names
         )
         kwargs = {"dynamic_shapes": dynamic, "external_data": False, "verbose": False}
@@ -207,7 +229,9 @@ def _axis_sizes(spec: ExportSpec, inputs: Mapping[str, np.ndarray]) -> dict[str,
     return sizes
 
 
-def _ambiguous_rows(spec: ExportSpec, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> np.ndarray | None:
+def _ambiguous_rows(
+    spec: ExportSpec, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]
+) -> np.ndarray | None:
     """Rows whose argmax on spec.argmax_of may differ between graph and reference; None when the spec names none."""
     if spec.argmax_of is None or not spec.argmax_dependent:
         return None
@@ -248,7 +272,9 @@ def _validate(spec: ExportSpec, reference: torch.nn.Module, path: Path) -> tuple
     if spec.min_cosine is not None:
         for name, worst in checks.min_cosine.items():
             if not worst >= spec.min_cosine:
-                failures.append(f"output {name!r} row-wise cosine against PyTorch down to {worst:.6f} < tolerance {spec.min_cosine:g}")
+                failures.append(
+                    f"output {name!r} row-wise cosine against PyTorch down to {worst:.6f} < tolerance {spec.min_cosine:g}"
+                )
     if spec.agreement is not None and checks.agreement is not None and not checks.agreement >= spec.min_agreement:
         failures.append(
             f"argmax agreement with PyTorch {checks.agreeing}/{checks.agreement_rows} = {checks.agreement:.4f} < tolerance {spec.min_agreement:g}"
@@ -276,12 +302,17 @@ def _validate_cases(spec: ExportSpec, reference: torch.nn.Module, path: Path) ->
         return failures, checks
     for batch_size, case_name in spec.cases():
         inputs = spec.inputs_for(batch_size, case_name)
-        case = f"batch {batch_size}" + "".join(
-            f", {symbol} {size}" for symbol, size in _axis_sizes(spec, inputs).items() if symbol != "batch"
-        ) + (f", {case_name}" if case_name is not None else "")
+        case = (
+            f"batch {batch_size}"
+            + "".join(f", {symbol} {size}" for symbol, size in _axis_sizes(spec, inputs).items() if symbol != "batch")
+            + (f", {case_name}" if case_name is not None else "")
+        )
         try:
             with torch.no_grad():
-                ref = _as_outputs(reference(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names)), spec.output_names)
+                ref = _as_outputs(
+                    reference(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in spec.input_names)),
+                    spec.output_names,
+                )
         except Exception as e:  # noqa: BLE001
             failures.append(f"{case}: PyTorch reference failed: {type(e).__name__}: {e}")
             continue
@@ -328,7 +359,9 @@ def _validate_cases(spec: ExportSpec, reference: torch.nn.Module, path: Path) ->
                     checks.min_cosine[name] = min(checks.min_cosine.get(name, 1.0), _row_cosine(r, g))
             max_diff[name] = max(max_diff[name], diff)
             if not diff <= spec.tolerance(name):
-                failures.append(f"{case}: output {name!r} max |onnxruntime - PyTorch| {diff:.3g} > tolerance {spec.tolerance(name):g}")
+                failures.append(
+                    f"{case}: output {name!r} max |onnxruntime - PyTorch| {diff:.3g} > tolerance {spec.tolerance(name):g}"
+                )
     if rows and ambiguous_total > spec.max_ambiguous * rows:
         failures.append(
             f"{ambiguous_total} of {rows} rows have a near-tie on {spec.argmax_of!r} (top-two gap below twice the graph's error "
@@ -347,8 +380,11 @@ def validate_onnx(spec: ExportSpec, path: str | Path, reference: torch.nn.Module
     if failures:
         raise ExportValidationError(spec.name, failures, max_abs_diff=max(checks.max_diff.values(), default=0.0))
     logger.info(
-        "%s: validated at batch sizes %s%s (max |diff| %s%s%s)", spec.name, list(spec.batch_sizes),
-        f" x cases {list(spec.input_cases)}" if spec.input_cases else "", ", ".join(f"{k} {v:.2g}" for k, v in checks.max_diff.items()),
+        "%s: validated at batch sizes %s%s (max |diff| %s%s%s)",
+        spec.name,
+        list(spec.batch_sizes),
+        f" x cases {list(spec.input_cases)}" if spec.input_cases else "",
+        ", ".join(f"{k} {v:.2g}" for k, v in checks.max_diff.items()),
         "".join(f"; min cosine {k} {v:.6f}" for k, v in checks.min_cosine.items()),
         f"; argmax agreement {checks.agreement:.4f}" if checks.agreement is not None else "",
     )
@@ -357,8 +393,16 @@ def validate_onnx(spec: ExportSpec, path: str | Path, reference: torch.nn.Module
 
 def _report(spec: ExportSpec, path: Path, checks: _Checks, export_s: float, validate_s: float) -> ValidationReport:
     return ValidationReport(
-        spec.name, path, spec.batch_sizes, checks.max_diff, export_s, validate_s, checks.rows, checks.ambiguous,
-        dict(checks.min_cosine), checks.agreement,
+        spec.name,
+        path,
+        spec.batch_sizes,
+        checks.max_diff,
+        export_s,
+        validate_s,
+        checks.rows,
+        checks.ambiguous,
+        dict(checks.min_cosine),
+        checks.agreement,
     )
 
 
@@ -392,15 +436,28 @@ def export_and_validate(
             raise ExportValidationError(spec.name, failures, max_abs_diff=worst)
         extra = sorted(p.name for p in staging.iterdir() if p != staged)
         if extra:
-            raise ExportValidationError(spec.name, [f"export wrote extra files {extra}; the graph must be one self-contained file"])
+            raise ExportValidationError(
+                spec.name, [f"export wrote extra files {extra}; the graph must be one self-contained file"]
+            )
         os.replace(staged, out_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info(
         "%s: exported in %.1fs, validated at batch sizes %s%s (max |diff| %s) -> %s",
-        spec.name, t1 - t0, list(spec.batch_sizes), f" x cases {list(spec.input_cases)}" if spec.input_cases else "",
-        ", ".join(f"{k} {v:.2g} <= {spec.tolerance(k):g}" for k, v in max_diff.items()), out_path,
+        spec.name,
+        t1 - t0,
+        list(spec.batch_sizes),
+        f" x cases {list(spec.input_cases)}" if spec.input_cases else "",
+        ", ".join(f"{k} {v:.2g} <= {spec.tolerance(k):g}" for k, v in max_diff.items()),
+        out_path,
     )
     if ambiguous:
-        logger.info("%s: %d of %d rows were near-ties on %r; %s not compared there", spec.name, ambiguous, rows, spec.argmax_of, list(spec.argmax_dependent))
+        logger.info(
+            "%s: %d of %d rows were near-ties on %r; %s not compared there",
+            spec.name,
+            ambiguous,
+            rows,
+            spec.argmax_of,
+            list(spec.argmax_dependent),
+        )
     return _report(spec, out_path, checks, t1 - t0, t2 - t1)

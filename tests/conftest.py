@@ -44,7 +44,9 @@ def tiny_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic features Parquet (600 posts, 3 classes, 16-d), the width of the tiny CLIP's embeddings."""
     from fixtures.features import write_synthetic_features
 
-    return write_synthetic_features(tmp_path_factory.mktemp("features") / "features.parquet", n=600, num_classes=TINY_CLASSES, dim=TINY_DIM, seed=0)
+    return write_synthetic_features(
+        tmp_path_factory.mktemp("features") / "features.parquet", n=600, num_classes=TINY_CLASSES, dim=TINY_DIM, seed=0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +57,12 @@ def tiny_checkpoint(tiny_features: Path, tmp_path_factory: pytest.TempPathFactor
 
     out = tmp_path_factory.mktemp("checkpoints") / "tiny_ctmwa"
     config = '{"model": {"embed_dim": 8, "weight_net_hidden": 16}, "training": {"lr": 0.05, "batch_size": 64}}'
-    assert train_main(["--features", str(tiny_features), "--out", str(out), "--epochs", "3", "--seed", "0", "--config", config]) == 0
+    assert (
+        train_main(
+            ["--features", str(tiny_features), "--out", str(out), "--epochs", "3", "--seed", "0", "--config", config]
+        )
+        == 0
+    )
     return out
 
 

@@ -93,8 +93,17 @@ def commit_day(root: str | Path, version: str, date: str, table: pa.Table, *, ro
     partitions.begin(plan, overwrite=True)
     with partitions.part_writer(plan, 0, table.schema) as sink:
         sink.writer.write_table(table, row_group_size=row_group_size)
-        counts = lambda col: {r["values"]: r["counts"] for r in pc.value_counts(table.column(col)).to_pylist() if r["values"] is not None}  # noqa: E731
-        sink.stats = {"output_rows": n, "status_counts": counts("status"), "sentiment_counts": counts("sentiment"), "timings": {"score": 1.0}}
+
+        def counts(col):
+            values = pc.value_counts(table.column(col)).to_pylist()
+            return {r["values"]: r["counts"] for r in values if r["values"] is not None}
+
+        sink.stats = {
+            "output_rows": n,
+            "status_counts": counts("status"),
+            "sentiment_counts": counts("sentiment"),
+            "timings": {"score": 1.0},
+        }
     partitions.commit(plan)
     return Path(plan.output_dir)
 

@@ -44,7 +44,9 @@ def fit_class_bias(logits: np.ndarray, labels: np.ndarray, *, min_gain: float = 
                 trial[k] = value
                 acc, f1 = accuracy_f1(labels, (logits + trial).argmax(1))
                 # Strictly better F1 without losing accuracy; on an F1 tie, the smaller bias.
-                if acc >= base_acc and (f1 > best[0] + 1e-12 or (abs(f1 - best[0]) <= 1e-12 and abs(value) < abs(bias[k]))):
+                if acc >= base_acc and (
+                    f1 > best[0] + 1e-12 or (abs(f1 - best[0]) <= 1e-12 and abs(value) < abs(bias[k]))
+                ):
                     best, bias, changed = (f1, acc), trial, True
         if not changed:
             break

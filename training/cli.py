@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--features", required=True, type=local_path, help="features Parquet (DESIGN.md section 5)")
-    parser.add_argument("--out", required=True, type=local_path, help="output folder for the checkpoint and metrics.json")
+    parser.add_argument(
+        "--out", required=True, type=local_path, help="output folder for the checkpoint and metrics.json"
+    )
     parser.add_argument(
         "--config",
         help='JSON file or inline JSON: {"model": {CTMWAConfig fields}, "training": {TrainConfig fields}}; flags override it',
@@ -111,7 +113,9 @@ def _setup_logging(verbose: bool) -> None:
 def run_command(prog: str, module: ModuleType, argv: list[str]) -> int:
     """Parse `argv` with `module.add_arguments`, set up logging, run `module.run(args)`; a CtmwaError is one line
     on stderr and exit status 2 (`ctmwa-train prepare` and `python -m training.prepare` both come through here)."""
-    parser = argparse.ArgumentParser(prog=prog, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
@@ -132,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         except ModuleNotFoundError as e:
             if e.name != name:
                 raise
-            print(f"ctmwa-train {argv[0]}: CtmwaError: {name} is not installed in this version; upgrade ctmwa-batch", file=sys.stderr)
+            print(
+                f"ctmwa-train {argv[0]}: CtmwaError: {name} is not installed in this version; upgrade ctmwa-batch",
+                file=sys.stderr,
+            )
             return 2
         return run_command(f"ctmwa-train {argv[0]}", module, argv[1:])
     args = build_parser().parse_args(argv)

@@ -82,7 +82,9 @@ class FeatureSet:
 
     def train_split(self) -> FeatureBatch:
         """Every row of the train split: the training batches and the query set together."""
-        return FeatureBatch(**{f.name: _cat(getattr(self.train, f.name), getattr(self.query, f.name)) for f in fields(FeatureBatch)})
+        return FeatureBatch(
+            **{f.name: _cat(getattr(self.train, f.name), getattr(self.query, f.name)) for f in fields(FeatureBatch)}
+        )
 
 
 def read_features(
@@ -102,7 +104,9 @@ def read_features(
     """
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"features file {path} does not exist; pass --features with a Parquet written by `ctmwa-train prepare`")
+        raise DatasetError(
+            f"features file {path} does not exist; pass --features with a Parquet written by `ctmwa-train prepare`"
+        )
     try:
         file_schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as e:
@@ -115,7 +119,9 @@ def read_features(
     if missing:
         hint = ""
         if set(missing) & {schema.T_LABEL, schema.V_LABEL}:
-            hint = f" (a dataset without unimodal labels: pass --no-unimodal-labels or set metadata {UNIMODAL_KEY}=false)"
+            hint = (
+                f" (a dataset without unimodal labels: pass --no-unimodal-labels or set metadata {UNIMODAL_KEY}=false)"
+            )
         raise DatasetError(
             f"{path}: column(s) {missing} missing; columns are {file_schema.names}; "
             f"a features file needs {list(required)}{hint}"
@@ -144,7 +150,9 @@ def read_features(
         t_label = _ints(table, schema.T_LABEL, path, post_id, len(names), names, nullable=True)
         v_label = _ints(table, schema.V_LABEL, path, post_id, len(names), names, nullable=True)
     else:
-        logger.info("%s has no unimodal labels: the query step uses the multimodal label for all three heads", path.name)
+        logger.info(
+            "%s has no unimodal labels: the query step uses the multimodal label for all three heads", path.name
+        )
         t_label = v_label = np.full(len(label), -1)
     query = _bools(table, schema.QUERY, path, post_id, default=None)
 
@@ -156,7 +164,12 @@ def read_features(
     image[~has_image] = 0.0
     empty = ~has_text & ~has_image
     if empty.any():
-        logger.warning("%s: dropping %d row(s) with neither text nor image (first post_id %r)", path.name, int(empty.sum()), post_id[np.flatnonzero(empty)[0]])
+        logger.warning(
+            "%s: dropping %d row(s) with neither text nor image (first post_id %r)",
+            path.name,
+            int(empty.sum()),
+            post_id[np.flatnonzero(empty)[0]],
+        )
 
     def rows(mask: np.ndarray) -> FeatureBatch:
         idx = np.flatnonzero(mask & ~empty)
@@ -214,7 +227,15 @@ def read_features(
     )
     logger.info(
         "read %s: %d train, %d query, %d valid, %d test rows; %d classes %s; text %d-d, image %d-d",
-        path.name, len(out.train), len(out.query), len(out.valid), len(out.test), len(names), names, out.text_dim, out.image_dim,
+        path.name,
+        len(out.train),
+        len(out.query),
+        len(out.valid),
+        len(out.test),
+        len(names),
+        names,
+        out.text_dim,
+        out.image_dim,
     )
     return out
 
@@ -239,16 +260,22 @@ def _label_names(path: Path, metadata: dict[str, str], given: list[str] | None, 
             raise DatasetError(f"{path}: metadata {LABELS_KEY} is not JSON ({e}); pass --labels a,b,c") from e
         source = f"metadata {LABELS_KEY}"
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise DatasetError(f"{path}: metadata {LABELS_KEY}={metadata[LABELS_KEY]!r} is not a JSON list of strings; pass --labels a,b,c")
+            raise DatasetError(
+                f"{path}: metadata {LABELS_KEY}={metadata[LABELS_KEY]!r} is not a JSON list of strings; pass --labels a,b,c"
+            )
     else:
         try:
             top = pc.max(table.column(schema.LABEL)).as_py()
         except (pa.ArrowException, TypeError):
             top = None
         if not isinstance(top, int) or top < 1:
-            raise DatasetError(f"{path}: no metadata {LABELS_KEY} and no usable {schema.LABEL!r} values; pass --labels a,b,c")
+            raise DatasetError(
+                f"{path}: no metadata {LABELS_KEY} and no usable {schema.LABEL!r} values; pass --labels a,b,c"
+            )
         names = [f"class_{k}" for k in range(top + 1)]
-        logger.warning("%s has no metadata %s; calling the classes %s (pass --labels to name them)", path.name, LABELS_KEY, names)
+        logger.warning(
+            "%s has no metadata %s; calling the classes %s (pass --labels to name them)", path.name, LABELS_KEY, names
+        )
         return names
     if len(names) < 2 or len(set(names)) != len(names):
         raise DatasetError(f"{path}: label names {names} (from {source}) must be at least two distinct names")
@@ -262,20 +289,26 @@ def _column(table: pa.Table, name: str) -> pa.Array:
 def _strings(table: pa.Table, name: str, path: Path) -> np.ndarray:
     col = _column(table, name)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        raise DatasetError(f"{path}: column {name!r} has type {col.type}; expected string; cast it when preparing the features")
+        raise DatasetError(
+            f"{path}: column {name!r} has type {col.type}; expected string; cast it when preparing the features"
+        )
     if col.null_count:
         raise DatasetError(f"{path}: column {name!r} has {col.null_count} null value(s); every row needs one")
     return np.asarray(col.to_pylist(), dtype=object)
 
 
-def _ints(table: pa.Table, name: str, path: Path, post_id: np.ndarray, n_classes: int, names: list[str], nullable: bool) -> np.ndarray:
+def _ints(
+    table: pa.Table, name: str, path: Path, post_id: np.ndarray, n_classes: int, names: list[str], nullable: bool
+) -> np.ndarray:
     """Integer class column as int64; -1 stands for null where nulls are allowed."""
     col = _column(table, name)
     if not pa.types.is_integer(col.type):
         raise DatasetError(f"{path}: column {name!r} has type {col.type}; expected integer class indices into {names}")
     if col.null_count and not nullable:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DatasetError(f"{path}: column {name!r} is null at post_id {post_id[row]!r} ({col.null_count} null row(s)); every row needs a label")
+        raise DatasetError(
+            f"{path}: column {name!r} is null at post_id {post_id[row]!r} ({col.null_count} null row(s)); every row needs a label"
+        )
     values = col.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     bad = valid & ((values < 0) | (values >= n_classes))
@@ -294,7 +327,9 @@ def _bools(table: pa.Table, name: str, path: Path, post_id: np.ndarray, default:
         raise DatasetError(f"{path}: column {name!r} has type {col.type}; expected bool")
     if col.null_count and default is None:
         row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DatasetError(f"{path}: column {name!r} is null at post_id {post_id[row]!r}; write true or false for every row")
+        raise DatasetError(
+            f"{path}: column {name!r} is null at post_id {post_id[row]!r}; write true or false for every row"
+        )
     return col.fill_null(bool(default)).to_numpy(zero_copy_only=False).astype(bool)
 
 
@@ -304,7 +339,9 @@ def _embeddings(
     """(N, D) float32 with zeros in null rows, and the (N,) validity mask."""
     col = _column(table, name)
     t = col.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) or not pa.types.is_floating(t.value_type):
+    if not (
+        pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+    ) or not pa.types.is_floating(t.value_type):
         raise DatasetError(f"{path}: column {name!r} has type {t}; expected list<float32> (one embedding per row)")
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     if not valid.any():
@@ -325,18 +362,24 @@ def _embeddings(
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
-        raise DatasetError(f"{path}: column {name!r} has NaN or infinite values at post_id {post_id[row]!r} ({int((~finite).sum())} row(s)); re-embed those posts")
+        raise DatasetError(
+            f"{path}: column {name!r} has NaN or infinite values at post_id {post_id[row]!r} ({int((~finite).sum())} row(s)); re-embed those posts"
+        )
     return out, valid
 
 
-def _presence(table: pa.Table, name: str, emb_name: str, emb_valid: np.ndarray, path: Path, post_id: np.ndarray) -> np.ndarray:
+def _presence(
+    table: pa.Table, name: str, emb_name: str, emb_valid: np.ndarray, path: Path, post_id: np.ndarray
+) -> np.ndarray:
     """has_text / has_image: the column where given (null: whether there is an embedding), else embedding non-null."""
     if name not in table.column_names:
         return emb_valid.copy()
     col = _column(table, name)
     if not pa.types.is_boolean(col.type):
         raise DatasetError(f"{path}: column {name!r} has type {col.type}; expected bool")
-    flag = np.where(col.is_valid().to_numpy(zero_copy_only=False), col.fill_null(False).to_numpy(zero_copy_only=False), emb_valid)
+    flag = np.where(
+        col.is_valid().to_numpy(zero_copy_only=False), col.fill_null(False).to_numpy(zero_copy_only=False), emb_valid
+    )
     bad = flag & ~emb_valid
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

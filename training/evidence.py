@@ -96,7 +96,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float) 
     return w, bias.detach() - w @ mean
 
 
-def logistic_baseline(train: FeatureBatch, valid: FeatureBatch, test: FeatureBatch, num_classes: int) -> tuple[float, float]:
+def logistic_baseline(
+    train: FeatureBatch, valid: FeatureBatch, test: FeatureBatch, num_classes: int
+) -> tuple[float, float]:
     """Test (accuracy, weighted F1) of a logistic regression on [text_emb, image_emb, has_text, has_image], L2 chosen
     by valid accuracy: the obvious alternative the benches print beside CTMWA."""
 
@@ -132,7 +134,11 @@ def fit_evidence(model: CTMWA, data: FeatureSet) -> dict:
     c = model.config.num_classes
     rows = data.train_split()
     valid = data.valid
-    target = "unimodal label (t_label, v_label)" if data.unimodal_labels else "post label (the dataset has no unimodal labels)"
+    target = (
+        "unimodal label (t_label, v_label)"
+        if data.unimodal_labels
+        else "post label (the dataset has no unimodal labels)"
+    )
     neutral = neutral_index(data.labels)
     report: dict = {
         "method": f"logistic regression of each modality's {target} on its raw embedding; evidence = "
@@ -168,7 +174,9 @@ def fit_evidence(model: CTMWA, data: FeatureSet) -> dict:
     return report
 
 
-def evidence_metrics(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None, prefix: str = "test") -> dict:
+def evidence_metrics(
+    model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor | None = None, prefix: str = "test"
+) -> dict:
     """AUCs of the evidence and of the paper's weights for "this modality carries the post's label", from unimodal labels.
 
     Text: rows whose text label is the post's and image label is not, against the reverse; image: the reverse.
@@ -188,4 +196,3 @@ def evidence_metrics(model: CTMWA, data: FeatureBatch, class_bias: torch.Tensor 
         out[f"{prefix}_image_{name}_auc"] = auc(v_score[image], v_score[text])
     out[f"{prefix}_evidence_auc_rows"] = {"text_carries": int(text.sum()), "image_carries": int(image.sum())}
     return out
-

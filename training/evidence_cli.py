@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if metrics_path.is_file():
         bias = (extra.get("class_bias") or {}).get("bias")
         metrics = json.loads(metrics_path.read_text())
-        metrics.update(evidence_metrics(model, data.test, None if bias is None else torch.tensor(bias, dtype=torch.float32)))
+        metrics.update(
+            evidence_metrics(model, data.test, None if bias is None else torch.tensor(bias, dtype=torch.float32))
+        )
         metrics["evidence"] = report
         (out / METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     print(f"fitted modality evidence of {args.checkpoint} ({report['method']}) -> {out}")

@@ -20,10 +20,10 @@ from training.class_bias import fit_class_bias, no_bias_report
 from training.data import FeatureBatch, FeatureSet
 from training.errors import DatasetError
 from training.evidence import evidence_metrics, fit_evidence
-from training.probe import fit_probe_blend, no_blend_report
 from training.meta import MetaWeightTrainer, TrainConfig
 from training.metrics import accuracy_f1
 from training.model import CTMWA, CTMWAConfig
+from training.probe import fit_probe_blend, no_blend_report
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ class FitResult:
     model: CTMWA  # in eval mode, weights of `metrics["best_epoch"]`, evidence classifiers fitted
     metrics: dict  # JSON-ready: see `fit`
     history: list[dict] = field(default_factory=list)  # one entry per epoch
-    class_bias: dict = field(default_factory=dict)  # {"method", "bias": [C floats], ...}: added to logits_m before argmax
+    class_bias: dict = field(
+        default_factory=dict
+    )  # {"method", "bias": [C floats], ...}: added to logits_m before argmax
 
 
 @torch.no_grad()
@@ -110,7 +112,9 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
     """
     meta = config.mode == "meta"
     if meta and len(data.query) == 0:
-        raise DatasetError(f"{data.path}: meta mode needs a query set and this one is empty; read it with with_query=True")
+        raise DatasetError(
+            f"{data.path}: meta mode needs a query set and this one is empty; read it with with_query=True"
+        )
     torch.manual_seed(config.seed)
     model = CTMWA(model_config)
     trainer = MetaWeightTrainer(model, config)
@@ -150,9 +154,17 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         logger.info(
             "epoch %d/%d: train loss %.4f%s, valid acc %.4f f1 %.4f%s (%.1fs, %.0f rows/s)",
-            epoch, config.epochs, entry["train_loss"],
-            f", query loss {entry['query_loss']:.4f}, w_t {entry['text_weight']:.3f}, w_v {entry['image_weight']:.3f}" if meta else "",
-            valid["accuracy"], valid["f1_weighted"], " *" if improved else "", seconds, len(data.train) / max(seconds, 1e-9),
+            epoch,
+            config.epochs,
+            entry["train_loss"],
+            f", query loss {entry['query_loss']:.4f}, w_t {entry['text_weight']:.3f}, w_v {entry['image_weight']:.3f}"
+            if meta
+            else "",
+            valid["accuracy"],
+            valid["f1_weighted"],
+            " *" if improved else "",
+            seconds,
+            len(data.train) / max(seconds, 1e-9),
         )
 
     assert best_state is not None
@@ -197,7 +209,12 @@ def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> Fit
     }
     logger.info(
         "best epoch %d: valid acc %.4f; test acc %.4f, weighted F1 %.4f; text missing %.4f, image missing %.4f",
-        best_epoch, best_accuracy, test["accuracy"], test["f1_weighted"], no_text["accuracy"], no_image["accuracy"],
+        best_epoch,
+        best_accuracy,
+        test["accuracy"],
+        test["f1_weighted"],
+        no_text["accuracy"],
+        no_image["accuracy"],
     )
     return FitResult(model=model, metrics=metrics, history=history, class_bias=bias_report)
 
@@ -210,7 +227,11 @@ def choose_class_bias(model: CTMWA, data: FeatureSet, config: TrainConfig) -> tu
     values, report = fit_class_bias(logits_of(model, data.valid).numpy(), data.valid.label.numpy())
     logger.info(
         "class bias %s on %d valid rows: weighted F1 %.4f -> %.4f, accuracy %.4f -> %.4f",
-        [round(v, 3) for v in report["bias"]], report["rows"], report["valid_f1_weighted_before"],
-        report["valid_f1_weighted_after"], report["valid_accuracy_before"], report["valid_accuracy_after"],
+        [round(v, 3) for v in report["bias"]],
+        report["rows"],
+        report["valid_f1_weighted_before"],
+        report["valid_f1_weighted_after"],
+        report["valid_accuracy_before"],
+        report["valid_accuracy_after"],
     )
     return (torch.tensor(values, dtype=torch.float32) if np.any(values) else None), report

@@ -50,9 +50,13 @@ class TrainConfig:
     batch_size: int = 32  # training and query batch size
     epochs: int = 20  # training epochs; the best-validation epoch is kept (the reference keeps none)
     seed: int = 1111  # seeds init, dropout and shuffling (the query set is the features file's `query` column)
-    lr_decay: bool = False  # linear decay to zero over the second half of the epochs (the reference builds it but never steps it)
+    lr_decay: bool = (
+        False  # linear decay to zero over the second half of the epochs (the reference builds it but never steps it)
+    )
     unimodal_labels: bool | None = None  # None: ask the features file; False: the query step uses the multimodal label
-    class_bias: str = "valid_f1"  # "valid_f1": per-class logit bias chosen on the valid split (training.class_bias); "none"
+    class_bias: str = (
+        "valid_f1"  # "valid_f1": per-class logit bias chosen on the valid split (training.class_bias); "none"
+    )
     probe_blend: str = "valid_f1"  # "valid_f1": blend a linear probe into the answer where the valid split gains (training.probe); "none"
 
     def __post_init__(self) -> None:
@@ -65,7 +69,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)} must not be negative")
         if self.batch_size < 1 or self.epochs < 1:
-            raise ConfigError(f"TrainConfig batch_size = {self.batch_size}, epochs = {self.epochs}: both must be at least 1")
+            raise ConfigError(
+                f"TrainConfig batch_size = {self.batch_size}, epochs = {self.epochs}: both must be at least 1"
+            )
         if self.unimodal_labels not in (None, True, False):
             raise ConfigError(f"TrainConfig.unimodal_labels = {self.unimodal_labels!r} must be true, false or null")
         for name in ("class_bias", "probe_blend"):
@@ -97,7 +103,9 @@ class StepLosses:
     image_weight: float  # mean w_v of the outer step
 
 
-def run_model(model: CTMWA, batch: FeatureBatch, label: torch.Tensor | None = None, params: dict | None = None) -> CTMWAOutput:
+def run_model(
+    model: CTMWA, batch: FeatureBatch, label: torch.Tensor | None = None, params: dict | None = None
+) -> CTMWAOutput:
     """Forward a batch, through `params` (fast weights, by state-dict name) where given."""
     args = (batch.text, batch.image, batch.has_text, batch.has_image)
     if params is None:
@@ -122,7 +130,9 @@ def translation_loss(out: CTMWAOutput, batch: FeatureBatch, config: TrainConfig)
     )
 
 
-def weighted_loss(out: CTMWAOutput, batch: FeatureBatch, config: TrainConfig, w_t: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
+def weighted_loss(
+    out: CTMWAOutput, batch: FeatureBatch, config: TrainConfig, w_t: torch.Tensor, w_v: torch.Tensor
+) -> torch.Tensor:
     """loss_s: translation terms + mean(CE_m) + mean(CE_t · w_t) + mean(CE_v · w_v), all against the multimodal label."""
     ce_m = F.cross_entropy(out.logits_m, batch.label, reduction="none")  # (N,)
     ce_t = F.cross_entropy(out.logits_t, batch.label, reduction="none")  # (N,)

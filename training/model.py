@@ -61,7 +61,9 @@ class CTMWAConfig:
     translator_kernel: int = 5  # conv kernel height over the length-1 sequence; only its centre row meets data
     weight_net_hidden: int = 128  # hidden width of txt_w_net / img_w_net
     leaky_slope: float = 0.1  # negative slope of the LeakyReLU inside necks and classifiers
-    init: str = "kaiming"  # "kaiming": the reference's kaiming-normal (fan_in) weights, zero biases; "pytorch": torch defaults
+    init: str = (
+        "kaiming"  # "kaiming": the reference's kaiming-normal (fan_in) weights, zero biases; "pytorch": torch defaults
+    )
 
     def __post_init__(self) -> None:
         for name in ("text_dim", "image_dim", "embed_dim", "translator_heads", "weight_net_hidden"):
@@ -87,7 +89,9 @@ class CTMWAOutput:
     """Named outputs of `CTMWA.forward`; N is the batch size."""
 
     logits_m: torch.Tensor  # (N, C) multimodal classifier (what training's losses read)
-    logits: torch.Tensor  # (N, C) the model's answer: logits_m + probe_weight · log_softmax(probe); logits_m while the blend is off
+    logits: (
+        torch.Tensor
+    )  # (N, C) the model's answer: logits_m + probe_weight · log_softmax(probe); logits_m while the blend is off
     logits_t: torch.Tensor  # (N, C) text-side classifier
     logits_v: torch.Tensor  # (N, C) image-side classifier
     fused_t: torch.Tensor  # (N, Dt+Dv) [t, ti]
@@ -101,7 +105,9 @@ class CTMWAOutput:
     image_weight: torch.Tensor  # (N,) img_w_net output in (0, 1)
     m_t: torch.Tensor  # (N, E) text-side neck output
     m_v: torch.Tensor  # (N, E) image-side neck output
-    text_evidence: torch.Tensor  # (N,) how strongly the text alone supports `label` (the given or predicted one); see `evidence`
+    text_evidence: (
+        torch.Tensor
+    )  # (N,) how strongly the text alone supports `label` (the given or predicted one); see `evidence`
     image_evidence: torch.Tensor  # (N,) the same for the image alone
 
 
@@ -218,7 +224,12 @@ class CTMWA(nn.Module):
         super().__init__()
         self.config = config
         dt, dv, e, c = config.text_dim, config.image_dim, config.embed_dim, config.num_classes
-        heads, kernel, p, slope = config.translator_heads, config.translator_kernel, config.attn_dropout, config.leaky_slope
+        heads, kernel, p, slope = (
+            config.translator_heads,
+            config.translator_kernel,
+            config.attn_dropout,
+            config.leaky_slope,
+        )
         self.text_encoder = nn.Linear(dt, dt)
         self.txt2img = Translator(dt, dv, heads, kernel, p)
         self.img2txt = Translator(dv, dt, heads, kernel, p)
@@ -286,7 +297,9 @@ class CTMWA(nn.Module):
         logits_t = self.t_c(m_t)  # (N, C)
         logits_v = self.v_c(m_v)  # (N, C)
 
-        logits = logits_m + self.probe_weight * torch.log_softmax(self.probe(self.probe_input(text_emb, image_emb, has_text, has_image)), dim=1)
+        logits = logits_m + self.probe_weight * torch.log_softmax(
+            self.probe(self.probe_input(text_emb, image_emb, has_text, has_image)), dim=1
+        )
         if label is None:
             label = (logits if class_bias is None else logits + class_bias).argmax(dim=1)  # (N,)
         # Evidence reads each modality's own embedding, never a translation (see EVIDENCE_MODULES).
@@ -319,8 +332,16 @@ class CTMWA(nn.Module):
     ) -> torch.Tensor:
         """[text · has_text, image · has_image, has_text, has_image]: (N, Dt+Dv+2), what the probe reads."""
         n = text_emb.shape[0]
-        t_mask = torch.ones(n, 1, dtype=text_emb.dtype, device=text_emb.device) if has_text is None else has_text[:, None].to(text_emb.dtype)
-        v_mask = torch.ones(n, 1, dtype=image_emb.dtype, device=image_emb.device) if has_image is None else has_image[:, None].to(image_emb.dtype)
+        t_mask = (
+            torch.ones(n, 1, dtype=text_emb.dtype, device=text_emb.device)
+            if has_text is None
+            else has_text[:, None].to(text_emb.dtype)
+        )
+        v_mask = (
+            torch.ones(n, 1, dtype=image_emb.dtype, device=image_emb.device)
+            if has_image is None
+            else has_image[:, None].to(image_emb.dtype)
+        )
         text = torch.where(t_mask > 0, text_emb, torch.zeros_like(text_emb))
         image = torch.where(v_mask > 0, image_emb, torch.zeros_like(image_emb))
         return torch.cat([text, image, t_mask, v_mask], dim=1)
@@ -377,7 +398,9 @@ def save_checkpoint(model: CTMWA, config: CTMWAConfig, out_dir: str | Path, extr
     try:
         text = json.dumps(meta, indent=2, sort_keys=False, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint extra is not plain JSON ({e}); pass only str/int/float/bool/list/dict") from e
+        raise CheckpointError(
+            f"checkpoint extra is not plain JSON ({e}); pass only str/int/float/bool/list/dict"
+        ) from e
     # Write under temporary names, then rename: a killed save never leaves a half file under the real name.
     tmp_weights, tmp_config = out / (WEIGHTS_FILE + ".tmp"), out / (CONFIG_FILE + ".tmp")
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
@@ -402,7 +425,9 @@ def load_checkpoint(path: str | Path, *, evidence: bool = True) -> tuple[CTMWA, 
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for p in (config_path, weights_path):
         if not p.is_file():
-            raise CheckpointError(f"checkpoint {folder} has no {p.name}; point at the folder that `ctmwa-train --out` wrote")
+            raise CheckpointError(
+                f"checkpoint {folder} has no {p.name}; point at the folder that `ctmwa-train --out` wrote"
+            )
     try:
         meta = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -424,7 +449,11 @@ def load_checkpoint(path: str | Path, *, evidence: bool = True) -> tuple[CTMWA, 
     fresh = {**model.evidence_parameters(), EVIDENCE_NEUTRAL: getattr(model, EVIDENCE_NEUTRAL)}
     # Stale: missing, or the earlier kind over the neck outputs ((C, E) weights); any other misfit is reported below.
     neck_kind = (config.num_classes, config.embed_dim)
-    stale = sorted(k for k, v in fresh.items() if k not in state or (state[k].shape != v.shape and tuple(state[k].shape) == neck_kind))
+    stale = sorted(
+        k
+        for k, v in fresh.items()
+        if k not in state or (state[k].shape != v.shape and tuple(state[k].shape) == neck_kind)
+    )
     if stale and evidence:
         raise CheckpointError(
             f"{weights_path} has no modality-evidence classifiers of this version ({', '.join(stale)} missing or of "
@@ -432,7 +461,10 @@ def load_checkpoint(path: str | Path, *, evidence: bool = True) -> tuple[CTMWA, 
             f"without retraining: ctmwa-train evidence --checkpoint {folder} --features FEATURES.parquet"
         )
     # A checkpoint from before the probe blend scores as the paper's model: probe off (weight 0).
-    for name, value in {**{f"{PROBE_MODULE}.{n}": p for n, p in model.probe.named_parameters()}, PROBE_WEIGHT: getattr(model, PROBE_WEIGHT)}.items():
+    for name, value in {
+        **{f"{PROBE_MODULE}.{n}": p for n, p in model.probe.named_parameters()},
+        PROBE_WEIGHT: getattr(model, PROBE_WEIGHT),
+    }.items():
         state.setdefault(name, value.detach().clone())
     if stale:
         state = {k: v for k, v in state.items() if k not in fresh}

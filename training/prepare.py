@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from ctmwa_batch.errors import CtmwaError, DatasetError
 from ctmwa_batch.schema import (
-    FEATURES_SCHEMA,
     FEATURES_REQUIRED,
+    FEATURES_SCHEMA,
     HAS_IMAGE,
     HAS_TEXT,
     LABEL,
@@ -154,8 +154,12 @@ def write_posts(config: PrepareConfig, posts_path: Path) -> dict:
     finally:
         tmp1.unlink(missing_ok=True)
         tmp2.unlink(missing_ok=True)
-    logger.info("posts: %s (%d posts in %.1f s)", posts_path, sum(assignment.report.per_split.values()),
-                time.monotonic() - started)
+    logger.info(
+        "posts: %s (%d posts in %.1f s)",
+        posts_path,
+        sum(assignment.report.per_split.values()),
+        time.monotonic() - started,
+    )
     return {
         "dataset": config.dataset,
         "root": str(config.root),
@@ -318,25 +322,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="features Parquet to write (posts and summary go beside it)")
     parser.add_argument("--posts-only", action="store_true", help="write the posts Parquet and summary only")
     parser.add_argument("--seed", type=int, default=SplitConfig.seed, help="seed of splits and query set")
-    parser.add_argument("--query-fraction", type=float, default=SplitConfig.query_fraction,
-                        help="query set size as a fraction of the training split")
+    parser.add_argument(
+        "--query-fraction",
+        type=float,
+        default=SplitConfig.query_fraction,
+        help="query set size as a fraction of the training split",
+    )
     parser.add_argument("--split-file", help="CSV/TSV of 'id,split' to use instead of seeded splits")
     parser.add_argument("--split-ratios", default="8:1:1", help="train:valid:test proportions")
     parser.add_argument("--no-stratify", action="store_true", help="plain (not per-class) seeded splits")
     parser.add_argument("--batch-size", type=int, default=PrepareConfig.batch_size, help="posts per encoder batch")
     parser.add_argument("--device", default=PrepareConfig.device, help="encoder device: cpu, cuda or auto")
     parser.add_argument("--workers", type=int, default=ReadOptions.workers, help="threads reading files")
-    parser.add_argument("--check-images", choices=("decode", "open", "none"), default=ReadOptions.check_images,
-                        help="how images are checked while reading")
-    parser.add_argument("--text-fallback-encoding", default=ReadOptions.text_fallback_encoding,
-                        help="encoding for bytes that are not UTF-8 ('none': U+FFFD)")
+    parser.add_argument(
+        "--check-images",
+        choices=("decode", "open", "none"),
+        default=ReadOptions.check_images,
+        help="how images are checked while reading",
+    )
+    parser.add_argument(
+        "--text-fallback-encoding",
+        default=ReadOptions.text_fallback_encoding,
+        help="encoding for bytes that are not UTF-8 ('none': U+FFFD)",
+    )
     generic = parser.add_argument_group("generic tables")
     generic.add_argument("--format", choices=FORMATS, help="table format (default: from the extension)")
     generic.add_argument("--id-column", default=GenericConfig.id_column, help="post id column")
     generic.add_argument("--text-column", default=GenericConfig.text_column, help="text column; '' for none")
-    generic.add_argument("--image-column", default=GenericConfig.image_column, help="image column, bytes or paths; '' for none")
+    generic.add_argument(
+        "--image-column", default=GenericConfig.image_column, help="image column, bytes or paths; '' for none"
+    )
     generic.add_argument("--image-root", help="folder image paths are relative to (default: the table's folder)")
-    generic.add_argument("--label-column", default=GenericConfig.label_column, help="post label column (names or indices)")
+    generic.add_argument(
+        "--label-column", default=GenericConfig.label_column, help="post label column (names or indices)"
+    )
     generic.add_argument("--t-label-column", help="text label column (default: t_label if present)")
     generic.add_argument("--v-label-column", help="image label column (default: v_label if present)")
     generic.add_argument("--labels", help="class names in class order, comma-separated (default: inferred, sorted)")

@@ -43,7 +43,11 @@ def _parts(model: CTMWA, data: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
         part = data.take(np.arange(start, min(start + EVAL_BATCH, len(data))))
         out = model(part.text, part.image, part.has_text, part.has_image)
         m.append(out.logits_m.double())
-        p.append(torch.log_softmax(model.probe(model.probe_input(part.text, part.image, part.has_text, part.has_image)).double(), dim=1))
+        p.append(
+            torch.log_softmax(
+                model.probe(model.probe_input(part.text, part.image, part.has_text, part.has_image)).double(), dim=1
+            )
+        )
     c = model.config.num_classes
     return (torch.cat(m).numpy(), torch.cat(p).numpy()) if m else (np.zeros((0, c)), np.zeros((0, c)))
 
@@ -85,7 +89,16 @@ def fit_probe_blend(model: CTMWA, data: FeatureSet, *, min_gain: float = MIN_GAI
     with torch.no_grad():
         getattr(model, PROBE_WEIGHT).fill_(chosen)
     model.train(was_training)
-    logger.info("probe blend: L2 %g (valid log-loss %.4f); weight %g: valid weighted F1 %.4f -> %.4f, accuracy %.4f -> %.4f", l2, nll, chosen, base_f1, f1, base_acc, acc)
+    logger.info(
+        "probe blend: L2 %g (valid log-loss %.4f); weight %g: valid weighted F1 %.4f -> %.4f, accuracy %.4f -> %.4f",
+        l2,
+        nll,
+        chosen,
+        base_f1,
+        f1,
+        base_acc,
+        acc,
+    )
     return {
         "method": "valid_f1",
         "weight": chosen,

@@ -53,7 +53,9 @@ def train(
         torch.set_num_threads(before)
 
 
-def _train(features: Path, out: Path, config: TrainConfig, model_values: dict[str, Any], labels: list[str] | None) -> dict[str, Any]:
+def _train(
+    features: Path, out: Path, config: TrainConfig, model_values: dict[str, Any], labels: list[str] | None
+) -> dict[str, Any]:
     data = read_features(
         features,
         labels=labels,
@@ -83,7 +85,7 @@ def _train(features: Path, out: Path, config: TrainConfig, model_values: dict[st
         "class_bias": result.class_bias,  # added to the logits before softmax and argmax (training.class_bias)
         "probe_blend": result.metrics["probe_blend"],  # the linear probe's weight in the answer (training.probe)
         "evidence": result.metrics["evidence"],  # how the evidence classifiers were fitted (training.evidence)
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     save_checkpoint(result.model, model_config, out, extra)
     metrics = json_safe(result.metrics)

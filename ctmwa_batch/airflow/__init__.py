@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["score_partition", "score_range", "result_of", "PlanPartitionOperator", "ScoreShardOperator", "CommitPartitionOperator", "HealthReportOperator"]
+__all__ = [
+    "score_partition",
+    "score_range",
+    "result_of",
+    "PlanPartitionOperator",
+    "ScoreShardOperator",
+    "CommitPartitionOperator",
+    "HealthReportOperator",
+]
 
 _WHERE = {
     "score_partition": "ctmwa_batch.airflow.group",

@@ -20,7 +20,9 @@ def connection_storage_options(conn: Any) -> dict[str, str]:
     (access key id / secret), its extra's `endpoint_url` (or `service_config.s3.endpoint_url`), `region_name`,
     `aws_session_token`, `profile_name`; for other types, `host` (with scheme and port) is the endpoint."""
     extra = dict(conn.extra_dejson or {})
-    s3_config = ((extra.get("service_config") or {}).get("s3") or {}) if isinstance(extra.get("service_config"), dict) else {}
+    s3_config = (
+        ((extra.get("service_config") or {}).get("s3") or {}) if isinstance(extra.get("service_config"), dict) else {}
+    )
     endpoint = extra.get("endpoint_url") or s3_config.get("endpoint_url") or extra.get("endpoint")
     if not endpoint and conn.host:
         endpoint = conn.host if "://" in conn.host else f"{'https' if conn.schema == 'https' else 'http'}://{conn.host}"
@@ -47,7 +49,12 @@ def connection_storage(conn_id: str | None) -> Iterator[None]:
         from airflow.sdk import BaseHook
 
         options = connection_storage_options(BaseHook.get_connection(conn_id))
-        logger.info("storage from Connection %r: %s", conn_id, ", ".join(f"{k}={v}" for k, v in options.items() if k not in storage.SECRET_KEYS and k != "access_key_id") or "no options")
+        logger.info(
+            "storage from Connection %r: %s",
+            conn_id,
+            ", ".join(f"{k}={v}" for k, v in options.items() if k not in storage.SECRET_KEYS and k != "access_key_id")
+            or "no options",
+        )
         storage.configure(options)
     try:
         with storage.translate_errors():  # a store's fault ends the task with one line: the store, the bucket, the fix

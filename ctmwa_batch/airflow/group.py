@@ -19,7 +19,13 @@ from typing import Any
 from airflow.sdk import Asset, TaskGroup, task
 
 from ctmwa_batch.airflow.connections import connection_storage
-from ctmwa_batch.airflow.operators import CommitPartitionOperator, HealthReportOperator, PlanPartitionOperator, ScoreShardOperator, settings_args
+from ctmwa_batch.airflow.operators import (
+    CommitPartitionOperator,
+    HealthReportOperator,
+    PlanPartitionOperator,
+    ScoreShardOperator,
+    settings_args,
+)
 
 
 def _output_asset(output: str | None) -> Asset:
@@ -97,7 +103,15 @@ def score_partition(
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
         plan = PlanPartitionOperator(
-            task_id="plan", input=input, output=output, bundle=bundle, models_root=models_root, model_version=model_version, overwrite=overwrite, conn_id=conn_id, **options
+            task_id="plan",
+            input=input,
+            output=output,
+            bundle=bundle,
+            models_root=models_root,
+            model_version=model_version,
+            overwrite=overwrite,
+            conn_id=conn_id,
+            **options,
         )
 
         @task(task_id="shards")
@@ -105,13 +119,20 @@ def score_partition(
             """The shard indexes score_shard maps over (none when the partition is already committed)."""
             return list(planned["shards"])
 
-        scored = ScoreShardOperator.partial(task_id="score_shard", planned=plan.output, conn_id=conn_id, **dict(score_task_args or {})).expand(
-            shard_index=shards(plan.output)
-        )
+        scored = ScoreShardOperator.partial(
+            task_id="score_shard", planned=plan.output, conn_id=conn_id, **dict(score_task_args or {})
+        ).expand(shard_index=shards(plan.output))
         commit = CommitPartitionOperator(task_id="commit", planned=plan.output, conn_id=conn_id, outlets=outlets)
         scored >> commit
         if health_report:
-            HealthReportOperator(task_id="health_report", summary=commit.output, output=output, baseline_days=baseline_days, fail_on_drift=fail_on_drift, conn_id=conn_id)
+            HealthReportOperator(
+                task_id="health_report",
+                summary=commit.output,
+                output=output,
+                baseline_days=baseline_days,
+                fail_on_drift=fail_on_drift,
+                conn_id=conn_id,
+            )
     return group
 
 
@@ -245,7 +266,9 @@ def score_range(
     plan, chunks, score_days, report, health = _range_tasks(conn_id, bundle, outlets)
     with TaskGroup(group_id, **task_group_kwargs) as group:
         planned = plan(explicit)
-        results = score_days.override(**dict(score_task_args or {})).partial(backfill=planned).expand(dates=chunks(planned))
+        results = (
+            score_days.override(**dict(score_task_args or {})).partial(backfill=planned).expand(dates=chunks(planned))
+        )
         report(planned, results)
         if health_report:
             results >> health.override(task_id="health_report")(planned)

@@ -22,13 +22,23 @@ from ctmwa_batch.airflow.connections import connection_storage
 
 # Arguments of score_partition and the operators that are settings (ctmwa_batch.settings.Settings fields), by name.
 SCORING_OPTIONS = (
-    "device", "precision", "batch_size", "id_column", "text_column", "image_column", "passthrough", "max_rows_per_shard",
-    "fetch_concurrency", "max_fetch_failures",
+    "device",
+    "precision",
+    "batch_size",
+    "id_column",
+    "text_column",
+    "image_column",
+    "passthrough",
+    "max_rows_per_shard",
+    "fetch_concurrency",
+    "max_fetch_failures",
 )
 REPORT_OPTIONS = ("baseline_days", "fail_on_drift")
 
 
-def settings_args(output: str | None = None, models_root: str | None = None, model_version: str | None = None, **options: Any) -> dict[str, Any]:
+def settings_args(
+    output: str | None = None, models_root: str | None = None, model_version: str | None = None, **options: Any
+) -> dict[str, Any]:
     """The explicit settings of a task as Settings field names (output -> output_root); None = not given."""
     unknown = set(options) - set(SCORING_OPTIONS) - set(REPORT_OPTIONS)
     if unknown:
@@ -81,7 +91,9 @@ class _CtmwaOperator(BaseOperator):
         from airflow.providers.openlineage.extractors import OperatorLineage
 
         inputs, outputs = self._lineage
-        return OperatorLineage(inputs=[lineage_dataset(p) for p in inputs], outputs=[lineage_dataset(p) for p in outputs])
+        return OperatorLineage(
+            inputs=[lineage_dataset(p) for p in inputs], outputs=[lineage_dataset(p) for p in outputs]
+        )
 
 
 class PlanPartitionOperator(_CtmwaOperator):
@@ -120,7 +132,12 @@ class PlanPartitionOperator(_CtmwaOperator):
         from ctmwa_batch import orchestrate
 
         planned = orchestrate.plan_scoring(
-            self.input, self.settings, context.get("params"), context.get("data_interval_start"), overwrite=self.overwrite, bundle=self.bundle
+            self.input,
+            self.settings,
+            context.get("params"),
+            context.get("data_interval_start"),
+            overwrite=self.overwrite,
+            bundle=self.bundle,
         )
         self._lineage = ([planned["input_path"], planned["bundle_dir"]], [])
         return planned
@@ -190,7 +207,10 @@ class HealthReportOperator(_CtmwaOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.summary = summary
-        self.settings = {**settings_args(output, baseline_days=baseline_days, fail_on_drift=fail_on_drift), **dict(settings or {})}
+        self.settings = {
+            **settings_args(output, baseline_days=baseline_days, fail_on_drift=fail_on_drift),
+            **dict(settings or {}),
+        }
 
     def run(self, context: Any) -> dict[str, Any]:
         from ctmwa_batch import orchestrate

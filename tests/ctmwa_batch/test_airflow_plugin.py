@@ -36,7 +36,9 @@ def test_provider_info_is_valid_for_airflow():
     schema = json.loads((airflow_dir / "provider_info.schema.json").read_text())
     info = get_provider_info()
     jsonschema.validate(info, schema)
-    assert info["package-name"] == PYPROJECT["project"]["name"] and info["versions"] == [PYPROJECT["project"]["version"]]
+    assert info["package-name"] == PYPROJECT["project"]["name"] and info["versions"] == [
+        PYPROJECT["project"]["version"]
+    ]
     for operators in info["operators"]:
         for module in operators["python-modules"]:
             assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
@@ -47,15 +49,25 @@ def test_airflow_providers_list_shows_the_package(tmp_path):
     the development install), is what Airflow's provider discovery reads."""
     dist = tmp_path / "site" / f"ctmwa_batch-{PYPROJECT['project']['version']}.dist-info"
     dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PYPROJECT['project']['name']}\nVersion: {PYPROJECT['project']['version']}\n")
-    (dist / "entry_points.txt").write_text("[apache_airflow_provider]\n" + "".join(f"{k} = {v}\n" for k, v in ENTRY_POINTS.items()))
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {PYPROJECT['project']['name']}\nVersion: {PYPROJECT['project']['version']}\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[apache_airflow_provider]\n" + "".join(f"{k} = {v}\n" for k, v in ENTRY_POINTS.items())
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
         AIRFLOW_HOME=str(tmp_path / "home"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(ROOT)]),
     )
-    proc = subprocess.run([sys.executable, "-m", "airflow", "providers", "list", "--output", "json"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     providers = {p["package_name"]: p for p in json.loads(proc.stdout[proc.stdout.index("[") :])}
     assert providers["ctmwa-batch"]["version"] == PYPROJECT["project"]["version"]
@@ -63,11 +75,17 @@ def test_airflow_providers_list_shows_the_package(tmp_path):
 
 
 def _conn(login=None, password=None, host=None, port=None, schema=None, extra=None):
-    return SimpleNamespace(login=login, password=password, host=host, port=port, schema=schema, extra_dejson=extra or {})
+    return SimpleNamespace(
+        login=login, password=password, host=host, port=port, schema=schema, extra_dejson=extra or {}
+    )
 
 
 def test_an_aws_connection_gives_the_storage_options():
-    conn = _conn("AKIDEXAMPLE", "s3cr3t-key", extra={"endpoint_url": "http://127.0.0.1:8333", "region_name": "eu-west-1", "aws_session_token": "tok3n"})
+    conn = _conn(
+        "AKIDEXAMPLE",
+        "s3cr3t-key",
+        extra={"endpoint_url": "http://127.0.0.1:8333", "region_name": "eu-west-1", "aws_session_token": "tok3n"},
+    )
     assert connection_storage_options(conn) == {
         "endpoint": "http://127.0.0.1:8333",
         "region": "eu-west-1",
@@ -81,6 +99,9 @@ def test_an_aws_connection_gives_the_storage_options():
 
 
 def test_a_generic_connection_gives_its_host_as_the_endpoint():
-    assert connection_storage_options(_conn("key", "secret", host="minio.internal", port=9000))["endpoint"] == "http://minio.internal:9000"
+    assert (
+        connection_storage_options(_conn("key", "secret", host="minio.internal", port=9000))["endpoint"]
+        == "http://minio.internal:9000"
+    )
     assert connection_storage_options(_conn(host="https://s3.example.com"))["endpoint"] == "https://s3.example.com"
     assert connection_storage_options(_conn()) == {}

@@ -81,7 +81,11 @@ def test_hand_edited_preprocessing_is_caught(bundle_dir):
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [(None, "has no manifest.json"), ("{not json", "unreadable"), ('{"format_version": 99, "files": {}}', "format_version 99")],
+    [
+        (None, "has no manifest.json"),
+        ("{not json", "unreadable"),
+        ('{"format_version": 99, "files": {}}', "format_version 99"),
+    ],
 )
 def test_bad_manifest(bundle_dir, content, match):
     path = bundle_dir / B.MANIFEST
@@ -105,7 +109,11 @@ def test_add_head_rewrites_manifest_and_version(bundle_dir, tmp_path):
     after = B.add_files(
         bundle_dir,
         {B.HEAD: head},
-        updates={"labels": ["positive", "neutral", "negative"], "dims": {"classes": 3}, "training_metrics": {"valid_acc": 0.7}},
+        updates={
+            "labels": ["positive", "neutral", "negative"],
+            "dims": {"classes": 3},
+            "training_metrics": {"valid_acc": 0.7},
+        },
     )
     assert after.has_head and after.path(B.HEAD).read_bytes() == b"pretend onnx"
     assert after.model_version != before.model_version

@@ -93,7 +93,7 @@ def test_every_bad_input_still_yields_its_row(encoder_bundle, tmp_path):
     assert len(out) == len(cases) == stats["rows"]
     rows = {r["post_id"]: r for r in out}
     bad_images = {"truncated", "random", "bomb"}
-    for post_id, text, _ in cases:
+    for post_id, _text, _ in cases:
         row = rows[post_id]
         want_image = post_id not in bad_images | {"long-text", "emoji", "all-null", None}
         want_text = post_id not in {"empty-text", "blank-text", "all-null", None}
@@ -118,12 +118,23 @@ def test_streams_in_batches_and_passes_columns_through(encoder_bundle, tmp_path)
     f = pq.ParquetFile(out_path)
     assert f.metadata.num_rows == n and f.metadata.num_row_groups == 5  # one row group per record batch
     table = f.read()
-    assert table.column_names == ["post_id", "text", "label", "text_emb", "image_emb", "has_text", "has_image", "image_error"]
+    assert table.column_names == [
+        "post_id",
+        "text",
+        "label",
+        "text_emb",
+        "image_emb",
+        "has_text",
+        "has_image",
+        "image_error",
+    ]
     assert table.column("label").to_pylist() == list(range(n))
     assert table.schema.field("text_emb").type == pa.list_(pa.float32())
     assert b"model_version" in table.schema.metadata[b"ctmwa_batch.embed"]
     assert sorted(p.name for p in out_path.parent.iterdir()) == ["features.parquet"]  # no temporary left
-    kept = embed_posts(encoder_bundle, posts, tmp_path / "k.parquet", batch_size=50, keep_image_column=True, device="cpu")
+    kept = embed_posts(
+        encoder_bundle, posts, tmp_path / "k.parquet", batch_size=50, keep_image_column=True, device="cpu"
+    )
     assert kept["rows"] == n and "image" in pq.read_schema(tmp_path / "k.parquet").names
 
 
@@ -135,8 +146,14 @@ def test_folder_input_hive_partitions_and_image_paths(encoder_bundle, tmp_path):
     img_dir.mkdir()
     (img_dir / "a.jpg").write_bytes(images.jpeg())
     paths = [str(img_dir / "a.jpg"), str(img_dir / "missing.jpg"), None]
-    pq.write_table(pa.table({"post_id": ["a", "b", "c"], "text": ["good", None, "bad"], "image": paths}), folder / "dt=2026-01-01" / "part-0.parquet")
-    pq.write_table(pa.table({"post_id": ["d"], "text": ["nice"], "image": [str(img_dir / "a.jpg")]}), folder / "dt=2026-01-02" / "part-0.parquet")
+    pq.write_table(
+        pa.table({"post_id": ["a", "b", "c"], "text": ["good", None, "bad"], "image": paths}),
+        folder / "dt=2026-01-01" / "part-0.parquet",
+    )
+    pq.write_table(
+        pa.table({"post_id": ["d"], "text": ["nice"], "image": [str(img_dir / "a.jpg")]}),
+        folder / "dt=2026-01-02" / "part-0.parquet",
+    )
     (folder / "_SUCCESS.json").write_text("{}")
     embed_posts(encoder_bundle, folder, tmp_path / "f.parquet", device="cpu")
     rows = {r["post_id"]: r for r in pq.read_table(tmp_path / "f.parquet").to_pylist()}
@@ -159,7 +176,11 @@ def test_process_pool_decoding_gives_the_same_output(encoder_bundle, tmp_path):
         ({"image_column": "img"}, None, r"column 'img' not in .*set --image-column"),
         ({"id_column": "id"}, None, r"column 'id' not in .*set --id-column"),
         ({"text_column": "label"}, None, r"text column 'label' .* type int64, expected string; set --text-column"),
-        ({}, {"post_id": ["a"], "text": ["t"], "image": [1.5]}, r"image column 'image' .* type double.*set --image-column"),
+        (
+            {},
+            {"post_id": ["a"], "text": ["t"], "image": [1.5]},
+            r"image column 'image' .* type double.*set --image-column",
+        ),
     ],
 )
 def test_schema_errors_come_before_any_output(encoder_bundle, tmp_path, kwargs, table, match):
@@ -185,10 +206,39 @@ def test_cuda_on_this_machine_is_an_error_not_a_fallback(encoder_bundle, tmp_pat
 
 def test_cli(encoder_bundle, tmp_path, capsys):
     posts = _posts(tmp_path / "posts.parquet", n=3)
-    code = cli_main(["embed", "--bundle", str(encoder_bundle), "--input", str(posts), "--output", str(tmp_path / "f.parquet"), "--device", "cpu", "--batch-size", "2"])
+    code = cli_main(
+        [
+            "embed",
+            "--bundle",
+            str(encoder_bundle),
+            "--input",
+            str(posts),
+            "--output",
+            str(tmp_path / "f.parquet"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert code == 0
     assert '"rows": 3' in capsys.readouterr().out
-    assert cli_main(["embed", "--bundle", str(encoder_bundle), "--input", str(posts), "--output", str(tmp_path / "g.parquet"), "--text-column", "body"]) == 2
+    assert (
+        cli_main(
+            [
+                "embed",
+                "--bundle",
+                str(encoder_bundle),
+                "--input",
+                str(posts),
+                "--output",
+                str(tmp_path / "g.parquet"),
+                "--text-column",
+                "body",
+            ]
+        )
+        == 2
+    )
     assert "set --text-column" in capsys.readouterr().err
 
 
@@ -200,16 +250,32 @@ def test_embedding_array_nulls():
 
 
 def test_empty_input_writes_an_empty_features_file(encoder_bundle, tmp_path):
-    empty = pa.table({"post_id": pa.array([], pa.string()), "text": pa.array([], pa.string()), "image": pa.array([], pa.binary())})
+    empty = pa.table(
+        {"post_id": pa.array([], pa.string()), "text": pa.array([], pa.string()), "image": pa.array([], pa.binary())}
+    )
     pq.write_table(empty, tmp_path / "posts.parquet")
     stats = embed_posts(encoder_bundle, tmp_path / "posts.parquet", tmp_path / "f.parquet", device="cpu")
     assert stats["rows"] == 0
-    assert pq.read_table(tmp_path / "f.parquet").column_names[-5:] == ["text_emb", "image_emb", "has_text", "has_image", "image_error"]
+    assert pq.read_table(tmp_path / "f.parquet").column_names[-5:] == [
+        "text_emb",
+        "image_emb",
+        "has_text",
+        "has_image",
+        "image_error",
+    ]
 
 
 def test_text_only_posts_without_id(encoder_bundle, tmp_path):
     pq.write_table(pa.table({"body": ["good day", None]}), tmp_path / "posts.parquet")
-    stats = embed_posts(encoder_bundle, tmp_path / "posts.parquet", tmp_path / "f.parquet", id_column=None, text_column="body", image_column=None, device="cpu")
+    stats = embed_posts(
+        encoder_bundle,
+        tmp_path / "posts.parquet",
+        tmp_path / "f.parquet",
+        id_column=None,
+        text_column="body",
+        image_column=None,
+        device="cpu",
+    )
     assert stats["has_text"] == 1 and stats["has_image"] == 0
     rows = pq.read_table(tmp_path / "f.parquet").to_pylist()
     assert [r["has_text"] for r in rows] == [True, False] and all(r["image_emb"] is None for r in rows)

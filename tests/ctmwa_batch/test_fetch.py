@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from ctmwa_batch import storage
-from ctmwa_batch.fetch import FetchConfig, FetchDenied, FetchFailed, Fetcher, classify, parse_location
+from ctmwa_batch.fetch import FetchConfig, FetchDenied, Fetcher, FetchFailed, classify, parse_location
 from fixtures.httpserver import ImageHTTPServer
 from fixtures.netproxy import LatencyProxy
 from fixtures.s3server import SECRET_KEY
 from tests import images
 
-FAST = FetchConfig(concurrency=8, backoff_initial_s=0.01, backoff_max_s=0.05, max_tries=4, retry_budget_s=5.0, connect_timeout_s=1.0)
+FAST = FetchConfig(
+    concurrency=8, backoff_initial_s=0.01, backoff_max_s=0.05, max_tries=4, retry_budget_s=5.0, connect_timeout_s=1.0
+)
 JPEGS = {f"img/{i}.jpg": images.jpeg(seed=i) for i in range(6)}
 
 
@@ -43,8 +45,16 @@ def s3_images(s3_server, monkeypatch):
 
 def test_http_bytes_not_found_gone_and_permission(http_images, tmp_path):
     http_images.status.update({"gone.jpg": 410, "secret.jpg": 403, "login.jpg": 401, "bad.jpg": 400})
-    uris = [http_images.url("img/0.jpg"), http_images.url("nope.jpg"), http_images.url("gone.jpg"),
-            http_images.url("secret.jpg"), http_images.url("login.jpg"), http_images.url("bad.jpg"), None, ""]
+    uris = [
+        http_images.url("img/0.jpg"),
+        http_images.url("nope.jpg"),
+        http_images.url("gone.jpg"),
+        http_images.url("secret.jpg"),
+        http_images.url("login.jpg"),
+        http_images.url("bad.jpg"),
+        None,
+        "",
+    ]
     with Fetcher(FAST) as fetcher:
         fetcher.begin()
         data, errors = fetcher.fetch(uris, tmp_path)
@@ -87,7 +97,9 @@ def test_a_store_down_past_the_budget_fails_the_run_unless_allowed(http_images, 
         fetcher.begin()
         data, errors = fetcher.fetch(uris, tmp_path)
         assert data[0] == JPEGS["img/1.jpg"] and data[1] is None
-        assert errors[1].startswith(f"image fetch failed after {FAST.max_tries} tries: {uris[1]}: ") and "503" in errors[1]
+        assert (
+            errors[1].startswith(f"image fetch failed after {FAST.max_tries} tries: {uris[1]}: ") and "503" in errors[1]
+        )
         fetcher.begin()  # a new run (shard) counts afresh
         assert fetcher.fetch(uris, tmp_path)[1][1] is not None
         with pytest.raises(FetchFailed):  # the second failure of one run is one too many
@@ -129,7 +141,10 @@ def test_local_paths_relative_and_absolute(tmp_path):
 
 
 def test_s3_objects_missing_keys_and_one_store_per_bucket(s3_images, tmp_path):
-    uris = [f"s3://{s3_images}/{k}" for k in JPEGS] + [f"s3://{s3_images}/missing.jpg", f"s3://nobucket-{uuid.uuid4().hex[:8]}/x.jpg"]
+    uris = [f"s3://{s3_images}/{k}" for k in JPEGS] + [
+        f"s3://{s3_images}/missing.jpg",
+        f"s3://nobucket-{uuid.uuid4().hex[:8]}/x.jpg",
+    ]
     with Fetcher(FAST) as fetcher:
         fetcher.begin()
         data, errors = fetcher.fetch(uris, tmp_path)
@@ -187,8 +202,14 @@ def test_http_percent_encoded_paths_and_signed_urls(tmp_path):
     with ImageHTTPServer({"a b.jpg": b"plain", "a b.jpg?sig=1&x=%2F": b"signed"}) as server:
         port = server.port
         with Fetcher(FAST) as fetcher:
-            data, errors = fetcher.fetch([server.endpoint + "/a%20b.jpg", server.endpoint + "/a%20b.jpg?sig=1&x=%2F",
-                                          server.endpoint + "/gone.jpg?X-Amz-Signature=deadbeef"], tmp_path)
+            data, errors = fetcher.fetch(
+                [
+                    server.endpoint + "/a%20b.jpg",
+                    server.endpoint + "/a%20b.jpg?sig=1&x=%2F",
+                    server.endpoint + "/gone.jpg?X-Amz-Signature=deadbeef",
+                ],
+                tmp_path,
+            )
     assert data == [b"plain", b"signed", None] and errors[:2] == [None, None]
     assert errors[2] == f"image not found: http://127.0.0.1:{port}/gone.jpg?..."  # a signature is never shown
 

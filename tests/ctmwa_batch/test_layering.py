@@ -41,7 +41,13 @@ def test_runtime_package_imports_no_training_stack():
 
 def _imports_airflow(path: Path) -> bool:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+            else []
+        )
         if any(n == "airflow" or n.startswith("airflow.") for n in names):
             return True
     return False
@@ -49,7 +55,11 @@ def _imports_airflow(path: Path) -> bool:
 
 def test_only_ctmwa_batch_airflow_imports_airflow():
     importing = {_module_name(p) for p in sorted((ROOT / "ctmwa_batch").rglob("*.py")) if _imports_airflow(p)}
-    assert importing <= {"ctmwa_batch.airflow.operators", "ctmwa_batch.airflow.group", "ctmwa_batch.airflow.connections"}, importing
+    assert importing <= {
+        "ctmwa_batch.airflow.operators",
+        "ctmwa_batch.airflow.group",
+        "ctmwa_batch.airflow.connections",
+    }, importing
     assert AIRFLOW_MODULES <= importing  # the check sees them
 
 
@@ -69,7 +79,9 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 # `from pkg import mod` imports the module pkg.mod when there is one, else names of pkg.
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names]
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names
+                ]
             else:
                 continue
             edges |= {t for t in targets if t in files and t != name}
@@ -102,7 +114,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_is_read_from_the_source():
     graph = import_graph()
-    assert {"ctmwa_batch.job", "training.run", "export.assemble", "fixtures.posts", "dags.ctmwa_export_model"} <= set(graph)
+    assert {"ctmwa_batch.job", "training.run", "export.assemble", "fixtures.posts", "dags.ctmwa_export_model"} <= set(
+        graph
+    )
     assert "export.head" in graph["export.assemble"] and "export.end_to_end" in graph["export.assemble"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -36,9 +36,9 @@ def test_plan_cuts_whole_row_groups_under_the_limit_and_is_pure(partition, tmp_p
     pieces = [[(os.path.basename(p.path), p.row_group_start, p.row_group_stop) for p in s.pieces] for s in plan.shards]
     assert pieces == [[("a.parquet", 0, 1)], [("a.parquet", 1, 3)], [("b.parquet", 0, 1)]]
     small = P.plan_partition(partition, str(tmp_path / "out"), "v1", max_rows_per_shard=300)
-    assert [[(os.path.basename(p.path), p.row_group_start, p.row_group_stop) for p in s.pieces] for s in small.shards] == [
-        [("a.parquet", 0, 3), ("b.parquet", 0, 1)]
-    ]
+    assert [
+        [(os.path.basename(p.path), p.row_group_start, p.row_group_stop) for p in s.pieces] for s in small.shards
+    ] == [[("a.parquet", 0, 3), ("b.parquet", 0, 1)]]
     assert plan.num_rows == 290 and plan.partition == "dt=2026-11-26"
     assert plan.output_dir == f"{tmp_path}/out/model_version=v1/dt=2026-11-26"
     again = P.plan_partition(partition, str(tmp_path / "out"), "v1", max_rows_per_shard=150)

@@ -89,7 +89,13 @@ def test_a_failing_stage_stops_the_run_and_is_raised():
     sink = _ListSink()
     before = {t.name for t in threading.enumerate()}
     with ImageDecoder(SPEC, workers=0) as decoder, pytest.raises(ValueError, match="bad batch 2"):
-        pipeline.run(_batches(10), pipeline.Steps(prepare, lambda p, d: pa.record_batch({"k": [p.index]})), decoder, sink, name="f")
+        pipeline.run(
+            _batches(10),
+            pipeline.Steps(prepare, lambda p, d: pa.record_batch({"k": [p.index]})),
+            decoder,
+            sink,
+            name="f",
+        )
     assert not sink.finished and len(sink.batches) <= 2
     assert {t.name for t in threading.enumerate()} - before == set()  # no stage left running
 

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctmwa_batch import bundle as B
+from ctmwa_batch.config import JobConfig, ScoreConfig
 from ctmwa_batch.embed import Encoders, embed_posts
 from ctmwa_batch.errors import BundleError
-from ctmwa_batch.config import JobConfig, ScoreConfig
 from ctmwa_batch.job import score_partition
 from ctmwa_batch.precision import resolve_precision
 from ctmwa_batch.runtime import RuntimeConfig
@@ -50,8 +50,14 @@ def _old_style_bundle(encoder_bundle: Path, dest: Path) -> Path:
             (dest / name).unlink()
     m = old.manifest
     B.write_manifest(
-        dest, image=old.image_spec, text=old.text_spec, dims=m["dims"], encoder=m["encoder"], opset=m["opset"],
-        graphs=m["graphs"], created_at=m["created_at"],
+        dest,
+        image=old.image_spec,
+        text=old.text_spec,
+        dims=m["dims"],
+        encoder=m["encoder"],
+        opset=m["opset"],
+        graphs=m["graphs"],
+        created_at=m["created_at"],
     )
     assert B.VARIANTS not in json.loads((dest / B.MANIFEST).read_text())
     return dest
@@ -103,12 +109,20 @@ def test_a_variant_whose_checksum_in_the_list_differs_is_caught(encoder_bundle, 
 def test_fp32_and_int8_score_every_row_with_the_same_status(full_bundle, tmp_path):
     src = posts_folder(tmp_path / "posts", n=60, files=2, row_group_size=10)
     rows = bad_rows()  # every kind of bad post beside the good ones
-    table = pa.table({"post_id": [r[0] for r in rows], "text": [r[1] for r in rows], "image": pa.array([r[2] for r in rows], pa.binary())})
+    table = pa.table(
+        {
+            "post_id": [r[0] for r in rows],
+            "text": [r[1] for r in rows],
+            "image": pa.array([r[2] for r in rows], pa.binary()),
+        }
+    )
     pq.write_table(table, src / "part-9.parquet")
     results, tables = {}, {}
     for precision in ("fp32", "int8"):
         out = tmp_path / f"scores-{precision}"
-        results[precision] = score_partition(src, out, full_bundle, ScoreConfig(device="cpu", workers=0, precision=precision))
+        results[precision] = score_partition(
+            src, out, full_bundle, ScoreConfig(device="cpu", workers=0, precision=precision)
+        )
         tables[precision] = pq.read_table(results[precision]["output_dir"])  # rows in input order, same plan
         success = json.loads((Path(results[precision]["output_dir"]) / "_SUCCESS.json").read_text())
         assert success["runtime"] == {"precision": [precision], "provider": ["CPUExecutionProvider"]}
@@ -135,7 +149,19 @@ def test_a_cli_asking_for_a_variant_the_bundle_lacks_names_the_ones_it_has(encod
     src = posts_folder(tmp_path / "posts", n=10, files=1, row_group_size=10)
     from ctmwa_batch.cli import main
 
-    code = main(["embed", "--bundle", str(old), "--input", str(src), "--output", str(tmp_path / "f.parquet"), "--precision", "fp16"])
+    code = main(
+        [
+            "embed",
+            "--bundle",
+            str(old),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "f.parquet"),
+            "--precision",
+            "fp16",
+        ]
+    )
     assert code == 2
     assert "has no fp16 encoders; it has ['fp32']" in capsys.readouterr().err
     assert not (tmp_path / "f.parquet").exists()
@@ -169,7 +195,14 @@ def _events_in_a_fresh_process(graph: Path, device: str) -> list[list[str]]:
         f"runtime.create_session({str(graph)!r}, runtime.RuntimeConfig(device={device!r})); "
         "print(json.dumps(list(runtime.EVENTS)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -27,7 +27,9 @@ def test_resize_and_centre_crop_match_clip_image_processor():
     from transformers import CLIPImageProcessorPil
 
     spec = ImageSpec(size=24, resize_shortest_edge=28, interpolation="bicubic")
-    processor = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 24, "width": 24}, do_normalize=False, do_rescale=False)
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 28}, crop_size={"height": 24, "width": 24}, do_normalize=False, do_rescale=False
+    )
     for w, h in [(97, 61), (45, 130), (28, 28), (29, 100)]:
         data = images.png(w, h, seed=w)
         ours, reason = decode_image(data, spec)
@@ -174,7 +176,10 @@ def tokenizer(encoder_bundle):
     return TextTokenizer(bundle.path(TOKENIZER), bundle.text_spec)
 
 
-@pytest.mark.parametrize(("text", "reason"), [(None, "null"), ("", "empty"), ("   \n\t ", "whitespace only"), ("\u3000", "whitespace only"), ("hi", None)])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [(None, "null"), ("", "empty"), ("   \n\t ", "whitespace only"), ("\u3000", "whitespace only"), ("hi", None)],
+)
 def test_text_missing_reason(text, reason):
     assert text_missing_reason(text) == reason
 

@@ -28,7 +28,9 @@ from tests.scores_lake import LABELS, Mix, commit_day, days, draw_scores
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "abc123"
 DAYS = days("2026-03-01", 8)  # seven baseline days and the report day
-DRIFTED = Mix(sentiment=(0.1, 0.2, 0.7), status=(0.5, 0.04, 0.45, 0.01, 0.0), unreadable=0.3, confidence=(2.0, 3.0), evidence=True)
+DRIFTED = Mix(
+    sentiment=(0.1, 0.2, 0.7), status=(0.5, 0.04, 0.45, 0.01, 0.0), unreadable=0.3, confidence=(2.0, 3.0), evidence=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,12 @@ def lake(tmp_path_factory) -> Path:
 def written(lake: Path, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("report")
     result = report.write_report(str(lake), VERSION, DAYS[-1], str(out), baseline_days=7)
-    return {"out": out, "result": result, "json": json.loads((out / "report.json").read_text()), "html": (out / "report.html").read_text()}
+    return {
+        "out": out,
+        "result": result,
+        "json": json.loads((out / "report.json").read_text()),
+        "html": (out / "report.html").read_text(),
+    }
 
 
 def test_numbers_match_a_direct_pyarrow_computation(lake, written):
@@ -64,10 +71,16 @@ def test_numbers_match_a_direct_pyarrow_computation(lake, written):
         assert got["by_sentiment"] == {k: sentiments.count(k) for k in LABELS} and got["scored"] == len(sentiments)
         assert got["missing_text"] == table.num_rows - sum(table.column("has_text").to_pylist())
         assert got["missing_image"] == table.num_rows - sum(table.column("has_image").to_pylist())
-        assert got["unreadable_image"] == sum(1 for e in table.column("error").to_pylist() if e and e.startswith("image:"))
-        assert got["rates"]["status:image_missing"] == pytest.approx(statuses.count("image_missing") / table.num_rows, abs=1e-6)
+        assert got["unreadable_image"] == sum(
+            1 for e in table.column("error").to_pylist() if e and e.startswith("image:")
+        )
+        assert got["rates"]["status:image_missing"] == pytest.approx(
+            statuses.count("image_missing") / table.num_rows, abs=1e-6
+        )
         for name in ("confidence", "text_weight", "image_weight", "text_evidence", "image_evidence"):
-            values = pc.drop_null(table.column(name)).to_numpy().astype(np.float64)  # bins [k/100, (k+1)/100) in float64
+            values = (
+                pc.drop_null(table.column(name)).to_numpy().astype(np.float64)
+            )  # bins [k/100, (k+1)/100) in float64
             dist = got["distributions"][name]
             assert dist["histogram"] == np.histogram(values, bins=100, range=(0, 1))[0].tolist()
             assert dist["count"] == values.size and dist["nulls"] == table.column(name).null_count
@@ -80,7 +93,9 @@ def test_psi_by_hand_and_for_equal_shares():
     assert drift.psi([10, 20, 30], [1, 2, 3]) == 0.0  # same shares, whatever the counts
     e, a = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
     assert drift.psi(e, a) == pytest.approx(float(np.sum((a - e) * np.log(a / e))))
-    assert drift.psi([1, 0], [0, 1]) == pytest.approx(2 * (1 - 1e-4) * np.log(1 / 1e-4))  # empty bins are floored, stay finite
+    assert drift.psi([1, 0], [0, 1]) == pytest.approx(
+        2 * (1 - 1e-4) * np.log(1 / 1e-4)
+    )  # empty bins are floored, stay finite
     # deciles of a uniform fine histogram: ten groups of ten fine bins
     assert drift.quantile_edges(np.ones(100), 10) == list(range(0, 101, 10))
     assert drift.quantile_edges(np.eye(100)[42] * 50, 10) == [0, 43, 100]  # all mass in one bin: no empty middle groups
@@ -104,9 +119,20 @@ def test_a_shifted_day_crosses_the_alert_threshold_and_normal_days_do_not(lake, 
     assert q["sentiment_mix"]["value"] > 0.25 and q["confidence"]["value"] > 0.25
     flagged = {a["quantity"]: a for a in numbers["alerts"]}
     assert {"sentiment_mix", "confidence", "status:ok", "status:image_missing", "unreadable_image"} <= set(flagged)
-    assert set(flagged) <= {"sentiment_mix", "confidence", "status:ok", "status:image_missing", "unreadable_image"}  # nothing else moved
+    assert set(flagged) <= {
+        "sentiment_mix",
+        "confidence",
+        "status:ok",
+        "status:image_missing",
+        "unreadable_image",
+    }  # nothing else moved
     a = flagged["sentiment_mix"]
-    assert a["threshold"] == 0.25 and a["value"] == q["sentiment_mix"]["value"] and a["level"] == "alert" and DAYS[-1] in a["message"]
+    assert (
+        a["threshold"] == 0.25
+        and a["value"] == q["sentiment_mix"]["value"]
+        and a["level"] == "alert"
+        and DAYS[-1] in a["message"]
+    )
     assert flagged["status:image_missing"]["value"] > 0.3 and flagged["status:image_missing"]["threshold"] == 0.05
     # a range report over the normal days flags none of them
     normal = drift.build(str(lake), VERSION, DAYS[3], DAYS[-2], baseline_days=3)
@@ -120,7 +146,10 @@ def test_a_missing_baseline_day_is_reported_and_left_out(written):
     assert numbers["drift"][DAYS[-1]]["baseline_dates"] == numbers["baseline"]["present"]
     why = {d["date"]: d.get("why_missing") for d in numbers["days"]}
     assert why["2026-03-04"] == "no scores for this day" and why["2026-03-05"] == "not committed (no _SUCCESS.json)"
-    assert any("2 of 7 baseline day(s) have no committed scores" in n and "2026-03-04, 2026-03-05" in n for n in numbers["notes"])
+    assert any(
+        "2 of 7 baseline day(s) have no committed scores" in n and "2026-03-04, 2026-03-05" in n
+        for n in numbers["notes"]
+    )
     assert "2 of 7 baseline day(s) have no committed scores" in written["html"]
 
 
@@ -136,7 +165,9 @@ class _Collector(HTMLParser):
         attrs = dict(attrs)
         if tag == "img":
             self.imgs.append(attrs)
-        self.urls += [v for k, v in attrs.items() if k in ("src", "href", "action", "data") and v and not v.startswith("data:")]
+        self.urls += [
+            v for k, v in attrs.items() if k in ("src", "href", "action", "data") and v and not v.startswith("data:")
+        ]
 
 
 def test_the_html_is_one_self_contained_file(written):
@@ -171,7 +202,12 @@ def test_all_null_evidence_columns_are_counted_but_not_drawn(tmp_path):
             table = table.set_column(table.schema.get_field_index(name), name, pa.nulls(table.num_rows, pa.float32()))
         commit_day(tmp_path, VERSION, d, table)
     result = report.write_report(str(tmp_path), VERSION, "2026-06-11", str(tmp_path / "out"), baseline_days=1)
-    assert result["days"][-1]["distributions"]["text_evidence"] == {"count": 0, "nulls": 300, "mean": None, "histogram": [0] * 100}
+    assert result["days"][-1]["distributions"]["text_evidence"] == {
+        "count": 0,
+        "nulls": 300,
+        "mean": None,
+        "histogram": [0] * 100,
+    }
     assert "text_evidence" not in result["drift"]["2026-06-11"]["quantities"]
     assert 'alt="Modality weights"' in (tmp_path / "out" / "report.html").read_text()
 
@@ -183,7 +219,9 @@ def test_readers_and_listings_skip_the_reports_folder(lake, written):
     version_dir = Path(output_dir(str(lake), VERSION, ""))
     committed = [d for d in written["json"]["days"] if d["committed"]]
     table = ds.dataset(version_dir, format="parquet", partitioning="hive").to_table(columns=["status"])
-    uncommitted = pq.read_table(version_dir / "dt=2026-03-05").num_rows  # the uncommitted day's parts, which readers do see
+    uncommitted = pq.read_table(
+        version_dir / "dt=2026-03-05"
+    ).num_rows  # the uncommitted day's parts, which readers do see
     assert table.num_rows == sum(d["rows"] for d in committed) + uncommitted
     assert not any("_reports" in f.path for f in list_input(str(version_dir)))
 
@@ -196,12 +234,30 @@ def test_the_report_day_must_be_committed(lake, tmp_path):
 
 def test_cli_flags_and_settings_set_the_thresholds(lake, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cli"
-    assert cli.main(["report", "--scores", str(lake), "--model-version", VERSION, "--date", DAYS[-1], "--out", str(out)]) == 0
+    assert (
+        cli.main(["report", "--scores", str(lake), "--model-version", VERSION, "--date", DAYS[-1], "--out", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out / "report.html") in printed and "ALERT 2026-03-08: sentiment mix PSI" in printed
     assert json.loads((out / "report.json").read_text())["thresholds"]["psi_alert"] == 0.25
     # flags: a PSI alert at 5 silences the PSI alerts; --fail-on-drift turns the remaining alerts into exit status 1
-    argv = ["report", "--scores", str(lake), "--model-version", VERSION, "--date", DAYS[-1], "--out", str(out), "--psi-warn", "4", "--psi-alert", "5", "--fail-on-drift"]
+    argv = [
+        "report",
+        "--scores",
+        str(lake),
+        "--model-version",
+        VERSION,
+        "--date",
+        DAYS[-1],
+        "--out",
+        str(out),
+        "--psi-warn",
+        "4",
+        "--psi-alert",
+        "5",
+        "--fail-on-drift",
+    ]
     assert cli.main(argv) == 1
     alerts = {a["quantity"] for a in json.loads((out / "report.json").read_text())["alerts"]}
     assert "sentiment_mix" not in alerts and "status:image_missing" in alerts
@@ -211,7 +267,10 @@ def test_cli_flags_and_settings_set_the_thresholds(lake, tmp_path, monkeypatch, 
     monkeypatch.setenv("CTMWA_DRIFT_PSI_ALERT", "9")
     monkeypatch.setenv("CTMWA_DRIFT_PSI_WARN", "8")
     monkeypatch.setenv("CTMWA_FAIL_ON_DRIFT", "true")
-    assert cli.main(["report", "--scores", str(lake), "--model-version", VERSION, "--date", DAYS[-1], "--out", str(out)]) == 0
+    assert (
+        cli.main(["report", "--scores", str(lake), "--model-version", VERSION, "--date", DAYS[-1], "--out", str(out)])
+        == 0
+    )
     numbers = json.loads((out / "report.json").read_text())
     assert numbers["alerts"] == [] and numbers["thresholds"]["rate_alert"] == 0.9
     monkeypatch.setenv("CTMWA_FAIL_ON_DRIFT", "perhaps")
@@ -235,7 +294,9 @@ def test_small_days_are_reported_but_never_alerted(tmp_path):
     numbers = drift.build(str(tmp_path), VERSION, "2026-07-02", baseline_days=1)
     assert numbers["drift"]["2026-07-02"]["quantities"]["sentiment_mix"]["level"] == "alert"
     assert numbers["alerts"] == [] and any("fewer than min_rows 200" in n for n in numbers["notes"])
-    assert drift.build(str(tmp_path), VERSION, "2026-07-02", baseline_days=1, thresholds=drift.Thresholds(min_rows=10))["alerts"]
+    assert drift.build(str(tmp_path), VERSION, "2026-07-02", baseline_days=1, thresholds=drift.Thresholds(min_rows=10))[
+        "alerts"
+    ]
 
 
 def test_without_matplotlib_the_error_names_the_extra(lake, tmp_path):
@@ -244,7 +305,14 @@ def test_without_matplotlib_the_error_names_the_extra(lake, tmp_path):
         "from ctmwa_batch import cli\n"
         f"sys.exit(cli.main(['report', '--scores', {str(lake)!r}, '--model-version', {VERSION!r}, '--date', {DAYS[-1]!r}, '--out', {str(tmp_path)!r}]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "ReportDependencyMissing" in proc.stderr and "pip install 'ctmwa-batch[report]'" in proc.stderr
     assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())

@@ -13,8 +13,8 @@ import pytest
 
 from ctmwa_batch import job
 from ctmwa_batch.cli import main as cli_main
-from ctmwa_batch.errors import BundleError, InputSchemaError, ProviderUnavailable
 from ctmwa_batch.config import JobConfig, ScoreConfig
+from ctmwa_batch.errors import BundleError, InputSchemaError, ProviderUnavailable
 from ctmwa_batch.progress import Progress
 from tests import images
 
@@ -60,8 +60,16 @@ def cpu(**kwargs) -> JobConfig:
         ({"image_column": "img"}, None, r"column 'img' not in .*set --image-column"),
         ({"id_column": "id"}, None, r"column 'id' not in .*set --id-column"),
         ({"text_column": "num"}, None, r"text column 'num' .* type int64, expected string; set --text-column"),
-        ({}, {"post_id": ["a"], "text": ["t"], "image": [1.5]}, r"image column 'image' .* type double.*set --image-column"),
-        ({}, {"post_id": [[1]], "text": ["t"], "image": [b"x"]}, r"id column 'post_id' .* type list<.*int64>.*set --id-column"),
+        (
+            {},
+            {"post_id": ["a"], "text": ["t"], "image": [1.5]},
+            r"image column 'image' .* type double.*set --image-column",
+        ),
+        (
+            {},
+            {"post_id": [[1]], "text": ["t"], "image": [b"x"]},
+            r"id column 'post_id' .* type list<.*int64>.*set --id-column",
+        ),
         ({"passthrough": ("lang",)}, None, r"column 'lang' not in .*set --passthrough"),
     ],
 )
@@ -93,7 +101,10 @@ def test_a_bundle_without_head_fails_before_output(encoder_bundle, tmp_path):
     with pytest.raises(BundleError, match="ctmwa-export head"):
         job.plan(src, tmp_path / "out", encoder_bundle)
     assert not (tmp_path / "out").exists()
-    assert cli_main(["score", "--bundle", str(encoder_bundle), "--input", str(src), "--output", str(tmp_path / "out")]) == 2
+    assert (
+        cli_main(["score", "--bundle", str(encoder_bundle), "--input", str(src), "--output", str(tmp_path / "out")])
+        == 2
+    )
 
 
 def test_cuda_that_is_not_there_fails_before_output(encoder_bundle, tmp_path):
@@ -101,7 +112,9 @@ def test_cuda_that_is_not_there_fails_before_output(encoder_bundle, tmp_path):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is available here")
     with pytest.raises(ProviderUnavailable, match="cuda"):
-        job.score_partition(write_posts(tmp_path / "p.parquet", 2), tmp_path / "out", encoder_bundle, ScoreConfig(device="cuda"))
+        job.score_partition(
+            write_posts(tmp_path / "p.parquet", 2), tmp_path / "out", encoder_bundle, ScoreConfig(device="cuda")
+        )
     assert not (tmp_path / "out").exists()
 
 

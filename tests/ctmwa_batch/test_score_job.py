@@ -40,8 +40,25 @@ def output_dir(root: Path, bundle: Path, partition: str = "dt=2026-11-26") -> Pa
 
 
 def cli_cmd(bundle: Path, src: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ctmwa_batch.cli", "score", "--bundle", str(bundle), "--input", str(src), "--output", str(out),
-            "--device", "cpu", "--threads", "1", "--scored-at", FIXED_TIME, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ctmwa_batch.cli",
+        "score",
+        "--bundle",
+        str(bundle),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--scored-at",
+        FIXED_TIME,
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:
@@ -61,8 +78,12 @@ def test_bad_rows_in_a_partition_keep_their_rows_and_statuses(full_bundle, tmp_p
         }
     )
     pq.write_table(table, src, row_group_size=4)
-    summary = job.score_partition(src.parent, tmp_path / "out", full_bundle,
-                                  cpu(batch_size=3, max_rows_per_shard=8, passthrough=("lang",), scored_at=FIXED_TIME))
+    summary = job.score_partition(
+        src.parent,
+        tmp_path / "out",
+        full_bundle,
+        cpu(batch_size=3, max_rows_per_shard=8, passthrough=("lang",), scored_at=FIXED_TIME),
+    )
     bundle = load_bundle(full_bundle)
     out_dir = output_dir(tmp_path / "out", full_bundle, "posts")
     out = pq.read_table(out_dir)
@@ -70,7 +91,9 @@ def test_bad_rows_in_a_partition_keep_their_rows_and_statuses(full_bundle, tmp_p
     assert out.column("lang").to_pylist() == table.column("lang").to_pylist()
     assert len(parts_of(out_dir)) == 3 and summary["parts"] == 3  # 19 rows in row groups of 4, shards of <= 8 rows
     want = Counter(r[3] for r in rows)
-    assert summary["rows"]["by_status"] == dict(want) and summary["rows"]["input"] == summary["rows"]["output"] == len(rows)
+    assert summary["rows"]["by_status"] == dict(want) and summary["rows"]["input"] == summary["rows"]["output"] == len(
+        rows
+    )
     assert sum(summary["rows"]["by_sentiment"].values()) == want["ok"] + want["text_missing"] + want["image_missing"]
     success = partitions.read_success(str(out_dir))
     assert success["input"]["num_rows"] == len(rows) and success["model_version"] == bundle.model_version
@@ -98,8 +121,12 @@ def test_rerun_is_a_no_op_changed_input_or_overwrite_rescores(full_bundle, tmp_p
 
 def test_same_input_gives_identical_parquet_bytes(full_bundle, tmp_path):
     src = posts_folder(tmp_path, n=30, files=1)
-    a = job.score_partition(src, tmp_path / "a", full_bundle, cpu(batch_size=7, max_rows_per_shard=20, scored_at=FIXED_TIME))
-    b = job.score_partition(src, tmp_path / "b", full_bundle, cpu(batch_size=7, max_rows_per_shard=20, scored_at=FIXED_TIME, workers=2))
+    a = job.score_partition(
+        src, tmp_path / "a", full_bundle, cpu(batch_size=7, max_rows_per_shard=20, scored_at=FIXED_TIME)
+    )
+    b = job.score_partition(
+        src, tmp_path / "b", full_bundle, cpu(batch_size=7, max_rows_per_shard=20, scored_at=FIXED_TIME, workers=2)
+    )
     dir_a, dir_b = output_dir(tmp_path / "a", full_bundle), output_dir(tmp_path / "b", full_bundle)
     assert parts_of(dir_a) == parts_of(dir_b) and len(parts_of(dir_a)) == 2
     for part in parts_of(dir_a):
@@ -110,7 +137,9 @@ def test_same_input_gives_identical_parquet_bytes(full_bundle, tmp_path):
     ta, tc = pq.read_table(dir_a), pq.read_table(output_dir(tmp_path / "c", full_bundle))
     assert ta.drop(["scored_at"]).equals(tc.drop(["scored_at"]))
     # the output row groups do not depend on the batch size either
-    job.score_partition(src, tmp_path / "d", full_bundle, cpu(batch_size=30, max_rows_per_shard=20, scored_at=FIXED_TIME))
+    job.score_partition(
+        src, tmp_path / "d", full_bundle, cpu(batch_size=30, max_rows_per_shard=20, scored_at=FIXED_TIME)
+    )
     for part in parts_of(dir_a):
         meta = pq.ParquetFile(output_dir(tmp_path / "d", full_bundle) / part).metadata
         assert meta.num_row_groups == pq.ParquetFile(dir_a / part).metadata.num_row_groups == 1
@@ -119,7 +148,9 @@ def test_same_input_gives_identical_parquet_bytes(full_bundle, tmp_path):
 def test_shard_api_equals_score_partition(full_bundle, tmp_path):
     src = posts_folder(tmp_path, n=40, files=2, row_group_size=5)
     config = cpu(batch_size=4, scored_at=FIXED_TIME)
-    whole = job.score_partition(src, tmp_path / "whole", full_bundle, JobConfig.from_dict({**config.to_dict(), "max_rows_per_shard": 10}))
+    whole = job.score_partition(
+        src, tmp_path / "whole", full_bundle, JobConfig.from_dict({**config.to_dict(), "max_rows_per_shard": 10})
+    )
     # what the DAG does: small JSON between tasks, shards scored independently (here in reverse), then commit
     plan = json.loads(json.dumps(job.plan(src, tmp_path / "dag", full_bundle, max_rows_per_shard=10)))
     assert plan["skip"] is False and len(plan["shards"]) == 4
@@ -143,8 +174,23 @@ def test_shard_api_equals_score_partition(full_bundle, tmp_path):
 
 def test_cli_shards_and_summary(full_bundle, tmp_path, capsys):
     src = posts_folder(tmp_path, n=20, files=1)
-    args = ["score", "--bundle", str(full_bundle), "--input", str(src), "--output", str(tmp_path / "out"), "--device", "cpu",
-            "--workers", "0", "--max-rows-per-shard", "10", "--batch-size", "4"]
+    args = [
+        "score",
+        "--bundle",
+        str(full_bundle),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--max-rows-per-shard",
+        "10",
+        "--batch-size",
+        "4",
+    ]
     assert cli_main([*args, "--shard", "1"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["committed"] is False and first["waiting_for"] == [0]
@@ -180,8 +226,22 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(full_bundle, tmp_
     out_dir = output_dir(out, full_bundle)
     # fp32: int8 scales activations per batch, so its numbers depend on the batch size, and the reference below runs
     # with another one (reruns with the same settings are byte-identical in every precision)
-    cmd = cli_cmd(full_bundle, src, out, "--max-rows-per-shard", "50", "--batch-size", "2", "--workers", "1", "--precision", "fp32")
-    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = cli_cmd(
+        full_bundle,
+        src,
+        out,
+        "--max-rows-per-shard",
+        "50",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--precision",
+        "fp32",
+    )
+    proc = subprocess.Popen(
+        cmd, env=env(), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -189,7 +249,9 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(full_bundle, tmp_
             if len(markers) >= 2 or proc.poll() is not None:
                 break
             time.sleep(0.005)
-        assert proc.poll() is None, f"the scorer finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        assert proc.poll() is None, (
+            f"the scorer finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        )
         os.kill(proc.pid, signal.SIGKILL)  # the main process only: its decoding worker must notice and exit
         proc.wait()
         deadline = time.monotonic() + 10
@@ -202,20 +264,28 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(full_bundle, tmp_
         proc.wait()
     done = len(list((out_dir / "_shards").glob("*.json")))
     assert 2 <= done < 24, done
-    assert parts_of(out_dir) == [] and partitions.read_success(str(out_dir)) is None  # nothing a reader takes for output
+    assert (
+        parts_of(out_dir) == [] and partitions.read_success(str(out_dir)) is None
+    )  # nothing a reader takes for output
     result = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["run"]["shards_skipped"] == done and summary["run"]["shards_scored"] == 24 - done
     reference = tmp_path / "reference"
-    job.score_partition(src, reference, full_bundle, cpu(max_rows_per_shard=50, batch_size=64, scored_at=FIXED_TIME, precision="fp32"))
+    job.score_partition(
+        src, reference, full_bundle, cpu(max_rows_per_shard=50, batch_size=64, scored_at=FIXED_TIME, precision="fp32")
+    )
     ref_dir = output_dir(reference, full_bundle)
     assert parts_of(out_dir) == parts_of(ref_dir)
     for part in parts_of(out_dir):
         assert (out_dir / part).read_bytes() == (ref_dir / part).read_bytes()
     table = pq.read_table(out_dir)
     assert table.num_rows == 1200 and len(set(table.column("post_id").to_pylist())) == 1200  # no duplicate
-    leftovers = [f for f in all_files(out_dir) if Path(f).name.startswith(".") or (f.startswith("_shards/") and not f.endswith(".json"))]
+    leftovers = [
+        f
+        for f in all_files(out_dir)
+        if Path(f).name.startswith(".") or (f.startswith("_shards/") and not f.endswith(".json"))
+    ]
     assert leftovers == []
 
 
@@ -223,8 +293,23 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(full_bundle, tmp_
 def test_two_scorers_at_once_end_with_one_correct_output(full_bundle, tmp_path):
     src = posts_folder(tmp_path, n=400, files=2, row_group_size=20)
     out = tmp_path / "out"
-    cmd = cli_cmd(full_bundle, src, out, "--max-rows-per-shard", "40", "--batch-size", "8", "--workers", "0", "--precision", "fp32")
-    procs = [subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = cli_cmd(
+        full_bundle,
+        src,
+        out,
+        "--max-rows-per-shard",
+        "40",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--precision",
+        "fp32",
+    )
+    procs = [
+        subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [r[1][-2000:] for r in results]
     out_dir = output_dir(out, full_bundle)
@@ -248,8 +333,16 @@ def test_image_paths_hive_input_and_ids_of_another_name(full_bundle, tmp_path):
     from tests import images
 
     (root / "img" / "a.jpg").write_bytes(images.jpeg())
-    pq.write_table(pa.table({"id": pa.array([1, 2, 3], pa.int64()), "body": ["good", "bad", None],
-                             "path": ["img/a.jpg", "img/missing.jpg", None]}), root / "x.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "id": pa.array([1, 2, 3], pa.int64()),
+                "body": ["good", "bad", None],
+                "path": ["img/a.jpg", "img/missing.jpg", None],
+            }
+        ),
+        root / "x.parquet",
+    )
     config = cpu(id_column="id", text_column="body", image_column="path")
     summary = job.score_partition(root, tmp_path / "out", full_bundle, config)
     assert summary["partition"] == "dt=2026-11-26/hour=03"

@@ -17,9 +17,9 @@ from ctmwa_batch import job, storage
 from ctmwa_batch.cli import main as cli_main
 from fixtures.httpserver import ImageHTTPServer
 from fixtures.netproxy import LatencyProxy
+from tests import images
 from tests.ctmwa_batch.test_score import FIXED_TIME, TEXTS, cpu
 from tests.ctmwa_batch.test_score_job import output_dir
-from tests import images
 
 PARTITION = "dt=2026-11-26"
 SCORE_COLUMNS = ["post_id", "sentiment", "confidence", "status", "error"]
@@ -44,8 +44,11 @@ def image_stores(s3_server, monkeypatch):
 
 def _write(path: Path, ids: list[str], images_column: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"post_id": ids, "text": [TEXTS[i % len(TEXTS)] for i in range(len(ids))], "image": images_column}),
-                   path, row_group_size=8)
+    pq.write_table(
+        pa.table({"post_id": ids, "text": [TEXTS[i % len(TEXTS)] for i in range(len(ids))], "image": images_column}),
+        path,
+        row_group_size=8,
+    )
     return path
 
 
@@ -68,14 +71,20 @@ def _scores(root: Path, bundle: Path) -> list[dict]:
     return pq.read_table(output_dir(root, bundle), columns=SCORE_COLUMNS).sort_by("post_id").to_pylist()
 
 
-def test_uri_posts_score_as_inline_bytes_with_reasons_for_missing_objects(full_bundle, s3_server, image_stores, tmp_path, monkeypatch):
+def test_uri_posts_score_as_inline_bytes_with_reasons_for_missing_objects(
+    full_bundle, s3_server, image_stores, tmp_path, monkeypatch
+):
     bucket, http = image_stores
     n = 24
     uris = _upload(s3_server, bucket, http, n)
     missing = {20: f"s3://{bucket}/img/missing.jpg", 21: http.url("img/missing.jpg"), 22: "ftp://host/x.jpg"}
     ids = [f"p{i:02d}" for i in range(n)]
-    inline = _write(tmp_path / "inline" / PARTITION / "posts.parquet", ids, [None if i in missing else _jpeg(i) for i in range(n)])
-    by_uri = _write(tmp_path / "uris" / PARTITION / "posts.parquet", ids, [missing.get(i, u) for i, u in enumerate(uris)])
+    inline = _write(
+        tmp_path / "inline" / PARTITION / "posts.parquet", ids, [None if i in missing else _jpeg(i) for i in range(n)]
+    )
+    by_uri = _write(
+        tmp_path / "uris" / PARTITION / "posts.parquet", ids, [missing.get(i, u) for i, u in enumerate(uris)]
+    )
     config = cpu(scored_at=FIXED_TIME, precision="fp32", batch_size=5, max_rows_per_shard=16, fetch_concurrency=4)
     job.score_partition(inline.parent, tmp_path / "out-inline", full_bundle, config)
     summary = job.score_partition(by_uri.parent, tmp_path / "out-uris", full_bundle, config)
@@ -94,7 +103,13 @@ def test_uri_posts_score_as_inline_bytes_with_reasons_for_missing_objects(full_b
     success = json.loads((output_dir(tmp_path / "out-uris", full_bundle) / "_SUCCESS.json").read_text())
     fetch = success["fetch"]
     assert summary["fetch"] == fetch
-    assert (fetch["objects"], fetch["requests"], fetch["not_found"], fetch["invalid"], fetch["retries"]) == (24, 23, 2, 1, 0)
+    assert (fetch["objects"], fetch["requests"], fetch["not_found"], fetch["invalid"], fetch["retries"]) == (
+        24,
+        23,
+        2,
+        1,
+        0,
+    )
     assert fetch["bytes"] == sum(len(_jpeg(i)) for i in range(n) if i not in missing)
     assert fetch["latency_p95_ms"] >= fetch["latency_p50_ms"] > 0 and fetch["stores"] >= 2
     assert {"fetch", "fetch_wait"} <= set(success["timings"]["stages"])
@@ -109,7 +124,9 @@ def test_uri_posts_score_as_inline_bytes_with_reasons_for_missing_objects(full_b
 
 
 @pytest.mark.slow
-def test_image_store_stopped_mid_run_commits_nothing_and_the_rerun_completes(full_bundle, s3_server, image_stores, tmp_path, monkeypatch):
+def test_image_store_stopped_mid_run_commits_nothing_and_the_rerun_completes(
+    full_bundle, s3_server, image_stores, tmp_path, monkeypatch
+):
     bucket, _ = image_stores
     n = 48
     fs = s3_server.filesystem()
@@ -117,11 +134,33 @@ def test_image_store_stopped_mid_run_commits_nothing_and_the_rerun_completes(ful
         with fs.open_output_stream(f"{bucket}/img/{i}.jpg") as f:
             f.write(_jpeg(i))
     ids = [f"p{i:02d}" for i in range(n)]
-    posts = _write(tmp_path / "posts" / PARTITION / "posts.parquet", ids, [f"s3://{bucket}/img/{i}.jpg" for i in range(n)])
+    posts = _write(
+        tmp_path / "posts" / PARTITION / "posts.parquet", ids, [f"s3://{bucket}/img/{i}.jpg" for i in range(n)]
+    )
     out = tmp_path / "out"
-    args = ["score", "--bundle", str(full_bundle), "--input", str(posts.parent), "--output", str(out), "--device", "cpu",
-            "--threads", "1", "--workers", "0", "--scored-at", FIXED_TIME, "--batch-size", "4", "--max-rows-per-shard", "16",
-            "--fetch-concurrency", "2"]
+    args = [
+        "score",
+        "--bundle",
+        str(full_bundle),
+        "--input",
+        str(posts.parent),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--workers",
+        "0",
+        "--scored-at",
+        FIXED_TIME,
+        "--batch-size",
+        "4",
+        "--max-rows-per-shard",
+        "16",
+        "--fetch-concurrency",
+        "2",
+    ]
     with LatencyProxy(("127.0.0.1", s3_server.port), delay_s=0.02) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
 
@@ -142,6 +181,10 @@ def test_image_store_stopped_mid_run_commits_nothing_and_the_rerun_completes(ful
         s3_server.restart()
         assert cli_main(args) == 0
     rows = _scores(out, full_bundle)
-    assert [r["post_id"] for r in rows] == ids and {r["status"] for r in rows} == {"ok"} and {r["error"] for r in rows} == {None}
+    assert (
+        [r["post_id"] for r in rows] == ids
+        and {r["status"] for r in rows} == {"ok"}
+        and {r["error"] for r in rows} == {None}
+    )
     success = json.loads((out_dir / "_SUCCESS.json").read_text())
     assert success["rows"]["by_status"] == {"ok": n}

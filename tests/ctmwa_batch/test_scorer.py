@@ -16,7 +16,13 @@ from tests import images
 
 FIXED_TIME = "2026-11-26T03:00:00+00:00"
 
-OK, TM, IM, NC, ERR = (schema.STATUS_OK, schema.STATUS_TEXT_MISSING, schema.STATUS_IMAGE_MISSING, schema.STATUS_NO_CONTENT, schema.STATUS_ERROR)
+OK, TM, IM, NC, ERR = (
+    schema.STATUS_OK,
+    schema.STATUS_TEXT_MISSING,
+    schema.STATUS_IMAGE_MISSING,
+    schema.STATUS_NO_CONTENT,
+    schema.STATUS_ERROR,
+)
 
 
 def bad_rows() -> list[tuple[str | None, str | None, bytes | None, str, str | None]]:
@@ -79,7 +85,9 @@ def check_scores(out: pa.Table | pa.RecordBatch, labels: list[str], model_versio
             assert row["confidence"] == pytest.approx(probs.max())
             assert 0 < row["text_weight"] < 1 and 0 < row["image_weight"] < 1
             # evidence of a modality the post lacks is null, not a number made from the translated stand-in
-            assert (row["text_evidence"] is not None) == row["has_text"] and (row["image_evidence"] is not None) == row["has_image"]
+            assert (row["text_evidence"] is not None) == row["has_text"] and (row["image_evidence"] is not None) == row[
+                "has_image"
+            ]
             assert all(0 <= row[k] <= 1 for k in ("text_evidence", "image_evidence") if row[k] is not None)
             assert (row["text_sentiment"] in labels) == row["has_text"]
             assert (row["image_sentiment"] in labels) == row["has_image"]
@@ -101,7 +109,7 @@ def test_every_bad_row_is_output_with_its_status(scorer, full_bundle):
     assert out.schema.equals(scorer.output_schema(pa.field("post_id", pa.string())))
     assert out.schema.names[:3] == ["post_id", "sentiment", "confidence"]
     check_scores(out, bundle.labels, bundle.model_version)
-    assert set(out.column("scored_at").to_pylist()) == {dt.datetime(2026, 11, 26, 3, tzinfo=dt.timezone.utc)}
+    assert set(out.column("scored_at").to_pylist()) == {dt.datetime(2026, 11, 26, 3, tzinfo=dt.UTC)}
 
 
 def test_scores_do_not_depend_on_the_batch(full_bundle):
@@ -122,7 +130,13 @@ def test_scores_do_not_depend_on_the_batch(full_bundle):
 def test_empty_batch_and_integer_ids(scorer):
     empty = scorer.score(bad_batch().slice(0, 0))
     assert empty.num_rows == 0 and "sentiment" in empty.schema.names
-    ints = pa.RecordBatch.from_pydict({"post_id": pa.array([7, None], pa.int64()), "text": ["nice", "nice"], "image": pa.array([None, None], pa.binary())})
+    ints = pa.RecordBatch.from_pydict(
+        {
+            "post_id": pa.array([7, None], pa.int64()),
+            "text": ["nice", "nice"],
+            "image": pa.array([None, None], pa.binary()),
+        }
+    )
     out = scorer.score(ints)
     assert out.schema.field("post_id").type == pa.int64()
     assert out.column("post_id").to_pylist() == [7, None] and out.column("status").to_pylist() == [IM, ERR]

@@ -47,11 +47,13 @@ def s3(s3_server, monkeypatch, tmp_path):
 
 def _zoo() -> pa.Table:
     rows = bad_rows()
-    return pa.table({
-        "post_id": pa.array([r[0] for r in rows], pa.string()),
-        "text": pa.array([r[1] for r in rows], pa.string()),
-        "image": pa.array([r[2] for r in rows], pa.binary()),
-    })
+    return pa.table(
+        {
+            "post_id": pa.array([r[0] for r in rows], pa.string()),
+            "text": pa.array([r[1] for r in rows], pa.string()),
+            "image": pa.array([r[2] for r in rows], pa.binary()),
+        }
+    )
 
 
 def _upload(fs: pafs.FileSystem, local: Path, key: str) -> None:
@@ -70,8 +72,11 @@ def _read_committed(fs: pafs.FileSystem, out_dir: str) -> pa.Table:
 
 def test_query_strings_are_refused_never_appended_to():
     location = "s3://lake/scores?endpoint_override=127.0.0.1:9000&scheme=http&secret_key=hunter22"
-    for call in (lambda: storage.open_filesystem(location), lambda: storage.join(location, "model_version=v"),
-                 lambda: partitions.output_dir(location, "v", PARTITION)):
+    for call in (
+        lambda: storage.open_filesystem(location),
+        lambda: storage.join(location, "model_version=v"),
+        lambda: partitions.output_dir(location, "v", PARTITION),
+    ):
         with pytest.raises(StorageError, match=r"carries a query string; .*--storage-option endpoint=") as err:
             call()
         assert "hunter22" not in str(err.value) and "endpoint_override" not in str(err.value)
@@ -89,20 +94,30 @@ def test_endpoint_comes_from_the_aws_variables_then_the_options(monkeypatch):
     monkeypatch.delenv(storage.ENV_OPTIONS, raising=False)
     assert storage.pyarrow_s3_options() == {"endpoint_override": "127.0.0.1:9000", "scheme": "http"}
     monkeypatch.setenv(storage.ENV_OPTIONS, '{"endpoint": "https://store.example:443", "region": "eu-west-1"}')
-    assert storage.pyarrow_s3_options() == {"endpoint_override": "store.example:443", "scheme": "https", "region": "eu-west-1"}
+    assert storage.pyarrow_s3_options() == {
+        "endpoint_override": "store.example:443",
+        "scheme": "https",
+        "region": "eu-west-1",
+    }
     storage.configure({"endpoint": "http://10.0.0.1:8333"})
     assert storage.pyarrow_s3_options()["endpoint_override"] == "10.0.0.1:8333"
 
 
 def test_a_profile_option_takes_its_keys_from_the_shared_files(monkeypatch, tmp_path):
-    (tmp_path / "credentials").write_text("[lake]\naws_access_key_id = AKIALAKE\naws_secret_access_key = lake-secret-1\n")
+    (tmp_path / "credentials").write_text(
+        "[lake]\naws_access_key_id = AKIALAKE\naws_secret_access_key = lake-secret-1\n"
+    )
     (tmp_path / "config").write_text("[profile lake]\nregion = eu-west-3\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", storage.ENV_OPTIONS):
         monkeypatch.delenv(name, raising=False)
     storage.configure({"profile": "lake"})
-    assert storage.pyarrow_s3_options() == {"access_key": "AKIALAKE", "secret_key": "lake-secret-1", "region": "eu-west-3"}
+    assert storage.pyarrow_s3_options() == {
+        "access_key": "AKIALAKE",
+        "secret_key": "lake-secret-1",
+        "region": "eu-west-3",
+    }
     storage.configure({"profile": "nobody"})
     with pytest.raises(StorageError, match="AWS profile 'nobody' has no aws_access_key_id"):
         storage.pyarrow_s3_options()
@@ -111,18 +126,33 @@ def test_a_profile_option_takes_its_keys_from_the_shared_files(monkeypatch, tmp_
 @pytest.mark.parametrize(
     ("message", "expect"),
     [
-        ("When getting information for key 'x' in bucket 'lake': AWS Error NETWORK_CONNECTION during HeadObject operation: "
-         "curlCode: 7, Could not connect to server", r"cannot reach the store http://127.0.0.1:9, bucket 'lake' .*check the endpoint"),
-        ("When listing objects under key 'x/' in bucket 'lake': AWS Error SIGNATURE_DOES_NOT_MATCH during ListObjectsV2 "
-         "operation: The request signature we calculated does not match", r"bucket 'lake' refused the credentials .*AWS_SECRET_ACCESS_KEY"),
-        ("When getting information for bucket 'lake': AWS Error UNKNOWN (HTTP status 403) during HeadBucket operation: No response body.",
-         r"refused the credentials \(ACCESS_DENIED during HeadBucket\)"),
-        ("When initiating multiple part upload for key 'x' in bucket 'lake': AWS Error SLOW_DOWN during CreateMultipartUpload "
-         "operation: Please reduce your request rate.", r"bucket 'lake' is throttling or unavailable .*lower the concurrency"),
-        ("When getting information for bucket 'lake': AWS Error UNKNOWN (HTTP status 503) during HeadBucket operation: No response body.",
-         r"throttling or unavailable \(SLOW_DOWN during HeadBucket\)"),
-        ("When reading information for key 'x' in bucket 'lake': AWS Error UNKNOWN (HTTP status 500) during HeadObject operation: No response body.",
-         r"bucket 'lake' is throttling or unavailable \(HTTP 500 during HeadObject\)"),
+        (
+            "When getting information for key 'x' in bucket 'lake': AWS Error NETWORK_CONNECTION during HeadObject operation: "
+            "curlCode: 7, Could not connect to server",
+            r"cannot reach the store http://127.0.0.1:9, bucket 'lake' .*check the endpoint",
+        ),
+        (
+            "When listing objects under key 'x/' in bucket 'lake': AWS Error SIGNATURE_DOES_NOT_MATCH during ListObjectsV2 "
+            "operation: The request signature we calculated does not match",
+            r"bucket 'lake' refused the credentials .*AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            "When getting information for bucket 'lake': AWS Error UNKNOWN (HTTP status 403) during HeadBucket operation: No response body.",
+            r"refused the credentials \(ACCESS_DENIED during HeadBucket\)",
+        ),
+        (
+            "When initiating multiple part upload for key 'x' in bucket 'lake': AWS Error SLOW_DOWN during CreateMultipartUpload "
+            "operation: Please reduce your request rate.",
+            r"bucket 'lake' is throttling or unavailable .*lower the concurrency",
+        ),
+        (
+            "When getting information for bucket 'lake': AWS Error UNKNOWN (HTTP status 503) during HeadBucket operation: No response body.",
+            r"throttling or unavailable \(SLOW_DOWN during HeadBucket\)",
+        ),
+        (
+            "When reading information for key 'x' in bucket 'lake': AWS Error UNKNOWN (HTTP status 500) during HeadObject operation: No response body.",
+            r"bucket 'lake' is throttling or unavailable \(HTTP 500 during HeadObject\)",
+        ),
     ],
 )
 def test_store_errors_become_one_clean_line(monkeypatch, message, expect):
@@ -138,8 +168,24 @@ def test_store_errors_become_one_clean_line(monkeypatch, message, expect):
 
 def _score_cli(capsys, bundle: str, src: str, out: str, *extra: str) -> tuple[int, str]:
     """Exit status and stderr of `ctmwa-batch score`; its stdout (the summary) goes to `_score_cli.out`."""
-    rc = cli_main(["score", "--bundle", bundle, "--input", src, "--output", out, "--device", "cpu", "--threads", "1",
-                   "--scored-at", FIXED_TIME, *extra])
+    rc = cli_main(
+        [
+            "score",
+            "--bundle",
+            bundle,
+            "--input",
+            src,
+            "--output",
+            out,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--scored-at",
+            FIXED_TIME,
+            *extra,
+        ]
+    )
     captured = capsys.readouterr()
     _score_cli.out = captured.out
     return rc, captured.err
@@ -201,7 +247,12 @@ def test_zoo_s3_to_s3_with_a_published_bundle_equals_a_local_run(s3, full_bundle
     # the registry in the store
     assert cli_main(["models", "--models-root", models, "publish", str(full_bundle)]) == 0
     published = json.loads(capsys.readouterr().out)
-    assert published == {"model_version": version, "bundle_dir": f"{models}/{version}", "current": True, "previous": None}
+    assert published == {
+        "model_version": version,
+        "bundle_dir": f"{models}/{version}",
+        "current": True,
+        "previous": None,
+    }
     assert cli_main(["models", "--models-root", models, "current"]) == 0 and capsys.readouterr().out.strip() == version
     assert cli_main(["models", "--models-root", models, "list"]) == 0
     assert [e["model_version"] for e in json.loads(capsys.readouterr().out) if e["current"]] == [version]
@@ -252,7 +303,22 @@ def test_zoo_s3_to_s3_with_a_published_bundle_equals_a_local_run(s3, full_bundle
 
     # the health report, read from the store and written beside the scores
     pytest.importorskip("matplotlib")
-    assert cli_main(["report", "--scores", f"s3://{b}/scores", "--model-version", version, "--date", "2026-11-26", "--baseline-days", "0"]) == 0
+    assert (
+        cli_main(
+            [
+                "report",
+                "--scores",
+                f"s3://{b}/scores",
+                "--model-version",
+                version,
+                "--date",
+                "2026-11-26",
+                "--baseline-days",
+                "0",
+            ]
+        )
+        == 0
+    )
     report_dir = f"{b}/scores/model_version={version}/_reports/{PARTITION}"
     with fs.open_input_stream(f"{report_dir}/report.json") as f:
         numbers = json.loads(f.read())
@@ -320,7 +386,9 @@ def test_embed_reads_and_writes_the_store(s3, encoder_bundle, tmp_path):
     fs = s3.filesystem()
     write_posts(tmp_path / "posts.parquet", 12, row_group_size=5)
     _upload(fs, tmp_path / "posts.parquet", f"{s3.bucket}/posts/p.parquet")
-    stats = embed_posts(encoder_bundle, f"s3://{s3.bucket}/posts", f"s3://{s3.bucket}/features/f.parquet", batch_size=4, device="cpu")
+    stats = embed_posts(
+        encoder_bundle, f"s3://{s3.bucket}/posts", f"s3://{s3.bucket}/features/f.parquet", batch_size=4, device="cpu"
+    )
     assert stats["rows"] == 12 and stats["output"] == f"s3://{s3.bucket}/features/f.parquet"
     table = pq.read_table(f"{s3.bucket}/features/f.parquet", filesystem=fs)
     assert table.num_rows == 12 and table.column("has_image").to_pylist() == [True] * 12
@@ -353,9 +421,33 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
     env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
 
     def cmd(out: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "ctmwa_batch.cli", "score", "--bundle", str(full_bundle), "--input", f"s3://{b}/posts/{PARTITION}",
-                "--output", out, "--device", "cpu", "--threads", "1", "--workers", "0", "--batch-size", "16", "--precision", "fp32",
-                "--max-rows-per-shard", "20", "--scored-at", FIXED_TIME, *extra]
+        return [
+            sys.executable,
+            "-m",
+            "ctmwa_batch.cli",
+            "score",
+            "--bundle",
+            str(full_bundle),
+            "--input",
+            f"s3://{b}/posts/{PARTITION}",
+            "--output",
+            out,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--workers",
+            "0",
+            "--batch-size",
+            "16",
+            "--precision",
+            "fp32",
+            "--max-rows-per-shard",
+            "20",
+            "--scored-at",
+            FIXED_TIME,
+            *extra,
+        ]
 
     t0 = time.monotonic()
     clean = subprocess.run(cmd(f"s3://{b}/clean"), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
@@ -366,7 +458,9 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
     assert want.num_rows == 240
 
     out_dir = f"{b}/scores/model_version={version}/{PARTITION}"
-    seen: list[tuple[int, int]] = []  # (rows, distinct ids) each time the honouring reader found the partition committed
+    seen: list[
+        tuple[int, int]
+    ] = []  # (rows, distinct ids) each time the honouring reader found the partition committed
     glob_views: set[int] = set()  # how many parts a plain glob reader listed
     stop = threading.Event()
     reader_fs = s3.filesystem()
@@ -394,8 +488,13 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
             if killed >= 8:
                 break
             committed = partitions.read_success(f"s3://{out_dir}") is not None
-            proc = subprocess.Popen(cmd(f"s3://{b}/scores", *(["--overwrite"] if committed else [])), env=env, cwd=repo,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                cmd(f"s3://{b}/scores", *(["--overwrite"] if committed else [])),
+                env=env,
+                cwd=repo,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             runs += 1
             if attempt in (3, 6):  # while it commits: as soon as a glob reader sees a first part move into place
                 before = visible_parts()
@@ -417,7 +516,9 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
         stop.set()
         reader.join(timeout=30)
     assert killed >= 6, f"only {killed} runs of {runs} were killed before they finished"
-    print(f"{killed} kills in {runs} runs; a plain glob reader listed {sorted(glob_views)} part(s) after them; the honouring reader read {len(seen)} times")
+    print(
+        f"{killed} kills in {runs} runs; a plain glob reader listed {sorted(glob_views)} part(s) after them; the honouring reader read {len(seen)} times"
+    )
 
     got = _read_committed(fs, out_dir)
     assert got.equals(want)
@@ -426,7 +527,11 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
     # a plain glob reader sees exactly the clean rows too, and nothing is left over under the partition
     assert pq.read_table(out_dir, filesystem=fs).num_rows == 240
     success = partitions.read_success(f"s3://{out_dir}")
-    files = {posixpath_rel(i.path, out_dir) for i in fs.get_file_info(pafs.FileSelector(out_dir, recursive=True)) if i.type == pafs.FileType.File}
+    files = {
+        posixpath_rel(i.path, out_dir)
+        for i in fs.get_file_info(pafs.FileSelector(out_dir, recursive=True))
+        if i.type == pafs.FileType.File
+    }
     markers = {f"_shards/{success['plan_id']}-{k:05d}.json" for k in range(len(success["parts"]))}
     assert files == set(success["parts"]) | markers | {partitions.SUCCESS}
     # the honouring reader never saw a partial partition
@@ -434,7 +539,7 @@ def test_sigkills_at_random_moments_then_a_rerun_equals_the_clean_run(s3, full_b
 
 
 def posixpath_rel(path: str, root: str) -> str:
-    return path[len(root):].lstrip("/")
+    return path[len(root) :].lstrip("/")
 
 
 @pytest.mark.slow
@@ -455,15 +560,40 @@ def test_store_lost_mid_run_fails_cleanly_and_a_rerun_after_recovery_completes(f
         fs = s3.filesystem()
         _upload(fs, tmp_path / "posts", f"lake/posts/{PARTITION}")
         env = {**os.environ, **s3.env(), "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", storage.ENV_MAX_ATTEMPTS: "2"}
-        cmd = [sys.executable, "-m", "ctmwa_batch.cli", "score", "--bundle", str(full_bundle), "--input", f"s3://lake/posts/{PARTITION}",
-               "--output", "s3://lake/scores", "--device", "cpu", "--threads", "1", "--workers", "0", "--batch-size", "2",
-               "--max-rows-per-shard", "20", "--scored-at", FIXED_TIME]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ctmwa_batch.cli",
+            "score",
+            "--bundle",
+            str(full_bundle),
+            "--input",
+            f"s3://lake/posts/{PARTITION}",
+            "--output",
+            "s3://lake/scores",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--workers",
+            "0",
+            "--batch-size",
+            "2",
+            "--max-rows-per-shard",
+            "20",
+            "--scored-at",
+            FIXED_TIME,
+        ]
         version = load_bundle(full_bundle).model_version
         shards = f"lake/scores/model_version={version}/{PARTITION}/_shards"
         proc = subprocess.Popen(cmd, env=env, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [i for i in fs.get_file_info(pafs.FileSelector(shards, allow_not_found=True)) if i.base_name.endswith(".json")]
+            done = [
+                i
+                for i in fs.get_file_info(pafs.FileSelector(shards, allow_not_found=True))
+                if i.base_name.endswith(".json")
+            ]
             if len(done) >= 2:
                 break
             time.sleep(0.05)

@@ -19,15 +19,19 @@ def _text(state: object) -> str:
 
 
 def _xcoms(dag_id: str, run_id: str) -> dict[str, object]:
-    from sqlalchemy import select
-
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     out: dict[str, object] = {}
     with create_session() as session:
         rows = session.scalars(
-            select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key == "return_value", XComModel.map_index == -1)
+            select(XComModel).where(
+                XComModel.dag_id == dag_id,
+                XComModel.run_id == run_id,
+                XComModel.key == "return_value",
+                XComModel.map_index == -1,
+            )
         )
         for row in rows:
             out[row.task_id] = XComModel.deserialize_value(row)
@@ -35,13 +39,14 @@ def _xcoms(dag_id: str, run_id: str) -> dict[str, object]:
 
 
 def _asset_events(dag_id: str, run_id: str) -> list[dict[str, object]]:
-    from sqlalchemy import select
-
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
-        rows = session.scalars(select(AssetEvent).where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id))
+        rows = session.scalars(
+            select(AssetEvent).where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)
+        )
         return [{"task_id": e.source_task_id, "uri": e.asset.uri, "name": e.asset.name, "extra": e.extra} for e in rows]
 
 
@@ -49,7 +54,6 @@ def main(spec_path: str, result_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     import pendulum
-
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=spec["dags_folder"])

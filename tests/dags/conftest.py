@@ -42,7 +42,13 @@ def airflow_env(home: Path, **extra: str) -> dict[str, str]:
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An AIRFLOW_HOME with a migrated SQLite metadata database (`airflow db migrate`, a few seconds)."""
     home = tmp_path_factory.mktemp("airflow_home")
-    proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=airflow_env(home), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=airflow_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return home
 
@@ -55,14 +61,18 @@ class DagRunner:
         self.workdir = workdir
         self.calls = 0
 
-    def __call__(self, runs: list[dict], env: dict[str, str] | None = None, timeout: float = 600, dags_folder: Path = DAGS) -> list[dict]:
+    def __call__(
+        self, runs: list[dict], env: dict[str, str] | None = None, timeout: float = 600, dags_folder: Path = DAGS
+    ) -> list[dict]:
         self.calls += 1
         spec = self.workdir / f"spec-{self.calls}.json"
         result = self.workdir / f"result-{self.calls}.json"
         spec.write_text(json.dumps({"dags_folder": str(dags_folder), "runs": runs}))
         proc = subprocess.run(
             [sys.executable, "-m", "tests.dags.airflow_runner", str(spec), str(result)],
-            env=airflow_env(self.home, AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder), **(env or {})),  # dag.test() syncs that bundle
+            env=airflow_env(
+                self.home, AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder), **(env or {})
+            ),  # dag.test() syncs that bundle
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -11,7 +11,22 @@ import json
 import sys
 import time
 
-HEAVY = ("torch", "onnxruntime", "onnx", "transformers", "tokenizers", "pyarrow", "numpy", "PIL", "matplotlib", "ctmwa_batch.report", "ctmwa_batch.orchestrate", "ctmwa_batch.job", "export", "training")
+HEAVY = (
+    "torch",
+    "onnxruntime",
+    "onnx",
+    "transformers",
+    "tokenizers",
+    "pyarrow",
+    "numpy",
+    "PIL",
+    "matplotlib",
+    "ctmwa_batch.report",
+    "ctmwa_batch.orchestrate",
+    "ctmwa_batch.job",
+    "export",
+    "training",
+)
 
 
 def main(dags_folder: str, result_path: str) -> int:
@@ -65,7 +80,17 @@ def main(dags_folder: str, result_path: str) -> int:
             },
         }
     with open(result_path, "w") as f:
-        json.dump({"import_errors": bag.import_errors, "dags": dags, "heavy_imported": imported, "sql": statements, "seconds": seconds}, f, indent=2)
+        json.dump(
+            {
+                "import_errors": bag.import_errors,
+                "dags": dags,
+                "heavy_imported": imported,
+                "sql": statements,
+                "seconds": seconds,
+            },
+            f,
+            indent=2,
+        )
     return 0
 
 

@@ -26,8 +26,23 @@ def test_one_day_on_two_celery_workers_survives_a_killed_worker(tmp_path: Path, 
     out = tmp_path / "cluster"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CTMWA_"))}
     argv = [
-        sys.executable, "-m", "demo.cluster_demo", "--out", str(out), "--days", "1", "--rows", "300", "--rows-per-shard", "60",
-        "--bundle", str(full_bundle), "--heartbeat-timeout", "20", "--timeout", "420",
+        sys.executable,
+        "-m",
+        "demo.cluster_demo",
+        "--out",
+        str(out),
+        "--days",
+        "1",
+        "--rows",
+        "300",
+        "--rows-per-shard",
+        "60",
+        "--bundle",
+        str(full_bundle),
+        "--heartbeat-timeout",
+        "20",
+        "--timeout",
+        "420",
     ]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
     log = proc.stdout + proc.stderr
@@ -35,7 +50,15 @@ def test_one_day_on_two_celery_workers_survives_a_killed_worker(tmp_path: Path, 
     summary = json.loads((out / "summary.json").read_text())
     assert proc.returncode == 0, log[-6000:]
 
-    assert list(summary) == ["days", "workers_used", "killed_worker", "retried_shards", "backfill_noop", "storage", "ok"]
+    assert list(summary) == [
+        "days",
+        "workers_used",
+        "killed_worker",
+        "retried_shards",
+        "backfill_noop",
+        "storage",
+        "ok",
+    ]
     assert summary["ok"] is True
     (day,) = summary["days"]
     assert day["date"] == "2026-01-05"
@@ -63,7 +86,9 @@ def test_one_day_on_two_celery_workers_survives_a_killed_worker(tmp_path: Path, 
     left = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
-            mine = any(str(out) in part for part in p.info["cmdline"] or []) or p.environ().get("AIRFLOW_HOME") == str(out / "airflow")
+            mine = any(str(out) in part for part in p.info["cmdline"] or []) or p.environ().get("AIRFLOW_HOME") == str(
+                out / "airflow"
+            )
         except psutil.Error:
             continue
         if mine:

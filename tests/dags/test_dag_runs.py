@@ -26,7 +26,7 @@ BACKFILL_DAYS = ("2026-01-10", "2026-01-11", "2026-01-12")
 
 def _night_after(day: str) -> str:
     """The logical date of the scheduled run that scores `day`: a manual run scores the last full day before it."""
-    return (dt.datetime.fromisoformat(day) + dt.timedelta(days=1)).replace(tzinfo=dt.timezone.utc).isoformat()
+    return (dt.datetime.fromisoformat(day) + dt.timedelta(days=1)).replace(tzinfo=dt.UTC).isoformat()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,12 @@ def backfill_lake(tmp_path_factory, models_root: Path) -> dict:
     for day in BACKFILL_DAYS:
         demo_posts.write_partition(root / "lake", day, rows=20, row_group_size=10)
     posts, scores = root / "lake" / "posts", root / "scores"
-    job.score_partition(str(posts / f"dt={BACKFILL_DAYS[1]}"), str(scores), registry.resolve(models_root), {"device": "cpu"})
-    committed = Path(output_dir(str(scores), registry.current_version(models_root), f"dt={BACKFILL_DAYS[1]}")) / "_SUCCESS.json"
+    job.score_partition(
+        str(posts / f"dt={BACKFILL_DAYS[1]}"), str(scores), registry.resolve(models_root), {"device": "cpu"}
+    )
+    committed = (
+        Path(output_dir(str(scores), registry.current_version(models_root), f"dt={BACKFILL_DAYS[1]}")) / "_SUCCESS.json"
+    )
     return {"posts": posts, "scores": scores, "committed": committed, "committed_bytes": committed.read_bytes()}
 
 
@@ -87,7 +91,9 @@ def runs(run_dags, deployment, backfill_lake, release_inputs, full_bundle) -> di
         "device": "cpu",
     }
     export_conf = {
-        "encoders": str(full_bundle),  # a new head on the current model's encoders (exporting CLIP is export's tests' job)
+        "encoders": str(
+            full_bundle
+        ),  # a new head on the current model's encoders (exporting CLIP is export's tests' job)
         "training_posts": str(release_inputs["posts"]),
         "labels": ",".join(demo_posts.LABELS),
         "epochs": 1,
@@ -103,7 +109,11 @@ def runs(run_dags, deployment, backfill_lake, release_inputs, full_bundle) -> di
             {"dag_id": "ctmwa_backfill", "logical_date": "2026-02-01T00:00:00+00:00", "conf": backfill_conf},
             {"dag_id": "ctmwa_export_model", "logical_date": "2026-02-01T00:00:00+00:00", "conf": export_conf},
             # last: its env stays set in the runner process (alerts from 20 rows on, so that 50-row days can drift)
-            {"dag_id": "ctmwa_score_daily", "logical_date": _night_after(DRIFTED_DAY), "env": {"CTMWA_FAIL_ON_DRIFT": "1", "CTMWA_DRIFT_MIN_ROWS": "20"}},
+            {
+                "dag_id": "ctmwa_score_daily",
+                "logical_date": _night_after(DRIFTED_DAY),
+                "env": {"CTMWA_FAIL_ON_DRIFT": "1", "CTMWA_DRIFT_MIN_ROWS": "20"},
+            },
         ],
         env=deployment,
     )
@@ -125,7 +135,9 @@ def test_daily_dag_commits_every_input_row(runs, deployment, models_root, day):
     inputs = pq.read_table(Path(deployment["CTMWA_INPUT_ROOT"]) / f"dt={day}")
     scores = pq.read_table(out)
     assert success["rows"]["input"] == success["rows"]["output"] == inputs.num_rows == scores.num_rows == 50
-    assert scores.column("post_id").to_pylist() == inputs.column("post_id").to_pylist()  # one row per input row, in order
+    assert (
+        scores.column("post_id").to_pylist() == inputs.column("post_id").to_pylist()
+    )  # one row per input row, in order
     statuses = success["rows"]["by_status"]
     assert statuses["no_content"] == 2 and statuses["text_missing"] >= 2 and statuses["image_missing"] >= 2
     assert run["xcom"]["commit"]["rows"]["output"] == 50 and not run["xcom"]["commit"]["skipped"]
@@ -136,7 +148,9 @@ def test_daily_dag_commits_every_input_row(runs, deployment, models_root, day):
     reports = out.parent / "_reports" / f"dt={day}"
     assert health["report_dir"] == str(reports) and health["alerts"] == [] and not health["fail"]
     numbers = json.loads((reports / "report.json").read_text())
-    assert [d["rows"] for d in numbers["days"] if d["role"] == "report"] == [50] and (reports / "report.html").stat().st_size > 10_000
+    assert [d["rows"] for d in numbers["days"] if d["role"] == "report"] == [50] and (
+        reports / "report.html"
+    ).stat().st_size > 10_000
     assert run["xcom"]["publish"]["alerts"] == [] and run["xcom"]["publish"]["report"] == str(reports / "report.html")
 
 
@@ -161,7 +175,11 @@ def test_a_rerun_is_a_noop(runs, run_dags, deployment, models_root):
     rerun = run_dags(
         [
             {"dag_id": "ctmwa_score_daily", "logical_date": _night_after(DAYS[0])},
-            {"dag_id": "ctmwa_score_daily", "logical_date": "2026-03-01T00:00:00+00:00", "conf": {"partition_date": DAYS[1]}},
+            {
+                "dag_id": "ctmwa_score_daily",
+                "logical_date": "2026-03-01T00:00:00+00:00",
+                "conf": {"partition_date": DAYS[1]},
+            },
         ],
         env=deployment,
     )
@@ -197,10 +215,18 @@ def test_backfill_scores_exactly_the_uncommitted_days(runs, backfill_lake, model
         assert success["rows"]["input"] == success["rows"]["output"] == pq.read_table(out).num_rows == 30
     # one health report for the whole range, the day committed before included
     health = run["xcom"]["health_report"]
-    reports = Path(output_dir(str(backfill_lake["scores"]), registry.current_version(models_root), f"_reports/dt={BACKFILL_DAYS[0]}..{BACKFILL_DAYS[-1]}"))
+    reports = Path(
+        output_dir(
+            str(backfill_lake["scores"]),
+            registry.current_version(models_root),
+            f"_reports/dt={BACKFILL_DAYS[0]}..{BACKFILL_DAYS[-1]}",
+        )
+    )
     assert health["report_dir"] == str(reports) and (reports / "report.html").is_file()
     numbers = json.loads((reports / "report.json").read_text())
-    assert numbers["report_dates"] == list(BACKFILL_DAYS) and [d["rows"] for d in numbers["days"] if d["role"] == "report"] == [30, 30, 30]
+    assert numbers["report_dates"] == list(BACKFILL_DAYS) and [
+        d["rows"] for d in numbers["days"] if d["role"] == "report"
+    ] == [30, 30, 30]
 
 
 def test_export_dag_publishes_a_bundle_and_moves_current(runs, release_inputs):
@@ -208,11 +234,15 @@ def test_export_dag_publishes_a_bundle_and_moves_current(runs, release_inputs):
     assert run["state"] == "success", run["tasks"]
     published = run["xcom"]["publish"]
     version = published["model_version"]
-    assert version != release_inputs["first"] and published["previous"] == release_inputs["first"] and published["current"]
+    assert (
+        version != release_inputs["first"] and published["previous"] == release_inputs["first"] and published["current"]
+    )
     assert (models / "CURRENT").read_text() == version + "\n"
     assert registry.resolve(models) == models / version
     assert sorted(registry.list_versions(models)) == sorted([release_inputs["first"], version])
-    assert run["xcom"]["validate"]["smoke"]["rows"] == 50 and run["xcom"]["validate"]["labels"] == list(demo_posts.LABELS)
+    assert run["xcom"]["validate"]["smoke"]["rows"] == 50 and run["xcom"]["validate"]["labels"] == list(
+        demo_posts.LABELS
+    )
     manifest = json.loads((models / version / "manifest.json").read_text())
     assert manifest["calibration"]["method"] != "none" and manifest["training_metrics"]["epochs"] == 1
     assert not (models / ".staging").exists() or not any((models / ".staging").iterdir())  # work files cleaned up

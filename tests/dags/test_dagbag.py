@@ -19,7 +19,9 @@ def _probe(tmp_path, **env: str) -> dict:
     result = tmp_path / "parse.json"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.dags.parse_probe", str(DAGS), str(result)],
-        env=airflow_env(home, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/no/such/dir/airflow.db", **env),
+        env=airflow_env(
+            home, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/no/such/dir/airflow.db", **env
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -54,7 +56,16 @@ def test_daily_dag_maps_shards_on_the_gpu_queue_and_pool(parsed):
     dag = parsed["dags"]["ctmwa_score_daily"]
     assert dag["schedule"] == "CronDataIntervalTimetable"
     tasks = dag["tasks"]
-    assert set(tasks) == {"wait_for_input", "plan", "shards", "score_shard", "commit", "health_report", "publish", "report"}
+    assert set(tasks) == {
+        "wait_for_input",
+        "plan",
+        "shards",
+        "score_shard",
+        "commit",
+        "health_report",
+        "publish",
+        "report",
+    }
     shard = tasks["score_shard"]
     assert shard["mapped"] and (shard["queue"], shard["pool"]) == ("gpu", "ctmwa_gpu")
     assert shard["retries"] == 2 and shard["execution_timeout_s"] == 120 * 60 and shard["max_active_tis_per_dag"] == 8
@@ -65,7 +76,9 @@ def test_daily_dag_maps_shards_on_the_gpu_queue_and_pool(parsed):
     assert tasks["health_report"]["upstream"] == ["commit"]
     assert tasks["report"]["upstream"] == ["commit", "health_report"]  # so that a drift failure fails the run
     # publish carries the report's alerts, and still publishes the committed scores when the report failed on drift
-    assert tasks["publish"]["upstream"] == ["commit", "health_report"] and tasks["publish"]["trigger_rule"].endswith("ALL_DONE_MIN_ONE_SUCCESS")
+    assert tasks["publish"]["upstream"] == ["commit", "health_report"] and tasks["publish"]["trigger_rule"].endswith(
+        "ALL_DONE_MIN_ONE_SUCCESS"
+    )
     assert {"partition_date", "overwrite", "model_version", "input_root", "output_root", "device"} <= set(dag["params"])
 
 
@@ -88,17 +101,34 @@ def test_export_dag_chain(parsed):
 
 
 def test_scheduling_settings_come_from_the_environment_at_parse_time(tmp_path):
-    parsed = _probe(tmp_path, CTMWA_QUEUE="a100", CTMWA_POOL="scoring", CTMWA_SHARD_RETRIES="5", CTMWA_MAX_ACTIVE_SHARDS="3", CTMWA_TRAIN_QUEUE="trainers", CTMWA_POD_TEMPLATE_FILE="/etc/airflow/gpu-pod.yaml")
+    parsed = _probe(
+        tmp_path,
+        CTMWA_QUEUE="a100",
+        CTMWA_POOL="scoring",
+        CTMWA_SHARD_RETRIES="5",
+        CTMWA_MAX_ACTIVE_SHARDS="3",
+        CTMWA_TRAIN_QUEUE="trainers",
+        CTMWA_POD_TEMPLATE_FILE="/etc/airflow/gpu-pod.yaml",
+    )
     assert parsed["import_errors"] == {}
     shard = parsed["dags"]["ctmwa_score_daily"]["tasks"]["score_shard"]
-    assert (shard["queue"], shard["pool"], shard["retries"], shard["max_active_tis_per_dag"]) == ("a100", "scoring", 5, 3)
+    assert (shard["queue"], shard["pool"], shard["retries"], shard["max_active_tis_per_dag"]) == (
+        "a100",
+        "scoring",
+        5,
+        3,
+    )
     assert parsed["dags"]["ctmwa_export_model"]["tasks"]["train"]["queue"] == "trainers"
     assert shard["executor_config"] == {"pod_template_file": "/etc/airflow/gpu-pod.yaml"}
-    assert parsed["dags"]["ctmwa_backfill"]["tasks"]["score_days"]["executor_config"] == {"pod_template_file": "/etc/airflow/gpu-pod.yaml"}
+    assert parsed["dags"]["ctmwa_backfill"]["tasks"]["score_days"]["executor_config"] == {
+        "pod_template_file": "/etc/airflow/gpu-pod.yaml"
+    }
     assert parsed["dags"]["ctmwa_score_daily"]["tasks"]["plan"]["executor_config"] == {}  # only the GPU tasks
 
 
 def test_a_bad_setting_is_an_import_error_that_names_it(tmp_path):
     parsed = _probe(tmp_path, CTMWA_MAX_ACTIVE_SHARDS="many")
-    assert set(parsed["import_errors"]) == {str(DAGS / f"{d}.py") for d in ("ctmwa_score_daily", "ctmwa_backfill")} | {str(DAGS / "ctmwa_export_model.py")}
+    assert set(parsed["import_errors"]) == {str(DAGS / f"{d}.py") for d in ("ctmwa_score_daily", "ctmwa_backfill")} | {
+        str(DAGS / "ctmwa_export_model.py")
+    }
     assert all("CTMWA_MAX_ACTIVE_SHARDS = 'many'" in e for e in parsed["import_errors"].values())

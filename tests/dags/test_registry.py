@@ -23,7 +23,9 @@ def _place(encoder_bundle: Path, models_root: Path, name: str) -> Path:
 
 
 def test_resolve_without_current_says_how_to_publish(tmp_path):
-    with pytest.raises(RegistryError, match=r"no current model under .*no CURRENT file.*ctmwa_export_model.*published: none"):
+    with pytest.raises(
+        RegistryError, match=r"no current model under .*no CURRENT file.*ctmwa_export_model.*published: none"
+    ):
         registry.resolve(tmp_path)
     assert registry.current_version(tmp_path) is None
     assert registry.list_versions(tmp_path / "absent") == []

@@ -86,11 +86,20 @@ def test_building_the_groups_does_no_io(tmp_path):
     """Parsed with a database that cannot be opened, Variable/Connection lookups that raise, and an S3 input behind a
     Connection that does not exist: no import error, no SQL, nothing heavy imported."""
     folder = tmp_path / "dags"
-    write_dag(folder, lake="s3://no-such-bucket/lake", scores="s3://no-such-bucket/scores", models="s3://no-such-bucket/models", bundle="/no/such/bundle", conn_id="no_such_connection")
+    write_dag(
+        folder,
+        lake="s3://no-such-bucket/lake",
+        scores="s3://no-such-bucket/scores",
+        models="s3://no-such-bucket/models",
+        bundle="/no/such/bundle",
+        conn_id="no_such_connection",
+    )
     result = tmp_path / "parse.json"
     proc = subprocess.run(
         [sys.executable, "-m", "tests.dags.parse_probe", str(folder), str(result)],
-        env=airflow_env(tmp_path / "home", AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/no/such/dir/airflow.db"),
+        env=airflow_env(
+            tmp_path / "home", AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/no/such/dir/airflow.db"
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -100,11 +109,20 @@ def test_building_the_groups_does_no_io(tmp_path):
     parsed = json.loads(result.read_text())
     assert parsed["import_errors"] == {} and parsed["sql"] == [] and parsed["heavy_imported"] == []
     tasks = parsed["dags"]["my_pipeline"]["tasks"]
-    assert set(tasks) == {"ingest", "rollup"} | {f"{g}.{t}" for g in ("posts", "campaign") for t in ("plan", "shards", "score_shard", "commit")} | {"posts.health_report"}
+    assert set(tasks) == {"ingest", "rollup"} | {
+        f"{g}.{t}" for g in ("posts", "campaign") for t in ("plan", "shards", "score_shard", "commit")
+    } | {"posts.health_report"}
     shard = tasks["posts.score_shard"]
-    assert shard["mapped"] and shard["retries"] == 1 and shard["max_active_tis_per_dag"] == 2 and shard["pool"] == "default_pool"
+    assert (
+        shard["mapped"]
+        and shard["retries"] == 1
+        and shard["max_active_tis_per_dag"] == 2
+        and shard["pool"] == "default_pool"
+    )
     assert tasks["posts.plan"]["upstream"] == ["ingest"] and tasks["campaign.plan"]["upstream"] == ["ingest"]
-    assert tasks["posts.commit"]["upstream"] == ["posts.plan", "posts.score_shard"] and tasks["posts.commit"]["trigger_rule"].endswith("NONE_FAILED")
+    assert tasks["posts.commit"]["upstream"] == ["posts.plan", "posts.score_shard"] and tasks["posts.commit"][
+        "trigger_rule"
+    ].endswith("NONE_FAILED")
     assert tasks["posts.health_report"]["upstream"] == ["posts.commit"]
     assert tasks["rollup"]["upstream"] == ["campaign.commit", "posts.health_report"]  # each group's last task
     assert tasks["posts.commit"]["outlets"] == ["s3://no-such-bucket/scores"]  # Asset(output)
@@ -121,13 +139,20 @@ def test_two_groups_in_a_users_dag_commit_every_row(run_dags, full_bundle, tmp_p
     campaign_dir = lake / "campaign" / CAMPAIGN
     campaign_dir.parent.mkdir(parents=True)
     (root / "staging" / "posts" / f"dt={CAMPAIGN[-10:]}").rename(campaign_dir)
-    folder = write_dag(root / "dags", lake=str(lake), scores=str(scores), models=str(models), bundle=str(full_bundle), conn_id=None)
+    folder = write_dag(
+        root / "dags", lake=str(lake), scores=str(scores), models=str(models), bundle=str(full_bundle), conn_id=None
+    )
     lineage = root / "openlineage.json"
     run, rerun = run_dags(
         # The same day again (another run of it, six hours later): both partitions are committed, nothing to do.
-        [{"dag_id": "my_pipeline", "logical_date": f"{DAY}T00:00:00+00:00"}, {"dag_id": "my_pipeline", "logical_date": f"{DAY}T06:00:00+00:00"}],
+        [
+            {"dag_id": "my_pipeline", "logical_date": f"{DAY}T00:00:00+00:00"},
+            {"dag_id": "my_pipeline", "logical_date": f"{DAY}T06:00:00+00:00"},
+        ],
         env={
-            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(lineage), "append": True}),
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                {"type": "file", "log_file_path": str(lineage), "append": True}
+            ),
             "AIRFLOW__OPENLINEAGE__NAMESPACE": "ctmwa-tests",
         },
         dags_folder=folder,
@@ -137,19 +162,31 @@ def test_two_groups_in_a_users_dag_commit_every_row(run_dags, full_bundle, tmp_p
     assert task_states(run, "posts.score_shard") == ["success"] * 2  # 40 rows in row groups of 10, 20 rows a shard
     assert task_states(run, "campaign.score_shard") == ["success"]  # one shard: the default max_rows_per_shard
 
-    for group, source, partition in (("posts", lake / "posts" / f"dt={DAY}", f"dt={DAY}"), ("campaign", campaign_dir, CAMPAIGN)):
+    for group, source, partition in (
+        ("posts", lake / "posts" / f"dt={DAY}", f"dt={DAY}"),
+        ("campaign", campaign_dir, CAMPAIGN),
+    ):
         out = Path(output_dir(str(scores), version, partition))
         success = json.loads((out / "_SUCCESS.json").read_text())
         posts, scored = pq.read_table(source), pq.read_table(out)
         assert success["rows"]["input"] == success["rows"]["output"] == posts.num_rows == scored.num_rows
         assert scored.column("post_id").to_pylist() == posts.column("post_id").to_pylist()  # every input row, in order
-        assert run["xcom"][f"{group}.commit"]["partition"] == partition and run["xcom"][f"{group}.commit"]["output_dir"] == str(out)
+        assert run["xcom"][f"{group}.commit"]["partition"] == partition and run["xcom"][f"{group}.commit"][
+            "output_dir"
+        ] == str(out)
     campaign_scores = pq.read_table(Path(output_dir(str(scores), version, CAMPAIGN)))
-    assert campaign_scores.column("created_at").to_pylist() == pq.read_table(campaign_dir).column("created_at").to_pylist()  # passthrough
+    assert (
+        campaign_scores.column("created_at").to_pylist() == pq.read_table(campaign_dir).column("created_at").to_pylist()
+    )  # passthrough
 
     # The groups' results downstream: the day's commit summary plus its health report; the campaign's commit summary.
     daily = run["xcom"]["posts.health_report"]
-    assert daily["date"] == DAY and daily["rows"]["output"] == 40 and Path(daily["html"]).is_file() and daily["alerts"] == []
+    assert (
+        daily["date"] == DAY
+        and daily["rows"]["output"] == 40
+        and Path(daily["html"]).is_file()
+        and daily["alerts"] == []
+    )
     assert set(run["xcom"]["rollup"]) == {f"dt={DAY}", CAMPAIGN}
     assert run["xcom"]["rollup"][CAMPAIGN] == run["xcom"]["campaign.commit"]["rows"]["by_status"]
 
@@ -163,7 +200,10 @@ def test_two_groups_in_a_users_dag_commit_every_row(run_dags, full_bundle, tmp_p
     assert rerun["state"] == "success", rerun["tasks"]
     assert rerun["xcom"]["posts.shards"] == [] and set(task_states(rerun, "posts.score_shard")) == {"skipped"}
     for group in ("posts", "campaign"):
-        assert rerun["xcom"][f"{group}.commit"]["skipped"] and rerun["xcom"][f"{group}.commit"]["committed_at"] == run["xcom"][f"{group}.commit"]["committed_at"]
+        assert (
+            rerun["xcom"][f"{group}.commit"]["skipped"]
+            and rerun["xcom"][f"{group}.commit"]["committed_at"] == run["xcom"][f"{group}.commit"]["committed_at"]
+        )
     assert rerun["asset_events"] == []
 
     # OpenLineage: posts and model in, scores (and the report) out.
@@ -176,12 +216,14 @@ def test_two_groups_in_a_users_dag_commit_every_row(run_dags, full_bundle, tmp_p
     shard = completes["posts.score_shard"][0]
     assert names(shard["inputs"]) == {("file", str(lake / "posts" / f"dt={DAY}")), ("file", str(models / version))}
     assert names(shard["outputs"]) == {("file", str(Path(output_dir(str(scores), version, f"dt={DAY}"))))}
-    assert names(completes["campaign.commit"][0]["outputs"]) == {("file", str(Path(output_dir(str(scores), version, CAMPAIGN))))}
+    assert names(completes["campaign.commit"][0]["outputs"]) == {
+        ("file", str(Path(output_dir(str(scores), version, CAMPAIGN))))
+    }
     assert ("file", str(full_bundle)) in names(completes["campaign.plan"][0]["inputs"])
     assert names(completes["posts.health_report"][0]["outputs"]) == {("file", str(Path(daily["report_dir"])))}
 
 
-S3_DAG = '''
+S3_DAG = """
 import pendulum
 from airflow.sdk import dag
 
@@ -202,7 +244,7 @@ def lake_on_s3():
 
 
 lake_on_s3()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -240,7 +282,10 @@ def test_a_connection_gives_the_storage_of_an_s3_lake(run_dags, full_bundle, s3_
     summary = run["xcom"]["posts.health_report"]
     version = summary["model_version"]
     out = f"{bucket}/scores/model_version={version}/dt={DAY}"
-    assert summary["output_dir"] == f"s3://{out}" and summary["rows"]["input"] == summary["rows"]["output"] == info["rows"] == 40
+    assert (
+        summary["output_dir"] == f"s3://{out}"
+        and summary["rows"]["input"] == summary["rows"]["output"] == info["rows"] == 40
+    )
     scored = pq.read_table(out, filesystem=fs)
     assert scored.column("post_id").to_pylist() == pq.read_table(local).column("post_id").to_pylist()
     assert json.loads(fs.open_input_stream(f"{out}/_SUCCESS.json").read())["rows"]["output"] == scored.num_rows

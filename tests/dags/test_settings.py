@@ -37,7 +37,13 @@ def test_environment_is_parsed_per_field_type():
 
 def test_params_override_environment_and_none_means_unset():
     env = {"CTMWA_OUTPUT_ROOT": "/env/scores", "CTMWA_BATCH_SIZE": "64"}
-    params = {"output_root": "/param/scores", "batch_size": None, "device": "", "overwrite": True, "partition_date": "2026-01-05"}
+    params = {
+        "output_root": "/param/scores",
+        "batch_size": None,
+        "device": "",
+        "overwrite": True,
+        "partition_date": "2026-01-05",
+    }
     s = Settings.load(environ=env, overrides=params)
     assert s.output_root == "/param/scores"
     assert s.batch_size == 64  # None leaves the environment's value
@@ -97,7 +103,12 @@ def test_settings_build_the_job_config_with_one_set_of_defaults():
     # one definition of each default and of the device names; only the deployed device default differs (cuda)
     d, j = Settings(), JobConfig()
     assert (d.batch_size, d.max_rows_per_shard, d.id_column, d.text_column, d.image_column) == (
-        j.score.batch_size, j.max_rows_per_shard, j.score.id_column, j.score.text_column, j.score.image_column)
+        j.score.batch_size,
+        j.max_rows_per_shard,
+        j.score.id_column,
+        j.score.text_column,
+        j.score.image_column,
+    )
     assert (d.device, j.score.device) == ("cuda", "auto")
     assert runtime.DEVICES is config.DEVICES and override_param_specs()["device"]["enum"][1:] == list(config.DEVICES)
 
@@ -113,5 +124,7 @@ def test_fetch_settings_reach_the_score_config_and_the_cli():
     assert override_param_specs()["max_fetch_failures"]["minimum"] == 0
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--bundle", "b", "--input", "i", "--output", "o", "--fetch-concurrency", "16", "--max-fetch-failures", "2"])
+    args = parser.parse_args(
+        ["--bundle", "b", "--input", "i", "--output", "o", "--fetch-concurrency", "16", "--max-fetch-failures", "2"]
+    )
     assert (config_from(args).score.fetch_concurrency, config_from(args).score.max_fetch_failures) == (16, 2)

@@ -22,7 +22,10 @@ def _io(path: Path) -> tuple[dict, dict]:
     graph = onnx.load(str(path)).graph
 
     def sig(values):
-        return {v.name: (v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values}
+        return {
+            v.name: (v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+            for v in values
+        }
 
     return sig(graph.input), sig(graph.output)
 
@@ -51,7 +54,9 @@ def test_tokenizer_json_works_with_tokenizers_alone(encoder_bundle):
 def test_text_embedding_ignores_padding_and_batch(encoder_bundle):
     bundle = load_bundle(encoder_bundle)
     session = create_session(bundle.path(TEXT_ENCODER), RuntimeConfig(device="cpu"))
-    tok = TextTokenizer(bundle.path(TOKENIZER), bundle.text_spec).encode(["good", "a very long text about a happy dog at the beach"])
+    tok = TextTokenizer(bundle.path(TOKENIZER), bundle.text_spec).encode(
+        ["good", "a very long text about a happy dog at the beach"]
+    )
     together = session.run({"input_ids": tok.input_ids, "attention_mask": tok.attention_mask})["text_emb"]
     alone_ids = tok.input_ids[:1, : tok.attention_mask[0].sum()]
     alone = session.run({"input_ids": alone_ids, "attention_mask": np.ones_like(alone_ids)})["text_emb"]
@@ -114,7 +119,10 @@ def test_legacy_argmax_pooling_with_pad_equal_to_eos(tmp_path):
     assert bundle.text_spec.pad_id == bundle.text_spec.eos_id
     assert bundle.manifest["graphs"][TEXT_ENCODER]["max_abs_diff"]["text_emb"] < 1e-4
     # --overwrite replaces it in place (new files, same layout)
-    assert export_main(["encoders", "--from", str(source), "--out", str(out), "--overwrite", "--max-text-length", "8"]) == 0
+    assert (
+        export_main(["encoders", "--from", str(source), "--out", str(out), "--overwrite", "--max-text-length", "8"])
+        == 0
+    )
     assert load_bundle(out).text_spec.max_length == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "legacy_clip"]
 

@@ -16,29 +16,48 @@ from export.head import HeadExportConfig
 
 @pytest.fixture(scope="module")
 def e2e_bundle(tiny_checkpoint, encoder_bundle, tmp_path_factory):
-    return export_head(tiny_checkpoint, encoder_bundle, tmp_path_factory.mktemp("e2e") / "bundle", HeadExportConfig(end_to_end=True, extra_batch_sizes=()))
+    return export_head(
+        tiny_checkpoint,
+        encoder_bundle,
+        tmp_path_factory.mktemp("e2e") / "bundle",
+        HeadExportConfig(end_to_end=True, extra_batch_sizes=()),
+    )
 
 
 def test_end_to_end_graph_is_in_the_bundle_and_matches_the_three_graphs(e2e_bundle):
     bundle = load_bundle(e2e_bundle)
     assert END_TO_END in bundle.files and bundle.has_head
     signature = bundle.manifest["graphs"][END_TO_END]
-    assert list(signature["inputs"]) == list(E.END_TO_END_INPUTS) and list(signature["outputs"]) == list(E.END_TO_END_OUTPUTS)
+    assert list(signature["inputs"]) == list(E.END_TO_END_INPUTS) and list(signature["outputs"]) == list(
+        E.END_TO_END_OUTPUTS
+    )
     assert max(signature["max_abs_diff"].values()) <= 1e-5
 
     cpu = RuntimeConfig(device="cpu")
-    tokens = TextTokenizer(bundle.path(TOKENIZER), bundle.text_spec).encode(["a photo of a cat", "terrible", "", "best day ever"])
+    tokens = TextTokenizer(bundle.path(TOKENIZER), bundle.text_spec).encode(
+        ["a photo of a cat", "terrible", "", "best day ever"]
+    )
     rng = np.random.default_rng(0)
     size = bundle.image_spec.size
     pixels = rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)
     has_text, has_image = np.array([True, True, False, True]), np.array([True, False, True, False])
     pixels[~has_image] = 0  # what a runtime without an image would feed
     got = create_session(bundle.path(END_TO_END), cpu).run(
-        {"pixels": pixels, "input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask, "has_text": has_text, "has_image": has_image}
+        {
+            "pixels": pixels,
+            "input_ids": tokens.input_ids,
+            "attention_mask": tokens.attention_mask,
+            "has_text": has_text,
+            "has_image": has_image,
+        }
     )
     image_emb = create_session(bundle.path(IMAGE_ENCODER), cpu).run({"pixels": pixels})["image_emb"]
-    text_emb = create_session(bundle.path(TEXT_ENCODER), cpu).run({"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask})["text_emb"]
-    want = create_session(bundle.path(HEAD), cpu).run({"text_emb": text_emb, "image_emb": image_emb, "has_text": has_text, "has_image": has_image})
+    text_emb = create_session(bundle.path(TEXT_ENCODER), cpu).run(
+        {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+    )["text_emb"]
+    want = create_session(bundle.path(HEAD), cpu).run(
+        {"text_emb": text_emb, "image_emb": image_emb, "has_text": has_text, "has_image": has_image}
+    )
     for name, value in {**want, "text_emb": text_emb, "image_emb": image_emb}.items():
         np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)
 

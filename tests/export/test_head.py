@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from ctmwa_batch.bundle import HEAD, load_bundle
 from ctmwa_batch.errors import BundleError, ExportValidationError
 from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export.assemble import export_head
 from export import head as H
+from export.assemble import export_head
 from export.cli import main as export_main
 from training.model import CTMWA, CTMWAConfig, load_checkpoint, save_checkpoint
 
@@ -41,10 +41,18 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 def test_full_bundle_has_head_and_manifest(full_bundle, tiny_checkpoint):
     bundle = load_bundle(full_bundle)
     assert bundle.has_head and bundle.has_encoders
-    assert sorted(bundle.files) == sorted([
-        "head.onnx", "image_encoder.onnx", "text_encoder.onnx", "tokenizer.json",
-        "image_encoder.fp16.onnx", "text_encoder.fp16.onnx", "image_encoder.int8.onnx", "text_encoder.int8.onnx",
-    ])
+    assert sorted(bundle.files) == sorted(
+        [
+            "head.onnx",
+            "image_encoder.onnx",
+            "text_encoder.onnx",
+            "tokenizer.json",
+            "image_encoder.fp16.onnx",
+            "text_encoder.fp16.onnx",
+            "image_encoder.int8.onnx",
+            "text_encoder.int8.onnx",
+        ]
+    )
     assert bundle.labels == ["positive", "neutral", "negative"]
     assert bundle.dims == {"text_emb": 16, "image_emb": 16, "classes": 3}
     m = bundle.manifest
@@ -83,7 +91,9 @@ def test_outputs_are_well_formed_for_every_mask_combination(full_bundle):
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in out.values())
     for name in ("probs", "text_probs", "image_probs"):
         np.testing.assert_allclose(out[name].sum(axis=1), 1.0, atol=1e-5)
-    assert ((out["text_weight"] > 0) & (out["text_weight"] < 1)).all() and ((out["image_weight"] > 0) & (out["image_weight"] < 1)).all()
+    assert ((out["text_weight"] > 0) & (out["text_weight"] < 1)).all() and (
+        (out["image_weight"] > 0) & (out["image_weight"] < 1)
+    ).all()
     np.testing.assert_allclose(out["probs"], torch.softmax(torch.from_numpy(out["logits"]), 1).numpy(), atol=1e-6)
 
 
@@ -94,15 +104,26 @@ def test_absent_embeddings_are_never_read_even_when_nan(full_bundle):
     n = 12
     has_text, has_image = np.arange(n) % 2 == 0, np.arange(n) % 4 < 2
     text, image = unit_rows(rng, n, 16), unit_rows(rng, n, 16)
-    clean = {"text_emb": np.where(has_text[:, None], text, 0), "image_emb": np.where(has_image[:, None], image, 0), "has_text": has_text, "has_image": has_image}
-    dirty = {**clean, "text_emb": np.where(has_text[:, None], text, np.nan).astype(np.float32), "image_emb": np.where(has_image[:, None], image, np.inf).astype(np.float32)}
+    clean = {
+        "text_emb": np.where(has_text[:, None], text, 0),
+        "image_emb": np.where(has_image[:, None], image, 0),
+        "has_text": has_text,
+        "has_image": has_image,
+    }
+    dirty = {
+        **clean,
+        "text_emb": np.where(has_text[:, None], text, np.nan).astype(np.float32),
+        "image_emb": np.where(has_image[:, None], image, np.inf).astype(np.float32),
+    }
     a, b = run_head(full_bundle / HEAD, clean), run_head(full_bundle / HEAD, dirty)
     for name in H.HEAD_OUTPUTS:
         assert np.isfinite(b[name]).all(), name
         np.testing.assert_allclose(b[name], a[name], atol=1e-6)
 
 
-def evidence_by_hand(classifier: torch.nn.Linear, emb: torch.Tensor, predicted: torch.Tensor, neutral: int | None) -> torch.Tensor:
+def evidence_by_hand(
+    classifier: torch.nn.Linear, emb: torch.Tensor, predicted: torch.Tensor, neutral: int | None
+) -> torch.Tensor:
     """p_c / (p_c + p_neutral) of the modality's evidence classifier on its raw embedding; p_c without a neutral
     class. Written from the probabilities, in float64 (where they do not underflow at these logits)."""
     p = classifier.double()(emb.double()).softmax(1)
@@ -111,14 +132,18 @@ def evidence_by_hand(classifier: torch.nn.Linear, emb: torch.Tensor, predicted: 
     return (p_c if neutral is None else p_c / (p_c + p[:, neutral])).float()
 
 
-def evidence_float64(weight: torch.Tensor, bias: torch.Tensor, emb: np.ndarray, predicted: np.ndarray, neutral: int) -> np.ndarray:
+def evidence_float64(
+    weight: torch.Tensor, bias: torch.Tensor, emb: np.ndarray, predicted: np.ndarray, neutral: int
+) -> np.ndarray:
     """sigmoid(l_c - l_neutral) in float64 from a checkpoint's evidence weights: p_c / (p_c + p_neutral), exactly."""
     logits = emb.astype(np.float64) @ weight.double().numpy().T + bias.double().numpy()  # (N, C)
     rows = np.arange(len(emb))
     return 1.0 / (1.0 + np.exp(-(logits[rows, predicted] - logits[rows, neutral])))
 
 
-def float32_evidence_bound(weight: torch.Tensor, bias: torch.Tensor, emb: np.ndarray, predicted: np.ndarray, neutral: int) -> np.ndarray:
+def float32_evidence_bound(
+    weight: torch.Tensor, bias: torch.Tensor, emb: np.ndarray, predicted: np.ndarray, neutral: int
+) -> np.ndarray:
     """Per row, how far a float32 graph's sigmoid(l_c - l_n) may lie from the float64 value on any CPU, whatever
     order its matrix product sums in: each logit is a sum of D + 1 products, off by at most gamma_(D+1) times the sum of
     their magnitudes (the standard bound, gamma_n = n u / (1 - n u), u = 2^-24); the sigmoid moves at most its slope
@@ -138,7 +163,13 @@ def float32_evidence_bound(weight: torch.Tensor, bias: torch.Tensor, emb: np.nda
 
 
 def by_hand(
-    model: CTMWA, t: torch.Tensor, image: torch.Tensor, bias: list[float], missing: str = "none", *, embeddings: tuple[torch.Tensor, torch.Tensor]
+    model: CTMWA,
+    t: torch.Tensor,
+    image: torch.Tensor,
+    bias: list[float],
+    missing: str = "none",
+    *,
+    embeddings: tuple[torch.Tensor, torch.Tensor],
 ) -> dict[str, np.ndarray]:
     """DESIGN.md sections 3-4 written out from the model's modules: t lives in text_encoder space; the class bias
     moves the prediction (logits, probs, the weight nets' one-hot, the evidence's class); the weight nets still
@@ -180,15 +211,24 @@ def test_missing_modality_means_its_translation(full_bundle, tiny_checkpoint, mi
     rng = np.random.default_rng(7)
     n = 9
     text, image = unit_rows(rng, n, 16), unit_rows(rng, n, 16)
-    feeds = {"text_emb": text, "image_emb": image, "has_text": np.full(n, missing != "text"), "has_image": np.full(n, missing != "image")}
+    feeds = {
+        "text_emb": text,
+        "image_emb": image,
+        "has_text": np.full(n, missing != "text"),
+        "has_image": np.full(n, missing != "image"),
+    }
     got = run_head(full_bundle / HEAD, feeds)
     with torch.no_grad():
         text_t, image_t = torch.from_numpy(text), torch.from_numpy(image)
         if missing == "text":
-            want = by_hand(model, model.img2txt(image_t), image_t, bias, missing, embeddings=(text_t, image_t))  # the translated image stands in for the text
+            want = by_hand(
+                model, model.img2txt(image_t), image_t, bias, missing, embeddings=(text_t, image_t)
+            )  # the translated image stands in for the text
         elif missing == "image":
             t = model.text_encoder(text_t)
-            want = by_hand(model, t, model.txt2img(t), bias, missing, embeddings=(text_t, image_t))  # the translated text stands in for the image
+            want = by_hand(
+                model, t, model.txt2img(t), bias, missing, embeddings=(text_t, image_t)
+            )  # the translated text stands in for the image
         else:
             want = by_hand(model, model.text_encoder(text_t), image_t, bias, embeddings=(text_t, image_t))
     for name in H.HEAD_OUTPUTS:
@@ -218,7 +258,9 @@ def test_unfolded_export_keeps_the_attention_and_agrees(tiny_checkpoint, tmp_pat
     config = H.HeadExportConfig(fold_translators=False, extra_batch_sizes=())
     report = H.export_head_graph(model, tmp_path / "unfolded.onnx", config)
     graph = onnx.load(str(report.path)).graph
-    assert Counter(node.op_type for node in graph.node)["Softmax"] == 3 + 3  # three translator calls: img2txt, txt2img, img2txt
+    assert (
+        Counter(node.op_type for node in graph.node)["Softmax"] == 3 + 3
+    )  # three translator calls: img2txt, txt2img, img2txt
     assert max(report.max_abs_diff.values()) < 1e-5
 
 
@@ -231,14 +273,25 @@ def test_class_bias_and_temperature_move_logits_probs_and_prediction_together(ti
         model.probe.weight.normal_()
         model.probe_weight.fill_(0.7)
     bias, temperature = [0.0, 4.0, -1.0], 2.0
-    report = H.export_head_graph(model, tmp_path / "biased.onnx", H.HeadExportConfig(extra_batch_sizes=()), temperature, bias)
+    report = H.export_head_graph(
+        model, tmp_path / "biased.onnx", H.HeadExportConfig(extra_batch_sizes=()), temperature, bias
+    )
     rng = np.random.default_rng(3)
     n = 30
-    feeds = {"text_emb": unit_rows(rng, n, 16), "image_emb": unit_rows(rng, n, 16), "has_text": np.ones(n, bool), "has_image": np.ones(n, bool)}
+    feeds = {
+        "text_emb": unit_rows(rng, n, 16),
+        "image_emb": unit_rows(rng, n, 16),
+        "has_text": np.ones(n, bool),
+        "has_image": np.ones(n, bool),
+    }
     got = run_head(report.path, feeds)
-    plain = run_head(H.export_head_graph(model, tmp_path / "plain.onnx", H.HeadExportConfig(extra_batch_sizes=())).path, feeds)
+    plain = run_head(
+        H.export_head_graph(model, tmp_path / "plain.onnx", H.HeadExportConfig(extra_batch_sizes=())).path, feeds
+    )
     np.testing.assert_allclose(got["logits"], plain["logits"] + np.array(bias, np.float32), atol=1e-5)
-    np.testing.assert_allclose(got["probs"], torch.softmax(torch.from_numpy(got["logits"]) / temperature, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        got["probs"], torch.softmax(torch.from_numpy(got["logits"]) / temperature, 1).numpy(), atol=1e-6
+    )
     assert (got["probs"].argmax(1) == got["logits"].argmax(1)).all()
     assert (got["probs"].argmax(1) == 1).sum() > (plain["probs"].argmax(1) == 1).sum()  # the bias moved predictions
     with torch.no_grad():
@@ -291,7 +344,10 @@ def golden_model() -> CTMWA:
     rng = np.random.default_rng(20240601)
     state = {}
     for name, value in model.state_dict().items():
-        if name in ("evidence_neutral", "probe_weight"):  # flags, not weights; drawing them would shift every later draw
+        if name in (
+            "evidence_neutral",
+            "probe_weight",
+        ):  # flags, not weights; drawing them would shift every later draw
             continue
         fan_in = int(np.prod(value.shape[1:])) if value.dim() > 1 else 1
         scale = 1.0 / np.sqrt(fan_in) if value.dim() > 1 else 0.1
@@ -320,11 +376,16 @@ def test_golden_outputs(tmp_path):
     got = run_head(report.path, golden_inputs())
     if os.environ.get("CTMWA_REGEN_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
-        payload = {"inputs": {k: v.tolist() for k, v in golden_inputs().items()}, "outputs": {k: v.tolist() for k, v in got.items()}}
+        payload = {
+            "inputs": {k: v.tolist() for k, v in golden_inputs().items()},
+            "outputs": {k: v.tolist() for k, v in got.items()},
+        }
         GOLDEN.write_text(json.dumps(payload, indent=1) + "\n")
     stored = json.loads(GOLDEN.read_text())
     for name, value in golden_inputs().items():
-        np.testing.assert_array_equal(np.asarray(stored["inputs"][name], dtype=value.dtype), value, err_msg=f"input {name} drifted")
+        np.testing.assert_array_equal(
+            np.asarray(stored["inputs"][name], dtype=value.dtype), value, err_msg=f"input {name} drifted"
+        )
     with torch.no_grad():
         torch_out = H.CTMWAHead(model)(*(torch.from_numpy(v) for v in golden_inputs().values()))
     for name in H.HEAD_OUTPUTS:
@@ -350,7 +411,12 @@ def test_evidence_is_exact_with_logits_in_the_hundreds(tmp_path):
     assert np.median(stressed) >= 0.99 * H.EVIDENCE_STRESS_LOGIT  # the validation itself drove the logits that far
     rng = np.random.default_rng(11)
     n = 400
-    feeds = {"text_emb": unit_rows(rng, n, 16), "image_emb": unit_rows(rng, n, 16), "has_text": np.ones(n, bool), "has_image": np.ones(n, bool)}
+    feeds = {
+        "text_emb": unit_rows(rng, n, 16),
+        "image_emb": unit_rows(rng, n, 16),
+        "has_text": np.ones(n, bool),
+        "has_image": np.ones(n, bool),
+    }
     got = run_head(report.path, feeds)
     predicted = got["logits"].argmax(1)
     for side, classifier in (("text", model.txt_e_c), ("image", model.img_e_c)):
@@ -375,10 +441,15 @@ def test_training_on_separable_images_exports(tmp_path, encoder_bundle):
     from fixtures.features import SyntheticSpec, write_synthetic_features
     from training.cli import main as train_main
 
-    features = write_synthetic_features(tmp_path / "f.parquet", n=600, num_classes=3, dim=16, seed=1, spec=SyntheticSpec(cue_snr=60.0))
+    features = write_synthetic_features(
+        tmp_path / "f.parquet", n=600, num_classes=3, dim=16, seed=1, spec=SyntheticSpec(cue_snr=60.0)
+    )
     out = tmp_path / "ck"
     config = '{"model": {"embed_dim": 8, "weight_net_hidden": 16}, "training": {"lr": 0.05, "batch_size": 64}}'
-    assert train_main(["--features", str(features), "--out", str(out), "--epochs", "2", "--seed", "0", "--config", config]) == 0
+    assert (
+        train_main(["--features", str(features), "--out", str(out), "--epochs", "2", "--seed", "0", "--config", config])
+        == 0
+    )
     model, _, _ = load_checkpoint(out)
     bundle = tmp_path / "bundle"
     assert export_main(["head", "--checkpoint", str(out), "--encoders", str(encoder_bundle), "--out", str(bundle)]) == 0
@@ -399,15 +470,22 @@ def test_training_on_separable_images_exports(tmp_path, encoder_bundle):
         want = evidence_float64(classifier.weight.detach(), classifier.bias.detach(), emb, predicted, neutral=1)
         bound = float32_evidence_bound(classifier.weight.detach(), classifier.bias.detach(), emb, predicted, neutral=1)
         diff = np.abs(got[f"{side}_evidence"].astype(np.float64) - want)
-        assert np.all(diff <= np.maximum(bound, 1e-4)), (side, float(diff.max()))  # 1e-4, or float32's guarantee near a tie
-    image_logits = np.abs(feeds["image_emb"].astype(np.float64) @ model.img_e_c.weight.detach().double().numpy().T).max(1)
+        assert np.all(diff <= np.maximum(bound, 1e-4)), (
+            side,
+            float(diff.max()),
+        )  # 1e-4, or float32's guarantee near a tie
+    image_logits = np.abs(feeds["image_emb"].astype(np.float64) @ model.img_e_c.weight.detach().double().numpy().T).max(
+        1
+    )
     assert np.median(image_logits) >= 100  # the far range, where the float32 softmax used to underflow
 
 
 # --------------------------------------------------------------------------------------------------- CLI and errors
 
 
-def test_cli_refuses_an_existing_bundle_and_a_dim_mismatch(tiny_checkpoint, encoder_bundle, full_bundle, tmp_path, capsys):
+def test_cli_refuses_an_existing_bundle_and_a_dim_mismatch(
+    tiny_checkpoint, encoder_bundle, full_bundle, tmp_path, capsys
+):
     args = ["head", "--checkpoint", str(tiny_checkpoint), "--encoders", str(encoder_bundle)]
     assert export_main([*args, "--out", str(full_bundle)]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -415,13 +493,34 @@ def test_cli_refuses_an_existing_bundle_and_a_dim_mismatch(tiny_checkpoint, enco
     save_checkpoint(CTMWA(narrow), narrow, tmp_path / "narrow", {"labels": ["positive", "neutral", "negative"]})
     with pytest.raises(BundleError, match="text_emb of width 16, the checkpoint's model takes 8"):
         export_head(tmp_path / "narrow", encoder_bundle, tmp_path / "out")
-    assert export_main(["head", "--checkpoint", str(tiny_checkpoint), "--encoders", str(full_bundle), "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        export_main(
+            [
+                "head",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--encoders",
+                str(full_bundle),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     assert "already has a head" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists()
 
 
 def test_labels_must_match_the_classes(tiny_checkpoint, encoder_bundle, tmp_path, capsys):
-    args = ["head", "--checkpoint", str(tiny_checkpoint), "--encoders", str(encoder_bundle), "--out", str(tmp_path / "b")]
+    args = [
+        "head",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--encoders",
+        str(encoder_bundle),
+        "--out",
+        str(tmp_path / "b"),
+    ]
     assert export_main([*args, "--labels", "good,bad"]) == 2
     assert "3 classes" in capsys.readouterr().err
     assert export_main([*args, "--calibrate"]) == 2

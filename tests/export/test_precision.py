@@ -57,11 +57,15 @@ def test_every_variant_is_its_own_validated_graph_listed_with_checksums(encoder_
 def test_int8_image_embeddings_stay_close_to_fp32(encoder_bundle):
     pixels = np.random.default_rng(5).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     emb = {
-        p: create_session(encoder_bundle / B.encoder_files(p)["image_encoder"], RuntimeConfig(device="cpu")).run({"pixels": pixels})["image_emb"]
+        p: create_session(encoder_bundle / B.encoder_files(p)["image_encoder"], RuntimeConfig(device="cpu")).run(
+            {"pixels": pixels}
+        )["image_emb"]
         for p in ("fp32", "int8", "fp16")
     }
     for p in ("int8", "fp16"):
-        cosine = (emb[p] * emb["fp32"]).sum(axis=1) / np.linalg.norm(emb[p], axis=1) / np.linalg.norm(emb["fp32"], axis=1)
+        cosine = (
+            (emb[p] * emb["fp32"]).sum(axis=1) / np.linalg.norm(emb[p], axis=1) / np.linalg.norm(emb["fp32"], axis=1)
+        )
         assert cosine.min() >= P.TOLERANCES[p].min_cosine, (p, cosine.min())
 
 
@@ -72,7 +76,11 @@ def test_a_variant_beyond_its_tolerance_fails_naming_the_figure(encoder_bundle, 
     spec = image_encoder_spec(image, 16)
     strict = P.VariantTolerance(min_cosine=0.999999999, atol=1e-7, min_agreement=1.0)
     with pytest.raises(ExportValidationError) as e:
-        P.validate_onnx(P.variant_spec(spec, "int8", strict), encoder_bundle / "image_encoder.int8.onnx", ImageEncoder(model, image.mean, image.std))
+        P.validate_onnx(
+            P.variant_spec(spec, "int8", strict),
+            encoder_bundle / "image_encoder.int8.onnx",
+            ImageEncoder(model, image.mean, image.std),
+        )
     text = str(e.value)
     assert "image_encoder (int8)" in text and "row-wise cosine" in text and "tolerance 1e-07" in text
 

@@ -13,14 +13,18 @@ def test_config_needs_exactly_one_training_input(tmp_path):
         release.ReleaseConfig(models_root=str(tmp_path))
     with pytest.raises(release.ReleaseError, match=r"got \['training_posts', 'checkpoint'\]"):
         release.ReleaseConfig(models_root=str(tmp_path), training_posts="p", checkpoint="c")
-    config = release.ReleaseConfig.from_params({"models_root": str(tmp_path), "checkpoint": "c", "epochs": None, "unrelated": 1})
+    config = release.ReleaseConfig.from_params(
+        {"models_root": str(tmp_path), "checkpoint": "c", "epochs": None, "unrelated": 1}
+    )
     assert not config.trains and config.epochs is None
 
 
 def test_prepare_checks_inputs_and_makes_a_work_folder(tmp_path):
     with pytest.raises(release.ReleaseError, match="training_posts '/nope.parquet' does not exist"):
         release.prepare({"models_root": str(tmp_path), "training_posts": "/nope.parquet"}, "run")
-    state = release.prepare({"models_root": str(tmp_path), "checkpoint": str(tmp_path)}, "manual__2026-01-01T00:00:00+00:00")
+    state = release.prepare(
+        {"models_root": str(tmp_path), "checkpoint": str(tmp_path)}, "manual__2026-01-01T00:00:00+00:00"
+    )
     assert state["work_dir"].startswith(str(tmp_path / ".staging" / "manual__2026-01-01T00_00_00_00_00"))
 
 

@@ -102,7 +102,9 @@ def test_batch_axis_baked_in_is_caught_at_every_other_batch_size(tmp_path):
 
 def test_wrong_output_shape_in_spec_is_reported(tmp_path):
     with pytest.raises(ExportValidationError, match=r"output 'probs' has shape \(1, 3\), spec says \(1, 4\)"):
-        export_and_validate(head_spec(output_shapes={"probs": ("batch", 4)}, extra_batch_sizes=()), HeadLike(), tmp_path / "h.onnx")
+        export_and_validate(
+            head_spec(output_shapes={"probs": ("batch", 4)}, extra_batch_sizes=()), HeadLike(), tmp_path / "h.onnx"
+        )
 
 
 def test_output_names_that_differ_from_the_spec_are_reported(tmp_path):
@@ -136,7 +138,9 @@ def test_graph_is_checked_against_the_reference_module(tmp_path):
     import copy
 
     exported = HeadLike()
-    export_and_validate(head_spec(extra_batch_sizes=()), exported, tmp_path / "a.onnx", reference=copy.deepcopy(exported))
+    export_and_validate(
+        head_spec(extra_batch_sizes=()), exported, tmp_path / "a.onnx", reference=copy.deepcopy(exported)
+    )
     other = HeadLike()
     with torch.no_grad():
         other.cls.bias += 0.1
@@ -152,15 +156,23 @@ def cased_inputs(batch_size: int, case: str) -> dict[str, np.ndarray]:
 
 
 def test_every_input_case_is_validated_at_every_batch_size_and_named(tmp_path):
-    spec = head_spec(make_inputs=lambda n, case="all present": cased_inputs(n, case), input_cases=("all present", "none present"), extra_batch_sizes=())
+    spec = head_spec(
+        make_inputs=lambda n, case="all present": cased_inputs(n, case),
+        input_cases=("all present", "none present"),
+        extra_batch_sizes=(),
+    )
     assert spec.cases() == [(n, c) for n in (1, 3, 7) for c in ("all present", "none present")]
     with pytest.raises(ExportValidationError) as e:
         export_and_validate(spec, LiesWhenExported(), tmp_path / "h.onnx")
-    assert [f.split(": output")[0] for f in e.value.failures] == [f"batch {n}, {c}" for n in (1, 3, 7) for c in ("all present", "none present")]
+    assert [f.split(": output")[0] for f in e.value.failures] == [
+        f"batch {n}, {c}" for n in (1, 3, 7) for c in ("all present", "none present")
+    ]
 
 
 def test_per_output_tolerance(tmp_path):
-    report = export_and_validate(head_spec(output_atol={"logits": 1e3}, extra_batch_sizes=()), LiesWhenExported(), tmp_path / "h.onnx")
+    report = export_and_validate(
+        head_spec(output_atol={"logits": 1e3}, extra_batch_sizes=()), LiesWhenExported(), tmp_path / "h.onnx"
+    )
     assert report.max_abs_diff["logits"] > 1e-3 and report.path.is_file()
     with pytest.raises(ValueError, match="not outputs"):
         head_spec(output_atol={"nope": 1.0})
@@ -184,9 +196,15 @@ def near_ties(batch_size: int) -> dict[str, np.ndarray]:
 
 def argmax_spec(**overrides) -> ExportSpec:
     fields = dict(
-        name="argmax", input_names=("x",), output_names=("logits", "w"), make_inputs=near_ties,
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}, "w": {0: "batch"}}, atol=2e-3, extra_batch_sizes=(100,),
-        argmax_of="logits", argmax_dependent=("w",),
+        name="argmax",
+        input_names=("x",),
+        output_names=("logits", "w"),
+        make_inputs=near_ties,
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}, "w": {0: "batch"}},
+        atol=2e-3,
+        extra_batch_sizes=(100,),
+        argmax_of="logits",
+        argmax_dependent=("w",),
     )
     return ExportSpec(**{**fields, **overrides})
 

@@ -22,26 +22,39 @@ CONFIG = json.dumps({"model": {"embed_dim": 16}, "training": {"lr": 0.02, "inner
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    return write_synthetic_features(tmp_path_factory.mktemp("features") / "f.parquet", n=600, num_classes=3, dim=16, seed=7)
+    return write_synthetic_features(
+        tmp_path_factory.mktemp("features") / "f.parquet", n=600, num_classes=3, dim=16, seed=7
+    )
 
 
 @pytest.fixture(scope="module")
 def run(features, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["--features", str(features), "--out", str(out), "--epochs", "6", "--seed", "3", "--config", CONFIG]) == 0
+    assert (
+        main(["--features", str(features), "--out", str(out), "--epochs", "6", "--seed", "3", "--config", CONFIG]) == 0
+    )
     return out
 
 
 def test_writes_checkpoint_and_metrics(run):
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("valid_accuracy", "test_accuracy", "test_f1_weighted", "missing_text_test_accuracy", "missing_image_test_accuracy", "best_epoch"):
+    for key in (
+        "valid_accuracy",
+        "test_accuracy",
+        "test_f1_weighted",
+        "missing_text_test_accuracy",
+        "missing_image_test_accuracy",
+        "best_epoch",
+    ):
         assert isinstance(metrics[key], (int, float)), key
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, 7))
     config = json.loads((run / "config.json").read_text())
     assert config["labels"] == ["positive", "neutral", "negative"]
     assert config["training"]["seed"] == 3 and config["training"]["epochs"] == 6 and config["training"]["lr"] == 0.02
-    assert config["model"]["text_dim"] == 16 and config["model"]["embed_dim"] == 16 and config["model"]["num_classes"] == 3
+    assert (
+        config["model"]["text_dim"] == 16 and config["model"]["embed_dim"] == 16 and config["model"]["num_classes"] == 3
+    )
 
 
 def test_learns_well_beyond_the_majority_class(run):
@@ -71,7 +84,10 @@ def test_checkpoint_holds_the_best_validation_epoch(run, features):
 
 
 def test_same_seed_same_metrics(run, features, tmp_path):
-    assert main(["--features", str(features), "--out", str(tmp_path), "--epochs", "6", "--seed", "3", "--config", CONFIG]) == 0
+    assert (
+        main(["--features", str(features), "--out", str(tmp_path), "--epochs", "6", "--seed", "3", "--config", CONFIG])
+        == 0
+    )
     first = json.loads((run / "metrics.json").read_text())
     second = json.loads((tmp_path / "metrics.json").read_text())
     strip = lambda m: {k: v for k, v in m.items() if k not in ("history", "seconds_per_epoch")}  # noqa: E731
@@ -80,7 +96,23 @@ def test_same_seed_same_metrics(run, features, tmp_path):
 
 
 def test_late_fusion_mode(features, tmp_path):
-    assert main(["--features", str(features), "--out", str(tmp_path), "--epochs", "2", "--mode", "late_fusion", "--config", CONFIG]) == 0
+    assert (
+        main(
+            [
+                "--features",
+                str(features),
+                "--out",
+                str(tmp_path),
+                "--epochs",
+                "2",
+                "--mode",
+                "late_fusion",
+                "--config",
+                CONFIG,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["mode"] == "late_fusion" and metrics["rows"]["query"] == 0
     assert metrics["history"][0]["query_loss"] is None
@@ -90,7 +122,9 @@ def test_user_errors_are_one_line_and_exit_2(features, tmp_path, capsys):
     assert main(["--features", str(tmp_path / "none.parquet"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ctmwa-train: DatasetError:") and "none.parquet" in err and "\n" not in err
-    assert main(["--features", str(features), "--out", str(tmp_path), "--config", '{"training": {"lr_decy": true}}']) == 2
+    assert (
+        main(["--features", str(features), "--out", str(tmp_path), "--config", '{"training": {"lr_decy": true}}']) == 2
+    )
     assert "lr_decy" in capsys.readouterr().err
     assert main(["--features", str(features), "--out", str(tmp_path), "--config", '{"model": {"num_classes": 7}}']) == 2
     assert "num_classes = 7" in capsys.readouterr().err
@@ -114,7 +148,10 @@ def test_prepare_dispatches_to_training_prepare(monkeypatch, capsys):
     assert main(["prepare", "--dataset", "mvsa_single"]) == 0
     assert main(["prepare", "--dataset", "bad"]) == 2
     assert calls == ["mvsa_single", "bad"]
-    assert capsys.readouterr().err.strip() == "ctmwa-train prepare: DatasetError: bad dataset folder; point --dataset at it"
+    assert (
+        capsys.readouterr().err.strip()
+        == "ctmwa-train prepare: DatasetError: bad dataset folder; point --dataset at it"
+    )
 
 
 def test_weighted_f1_matches_the_definition():

@@ -30,7 +30,9 @@ def write(tmp_path, t: pa.Table, name="features.parquet"):
 
 def replace(t: pa.Table, column: str, values, type=None) -> pa.Table:
     i = t.schema.get_field_index(column)
-    return t.set_column(i, pa.field(column, type or t.schema.field(column).type), pa.array(values, type or t.schema.field(column).type))
+    return t.set_column(
+        i, pa.field(column, type or t.schema.field(column).type), pa.array(values, type or t.schema.field(column).type)
+    )
 
 
 def test_reads_splits_query_and_missing_modalities(tmp_path):
@@ -140,7 +142,9 @@ def test_query_rows_without_unimodal_labels(tmp_path):
     t = table()
     t = replace(t, "t_label", [None] * t.num_rows)
     path = write(tmp_path, t)
-    with pytest.raises(DatasetError, match=r"query row\(s\) have no 't_label'.*--no-unimodal-labels.*ctmwa.unimodal_labels=false"):
+    with pytest.raises(
+        DatasetError, match=r"query row\(s\) have no 't_label'.*--no-unimodal-labels.*ctmwa.unimodal_labels=false"
+    ):
         read_features(path)
 
 
@@ -151,7 +155,11 @@ def test_declared_without_unimodal_labels_uses_the_multimodal_label(tmp_path, ca
     assert not fs.unimodal_labels and "multimodal label for all three heads" in caplog.text
     assert torch.equal(fs.query.t_label, fs.query.label) and torch.equal(fs.query.v_label, fs.query.label)
     # the flag works on a file that says nothing, even without the t/v columns
-    bare = table().drop_columns(["t_label", "v_label"]).replace_schema_metadata({"ctmwa.labels": json.dumps(["a", "b", "c"])})
+    bare = (
+        table()
+        .drop_columns(["t_label", "v_label"])
+        .replace_schema_metadata({"ctmwa.labels": json.dumps(["a", "b", "c"])})
+    )
     fs = read_features(write(tmp_path, bare, "bare.parquet"), unimodal_labels=False)
     assert torch.equal(fs.query.t_label, fs.query.label)
     with pytest.raises(DatasetError, match=r"\['t_label', 'v_label'\] missing.*--no-unimodal-labels"):

@@ -22,7 +22,9 @@ TRAINING = TrainConfig(seed=3, epochs=3, lr=0.02, inner_lr=0.05, wnet_lr=0.005)
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    return write_synthetic_features(tmp_path_factory.mktemp("features") / "f.parquet", n=600, num_classes=3, dim=16, seed=7)
+    return write_synthetic_features(
+        tmp_path_factory.mktemp("features") / "f.parquet", n=600, num_classes=3, dim=16, seed=7
+    )
 
 
 def snapshot(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
@@ -41,11 +43,20 @@ def test_weight_nets_are_trained_by_the_query_step_alone(features, monkeypatch):
 
     def wrap(name):
         def method(self, *args, **kwargs):
-            wnet, rest = snapshot(self.model.weight_net_parameters()), snapshot(
-                {n: p for n, p in self.model.named_parameters() if not n.startswith(("txt_w_net", "img_w_net"))}
+            wnet, rest = (
+                snapshot(self.model.weight_net_parameters()),
+                snapshot(
+                    {n: p for n, p in self.model.named_parameters() if not n.startswith(("txt_w_net", "img_w_net"))}
+                ),
             )
             result = real[name](self, *args, **kwargs)
-            log.append((name, not same(wnet, self.model.weight_net_parameters()), not same(rest, dict(self.model.named_parameters()))))
+            log.append(
+                (
+                    name,
+                    not same(wnet, self.model.weight_net_parameters()),
+                    not same(rest, dict(self.model.named_parameters())),
+                )
+            )
             return result
 
         return method
@@ -58,7 +69,9 @@ def test_weight_nets_are_trained_by_the_query_step_alone(features, monkeypatch):
     def fit_evidence(model, data):
         before_wnet, before_backbone = snapshot(model.weight_net_parameters()), snapshot(model.backbone_parameters())
         report = real_fit_evidence(model, data)
-        fitted_wnets["unchanged"] = same(before_wnet, model.weight_net_parameters()) and same(before_backbone, model.backbone_parameters())
+        fitted_wnets["unchanged"] = same(before_wnet, model.weight_net_parameters()) and same(
+            before_backbone, model.backbone_parameters()
+        )
         return report
 
     monkeypatch.setattr("training.fit.fit_evidence", fit_evidence)
@@ -96,7 +109,9 @@ def test_evidence_tracks_the_modality_that_carries_the_cue(features):
     both = (rows.has_text & rows.has_image).numpy()
     text_only, image_only = (cue == "text") & both, (cue == "image") & both
     t, v = out.text_evidence.numpy(), out.image_evidence.numpy()
-    assert E.auc(t[text_only], t[image_only]) > 0.85  # 0.89 when written; the first (neck, post label) evidence: 0.75-0.8
+    assert (
+        E.auc(t[text_only], t[image_only]) > 0.85
+    )  # 0.89 when written; the first (neck, post label) evidence: 0.75-0.8
     assert E.auc(v[image_only], v[text_only]) > 0.85  # 0.91
     assert ((t >= 0) & (t <= 1)).all() and ((v >= 0) & (v <= 1)).all()
 
@@ -107,8 +122,12 @@ def test_synthetic_cues_match_the_table():
     assert set(cue) <= set(CUES) and len(cue) == 300
     label, t_label, v_label = (np.asarray(table.column(c)) for c in ("label", "t_label", "v_label"))
     polar = label != 1
-    assert (t_label[polar & (cue == "image")] == 1).all() and (v_label[polar & (cue == "image")] == label[polar & (cue == "image")]).all()
-    assert (v_label[polar & (cue == "text")] == 1).all() and (t_label[polar & (cue == "text")] == label[polar & (cue == "text")]).all()
+    assert (t_label[polar & (cue == "image")] == 1).all() and (
+        v_label[polar & (cue == "image")] == label[polar & (cue == "image")]
+    ).all()
+    assert (v_label[polar & (cue == "text")] == 1).all() and (
+        t_label[polar & (cue == "text")] == label[polar & (cue == "text")]
+    ).all()
     assert ((t_label == label) & (v_label == label))[cue == "both"].all()
 
 
@@ -138,7 +157,9 @@ def test_class_bias_lifts_a_starved_class_without_losing_accuracy():
     bias, report = fit_class_bias(logits, labels)
     after_acc, after_f1 = accuracy_f1(labels, (logits + bias).argmax(1))
     assert bias[1] > 0.5 and after_f1 > before_f1 + 0.05 and after_acc >= before_acc
-    assert report["valid_f1_weighted_after"] == pytest.approx(after_f1) and report["bias"] == pytest.approx(bias.tolist())
+    assert report["valid_f1_weighted_after"] == pytest.approx(after_f1) and report["bias"] == pytest.approx(
+        bias.tolist()
+    )
     assert bias[int(np.bincount(logits.argmax(1)).argmax())] == 0.0
 
 
@@ -155,7 +176,9 @@ def test_backbone_modules_do_not_include_evidence_or_weight_nets():
     assert not set(BACKBONE_MODULES) & {"txt_e_c", "img_e_c", "txt_w_net", "img_w_net"}
 
 
-def test_ctmwa_train_evidence_fits_a_stale_checkpoint_without_retraining(tiny_checkpoint, tiny_features, tmp_path, capsys):
+def test_ctmwa_train_evidence_fits_a_stale_checkpoint_without_retraining(
+    tiny_checkpoint, tiny_features, tmp_path, capsys
+):
     """`ctmwa-train evidence` on a checkpoint whose evidence classifiers are gone: it loads, fits them on the
     frozen model (the backbone and weight nets unchanged), marks the neutral class, and updates metrics.json."""
     import json
@@ -168,7 +191,11 @@ def test_ctmwa_train_evidence_fits_a_stale_checkpoint_without_retraining(tiny_ch
 
     ck = tmp_path / "ck"
     shutil.copytree(tiny_checkpoint, ck)
-    state = {k: v for k, v in load_file(str(ck / "model.safetensors")).items() if not k.startswith(EVIDENCE_MODULES) and k != "evidence_neutral"}
+    state = {
+        k: v
+        for k, v in load_file(str(ck / "model.safetensors")).items()
+        if not k.startswith(EVIDENCE_MODULES) and k != "evidence_neutral"
+    }
     save_file(state, str(ck / "model.safetensors"))
     metrics = json.loads((ck / "metrics.json").read_text())
     metrics.pop("evidence")
@@ -203,7 +230,11 @@ def test_synthetic_class_shares_draw_an_imbalanced_set_and_keep_the_cues_in_step
     table = synthetic_table(4000, 3, 8, seed=5, spec=spec)
     shares = np.bincount(np.asarray(table.column("label")), minlength=3) / 4000
     np.testing.assert_allclose(shares, [0.59, 0.10, 0.31], atol=0.03)
-    cue, label, t_label = synthetic_cues(4000, 3, 8, seed=5, spec=spec), np.asarray(table.column("label")), np.asarray(table.column("t_label"))
+    cue, label, t_label = (
+        synthetic_cues(4000, 3, 8, seed=5, spec=spec),
+        np.asarray(table.column("label")),
+        np.asarray(table.column("t_label")),
+    )
     assert (t_label[cue == "image"] == 1).all() and (t_label[cue != "image"] == label[cue != "image"]).all()
     with pytest.raises(ValueError, match=r"class_shares \(0.5, 0.5\) must be 3 non-negative numbers that sum to 1"):
         synthetic_table(50, 3, 8, seed=5, spec=SyntheticSpec(class_shares=(0.5, 0.5)))
@@ -224,7 +255,9 @@ def test_probe_blend_leans_on_the_probe_where_the_model_is_weak_and_stays_off_ot
     assert report["valid_accuracy_after"] >= report["valid_accuracy_before"]
     with torch.no_grad():
         out = model(data.valid.text, data.valid.image, data.valid.has_text, data.valid.has_image)
-    assert accuracy_f1(data.valid.label.numpy(), out.logits.argmax(1).numpy())[1] == pytest.approx(report["valid_f1_weighted_after"])
+    assert accuracy_f1(data.valid.label.numpy(), out.logits.argmax(1).numpy())[1] == pytest.approx(
+        report["valid_f1_weighted_after"]
+    )
     assert all(p.abs().sum() == 0 for p in model.evidence_parameters().values())  # only the probe and its weight moved
 
     off = fit_probe_blend(model, data, min_gain=1.0)

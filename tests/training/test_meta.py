@@ -25,7 +25,9 @@ C = 3
 
 def tiny(seed=0, dtype=torch.float32, dt=6, dv=5, dropout=0.0) -> CTMWA:
     torch.manual_seed(seed)
-    model = CTMWA(CTMWAConfig(text_dim=dt, image_dim=dv, embed_dim=4, num_classes=C, attn_dropout=dropout, weight_net_hidden=8))
+    model = CTMWA(
+        CTMWAConfig(text_dim=dt, image_dim=dv, embed_dim=4, num_classes=C, attn_dropout=dropout, weight_net_hidden=8)
+    )
     return model.to(dtype)
 
 
@@ -142,7 +144,9 @@ def test_query_step_moves_weight_nets_only_and_outer_step_backbone_only():
     trainer.outer_step(b)
     for n, p in model.named_parameters():
         is_wnet = n.startswith(("txt_w_net", "img_w_net"))
-        is_evidence = n.startswith((*EVIDENCE_MODULES, "probe."))  # fitted after training (training.evidence, training.probe), never here
+        is_evidence = n.startswith(
+            (*EVIDENCE_MODULES, "probe.")
+        )  # fitted after training (training.evidence, training.probe), never here
         # queries and keys of a one-token attention are dead (softmax over one key is 1): zero gradient
         dead = ".self_attn.fc_q." in n or ".self_attn.fc_k." in n
         assert torch.equal(p, middle[n]) == (is_wnet or is_evidence or dead), n
@@ -197,7 +201,12 @@ def test_late_fusion_counts_every_loss_once_and_leaves_weight_nets_alone():
     with torch.no_grad():
         out = model(b.text, b.image, b.has_text, b.has_image, label=b.label)
         ce = torch.nn.functional.cross_entropy
-        expected = translation_loss(out, b, trainer.config) + ce(out.logits_m, b.label) + ce(out.logits_t, b.label) + ce(out.logits_v, b.label)
+        expected = (
+            translation_loss(out, b, trainer.config)
+            + ce(out.logits_m, b.label)
+            + ce(out.logits_t, b.label)
+            + ce(out.logits_v, b.label)
+        )
     losses = trainer.step(b, None)
     assert losses.outer == pytest.approx(expected.item(), rel=1e-5)
     for n, p in model.weight_net_parameters().items():

@@ -185,7 +185,10 @@ def test_translator_training_drops_whole_heads_of_the_attention_matrix():
         v = attn.fc_v(h).view(64, 2, 12)
         # Each head's single attention weight (1.0) is either dropped or scaled by 1/(1-p) = 2.
         candidates = torch.stack(
-            [attn.fc_o((v * torch.tensor(mask).view(1, 2, 1)).reshape(64, 24)) for mask in itertools.product([0.0, 2.0], repeat=2)]
+            [
+                attn.fc_o((v * torch.tensor(mask).view(1, 2, 1)).reshape(64, 24))
+                for mask in itertools.product([0.0, 2.0], repeat=2)
+            ]
         )  # (4, N, D)
     err = (candidates - got[None]).abs().amax(dim=2).amin(dim=0)
     assert err.max() < 1e-5
@@ -296,10 +299,17 @@ def test_a_checkpoint_with_missing_or_stale_evidence_names_the_fix(tmp_path, kin
 
     model = tiny_model()
     save_checkpoint(model, TINY, tmp_path, {})
-    state = {k: v for k, v in load_file(str(tmp_path / "model.safetensors")).items() if not k.startswith(EVIDENCE_MODULES) and k != "evidence_neutral"}
+    state = {
+        k: v
+        for k, v in load_file(str(tmp_path / "model.safetensors")).items()
+        if not k.startswith(EVIDENCE_MODULES) and k != "evidence_neutral"
+    }
     if kind == "neck-sized":
         e, c = TINY.embed_dim, TINY.num_classes
-        state.update({f"{m}.weight": torch.ones(c, e) for m in EVIDENCE_MODULES} | {f"{m}.bias": torch.ones(c) for m in EVIDENCE_MODULES})
+        state.update(
+            {f"{m}.weight": torch.ones(c, e) for m in EVIDENCE_MODULES}
+            | {f"{m}.bias": torch.ones(c) for m in EVIDENCE_MODULES}
+        )
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match=f"ctmwa-train evidence --checkpoint {tmp_path} --features"):
         load_checkpoint(tmp_path)

@@ -275,7 +275,8 @@ def count_unlabelled(files: dict[str, Path], label_ids: set[str], report: ReadRe
     if unlabelled:
         logger.warning(
             "%d post(s) in the data folder have no label line and are not read (e.g. %s)",
-            len(unlabelled), unlabelled[:MAX_EXAMPLES],
+            len(unlabelled),
+            unlabelled[:MAX_EXAMPLES],
         )
 
 

@@ -33,7 +33,12 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 _EXTENSIONS = {
-    ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
 }
 _INT = re.compile(r"[+-]?\d+")
 
@@ -103,11 +108,15 @@ def generic_source(
         raise DatasetError(
             f"{path}: neither a text nor an image column configured; set --text-column or --image-column"
         )
-    t_col = need(config.t_label_column, "--t-label-column") if config.t_label_column else (
-        "t_label" if "t_label" in names else None
+    t_col = (
+        need(config.t_label_column, "--t-label-column")
+        if config.t_label_column
+        else ("t_label" if "t_label" in names else None)
     )
-    v_col = need(config.v_label_column, "--v-label-column") if config.v_label_column else (
-        "v_label" if "v_label" in names else None
+    v_col = (
+        need(config.v_label_column, "--v-label-column")
+        if config.v_label_column
+        else ("v_label" if "v_label" in names else None)
     )
     if (t_col is None) != (v_col is None):
         raise DatasetError(
@@ -116,8 +125,12 @@ def generic_source(
         )
     if image_col is not None:
         image_type = dataset.schema.field(image_col).type
-        if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)
-                or pa.types.is_string(image_type) or pa.types.is_large_string(image_type)):
+        if not (
+            pa.types.is_binary(image_type)
+            or pa.types.is_large_binary(image_type)
+            or pa.types.is_string(image_type)
+            or pa.types.is_large_string(image_type)
+        ):
             raise DatasetError(
                 f"{path}: image column {image_col!r} has type {image_type}; "
                 "it must hold bytes (binary) or paths (string)"
@@ -135,15 +148,14 @@ def generic_source(
     has_unimodal = t_col is not None and any(
         t is not None and v is not None for t, v in zip(values[t_col], values[v_col], strict=True)
     )
-    report = ReadReport(
-        dataset="generic", source=str(path), labels=list(class_names), unimodal_labels=has_unimodal
-    )
+    report = ReadReport(dataset="generic", source=str(path), labels=list(class_names), unimodal_labels=has_unimodal)
     labels = [index_of(v, path, row, label_col) for row, v in enumerate(values[label_col], start=1)]
     t_labels = [index_of(v, path, row, t_col) for row, v in enumerate(values[t_col], start=1)] if t_col else None
     v_labels = [index_of(v, path, row, v_col) for row, v in enumerate(values[v_col], start=1)] if v_col else None
     if t_col and not has_unimodal:
-        logger.warning("%s: columns %r and %r hold no label pair; treating the set as without unimodal labels",
-                       path, t_col, v_col)
+        logger.warning(
+            "%s: columns %r and %r hold no label pair; treating the set as without unimodal labels", path, t_col, v_col
+        )
     image_root = Path(config.image_root) if config.image_root else (path if path.is_dir() else path.parent)
     content_cols = [c for c in (text_col, image_col) if c is not None]
 

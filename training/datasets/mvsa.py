@@ -86,7 +86,10 @@ def mvsa_source(
     count_unlabelled(files, label_ids, report)
     logger.info(
         "%s: %d label lines, %d posts after label cleaning (dropped: %s)",
-        label_path, report.read, len(posts), report.dropped or "none",
+        label_path,
+        report.read,
+        len(posts),
+        report.dropped or "none",
     )
     return PostsSource(report, build_posts(posts, report, options, progress))
 

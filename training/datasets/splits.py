@@ -23,9 +23,14 @@ logger = logging.getLogger(__name__)
 
 TRAIN, VALID, TEST = SPLITS
 _SPLIT_WORDS = {
-    "train": TRAIN, "training": TRAIN,
-    "valid": VALID, "val": VALID, "validation": VALID, "dev": VALID,
-    "test": TEST, "testing": TEST,
+    "train": TRAIN,
+    "training": TRAIN,
+    "valid": VALID,
+    "val": VALID,
+    "validation": VALID,
+    "dev": VALID,
+    "test": TEST,
+    "testing": TEST,
 }
 
 
@@ -185,11 +190,14 @@ def assign(
         report.unknown_in_split_file = len(set(mapping) - set(post_ids))
         if report.not_in_split_file:
             missing = [p for p, s in zip(post_ids, split, strict=True) if s is None]
-            logger.warning("%d post(s) are not in the split file and are left out (e.g. %s)",
-                           report.not_in_split_file, missing[:5])
+            logger.warning(
+                "%d post(s) are not in the split file and are left out (e.g. %s)", report.not_in_split_file, missing[:5]
+            )
         if report.unknown_in_split_file:
-            logger.warning("%d id(s) of the split file are not among the posts (dropped by cleaning, or another set?)",
-                           report.unknown_in_split_file)
+            logger.warning(
+                "%d id(s) of the split file are not among the posts (dropped by cleaning, or another set?)",
+                report.unknown_in_split_file,
+            )
     else:
         split = list(seeded_splits(post_ids, labels, config))
         report = SplitReport(source="seeded", seed=config.seed)
@@ -201,8 +209,13 @@ def assign(
         query[i] = True
     report.query, report.query_eligible, report.query_target = len(picked), len(eligible), target
     if len(picked) < target:
-        logger.warning("query set: %d post(s) wanted (%.0f%% of %d training posts), only %d eligible",
-                       target, 100 * config.query_fraction, len(train), len(eligible))
+        logger.warning(
+            "query set: %d post(s) wanted (%.0f%% of %d training posts), only %d eligible",
+            target,
+            100 * config.query_fraction,
+            len(train),
+            len(eligible),
+        )
     counts = Counter((s, labels[i]) for i, s in enumerate(split) if s is not None)
     report.per_split = {s: sum(counts[(s, c)] for c in range(len(class_names))) for s in SPLITS}
     report.per_split_class = {s: {name: counts[(s, c)] for c, name in enumerate(class_names)} for s in SPLITS}

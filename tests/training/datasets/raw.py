@@ -110,7 +110,7 @@ def make_tumemo(root: Path) -> Path:
     lines = ["ID Label", "a17 Happy", "5 Angry", "b2   love", "9\tSad", "40 Calm"]
     write_post(data, "a17", "what a day", jpeg(17))
     write_post(data, "5", "so annoyed", jpeg(5))
-    write_post(data, "b2", "my dog".encode() + b"\x92s bed", jpeg(2))  # cp1252 right quote: 1 replaced char
+    write_post(data, "b2", b"my dog" + b"\x92s bed", jpeg(2))  # cp1252 right quote: 1 replaced char
     write_post(data, "9", "rainy", None)  # missing image
     write_post(data, "40", None, jpeg(40))  # missing text
     write_post(data, "77", "not in the label file", jpeg(77))  # unlabelled

@@ -37,8 +37,25 @@ def _raw_folder(tmp_path):
 def test_raw_mvsa_single_to_trained_model(tmp_path, encoder_bundle, capsys):
     root = _raw_folder(tmp_path)
     features = tmp_path / "features.parquet"
-    assert ctmwa_train(["prepare", "mvsa-single", "--root", str(root), "--bundle", str(encoder_bundle),
-                        "--out", str(features), "--device", "cpu", "--batch-size", "32"]) == 0
+    assert (
+        ctmwa_train(
+            [
+                "prepare",
+                "mvsa-single",
+                "--root",
+                str(root),
+                "--bundle",
+                str(encoder_bundle),
+                "--out",
+                str(features),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert "160 labelled, 157 kept, 3 dropped" in capsys.readouterr().out
 
     # Features: the contract's columns, the label metadata, and the missing modalities of the messy posts.

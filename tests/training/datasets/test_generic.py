@@ -26,7 +26,7 @@ def test_csv_with_paths_words_and_unimodal_labels(tmp_path):
     csv.write_bytes(
         b"post_id,text,image,label,t_label,v_label\n"
         b"007,hello,img/a.jpg,pos,pos,neu\n"  # id keeps its leading zeros
-        b"8,\"multi\nline, quoted\",img/b.jpg,neg,,\n"  # no unimodal labels on this row
+        b'8,"multi\nline, quoted",img/b.jpg,neg,,\n'  # no unimodal labels on this row
         b"9,caf\xe9,img/missing.jpg,neu,neu,neu\n"  # cp1252 byte; image file absent
         b"10,,img/c.jpg,,pos,pos\n"  # no label: dropped and counted
         b"11,broken,img/bad.jpg,pos,pos,pos\n"  # unreadable image
@@ -36,7 +36,11 @@ def test_csv_with_paths_words_and_unimodal_labels(tmp_path):
     rows = {r["post_id"]: r for r in result.table.to_pylist()}
     # Inferred classes: sorted words -> neg=0, neu=1, pos=2.
     assert {k: (r["label"], r["t_label"], r["v_label"]) for k, r in rows.items()} == {
-        "007": (2, 2, 1), "8": (0, None, None), "9": (1, 1, 1), "11": (2, 2, 2), "12": (0, 0, 0),
+        "007": (2, 2, 1),
+        "8": (0, None, None),
+        "9": (1, 1, 1),
+        "11": (2, 2, 2),
+        "12": (0, 0, 0),
     }
     assert rows["8"]["text"] == "multi\nline, quoted"
     assert rows["9"]["text"] == "caf\u00e9"
@@ -63,7 +67,10 @@ def test_parquet_with_image_bytes_and_given_classes(tmp_path):
     path = tmp_path / "posts.parquet"
     pq.write_table(table, path)
     config = GenericConfig(
-        id_column="id", text_column="caption", image_column="img", label_column="y",
+        id_column="id",
+        text_column="caption",
+        image_column="img",
+        label_column="y",
         labels=("positive", "neutral", "negative"),
     )
     result = read_generic(path, config)
@@ -107,16 +114,31 @@ def test_tsv_with_image_root(tmp_path):
 @pytest.mark.parametrize(
     ("body", "config", "message"),
     [
-        ("post_id,text,label\n1,a,pos\n1,b,neg\n", GenericConfig(image_column=None),
-         r"posts\.csv: row 2: duplicate id '1' in column 'post_id' \(first in row 1\)"),
-        ("post_id,text,label\n1,a,pos\n2,b,meh\n", GenericConfig(image_column=None, labels=("pos", "neg")),
-         r"posts\.csv: row 2, column 'label': unknown label 'meh'; the classes are \['pos', 'neg'\]"),
-        ("post_id,text,label\n1,a,pos\n2,b,5\n", GenericConfig(image_column=None),
-         r"labels mix class indices and words"),
-        ("post_id,text,label\n1,a,pos\n", GenericConfig(),
-         r"posts\.csv: column 'image' not found; columns are \['post_id', 'text', 'label'\]; set --image-column"),
-        ("post_id,text,label,t_label\n1,a,pos,pos\n", GenericConfig(image_column=None),
-         r"a text label column without an image label column"),
+        (
+            "post_id,text,label\n1,a,pos\n1,b,neg\n",
+            GenericConfig(image_column=None),
+            r"posts\.csv: row 2: duplicate id '1' in column 'post_id' \(first in row 1\)",
+        ),
+        (
+            "post_id,text,label\n1,a,pos\n2,b,meh\n",
+            GenericConfig(image_column=None, labels=("pos", "neg")),
+            r"posts\.csv: row 2, column 'label': unknown label 'meh'; the classes are \['pos', 'neg'\]",
+        ),
+        (
+            "post_id,text,label\n1,a,pos\n2,b,5\n",
+            GenericConfig(image_column=None),
+            r"labels mix class indices and words",
+        ),
+        (
+            "post_id,text,label\n1,a,pos\n",
+            GenericConfig(),
+            r"posts\.csv: column 'image' not found; columns are \['post_id', 'text', 'label'\]; set --image-column",
+        ),
+        (
+            "post_id,text,label,t_label\n1,a,pos,pos\n",
+            GenericConfig(image_column=None),
+            r"a text label column without an image label column",
+        ),
         ("post_id,text,label\n,a,pos\n", GenericConfig(image_column=None), r"row 1 has an empty id"),
     ],
 )

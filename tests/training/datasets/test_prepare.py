@@ -81,8 +81,10 @@ def test_split_file_leaves_out_unlisted_posts(tmp_path):
     assert _posts_only(root, out, "--split-file", str(split_file)) == 0
     posts = pq.read_table(tmp_path / "f.posts.parquet", columns=["post_id", "split"]).to_pylist()
     assert posts == [
-        {"post_id": "1", "split": "train"}, {"post_id": "2", "split": "train"},
-        {"post_id": "4", "split": "valid"}, {"post_id": "5", "split": "test"},
+        {"post_id": "1", "split": "train"},
+        {"post_id": "2", "split": "train"},
+        {"post_id": "4", "split": "valid"},
+        {"post_id": "5", "split": "test"},
     ]
     summary = json.loads((tmp_path / "f.summary.json").read_text())
     assert summary["splits"]["not_in_split_file"] == 3  # 6, 7, 10
@@ -105,7 +107,10 @@ def test_bundle_required_unless_posts_only(tmp_path, capsys):
 def test_prepare_features_contract(tmp_path, encoder_bundle):
     root = make_mvsa_single(tmp_path / "MVSA_Single")
     config = prep.PrepareConfig(
-        dataset="mvsa-single", root=str(root), out=str(tmp_path / "features.parquet"), bundle=str(encoder_bundle),
+        dataset="mvsa-single",
+        root=str(root),
+        out=str(tmp_path / "features.parquet"),
+        bundle=str(encoder_bundle),
         batch_size=4,
     )
     summary = prep.prepare(config)  # the real embed path: the tiny ONNX encoders of the shared fixture
@@ -116,12 +121,19 @@ def test_prepare_features_contract(tmp_path, encoder_bundle):
     rows = {r["post_id"]: r for r in features.to_pylist()}
     assert set(rows) == {"1", "2", "4", "5", "6", "7", "10"}
     assert (rows["5"]["has_image"], rows["6"]["has_image"], rows["7"]["has_text"], rows["10"]["has_text"]) == (
-        False, False, False, False)
+        False,
+        False,
+        False,
+        False,
+    )
     assert summary["missing_modalities"] == {"posts": 7, "without_text": 2, "without_image": 2, "without_both": 0}
     on_disk = json.loads((tmp_path / "features.summary.json").read_text())
     assert on_disk["missing_modalities"] == summary["missing_modalities"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "MVSA_Single", "features.parquet", "features.posts.parquet", "features.summary.json"
+        "MVSA_Single",
+        "features.parquet",
+        "features.posts.parquet",
+        "features.summary.json",
     ]
 
 
@@ -130,8 +142,9 @@ def test_prepare_rejects_embed_output_without_labels(tmp_path):
 
     def lossy_embed(bundle_dir, input_path, output_path, **kwargs):
         posts = pq.read_table(input_path, columns=["post_id"])
-        pq.write_table(posts.append_column("text_emb", pa.array([[0.0]] * posts.num_rows, pa.list_(pa.float32()))),
-                       output_path)
+        pq.write_table(
+            posts.append_column("text_emb", pa.array([[0.0]] * posts.num_rows, pa.list_(pa.float32()))), output_path
+        )
 
     config = prep.PrepareConfig(dataset="mvsa-single", root=str(root), out=str(tmp_path / "f.parquet"), bundle="e")
     with pytest.raises(DatasetError, match=r"the embed output lacks column\(s\) \['split', 'image_emb', 'label'"):

@@ -40,9 +40,15 @@ POS, NEU, NEG = 0, 1, 2
 @pytest.mark.parametrize(
     ("t", "v", "expected"),
     [
-        (POS, POS, POS), (NEU, NEU, NEU), (NEG, NEG, NEG),  # equal -> that label
-        (NEU, POS, POS), (POS, NEU, POS), (NEU, NEG, NEG), (NEG, NEU, NEG),  # neutral + polar -> polar
-        (POS, NEG, None), (NEG, POS, None),  # contradiction -> dropped
+        (POS, POS, POS),
+        (NEU, NEU, NEU),
+        (NEG, NEG, NEG),  # equal -> that label
+        (NEU, POS, POS),
+        (POS, NEU, POS),
+        (NEU, NEG, NEG),
+        (NEG, NEU, NEG),  # neutral + polar -> polar
+        (POS, NEG, None),
+        (NEG, POS, None),  # contradiction -> dropped
     ],
 )
 def test_combine(t, v, expected):
@@ -179,7 +185,13 @@ def test_tumemo_ids_from_lines(tmp_path):
     assert rows["5"]["image"] == jpeg(5)  # data/5.jpg, though "5" is on the label file's third line
     assert result.table.schema.metadata[b"ctmwa.unimodal_labels"] == b"false"
     assert json.loads(result.table.schema.metadata[b"ctmwa.labels"]) == [
-        "angry", "bored", "calm", "fear", "happy", "love", "sad"
+        "angry",
+        "bored",
+        "calm",
+        "fear",
+        "happy",
+        "love",
+        "sad",
     ]
 
 

@@ -37,9 +37,15 @@ def test_stratified_8_1_1_per_class():
     per = Counter(zip(split, labels, strict=True))
     # Each class's block ends on a whole multiple of 10 posts, so each class splits exactly 8:1:1.
     assert per == {
-        ("train", 0): 32, ("valid", 0): 4, ("test", 0): 4,
-        ("train", 1): 32, ("valid", 1): 4, ("test", 1): 4,
-        ("train", 2): 16, ("valid", 2): 2, ("test", 2): 2,
+        ("train", 0): 32,
+        ("valid", 0): 4,
+        ("test", 0): 4,
+        ("train", 1): 32,
+        ("valid", 1): 4,
+        ("test", 1): 4,
+        ("train", 2): 16,
+        ("valid", 2): 2,
+        ("test", 2): 2,
     }
 
 
@@ -91,7 +97,10 @@ def test_split_file(tmp_path):
     path.write_text("id\tsplit\na\ttrain\nb\tval\nc\ttest\nd\tdev\nzz\ttrain\n")
     assert read_split_file(path) == {"a": "train", "b": "valid", "c": "test", "d": "valid", "zz": "train"}
     result = assign(
-        ["a", "b", "c", "d", "e"], [0, 1, 2, 0, 1], [True] * 5, NAMES,
+        ["a", "b", "c", "d", "e"],
+        [0, 1, 2, 0, 1],
+        [True] * 5,
+        NAMES,
         SplitConfig(split_file=str(path), query_fraction=1.0),
     )
     assert result.split == ["train", "valid", "test", "valid", None]  # "e" is not listed: left out
