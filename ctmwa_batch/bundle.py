@@ -661,54 +661,60 @@ def describe(bundle: Bundle) -> list[str]:
         for precision in bundle.precisions:
             lines.append(f"  {precision:<5} {_variant_summary(bundle.variant(precision))}")
     if bundle.has_head:
-        head = m.get("head") or {}
-        lines.append(f"labels        {bundle.labels}")
-        lines.append(f"head          {head.get('precision', '?')}, translators {head.get('translators', '?')}")
-        bias = head.get("class_bias") or {}
-        if bias.get("method", "none") == "none":
-            lines.append("class bias    none (argmax of the classifier's logits)")
-        else:
-            lines.append(
-                f"class bias    {[round(float(b), 3) for b in bias.get('bias', [])]} added to the logits ({bias['method']}: "
-                f"valid weighted F1 {_fmt(bias.get('valid_f1_weighted_before'))} -> {_fmt(bias.get('valid_f1_weighted_after'))})"
-            )
-        blend = head.get("probe_blend") or {}
-        if float(blend.get("weight") or 0.0) == 0.0:
-            lines.append("probe blend   off (the paper's classifier alone)")
-        else:
-            lines.append(
-                f"probe blend   logits_m + {blend['weight']:g} * log_softmax(linear probe) (valid weighted F1 "
-                f"{_fmt(blend.get('valid_f1_weighted_before'))} -> {_fmt(blend.get('valid_f1_weighted_after'))})"
-            )
-        evidence = head.get("evidence")
+        lines.extend(_describe_head(bundle))
+    return lines
+
+
+def _describe_head(bundle: Bundle) -> list[str]:
+    """The head's part of `describe`: labels, class bias, probe blend, evidence, calibration, training metrics."""
+    m = bundle.manifest
+    lines: list[str] = []
+    head = m.get("head") or {}
+    lines.append(f"labels        {bundle.labels}")
+    lines.append(f"head          {head.get('precision', '?')}, translators {head.get('translators', '?')}")
+    bias = head.get("class_bias") or {}
+    if bias.get("method", "none") == "none":
+        lines.append("class bias    none (argmax of the classifier's logits)")
+    else:
         lines.append(
-            f"evidence      {evidence['method']}"
-            if evidence
-            else "evidence      none: text_evidence/image_evidence score null (head exported before they existed; re-export it)"
+            f"class bias    {[round(float(b), 3) for b in bias.get('bias', [])]} added to the logits ({bias['method']}: "
+            f"valid weighted F1 {_fmt(bias.get('valid_f1_weighted_before'))} -> {_fmt(bias.get('valid_f1_weighted_after'))})"
         )
+    blend = head.get("probe_blend") or {}
+    if float(blend.get("weight") or 0.0) == 0.0:
+        lines.append("probe blend   off (the paper's classifier alone)")
+    else:
         lines.append(
-            "weights       text_weight/image_weight: the paper's meta-learned loss weights, not an attribution"
+            f"probe blend   logits_m + {blend['weight']:g} * log_softmax(linear probe) (valid weighted F1 "
+            f"{_fmt(blend.get('valid_f1_weighted_before'))} -> {_fmt(blend.get('valid_f1_weighted_after'))})"
         )
-        calibration = m.get("calibration") or {}
-        if calibration.get("method", "none") == "none":
-            lines.append("calibration   none (probs = softmax(logits))")
-        else:
-            lines.append(
-                f"calibration   {calibration['method']} T = {_fmt(calibration.get('temperature'))} on {calibration.get('rows')} "
-                f"{calibration.get('split')} rows; ECE {_fmt(calibration.get('ece_before'))} -> {_fmt(calibration.get('ece_after'))}"
-            )
-        metrics = m.get("training_metrics") or {}
-        if metrics:
-            keys = (
-                "valid_accuracy",
-                "test_accuracy",
-                "test_f1_weighted",
-                "missing_text_test_accuracy",
-                "missing_image_test_accuracy",
-                "test_text_evidence_auc",
-                "test_image_evidence_auc",
-            )
-            lines.append("metrics       " + ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
+    evidence = head.get("evidence")
+    lines.append(
+        f"evidence      {evidence['method']}"
+        if evidence
+        else "evidence      none: text_evidence/image_evidence score null (head exported before they existed; re-export it)"
+    )
+    lines.append("weights       text_weight/image_weight: the paper's meta-learned loss weights, not an attribution")
+    calibration = m.get("calibration") or {}
+    if calibration.get("method", "none") == "none":
+        lines.append("calibration   none (probs = softmax(logits))")
+    else:
+        lines.append(
+            f"calibration   {calibration['method']} T = {_fmt(calibration.get('temperature'))} on {calibration.get('rows')} "
+            f"{calibration.get('split')} rows; ECE {_fmt(calibration.get('ece_before'))} -> {_fmt(calibration.get('ece_after'))}"
+        )
+    metrics = m.get("training_metrics") or {}
+    if metrics:
+        keys = (
+            "valid_accuracy",
+            "test_accuracy",
+            "test_f1_weighted",
+            "missing_text_test_accuracy",
+            "missing_image_test_accuracy",
+            "test_text_evidence_auc",
+            "test_image_evidence_auc",
+        )
+        lines.append("metrics       " + ", ".join(f"{k} {_fmt(metrics.get(k))}" for k in keys if k in metrics))
     return lines
 
 

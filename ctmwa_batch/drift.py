@@ -341,6 +341,100 @@ def _level(value: float, warn: float, alert: float) -> str | None:
     return "alert" if value >= alert else "warn" if value >= warn else None
 
 
+@dataclass
+class _Comparison:
+    """One day against its baseline: the report's figures, and the warnings and alerts they raise."""
+
+    day: DayStats
+    baseline: DayStats
+    thresholds: Thresholds
+    span: str
+    alerting: bool
+    out: dict[str, Any]
+
+    def flag(self, name: str, value: float, warn: float, alert: float, message: str, points: bool = False) -> None:
+        """Level a figure against its thresholds; a level is reported only when both sides have enough rows."""
+        level = _level(abs(value), warn, alert)
+        self.out["quantities"][name]["level"] = level
+        if level and self.alerting:
+            threshold = alert if level == "alert" else warn
+            at = f"±{threshold * 100:g} points" if points else f"{threshold:g}"
+            self.out["alerts" if level == "alert" else "warnings"].append(
+                {
+                    "date": self.day.date,
+                    "quantity": name,
+                    "value": _round(value, 4),
+                    "threshold": threshold,
+                    "level": level,
+                    "message": f"{self.day.date}: {message} ({level} at {at})",
+                }
+            )
+
+    def sentiment_mix(self) -> None:
+        """PSI of the predicted classes' shares."""
+        day, baseline, t = self.day, self.baseline, self.thresholds
+        if not (baseline.scored and day.scored):
+            return
+        labels = _union(baseline.labels, day.labels)
+        e = [baseline.by_sentiment.get(k, 0) for k in labels]
+        a = [day.by_sentiment.get(k, 0) for k in labels]
+        value = psi(e, a)
+        shares = {k: (_round(ai / sum(a), 4), _round(ei / sum(e), 4)) for k, ai, ei in zip(labels, a, e)}
+        self.out["quantities"]["sentiment_mix"] = {
+            "kind": "psi",
+            "value": _round(value, 4),
+            "day": {k: s[0] for k, s in shares.items()},
+            "baseline": {k: s[1] for k, s in shares.items()},
+        }
+        moved = ", ".join(f"{k} {s[0]:.0%} (was {s[1]:.0%})" for k, s in shares.items())
+        message = f"sentiment mix PSI {value:.3f} against {self.span}: {moved}"
+        self.flag("sentiment_mix", value, t.psi_warn, t.psi_alert, message)
+
+    def distributions(self) -> None:
+        """PSI of each recorded distribution (confidence, weights, evidence) over shared bins."""
+        t = self.thresholds
+        for name, dist in self.day.distributions.items():
+            base = self.baseline.distributions.get(name)
+            if base is None or not base.count or not dist.count:
+                continue
+            value, edges = distribution_psi(base, dist, t.psi_bins)
+            self.out["quantities"][name] = {
+                "kind": "psi",
+                "value": _round(value, 4),
+                "bins": len(edges) - 1,
+                "mean": _round(dist.mean, 4),
+                "baseline_mean": _round(base.mean, 4),
+            }
+            message = (
+                f"{name} distribution PSI {value:.3f} against {self.span} (mean {dist.mean:.3f}, was {base.mean:.3f})"
+            )
+            self.flag(name, value, t.psi_warn, t.psi_alert, message)
+
+    def rates(self) -> None:
+        """Changes of the status shares and of the undecodable-image share, in points."""
+        t = self.thresholds
+        day_rates, base_rates = self.day.rates(), self.baseline.rates()
+        for name, rate in day_rates.items():
+            was = base_rates[name]
+            change = rate - was
+            self.out["quantities"][name] = {
+                "kind": "rate",
+                "value": _round(change, 4),
+                "day": _round(rate, 4),
+                "baseline": _round(was, 4),
+            }
+            if not (name.startswith("status:") or name == "unreadable_image"):
+                continue
+            what = (
+                f"share of rows with status {name[7:]}"
+                if name.startswith("status:")
+                else "share of rows with an undecodable image"
+            )
+            moved = "rose" if change >= 0 else "fell"
+            message = f"{what} {moved} to {rate:.1%} from {was:.1%} over {self.span} ({change * 100:+.1f} points)"
+            self.flag(name, change, t.rate_warn, t.rate_alert, message, points=True)
+
+
 def compare(
     day: DayStats, baseline: DayStats, baseline_dates: list[str], thresholds: Thresholds = Thresholds()
 ) -> dict[str, Any]:
@@ -369,87 +463,10 @@ def compare(
         if len(baseline_dates) > 1
         else f"the baseline day {baseline_dates[0]}"
     )
-    q = out["quantities"]
-
-    def flag(name: str, value: float, warn: float, alert: float, message: str, points: bool = False) -> None:
-        level = _level(abs(value), warn, alert)
-        q[name]["level"] = level
-        if level and alerting:
-            threshold = alert if level == "alert" else warn
-            at = f"±{threshold * 100:g} points" if points else f"{threshold:g}"
-            out["alerts" if level == "alert" else "warnings"].append(
-                {
-                    "date": day.date,
-                    "quantity": name,
-                    "value": _round(value, 4),
-                    "threshold": threshold,
-                    "level": level,
-                    "message": f"{day.date}: {message} ({level} at {at})",
-                }
-            )
-
-    labels = _union(baseline.labels, day.labels)
-    if baseline.scored and day.scored:
-        e = [baseline.by_sentiment.get(k, 0) for k in labels]
-        a = [day.by_sentiment.get(k, 0) for k in labels]
-        value = psi(e, a)
-        shares = {k: (_round(ai / sum(a), 4), _round(ei / sum(e), 4)) for k, ai, ei in zip(labels, a, e)}
-        q["sentiment_mix"] = {
-            "kind": "psi",
-            "value": _round(value, 4),
-            "day": {k: s[0] for k, s in shares.items()},
-            "baseline": {k: s[1] for k, s in shares.items()},
-        }
-        moved = ", ".join(f"{k} {s[0]:.0%} (was {s[1]:.0%})" for k, s in shares.items())
-        flag(
-            "sentiment_mix",
-            value,
-            thresholds.psi_warn,
-            thresholds.psi_alert,
-            f"sentiment mix PSI {value:.3f} against {span}: {moved}",
-        )
-    for name, dist in day.distributions.items():
-        base = baseline.distributions.get(name)
-        if base is None or not base.count or not dist.count:
-            continue
-        value, edges = distribution_psi(base, dist, thresholds.psi_bins)
-        q[name] = {
-            "kind": "psi",
-            "value": _round(value, 4),
-            "bins": len(edges) - 1,
-            "mean": _round(dist.mean, 4),
-            "baseline_mean": _round(base.mean, 4),
-        }
-        flag(
-            name,
-            value,
-            thresholds.psi_warn,
-            thresholds.psi_alert,
-            f"{name} distribution PSI {value:.3f} against {span} (mean {dist.mean:.3f}, was {base.mean:.3f})",
-        )
-    day_rates, base_rates = day.rates(), baseline.rates()
-    for name, rate in day_rates.items():
-        change = rate - base_rates[name]
-        q[name] = {
-            "kind": "rate",
-            "value": _round(change, 4),
-            "day": _round(rate, 4),
-            "baseline": _round(base_rates[name], 4),
-        }
-        if name.startswith("status:") or name == "unreadable_image":
-            what = (
-                f"share of rows with status {name[7:]}"
-                if name.startswith("status:")
-                else "share of rows with an undecodable image"
-            )
-            flag(
-                name,
-                change,
-                thresholds.rate_warn,
-                thresholds.rate_alert,
-                f"{what} {'rose' if change >= 0 else 'fell'} to {rate:.1%} from {base_rates[name]:.1%} over {span} ({change * 100:+.1f} points)",
-                points=True,
-            )
+    comparison = _Comparison(day, baseline, thresholds, span, alerting, out)
+    comparison.sentiment_mix()
+    comparison.distributions()
+    comparison.rates()
     return out
 
 

@@ -498,23 +498,7 @@ def render_html(numbers: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         parts.append(f'<div class="verdict note">{_e(note)}</div>')
 
     parts.append("<h2>Drift</h2>")
-    for date, d in numbers["drift"].items():
-        rows = [
-            f"<tr><td class='l'>{_e(name)}</td><td class='l'>{_e(q['kind'])}</td><td>{_num(q['value'], '{:+.4f}' if q['kind'] == 'rate' else '{:.4f}')}</td>"
-            f"<td>{_e(_fmt_side(q, 'day'))}</td><td>{_e(_fmt_side(q, 'baseline'))}</td><td class='l'>{_e(q.get('level') or '')}</td></tr>"
-            for name, q in d["quantities"].items()
-        ]
-        parts.append(
-            f"<p>{_e(date)}: {d['rows']:,} rows against {d['baseline_rows']:,} baseline rows ({_e(', '.join(d['baseline_dates']) or 'none')})</p>"
-            + (
-                "<table><tr><th class='l'>quantity</th><th class='l'>kind</th><th>value</th><th>day</th><th>baseline</th><th class='l'>level</th></tr>"
-                + "".join(rows)
-                + "</table>"
-                if rows
-                else ""
-            )
-        )
-
+    parts.extend(_drift_html(date, d) for date, d in numbers["drift"].items())
     parts.append("<h2>Figures</h2>")
     for f in figures:
         data = base64.b64encode(f["png"]).decode("ascii")
@@ -523,6 +507,29 @@ def render_html(numbers: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         )
 
     parts.append("<h2>Per day</h2>")
+    parts.extend(_days_html(numbers))
+    parts.append(f'<p class="meta">The same numbers, with the histograms, are in {JSON_NAME} beside this file.</p>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _drift_html(date: str, d: dict[str, Any]) -> str:
+    """One reported day's drift: a line and the table of its quantities."""
+    rows = [
+        f"<tr><td class='l'>{_e(name)}</td><td class='l'>{_e(q['kind'])}</td><td>{_num(q['value'], '{:+.4f}' if q['kind'] == 'rate' else '{:.4f}')}</td>"
+        f"<td>{_e(_fmt_side(q, 'day'))}</td><td>{_e(_fmt_side(q, 'baseline'))}</td><td class='l'>{_e(q.get('level') or '')}</td></tr>"
+        for name, q in d["quantities"].items()
+    ]
+    line = f"<p>{_e(date)}: {d['rows']:,} rows against {d['baseline_rows']:,} baseline rows ({_e(', '.join(d['baseline_dates']) or 'none')})</p>"
+    if not rows:
+        return line
+    head = "<tr><th class='l'>quantity</th><th class='l'>kind</th><th>value</th><th>day</th><th>baseline</th><th class='l'>level</th></tr>"
+    return line + "<table>" + head + "".join(rows) + "</table>"
+
+
+def _days_html(numbers: dict[str, Any]) -> list[str]:
+    """The per-day table: a header and one row per day (a missing day says why)."""
+    parts = []
     labels = numbers["labels"]
     head = ["date", "role", "rows", *STATUSES, *labels, "no text", "no image", "undecodable", "mean conf.", "rows/s"]
     parts.append(
@@ -552,9 +559,7 @@ def render_html(numbers: dict[str, Any], figures: list[dict[str, Any]]) -> str:
             + f"<td>{_num(mean, '{:.3f}')}</td><td>{_num(rate, '{:,.0f}')}</td></tr>"
         )
     parts.append("</table>")
-    parts.append(f'<p class="meta">The same numbers, with the histograms, are in {JSON_NAME} beside this file.</p>')
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def _fmt_side(q: dict[str, Any], side: str) -> str:

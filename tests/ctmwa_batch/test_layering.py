@@ -137,3 +137,18 @@ def test_ctmwa_batch_imports_no_fixture_training_or_export_module():
 def test_no_import_cycle_among_the_project_packages():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body, its docstring included, its signature and decorators not."""
+    return (node.end_lineno or node.lineno) - node.body[0].lineno + 1
+
+
+def test_no_runtime_function_body_is_over_80_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({_body_lines(node)} lines)"
+        for path in sorted((ROOT / "ctmwa_batch").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _body_lines(node) > 80
+    ]
+    assert not long, "split these: " + ", ".join(long)
