@@ -20,9 +20,8 @@ DEFAULT_DEVICE = "auto"  # CLI and library default: CUDA when it works, else CPU
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_MAX_ROWS_PER_SHARD = 200_000
 DEFAULT_QUEUE_BATCHES = 4  # batches in flight between two pipeline stages
-DEFAULT_FETCH_CONCURRENCY = (
-    64  # image GETs in flight per worker (images by URI): hides ~25 ms per request at ~2,500 images/s
-)
+# image GETs in flight per worker (images by URI): hides ~25 ms per request at ~2,500 images/s
+DEFAULT_FETCH_CONCURRENCY = 64
 DEFAULT_ID_COLUMN = "post_id"
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_IMAGE_COLUMN = "image"
@@ -62,13 +61,9 @@ def _from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
 class ScoreConfig:
     """How posts are scored: the columns, the device, batching and decoding."""
 
-    device: str = (
-        DEFAULT_DEVICE  # auto | cpu | cuda; cuda that is not there is ProviderUnavailable, never a CPU fallback
-    )
+    device: str = DEFAULT_DEVICE  # auto | cpu | cuda; a missing cuda is ProviderUnavailable, never a CPU fallback
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per record batch read, decoded, encoded and scored
-    workers: int | None = (
-        None  # image-decoding processes; None = one per CPU core but one (at least 1); 0 = in the reader thread
-    )
+    workers: int | None = None  # decoding processes; None = one per core but one (at least 1); 0 = the reader thread
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = every core
     id_column: str = DEFAULT_ID_COLUMN  # post id (string, integer or binary), copied to the output
     text_column: str | None = DEFAULT_TEXT_COLUMN  # string column; None = the posts have no text
@@ -76,9 +71,7 @@ class ScoreConfig:
     passthrough: tuple[str, ...] = ()  # further input columns copied to the output after the scores
     scored_at: str | None = None  # ISO-8601 time stamped on every row (reproducible reruns); None = the time of scoring
     precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
-    fetch_concurrency: int = (
-        DEFAULT_FETCH_CONCURRENCY  # image GETs in flight (image column of URIs), all stores together
-    )
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight (URI image column), all stores together
     max_fetch_failures: int = 0  # rows per shard that may end image_missing when the image store fails past the retries; beyond, the shard fails
 
     def __post_init__(self) -> None:
@@ -141,12 +134,8 @@ class JobConfig:
 
     score: ScoreConfig = field(default_factory=ScoreConfig)  # the model-facing settings
     overwrite: bool = False  # rescore a partition already committed for the same input and model
-    max_rows_per_shard: int = (
-        DEFAULT_MAX_ROWS_PER_SHARD  # a shard (one task, one part file) is whole row groups up to this
-    )
-    queue_batches: int = (
-        DEFAULT_QUEUE_BATCHES  # batches in flight between two stages: bounds memory whatever the partition's size
-    )
+    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # a shard (one task, one part) is whole row groups up to this
+    queue_batches: int = DEFAULT_QUEUE_BATCHES  # batches in flight between two stages: memory bounded whatever the size
     row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
 
