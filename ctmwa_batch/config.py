@@ -160,6 +160,9 @@ class JobConfig:
     partition: str | None = (
         None  # table input: KEY=VALUE[,KEY=VALUE], the rows to score and the output partition's name
     )
+    # table output: where shard markers and commit receipts go (S3 Tables buckets take only data files); None = beside
+    # the data files
+    staging: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("queue_batches", "row_group_rows", "max_rows_per_shard"):

@@ -72,11 +72,11 @@ def _plan(
         partition = partition if partition is not None else partitions.partition_of(str(input_path))
         scores = tables.scores_schema(labels, columns.id_field, columns.passthrough_fields)
         target = tables.prepare(
-            config.format, str(output_root), config.catalog, bundle.model_version, partition, scores
+            config.format, str(output_root), config.catalog, bundle.model_version, partition, scores, config.staging
         )
     p = partitions.plan_partition(
         source["location"] if source else str(input_path),
-        target.data_root if target else str(output_root),
+        target.staging_root if target else str(output_root),
         bundle.model_version,
         config.max_rows_per_shard,
         partition=partition,

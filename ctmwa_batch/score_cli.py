@@ -123,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table input: the partition to score (pinned to the table's current snapshot/version); also the "
         "output partition's name",
     )
+    parser.add_argument(
+        "--staging",
+        default=j.staging,
+        metavar="LOCATION",
+        help="table output: where shard markers and commit receipts go (a path or URI; needed where the table's store "
+        "takes only data files, e.g. S3 Tables buckets); default: beside the data files",
+    )
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
@@ -150,6 +157,7 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             catalog=args.catalog,
             input_format=args.input_format,
             partition=args.partition,
+            staging=args.staging,
         )
     except ValueError as e:
         raise CtmwaError(str(e)) from e

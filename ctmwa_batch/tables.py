@@ -34,7 +34,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -100,13 +100,28 @@ class TableTarget:
     location: str  # the table's root (a path or URI): data files are written under it
     keys: tuple[str, ...]  # partition columns, in order: model_version, then the input's partition keys
     values: dict[str, str]  # this partition's value of every key
+    staging: str | None = None  # where shard markers and commit receipts go; None: beside the data files
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "keys": list(self.keys)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TableTarget:
-        return cls(d["format"], d["name"], d.get("catalog"), d["location"], tuple(d["keys"]), dict(d["values"]))
+        return cls(
+            d["format"],
+            d["name"],
+            d.get("catalog"),
+            d["location"],
+            tuple(d["keys"]),
+            dict(d["values"]),
+            d.get("staging"),
+        )
+
+    @property
+    def staging_root(self) -> str:
+        """The root of the plans' markers and receipts (`_shards/`, `_SUCCESS.json`): the staging location when one
+        is set (a store that takes only data files under a table, such as S3 Tables buckets), else the data root."""
+        return self.staging or self.data_root
 
     @property
     def data_root(self) -> str:
@@ -298,7 +313,13 @@ def _delta_error(e: BaseException, location: str, doing: str) -> TableError:
 
 
 def prepare(
-    format: str, output: str, catalog: str | None, model_version: str, partition: str, scores: pa.Schema
+    format: str,
+    output: str,
+    catalog: str | None,
+    model_version: str,
+    partition: str,
+    scores: pa.Schema,
+    staging: str | None = None,
 ) -> TableTarget:
     """Get the table ready for a partition of these scores: create it when missing (partitioned by model_version and
     the input's partition keys), add new score columns by schema evolution (a model with other labels), and refuse a
@@ -306,10 +327,12 @@ def prepare(
     values = {MODEL_VERSION: model_version, **partition_values(partition)}
     keys = tuple(values)
     if format == "iceberg":
-        return _prepare_iceberg(output, catalog, keys, values, scores)
-    if format == "delta":
-        return _prepare_delta(output, keys, values, scores)
-    raise ValueError(f"format {format!r} is not a table format; use one of {list(TABLE_FORMATS)}")
+        target = _prepare_iceberg(output, catalog, keys, values, scores)
+    elif format == "delta":
+        target = _prepare_delta(output, keys, values, scores)
+    else:
+        raise ValueError(f"format {format!r} is not a table format; use one of {list(TABLE_FORMATS)}")
+    return replace(target, staging=storage.check_location(staging) if staging else None)
 
 
 def _prepare_iceberg(
@@ -443,10 +466,11 @@ def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Ite
 
     A file is never overwritten, so a file a commit published stays as it was even when a retry of the same shard
     runs later; an attempt killed or failed leaves an orphan file that no table commit references."""
-    fs, path = storage.open_filesystem(plan.output_dir)
-    fs.create_dir(f"{path}/{partitions.SHARDS_DIR}", recursive=True)
+    fs, path = storage.open_filesystem(data_dir(plan))
     name = f"part-{shard_index:05d}-{plan.plan_id}-{uuid.uuid4().hex[:12]}.parquet"
     local = isinstance(fs, pafs.LocalFileSystem)
+    if local:  # on a store there are no folders to make (and S3 Tables buckets refuse folder objects)
+        fs.create_dir(path, recursive=True)
     written = f"{path}/.{name}.tmp" if local else f"{path}/{name}"  # one PUT on a store: whole or absent
     started_at, started = time.time(), time.monotonic()
     sink = fs.open_output_stream(written)
@@ -475,15 +499,22 @@ def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Ite
         "finished_at": round(time.time(), 3),
         **out.stats,
     }
+    fs, path = storage.open_filesystem(plan.output_dir)
     storage.write_object(fs, f"{path}/{plan.marker_name(shard_index)}", json.dumps(marker, sort_keys=True).encode())
 
 
 # --------------------------------------------------------------------------------------------------- commit
 
 
+def data_dir(plan: PartitionPlan) -> str:
+    """Where a plan's data files go: the partition's folder under the table's data root."""
+    target = target_of(plan)
+    return partitions.output_dir(target.data_root, plan.model_version, plan.partition)
+
+
 def _relative(plan: PartitionPlan, target: TableTarget) -> str:
     """The partition's folder relative to the table root."""
-    return plan.output_dir[len(target.location.rstrip("/")) :].strip("/")
+    return data_dir(plan)[len(target.location.rstrip("/")) :].strip("/")
 
 
 def current_files(target: TableTarget) -> list[str] | None:
@@ -500,7 +531,7 @@ def current_files(target: TableTarget) -> list[str] | None:
     if table is None:
         return None
     try:
-        files = table.file_uris(partition_filters=[(k, "=", target.values[k]) for k in target.keys])
+        files = table.file_uris(file_pruning_predicate=[(k, "=", target.values[k]) for k in target.keys])
     except Exception as e:
         raise _delta_error(e, target.location, "list files of") from e
     return sorted(os.path.basename(f) for f in files)
@@ -571,6 +602,7 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
     markers = _markers(plan)
     names = sorted(m["part"] for m in markers)
     fs, path = storage.open_filesystem(plan.output_dir)
+    data_fs, data_path = storage.open_filesystem(data_dir(plan))
     receipt = partitions.read_success(plan.output_dir)
     t0 = time.monotonic()
     if current_files(target) == names:
@@ -581,11 +613,11 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
     else:
         with storage.translate_errors(plan.output_dir):
             for name in names:  # a marker whose file is gone cannot be committed
-                if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
+                if data_fs.get_file_info(f"{data_path}/{name}").type != pafs.FileType.File:
                     raise PartitionNotReady(
                         f"partition {plan.partition}: data file {name} of a finished shard is gone; rescore with --overwrite"
                     )
-        files = [storage.join(plan.output_dir, n) for n in names]
+        files = [storage.join(data_dir(plan), n) for n in names]
         properties = {
             PLAN_PROPERTY: plan.plan_id,
             PARTITION_PROPERTY: target.describe(),
@@ -662,7 +694,7 @@ def _commit_delta(
     table = _open_delta(target.location)
     if table is None:
         raise TableError(f"{target.where} is gone since the plan; rerun")
-    fs, path = storage.open_filesystem(plan.output_dir)
+    fs, path = storage.open_filesystem(data_dir(plan))
     rel = _relative(plan, target)
     now = int(time.time() * 1000)
     actions = []
@@ -803,7 +835,7 @@ def _delta_source(location: str, values: dict[str, str]) -> tuple[list[str], dic
     if "deletionVectors" in (table.protocol().reader_features or []):
         raise TableError(f"{where} uses deletion vectors, which this reader does not apply; compact it first")
     version = table.version()
-    paths = table.file_uris(partition_filters=[(k, "=", v) for k, v in values.items()])
+    paths = table.file_uris(file_pruning_predicate=[(k, "=", v) for k, v in values.items()])
     source = {
         "format": "delta",
         "table": storage.redact(location),
