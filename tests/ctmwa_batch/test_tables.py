@@ -4,6 +4,7 @@ code."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -78,6 +80,7 @@ def _outside_iceberg(s3, identifier: str) -> pl.DataFrame:
         "aws_region": "us-east-1",
         "aws_allow_http": "true",
     }
+    os.environ.setdefault("POLARS_ICEBERG_PLANNER", "pyiceberg")  # polars' own planner is another package
     return pl.scan_iceberg(table, storage_options=opts).collect()
 
 
@@ -424,3 +427,116 @@ def test_posts_from_a_delta_partition(full_bundle, tmp_path, capsys):
     assert got["rows"]["input"] == zoo.num_rows
     assert Counter(got["rows"]["by_status"]) == Counter(r[3] for r in bad_rows())
     assert os.path.isdir(tmp_path / "s" / f"model_version={load_bundle(full_bundle).model_version}" / PARTITION)
+
+
+# --------------------------------------------------------------------------------------------------- kills
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["iceberg", "delta"])
+def test_sigkills_while_an_outside_reader_polls_never_show_a_partial_partition(s3, rest, full_bundle, tmp_path, fmt):
+    """SIGKILL the scorer 8 times (twice inside the commit), then a final run: Polars, polling the table all along,
+    only ever sees the day absent or whole, and at the end exactly the clean run's rows."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    b = s3.bucket
+    for k in range(2):
+        write_posts(tmp_path / "posts" / f"part-{k}.parquet", 30, row_group_size=10, start=k * 30)
+    _upload(s3.filesystem(), tmp_path / "posts", f"{b}/posts/{PARTITION}")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+    staging = f"s3://{b}/staging"
+
+    def cmd(out: str, *extra: str) -> list[str]:
+        where = ["--catalog", rest, "--staging", staging] if fmt == "iceberg" else []
+        return [
+            *(sys.executable, "-m", "ctmwa_batch.cli", "score", "--bundle", str(full_bundle)),
+            *("--input", f"s3://{b}/posts/{PARTITION}", "--output", out, "--format", fmt, *where),
+            *("--device", "cpu", "--threads", "1", "--workers", "0", "--batch-size", "10", "--precision", "fp32"),
+            *("--max-rows-per-shard", "20", "--scored-at", FIXED_TIME, *extra),
+        ]
+
+    def read(out: str) -> pl.DataFrame:
+        return _outside_iceberg(s3, out) if fmt == "iceberg" else _outside_delta(s3, out)
+
+    clean_out, out = ("lake.clean", "lake.scores") if fmt == "iceberg" else (f"s3://{b}/clean", f"s3://{b}/scores")
+    t0 = time.monotonic()
+    clean = subprocess.run(cmd(clean_out), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+    clean_seconds = time.monotonic() - t0
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    want = read(clean_out).drop("dt").sort("post_id")
+    assert want.height == 60
+
+    version = load_bundle(full_bundle).model_version
+    markers_dir = f"{b}/staging" if fmt == "iceberg" else f"{b}/scores"
+    markers_dir += f"/model_version={version}/{PARTITION}/_shards"
+    fs = s3.filesystem()
+
+    def markers() -> int:
+        listing = fs.get_file_info(pafs.FileSelector(markers_dir, allow_not_found=True))
+        return sum(1 for i in listing if i.base_name.endswith(".json"))
+
+    seen: list[tuple[int, int]] = []  # (rows, distinct ids) of the day at each read
+    stop = threading.Event()
+
+    def outside_reader() -> None:
+        while not stop.is_set():
+            try:
+                day = read(out)
+            except Exception:  # no table yet (the first run creates it)
+                time.sleep(0.05)
+                continue
+            seen.append((day.height, day["post_id"].n_unique()))
+
+    reader = threading.Thread(target=outside_reader, daemon=True)
+    reader.start()
+    rng = random.Random(7)
+    killed = runs = in_commit = 0
+    committed = False
+    try:
+        for attempt in range(16):
+            if killed >= 8:
+                break
+            proc = subprocess.Popen(
+                cmd(out, *(["--overwrite"] if committed else [])),
+                env=env,
+                cwd=repo,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            runs += 1
+            if attempt in (3, 6):  # inside the commit: every shard marked, the process still running
+                while proc.poll() is None and markers() >= 3:
+                    time.sleep(0.01)  # an --overwrite run withdraws the old markers first
+                while proc.poll() is None and markers() < 3:
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.2))
+                in_commit += proc.poll() is None
+            else:
+                deadline = time.monotonic() + rng.uniform(0.5, max(0.6, 0.9 * clean_seconds))
+                while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            if proc.poll() is None:
+                proc.kill()
+                killed += 1
+            proc.wait()
+            committed = committed or proc.returncode == 0
+            with contextlib.suppress(Exception):
+                committed = committed or read(out).height > 0
+        final = subprocess.run(cmd(out), env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr[-2000:]
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        reader.join(timeout=60)
+    assert killed >= 6 and in_commit >= 1, (killed, runs, in_commit)
+    print(
+        f"{fmt}: {killed} kills ({in_commit} inside the commit) in {runs} runs; the outside reader read {len(seen)} times: {Counter(seen)}"
+    )
+    assert seen and set(seen) <= {(0, 0), (60, 60)}, Counter(seen)
+    assert (60, 60) in seen
+    got = read(out).drop("dt").sort("post_id")
+    assert got.equals(want)
