@@ -631,6 +631,8 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
         else:
             version = _commit_delta(target, plan, markers, properties, names)
     success = partitions.success_record(plan, markers, names, extra)
+    if data_dir(plan) != plan.output_dir:
+        success["data_dir"] = data_dir(plan)  # the parts are there, the receipt in the staging location
     success["table"] = {
         "format": target.format,
         "name": storage.redact(target.name),
@@ -846,3 +848,37 @@ def _delta_source(location: str, values: dict[str, str]) -> tuple[list[str], dic
         "pinned": f"version {version}",
     }
     return list(paths), source
+
+
+# --------------------------------------------------------------------------------------------------- downstream
+
+
+def open_target(
+    format: str, output: str, catalog: str | None, model_version: str, partition: str
+) -> TableTarget | None:
+    """The target of an existing table for one partition, without creating or changing anything (None: no table)."""
+    values = {MODEL_VERSION: model_version, **partition_values(partition)}
+    if format == "iceberg":
+        try:
+            table = load_catalog(catalog).load_table(output)
+        except TableError:
+            raise
+        except Exception as e:
+            if type(e).__name__ == "NoSuchTableError":
+                return None
+            raise _catalog_error(e, catalog, "load", output) from e
+        return TableTarget("iceberg", output, catalog, table.location(), tuple(values), values)
+    if _open_delta(output) is None:
+        return None
+    return TableTarget("delta", output, None, output, tuple(values), values)
+
+
+def scores_root(format: str, output: str, catalog: str | None = None, staging: str | None = None) -> str:
+    """Where the commit receipts of a scores output live (what the health report and `report --scores` read):
+    the root itself for Parquet, else the staging location, else the table's data root."""
+    if format == "parquet" or staging:
+        return staging or output
+    if format == "delta":
+        return output
+    table = load_catalog(catalog).load_table(output)
+    return storage.join(table.location(), "data")
