@@ -152,17 +152,13 @@ class JobConfig:
     row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
     # ---- tables (ctmwa_batch.tables)
-    format: str = "parquet"  # output: parquet (folders + _SUCCESS.json) | delta (output = a location) | iceberg (output = namespace.table)
+    format: str = "parquet"  # output: parquet | delta (output = a location) | iceberg (output = namespace.table)
     catalog: str | None = (
-        None  # Iceberg: the pyiceberg catalog name (.pyiceberg.yaml, PYICEBERG_CATALOG__NAME__*); None = pyiceberg's default
+        None  # Iceberg: pyiceberg catalog name (.pyiceberg.yaml, PYICEBERG_CATALOG__*); None = default
     )
-    input_format: str = "parquet"  # input: parquet (files / folder) | delta (a location) | iceberg (namespace.table, read via `catalog`)
-    partition: str | None = (
-        None  # table input: KEY=VALUE[,KEY=VALUE], the rows to score and the output partition's name
-    )
-    # table output: where shard markers and commit receipts go (S3 Tables buckets take only data files); None = beside
-    # the data files
-    staging: str | None = None
+    input_format: str = "parquet"  # input: parquet | delta (a location) | iceberg (namespace.table in `catalog`)
+    partition: str | None = None  # table input: KEY=VALUE[,KEY=VALUE], the rows to score and the output's partition
+    staging: str | None = None  # table output: markers and receipts go here (S3 Tables); None = beside the data files
 
     def __post_init__(self) -> None:
         for name in ("queue_batches", "row_group_rows", "max_rows_per_shard"):

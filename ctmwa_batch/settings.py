@@ -114,9 +114,11 @@ class Settings:
     drift_min_rows: int = 200  # a day or baseline with fewer rows is reported but never alerted (PSI is noise there)
     fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
     # ---- tables (ctmwa_batch.tables; task run time)
-    format: str = "parquet"  # parquet (folders + _SUCCESS.json) | delta (output_root = the table's location) | iceberg (output_root = namespace.table)
-    catalog: str = ""  # Iceberg: the pyiceberg catalog name (.pyiceberg.yaml, PYICEBERG_CATALOG__NAME__*); "" = pyiceberg's default
-    staging: str = ""  # table output: where shard markers and commit receipts go (needed for S3 Tables buckets); "" = beside the data
+    format: str = "parquet"  # parquet | delta (output_root = the table's location) | iceberg (output_root = ns.table)
+    catalog: str = (
+        ""  # Iceberg: pyiceberg catalog name (.pyiceberg.yaml, PYICEBERG_CATALOG__*); "" = pyiceberg's default
+    )
+    staging: str = ""  # table output: markers and commit receipts go here (S3 Tables buckets); "" = beside the data
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
