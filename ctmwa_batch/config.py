@@ -153,9 +153,7 @@ class JobConfig:
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
     # ---- tables (ctmwa_batch.tables)
     format: str = "parquet"  # output: parquet | delta (output = a location) | iceberg (output = namespace.table)
-    catalog: str | None = (
-        None  # Iceberg: pyiceberg catalog name (.pyiceberg.yaml, PYICEBERG_CATALOG__*); None = default
-    )
+    catalog: str | None = None  # Iceberg: pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__*); None = default
     input_format: str = "parquet"  # input: parquet | delta (a location) | iceberg (namespace.table in `catalog`)
     partition: str | None = None  # table input: KEY=VALUE[,KEY=VALUE], the rows to score and the output's partition
     staging: str | None = None  # table output: markers and receipts go here (S3 Tables); None = beside the data files
