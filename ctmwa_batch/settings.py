@@ -115,9 +115,7 @@ class Settings:
     fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
     # ---- tables (ctmwa_batch.tables; task run time)
     format: str = "parquet"  # parquet | delta (output_root = the table's location) | iceberg (output_root = ns.table)
-    catalog: str = (
-        ""  # Iceberg: pyiceberg catalog name (.pyiceberg.yaml, PYICEBERG_CATALOG__*); "" = pyiceberg's default
-    )
+    catalog: str = ""  # Iceberg: pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__*); "" = pyiceberg's default
     staging: str = ""  # table output: markers and commit receipts go here (S3 Tables buckets); "" = beside the data
 
     def __post_init__(self) -> None:
