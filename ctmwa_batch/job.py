@@ -336,6 +336,7 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
         ),  # images by reference: requests, bytes, retries, latency
         "committed_at": success["committed_at"],
         **({"table": success["table"]} if success.get("table") else {}),  # format, table, partition, snapshot/version
+        **({"data_dir": success["data_dir"]} if success.get("data_dir") else {}),  # a table's files, apart from markers
     }
 
 

@@ -54,6 +54,7 @@ TABLE_FORMATS = ("delta", "iceberg")
 MODEL_VERSION = "model_version"
 PLAN_PROPERTY = "ctmwa.plan-id"  # Iceberg snapshot summary / Delta commit info: the plan a commit published
 PARTITION_PROPERTY = "ctmwa.partition"  # model_version=v/dt=... of that commit
+STAGING_DIR = "_ctmwa"  # a Delta table's default staging folder (markers and receipts)
 ENV_COMMIT_RETRIES = "CTMWA_TABLE_COMMIT_RETRIES"
 COMMIT_RETRIES = 8  # commit attempts after a conflict with another partition's commit (bounded, jittered backoff)
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -120,8 +121,9 @@ class TableTarget:
     @property
     def staging_root(self) -> str:
         """The root of the plans' markers and receipts (`_shards/`, `_SUCCESS.json`): the staging location when one
-        is set (a store that takes only data files under a table, such as S3 Tables buckets), else the data root."""
-        return self.staging or self.data_root
+        is set (a store that takes only data files under a table, such as S3 Tables buckets); else Iceberg's data
+        root, Delta's `_ctmwa/` (a top-level `_` folder: Delta's vacuum leaves it alone)."""
+        return self.staging or _default_staging(self.format, self.location)
 
     @property
     def data_root(self) -> str:
@@ -138,6 +140,10 @@ class TableTarget:
     def describe(self) -> str:
         """`model_version=v/dt=...` of this partition."""
         return "/".join(f"{k}={self.values[k]}" for k in self.keys)
+
+
+def _default_staging(format: str, location: str) -> str:
+    return storage.join(location, "data") if format == "iceberg" else storage.join(location, STAGING_DIR)
 
 
 # --------------------------------------------------------------------------------------------------- schemas
@@ -548,9 +554,9 @@ def _iceberg_filter(target: TableTarget) -> Any:
 
 
 def is_committed(plan: PartitionPlan) -> bool:
-    """True when the partition's files in the table are one file per shard, all of this plan."""
+    """True when the partition's files in the table are all of this plan (its shards' files, or their compaction)."""
     names = current_files(target_of(plan)) or []
-    return len(names) == len(plan.shards) > 0 and all(f"-{plan.plan_id}-" in n for n in names)
+    return len(names) > 0 and all(f"-{plan.plan_id}-" in n for n in names)
 
 
 def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
@@ -690,20 +696,26 @@ def _commit_delta(
     target: TableTarget, plan: PartitionPlan, markers: list[dict], properties: dict[str, str], names: list[str]
 ) -> int:
     """Overwrite the partition with add actions of the files in one Delta commit; returns the version."""
+    by_name = {m["part"]: m for m in markers}
+    rows = {name: by_name[name].get("output_rows", 0) for name in names}
+    return _delta_replace(target, data_dir(plan), rows, properties)
+
+
+def _delta_replace(target: TableTarget, folder: str, rows: dict[str, int], properties: dict[str, str]) -> int:
+    """One Delta commit: the partition of `target` becomes exactly the files `rows` names (in `folder`)."""
     from deltalake import CommitProperties
     from deltalake.transaction import AddAction
 
+    names = sorted(rows)
     table = _open_delta(target.location)
     if table is None:
         raise TableError(f"{target.where} is gone since the plan; rerun")
-    fs, path = storage.open_filesystem(data_dir(plan))
-    rel = _relative(plan, target)
+    fs, path = storage.open_filesystem(folder)
+    rel = folder[len(target.location.rstrip("/")) :].strip("/")
     now = int(time.time() * 1000)
     actions = []
-    by_name = {m["part"]: m for m in markers}
     for name in names:
         size = fs.get_file_info(f"{path}/{name}").size
-        rows = by_name[name].get("output_rows", 0)
         actions.append(
             AddAction(
                 path=f"{rel}/{name}",
@@ -711,7 +723,7 @@ def _commit_delta(
                 partition_values={k: target.values[k] for k in target.keys},
                 modification_time=now,
                 data_change=True,
-                stats=json.dumps({"numRecords": rows}),
+                stats=json.dumps({"numRecords": rows[name]}),
             )
         )
     try:
@@ -879,6 +891,159 @@ def scores_root(format: str, output: str, catalog: str | None = None, staging: s
     if format == "parquet" or staging:
         return staging or output
     if format == "delta":
-        return output
+        return _default_staging("delta", output)
     table = load_catalog(catalog).load_table(output)
-    return storage.join(table.location(), "data")
+    return _default_staging("iceberg", table.location())
+
+
+# --------------------------------------------------------------------------------------------------- maintenance
+
+
+@dataclass(frozen=True)
+class MaintainConfig:
+    """What `ctmwa-batch table maintain` does to one table."""
+
+    format: str  # delta | iceberg
+    table: str  # Delta: the location; Iceberg: namespace.table
+    catalog: str | None = None  # Iceberg: the pyiceberg catalog name
+    staging: str | None = None  # where the scoring runs kept markers and receipts (None: beside the data files)
+    older_than_hours: float = 168.0  # snapshots / versions, orphan files and markers older than this go
+    compact_min_files: int = 8  # a partition with at least this many data files is rewritten as one file
+    dry_run: bool = False  # say what would go, change nothing
+
+
+def _partitions_of(target: TableTarget) -> dict[tuple[str, ...], list[str]]:
+    """Current data files (full paths) per partition (values of target.keys) of the table."""
+    out: dict[tuple[str, ...], list[str]] = {}
+    if target.format == "iceberg":
+        table = open_iceberg(target)
+        spec_names = [table.schema().find_field(f.source_id).name for f in table.spec().fields]
+        for task in table.scan().plan_files():
+            record = task.file.partition
+            key = tuple(str(record[k]) for k in range(len(spec_names)))
+            out.setdefault(key, []).append(task.file.file_path)
+        return out
+    table = _open_delta(target.location)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    columns = [f"partition.{k}" for k in target.keys]
+    for row in actions.select(["path", *columns]).to_pylist():
+        key = tuple(str(row[c]) for c in columns)
+        path = row["path"]
+        out.setdefault(key, []).append(
+            path if storage.is_uri(path) or path.startswith("/") else storage.join(target.location, path)
+        )
+    return out
+
+
+def _table_target(config: MaintainConfig) -> TableTarget:
+    if config.format == "iceberg":
+        table = open_iceberg(TableTarget("iceberg", config.table, config.catalog, "", (), {}))
+        keys = tuple(table.schema().find_field(f.source_id).name for f in table.spec().fields)
+        return TableTarget("iceberg", config.table, config.catalog, table.location(), keys, {}, config.staging)
+    table = _open_delta(config.table)
+    if table is None:
+        raise TableError(f"Delta table {storage.redact(config.table)!r} does not exist; check --table")
+    keys = tuple(table.metadata().partition_columns)
+    return TableTarget("delta", config.table, None, config.table, keys, {}, config.staging)
+
+
+def _compact(target: TableTarget, key: tuple[str, ...], files: list[str], dry_run: bool) -> dict[str, Any]:
+    """Rewrite one partition's files as one file, committed like a scoring commit (one table commit, the
+    partition replaced); the new name keeps the plan id the files share, so a rerun of that plan stays a no-op."""
+    part = replace(target, values=dict(zip(target.keys, key)))
+    folder = storage.join(part.data_root, *(f"{k}={part.values[k]}" for k in part.keys))  # model_version=v/dt=...
+    plans = {os.path.basename(f).split("-")[2] for f in files if os.path.basename(f).startswith("part-")}
+    plan_id = plans.pop() if len(plans) == 1 else "compacted"
+    entry = {"partition": part.describe(), "files_before": len(files)}
+    if dry_run:
+        return entry
+    tables = []
+    for f in files:
+        fs, path = storage.open_filesystem(f)
+        tables.append(pq.read_table(path, filesystem=fs))
+    table = pa.concat_tables(tables, promote_options="default")
+    name = f"part-c0000-{plan_id}-{uuid.uuid4().hex[:12]}.parquet"
+    out_fs, out_path = storage.open_filesystem(folder)
+    if isinstance(out_fs, pafs.LocalFileSystem):
+        out_fs.create_dir(out_path, recursive=True)
+    with out_fs.open_output_stream(f"{out_path}/{name}") as sink:
+        pq.write_table(table, sink, compression="zstd", row_group_size=65_536)
+    properties = {PARTITION_PROPERTY: part.describe(), "ctmwa.operation": "compact", PLAN_PROPERTY: plan_id}
+    if target.format == "iceberg":
+        _commit_iceberg(part, [storage.join(folder, name)], properties, [name])
+    else:
+        _delta_replace(part, folder, {name: table.num_rows}, properties)
+    return {**entry, "files_after": 1, "rows": table.num_rows}
+
+
+def maintain(config: MaintainConfig) -> dict[str, Any]:
+    """Compact partitions of many small files, expire old snapshots (Iceberg) / vacuum (Delta), remove orphan data
+    files (files of killed attempts, files of expired snapshots) and old shard markers. Returns what was done."""
+    target = _table_target(config)
+    cutoff = time.time() - config.older_than_hours * 3600
+    report: dict[str, Any] = {"table": target.where, "dry_run": config.dry_run, "compacted": []}
+    for key, files in sorted(_partitions_of(target).items()):
+        if len(files) >= config.compact_min_files:
+            report["compacted"].append(_compact(target, key, files, config.dry_run))
+    if target.format == "iceberg":
+        from datetime import UTC, datetime
+
+        table = open_iceberg(target)
+        current = table.current_snapshot()
+        old = [
+            s.snapshot_id
+            for s in table.snapshots()
+            if s.timestamp_ms / 1000 < cutoff and (current is None or s.snapshot_id != current.snapshot_id)
+        ]
+        report["snapshots_expired"] = len(old)
+        if old and not config.dry_run:
+            table.maintenance.expire_snapshots().older_than(datetime.fromtimestamp(cutoff, tz=UTC)).commit()
+            table = open_iceberg(target)
+        referenced = set(table.inspect.all_data_files().column("file_path").to_pylist()) if table.snapshots() else set()
+        report["orphans_removed"] = _sweep(target.data_root, referenced, cutoff, config.dry_run)
+    else:
+        table = _open_delta(target.location)
+        removed = table.vacuum(
+            retention_hours=int(config.older_than_hours),
+            dry_run=config.dry_run,
+            enforce_retention_duration=False,
+            full=True,  # files no version ever referenced too: the files of killed attempts
+        )
+        report["orphans_removed"] = len(removed)
+        if not config.dry_run:
+            table.cleanup_metadata()
+    report["markers_removed"] = _sweep_markers(target.staging_root, cutoff, config.dry_run)
+    return report
+
+
+def _sweep(root: str, referenced: set[str], cutoff: float, dry_run: bool) -> int:
+    """Delete the .parquet files under `root` that no snapshot references and that are older than `cutoff`."""
+    fs, path = storage.open_filesystem(root)
+    prefix = root.rstrip("/")[: len(root.rstrip("/")) - len(path.rstrip("/"))] if storage.is_uri(root) else ""
+    removed = 0
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        full = f"{prefix}{info.path}" if prefix else info.path
+        known = full in referenced or f"file://{info.path}" in referenced or info.path in referenced
+        if known or (info.mtime is not None and info.mtime.timestamp() > cutoff):
+            continue
+        removed += 1
+        if not dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(info.path)
+    return removed
+
+
+def _sweep_markers(root: str, cutoff: float, dry_run: bool) -> int:
+    """Delete shard markers older than `cutoff` (a committed plan needs none; a plan older than that is redone)."""
+    fs, path = storage.open_filesystem(root)
+    removed = 0
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+        in_shards = f"/{partitions.SHARDS_DIR}/" in info.path and info.base_name.endswith(".json")
+        if info.type == pafs.FileType.File and in_shards and info.mtime is not None and info.mtime.timestamp() < cutoff:
+            removed += 1
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.delete_file(info.path)
+    return removed

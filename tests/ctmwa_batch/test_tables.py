@@ -471,7 +471,7 @@ def test_sigkills_while_an_outside_reader_polls_never_show_a_partial_partition(s
     assert want.height == 60
 
     version = load_bundle(full_bundle).model_version
-    markers_dir = f"{b}/staging" if fmt == "iceberg" else f"{b}/scores"
+    markers_dir = f"{b}/staging" if fmt == "iceberg" else f"{b}/scores/_ctmwa"
     markers_dir += f"/model_version={version}/{PARTITION}/_shards"
     fs = s3.filesystem()
 
@@ -540,3 +540,46 @@ def test_sigkills_while_an_outside_reader_polls_never_show_a_partial_partition(s
     assert (60, 60) in seen
     got = read(out).drop("dt").sort("post_id")
     assert got.equals(want)
+
+
+# --------------------------------------------------------------------------------------------------- maintenance
+
+
+def test_maintain_compacts_expires_and_sweeps_orphans_and_a_rerun_stays_a_no_op(
+    sqlite_catalog, full_bundle, tmp_path, capsys
+):
+    write_posts(tmp_path / "posts" / PARTITION / "a.parquet", 30, row_group_size=10)
+    src = str(tmp_path / "posts" / PARTITION)
+    delta = str(tmp_path / "delta")
+    outputs = {"iceberg": ("lake.scores", "--catalog", sqlite_catalog), "delta": (delta,)}
+    version = load_bundle(full_bundle).model_version
+    for fmt, (out, *extra) in outputs.items():
+        rc, got, err = _score(capsys, str(full_bundle), src, out, "--format", fmt, *extra, "--max-rows-per-shard", "10")
+        assert rc == 0 and got["parts"] == 3, err
+        # a killed attempt's file: written, never committed
+        folder = Path((got.get("data_dir") or got["output_dir"]).removeprefix("file://"))
+        pq.write_table(
+            pq.read_table(next(folder.glob("part-*.parquet"))), folder / "part-00001-killed-000000000000.parquet"
+        )
+        before = sorted(p.name for p in folder.glob("part-*.parquet"))
+        assert len(before) == 4
+        table = ("--table", out, *(("--catalog", sqlite_catalog) if fmt == "iceberg" else ()))
+        argv = ["table", "maintain", "--format", fmt, *table, "--older-than-hours", "0", "--compact-min-files", "2"]
+        assert cli_main([*argv, "--dry-run"]) == 0
+        dry = json.loads(capsys.readouterr().out)
+        assert dry["compacted"] == [{"partition": f"model_version={version}/{PARTITION}", "files_before": 3}]
+        assert sorted(p.name for p in folder.glob("part-*.parquet")) == before  # a dry run changes nothing
+        assert cli_main(argv) == 0
+        done = json.loads(capsys.readouterr().out)
+        assert done["compacted"][0]["files_after"] == 1 and done["compacted"][0]["rows"] == 30
+        assert done["orphans_removed"] == 4  # the killed attempt's file and the 3 files compaction replaced
+        (left,) = folder.glob("part-*.parquet")
+        assert left.name.startswith(f"part-c0000-{got['plan_id']}-")
+        read = tables.load_catalog(sqlite_catalog).load_table(out).scan().to_arrow() if fmt == "iceberg" else None
+        rows = pl.from_arrow(read) if read is not None else pl.read_delta(delta)
+        assert rows.height == 30 and rows["post_id"].n_unique() == 30
+        # the plan is still committed: a rerun is a no-op
+        rc, again, err = _score(
+            capsys, str(full_bundle), src, out, "--format", fmt, *extra, "--max-rows-per-shard", "10"
+        )
+        assert rc == 0 and again["skipped"] is True, err
