@@ -280,7 +280,7 @@ def plan(
     an encoders-only bundle fails before any output. `max_rows_per_shard` / `overwrite` override the config's.
     """
     config = JobConfig.coerce(config)
-    overrides = {"max_rows_per_shard": max_rows_per_shard, "overwrite": overwrite}
+    overrides: dict[str, Any] = {"max_rows_per_shard": max_rows_per_shard, "overwrite": overwrite}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     planned, _ = _plan(input_path, output_root, load_bundle(bundle_dir), config)
     return planned.to_dict()
@@ -361,7 +361,8 @@ def fetch_totals(markers: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def _commit(p: PartitionPlan) -> dict[str, Any]:
     if p.table is not None:  # one table commit; idempotent (a no-op when the partition holds these files already)
-        fetch = fetch_totals([partitions.shard_done(p, s.index) for s in p.shards])
+        markers: list[Any] = [partitions.shard_done(p, s.index) for s in p.shards]
+        fetch = fetch_totals(markers)
         return summary(tables.commit(p, {"fetch": fetch} if fetch else None), p.output_dir)
     existing = partitions.read_success(p.output_dir)
     if existing is not None and existing.get("plan_id") == p.plan_id and partitions.is_committed(p):

@@ -218,7 +218,7 @@ def load_catalog(name: str | None) -> Any:
         raise TableError("--format iceberg needs pyiceberg: pip install 'ctmwa-batch[cluster]'") from e
     config = Config()
     name = name or config.get_default_catalog_name()
-    properties = dict(config.get_catalog_config(name) or {})
+    properties: dict[str, Any] = dict(config.get_catalog_config(name) or {})
     if not properties:
         upper = name.upper()
         raise TableError(
@@ -543,14 +543,14 @@ def current_files(target: TableTarget) -> list[str] | None:
     return sorted(os.path.basename(f) for f in files)
 
 
-def _iceberg_filter(target: TableTarget) -> Any:
-    from pyiceberg.expressions import And, EqualTo
+def _iceberg_filter(target: TableTarget) -> str:
+    """The partition as a pyiceberg row filter: `model_version = 'v' AND dt = '...'` (quotes doubled)."""
+    return " AND ".join(_equals(k, target.values[k]) for k in target.keys)
 
-    terms = [EqualTo(k, target.values[k]) for k in target.keys]
-    expr = terms[0]
-    for term in terms[1:]:
-        expr = And(expr, term)
-    return expr
+
+def _equals(column: str, value: str) -> str:
+    quoted = value.replace("'", "''")
+    return f"{column} = '{quoted}'"
 
 
 def is_committed(plan: PartitionPlan) -> bool:
@@ -658,12 +658,7 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
 def _commit_iceberg(target: TableTarget, files: list[str], properties: dict[str, str], names: list[str]) -> int:
     """Delete the partition and add the files in one catalog commit (pyiceberg retries a conflict with another
     partition's commit and validates it); returns the snapshot id."""
-    from pyiceberg.exceptions import CommitFailedException
-
-    try:
-        from pyiceberg.exceptions import ValidationException
-    except ImportError:  # pragma: no cover - older pyiceberg
-        ValidationException = CommitFailedException  # noqa: N806
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
 
     table = open_iceberg(target)
     retries = str(commit_retries())
