@@ -93,6 +93,71 @@ def collect_rows(result: dict):
     return rows
 
 
+def commit_scaling(day, iceberg_rows, alt, version: str, scale: int, files: int = 8) -> dict:
+    """One day of `scale` times the scored rows: our commit of files already written (the shards' work, not timed)
+    against the library writing the gathered rows itself (the gathering not timed either: in favour of the
+    alternative). Day 2026-11-27 of the same tables."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    from ctmwa_batch import storage, tables
+
+    date = "2026-11-27"
+    values = {"model_version": version, "dt": date}
+    keys = ("model_version", "dt")
+    out: dict = {"rows": day.num_rows * scale}
+
+    def write_files(table: pa.Table, folder: str, drop: bool) -> dict[str, int]:
+        fs, path = storage.open_filesystem(folder)
+        table = table.drop_columns(list(keys)) if drop else table
+        step = -(-table.num_rows // files)
+        written = {}
+        for k in range(files):
+            name = f"part-{k:05d}-scale{scale}-{uuid.uuid4().hex[:12]}.parquet"
+            with fs.open_output_stream(f"{path}/{name}") as sink:
+                pq.write_table(table.slice(k * step, step), sink, compression="zstd")
+            written[name] = min(step, table.num_rows - k * step)
+        return written
+
+    def redate(table: pa.Table) -> pa.Table:
+        big = pa.concat_tables([table] * scale)
+        return big.set_column(big.schema.get_field_index("dt"), "dt", pa.array([date] * big.num_rows, pa.string()))
+
+    big = redate(day)
+    delta = f"s3://{BUCKET}/delta"
+    target = tables.TableTarget("delta", delta, None, delta, keys, values)
+    folder = storage.join(delta, f"model_version={version}", f"dt={date}")
+    written = write_files(big, folder, drop=True)
+    t0 = time.perf_counter()
+    tables._delta_replace(target, folder, written, {"ctmwa.bench": "scale"})
+    out["delta_add_actions_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    write_deltalake(
+        f"s3://{BUCKET}/delta-alt",
+        big,
+        partition_by=list(keys),
+        mode="overwrite",
+        predicate=f"model_version = '{version}' AND dt = '{date}'",
+        storage_options=tables.delta_storage_options(),
+    )
+    out["delta_write_deltalake_s"] = round(time.perf_counter() - t0, 3)
+
+    ibig = redate(iceberg_rows)
+    table = tables.load_catalog("bench").load_table("bench.scores")
+    itarget = tables.TableTarget("iceberg", "bench.scores", "bench", table.location(), keys, values)
+    ifolder = storage.join(itarget.data_root, f"model_version={version}", f"dt={date}")
+    iwritten = write_files(ibig, ifolder, drop=False)
+    paths = [storage.join(ifolder, n) for n in sorted(iwritten)]
+    t0 = time.perf_counter()
+    tables._commit_iceberg(itarget, paths, {"ctmwa.bench": "scale"}, sorted(iwritten))
+    out["iceberg_add_files_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    alt.overwrite(ibig, overwrite_filter=f"model_version = '{version}' AND dt = '{date}'")
+    out["iceberg_overwrite_s"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1200, help="posts in the partition")
@@ -100,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctmwa_bench_tables"), help="scratch folder (wiped)")
     parser.add_argument(
         "--bundle", type=Path, default=None, help="a scoring bundle (default: the tiny one, built here)"
+    )
+    parser.add_argument(
+        "--scale", type=int, nargs="*", default=[1, 100], help="commit scaling: days of this many times the scored rows"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -177,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         alt.overwrite(iceberg_rows, overwrite_filter=f"model_version = '{version}' AND dt = '{DATE}'")
         iceberg_alt = time.perf_counter() - t0
 
+        scaling = [commit_scaling(day, iceberg_rows, alt, version, k) for k in args.scale]
+
     report = {
         "rows": args.rows,
         "rows_per_shard": args.rows_per_shard,
@@ -190,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             "iceberg_append_first_s": round(iceberg_alt_first, 3),
             "iceberg_overwrite_s": round(iceberg_alt, 3),
         },
+        "commit_scaling": scaling,
         "machine": cpu_flags(),
     }
     print(json.dumps(report, indent=2))
@@ -211,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         f"iceberg add_files {p['iceberg']['commit_s']:.3f} s vs table.overwrite {a['iceberg_overwrite_s']:.3f} s "
         f"({a['iceberg_overwrite_s'] / p['iceberg']['commit_s']:.1f}x)"
     )
+    print("commit of one day of N rows in 8 files already written (ours) vs the library writing the N gathered rows:")
+    for c in scaling:
+        print(
+            f"  {c['rows']:>8} rows: delta {c['delta_add_actions_s']:.3f} s vs write_deltalake "
+            f"{c['delta_write_deltalake_s']:.3f} s ({c['delta_write_deltalake_s'] / c['delta_add_actions_s']:.1f}x); "
+            f"iceberg {c['iceberg_add_files_s']:.3f} s vs overwrite {c['iceberg_overwrite_s']:.3f} s "
+            f"({c['iceberg_overwrite_s'] / c['iceberg_add_files_s']:.1f}x)"
+        )
     print(f"machine: {report['machine']}")
     return 0
 
