@@ -122,7 +122,8 @@ def commit_scaling(day, iceberg_rows, alt, version: str, scale: int, files: int 
 
     def redate(table: pa.Table) -> pa.Table:
         big = pa.concat_tables([table] * scale)
-        return big.set_column(big.schema.get_field_index("dt"), "dt", pa.array([date] * big.num_rows, pa.string()))
+        where = big.schema.get_field_index("dt")
+        return big.set_column(where, big.schema.field(where), pa.array([date] * big.num_rows, pa.string()))
 
     big = redate(day)
     delta = f"s3://{BUCKET}/delta"

@@ -583,3 +583,26 @@ def test_maintain_compacts_expires_and_sweeps_orphans_and_a_rerun_stays_a_no_op(
             capsys, str(full_bundle), src, out, "--format", fmt, *extra, "--max-rows-per-shard", "10"
         )
         assert rc == 0 and again["skipped"] is True, err
+
+
+def test_the_backfill_and_the_health_report_find_a_table_partition(full_bundle, tmp_path, capsys):
+    from ctmwa_batch import orchestrate
+    from ctmwa_batch.partitions import plan_partition
+    from ctmwa_batch.settings import Settings
+
+    delta = str(tmp_path / "delta")
+    for day in ("2026-11-26", "2026-11-27"):
+        write_posts(tmp_path / "posts" / f"dt={day}" / "a.parquet", 12, row_group_size=6)
+    rc, got, err = _score(capsys, str(full_bundle), str(tmp_path / "posts" / PARTITION), delta, "--format", "delta")
+    assert rc == 0, err
+    settings = Settings(output_root=delta, format="delta", input_root=str(tmp_path / "posts"), device="cpu")
+    version = got["model_version"]
+    done = plan_partition(settings.input_path("2026-11-26"), delta, version)
+    todo = plan_partition(settings.input_path("2026-11-27"), delta, version)
+    assert orchestrate._committed(done, settings) and not orchestrate._committed(todo, settings)
+    # the receipts the health report reads are under the table's _ctmwa/ folder, the files they list beside the data
+    assert settings.scores_root() == f"{delta}/_ctmwa"
+    from ctmwa_batch.drift import collect_day
+
+    stats = collect_day(settings.scores_root(), version, "2026-11-26", PARTITION)
+    assert stats.committed and stats.rows == 12
