@@ -448,12 +448,20 @@ def _prepare_delta(location: str, keys: tuple[str, ...], values: dict[str, str],
                 f"Delta table {storage.redact(location)!r} has column {f.name!r} as {have[f.name]}, these scores "
                 f"need {f.type}; score into another table"
             )
-    missing = [f.name for f in wanted if f.name not in have]
-    if missing:
-        raise TableError(
-            f"Delta table {storage.redact(location)!r} has no columns {missing} (a model with other labels?); "
-            "score into another table location"
-        )
+    missing = [f for f in wanted if f.name not in have]
+    if missing:  # a model with other labels: its prob_<label> columns, added without rewriting a file
+        from deltalake import Schema as DeltaSchema
+
+        if any(not f.nullable for f in missing):
+            raise TableError(
+                f"Delta table {storage.redact(location)!r} cannot take the required columns "
+                f"{[f.name for f in missing if not f.nullable]}; score into another table location"
+            )
+        try:
+            table.alter.add_columns(DeltaSchema.from_arrow(pa.schema(missing)).fields)
+        except Exception as e:
+            raise _delta_error(e, location, "add the columns " + ", ".join(f.name for f in missing) + " to") from e
+        log.info("Delta table %s: added columns %s", storage.redact(location), [f.name for f in missing])
     return target
 
 

@@ -313,6 +313,19 @@ def test_other_labels_evolve_the_schema_and_a_clash_is_refused_before_writing(sq
     assert len(load_catalog(sqlite_catalog).load_table("lake.scores").snapshots()) == 0  # nothing written
 
 
+def test_other_labels_evolve_a_delta_table(tmp_path):
+    from deltalake import DeltaTable
+
+    location = str(tmp_path / "delta")
+    tables.prepare("delta", location, None, "v1", PARTITION, _scores(["pos", "neg"]))
+    tables.prepare("delta", location, None, "v2", PARTITION, _scores(["happy", "sad"]))
+    names = set(pa.schema(DeltaTable(location).schema().to_arrow()).names)
+    assert {"prob_pos", "prob_neg", "prob_happy", "prob_sad", "model_version", "dt"} <= names
+    clash = pa.schema([pa.field("post_id", pa.int64()) if f.name == "post_id" else f for f in _scores(["pos"])])
+    with pytest.raises(tables.TableError, match=r"has column 'post_id' as \w*string, these scores need int64"):
+        tables.prepare("delta", location, None, "v3", PARTITION, clash)
+
+
 def test_catalog_faults_are_one_clean_line(s3, full_bundle, tmp_path, capsys, monkeypatch):
     write_posts(tmp_path / "posts" / PARTITION / "a.parquet", 5)
     src = str(tmp_path / "posts" / PARTITION)
