@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "score": "ctmwa_batch.score_cli",
     "models": "ctmwa_batch.registry",
     "report": "ctmwa_batch.report",
+    "table": "ctmwa_batch.table_cli",  # tables: maintain
 }
 
 

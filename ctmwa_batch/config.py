@@ -22,6 +22,8 @@ DEFAULT_MAX_ROWS_PER_SHARD = 200_000
 DEFAULT_QUEUE_BATCHES = 4  # batches in flight between two pipeline stages
 # image GETs in flight per worker (images by URI): hides ~25 ms per request at ~2,500 images/s
 DEFAULT_FETCH_CONCURRENCY = 64
+OUTPUT_FORMATS = ("parquet", "delta", "iceberg")  # --format: Parquet folders with _SUCCESS.json, or a table
+INPUT_FORMATS = ("parquet", "delta", "iceberg")  # --input-format: Parquet files, or a table's partition
 DEFAULT_ID_COLUMN = "post_id"
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_IMAGE_COLUMN = "image"
@@ -138,11 +140,25 @@ class JobConfig:
     queue_batches: int = DEFAULT_QUEUE_BATCHES  # batches in flight between two stages: memory bounded whatever the size
     row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
+    # ---- tables (ctmwa_batch.tables)
+    format: str = "parquet"  # output: parquet | delta (output = a location) | iceberg (output = namespace.table)
+    catalog: str | None = None  # Iceberg: pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__*); None = default
+    input_format: str = "parquet"  # input: parquet | delta (a location) | iceberg (namespace.table in `catalog`)
+    partition: str | None = None  # table input: KEY=VALUE[,KEY=VALUE], the rows to score and the output's partition
+    staging: str | None = None  # table output: markers and receipts go here (S3 Tables); None = beside the data files
 
     def __post_init__(self) -> None:
         for name in ("queue_batches", "row_group_rows", "max_rows_per_shard"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} {getattr(self, name)}: must be at least 1")
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"format {self.format!r} unknown; use one of {list(OUTPUT_FORMATS)}")
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format {self.input_format!r} unknown; use one of {list(INPUT_FORMATS)}")
+        if self.input_format != "parquet" and not self.partition:
+            raise ValueError(
+                f"input_format {self.input_format}: name the partition to score with --partition KEY=VALUE[,KEY=VALUE]"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, flat (what an Airflow task passes through XCom): the ScoreConfig's keys and the job's."""

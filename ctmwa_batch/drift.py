@@ -240,7 +240,7 @@ def collect_day(
         raise CtmwaError(
             f"{out_dir}/_SUCCESS.json is for model {success.get('model_version')!r}, not {model_version!r}; the scores root is inconsistent"
         )
-    fs, path = open_filesystem(out_dir)
+    fs, path = open_filesystem(success.get("data_dir") or out_dir)  # a table's receipt may sit apart from its files
     for part in success["parts"]:
         part_path = f"{path}/{part}"
         try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctmwa_batch import partitions, pipeline
+from ctmwa_batch import partitions, pipeline, tables
 from ctmwa_batch.bundle import Bundle, load_bundle
 from ctmwa_batch.config import JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
@@ -64,19 +64,31 @@ def _plan(
 ) -> tuple[Planned, list[str]]:
     """Plan (one footer read per input file), check everything that can be checked (columns, bundle, shard indices),
     then partitions.begin. Returns the plan and the bundle's labels."""
-    files = partitions.list_input(str(input_path))
+    files, source, partition = _list_input(str(input_path), config)
     columns = check_input(files, config.score, str(input_path))
     labels = require_scoring_bundle(bundle)
+    target = None
+    if config.format != "parquet":  # the table is created or evolved, or refused, before anything is written
+        partition = partition if partition is not None else partitions.partition_of(str(input_path))
+        scores = tables.scores_schema(labels, columns.id_field, columns.passthrough_fields)
+        target = tables.prepare(
+            config.format, str(output_root), config.catalog, bundle.model_version, partition, scores, config.staging
+        )
     p = partitions.plan_partition(
-        str(input_path), str(output_root), bundle.model_version, config.max_rows_per_shard, files=files
+        source["location"] if source else str(input_path),
+        target.staging_root if target else str(output_root),
+        bundle.model_version,
+        config.max_rows_per_shard,
+        partition=partition,
+        files=files,
     )
-    p = dataclasses.replace(p, columns=columns.to_dict())
+    p = dataclasses.replace(p, columns=columns.to_dict(), table=target.to_dict() if target else None, source=source)
     for k in shards or []:
         if not 0 <= k < len(p.shards):
             raise CtmwaError(
                 f"shard {k} out of range: partition {p.partition} has {len(p.shards)} shard(s); pass --shard 0..{len(p.shards) - 1}"
             )
-    skip = not partitions.begin(p, overwrite=config.overwrite)
+    skip = not (tables.begin if target else partitions.begin)(p, overwrite=config.overwrite)
     logger.info(
         "planned %s: %d rows in %d shard(s), plan %s%s",
         p.partition,
@@ -132,11 +144,21 @@ class _ScoreCounts:
                 counts[value] = counts.get(value, 0) + n
 
 
+def _list_input(input_path: str, config: JobConfig) -> tuple[list[partitions.InputFile], dict | None, str | None]:
+    """The input's Parquet files; for a table input also its pinned snapshot / version and the partition's name."""
+    if config.input_format == "parquet":
+        return partitions.list_input(input_path), None, None
+    return tables.source_files(input_path, config.input_format, config.catalog, config.partition or "")
+
+
 def _score_one(session: _Session, planned: Planned, shard_index: int, progress: Progress | None) -> dict[str, Any]:
-    """Score one shard into its part (staged and marked by partitions.part_writer); returns the marker stats."""
+    """Score one shard into its part (staged and marked by partitions.part_writer, or a table's data file by
+    tables.part_writer); returns the marker stats."""
     config, scorer, p, columns = session.config, session.scorer, planned.partition, planned.columns
     shard = p.shards[shard_index]
     out_schema = scorer.output_schema(columns.id_field, columns.passthrough_fields)
+    target = tables.target_of(p) if p.table else None
+    file_schema = tables.file_schema(target, out_schema) if target else out_schema
     steps = pipeline.Steps(
         prepare=lambda batch, base: scorer.prepare(batch, base, image_paths=columns.image_paths),
         infer=lambda prepared, decoded: scorer.infer(prepared, decoded, out_schema),
@@ -144,8 +166,11 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
     counts = _ScoreCounts({}, {})
     model_before = dict(scorer.timings)
     batches = pipeline.shard_batches(p.input_path, shard, scorer.input_columns(), config.score.batch_size)
-    with partitions.part_writer(p, shard_index, out_schema) as part:
-        sink = pipeline.ParquetSink(part.writer, out_schema, config.row_group_rows, counts.add)
+    writer = tables.part_writer if target else partitions.part_writer
+    with writer(p, shard_index, file_schema) as part:
+        sink: Any = pipeline.ParquetSink(part.writer, file_schema, config.row_group_rows, counts.add)
+        if target:
+            sink = tables.TableBatches(sink, file_schema, target.values)
         stats = pipeline.run(
             batches,
             steps,
@@ -255,7 +280,7 @@ def plan(
     an encoders-only bundle fails before any output. `max_rows_per_shard` / `overwrite` override the config's.
     """
     config = JobConfig.coerce(config)
-    overrides = {"max_rows_per_shard": max_rows_per_shard, "overwrite": overwrite}
+    overrides: dict[str, Any] = {"max_rows_per_shard": max_rows_per_shard, "overwrite": overwrite}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     planned, _ = _plan(input_path, output_root, load_bundle(bundle_dir), config)
     return planned.to_dict()
@@ -310,6 +335,8 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
             {"fetch": success["fetch"]} if success.get("fetch") else {}
         ),  # images by reference: requests, bytes, retries, latency
         "committed_at": success["committed_at"],
+        **({"table": success["table"]} if success.get("table") else {}),  # format, table, partition, snapshot/version
+        **({"data_dir": success["data_dir"]} if success.get("data_dir") else {}),  # a table's files, apart from markers
     }
 
 
@@ -333,6 +360,10 @@ def fetch_totals(markers: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _commit(p: PartitionPlan) -> dict[str, Any]:
+    if p.table is not None:  # one table commit; idempotent (a no-op when the partition holds these files already)
+        markers: list[Any] = [partitions.shard_done(p, s.index) for s in p.shards]
+        fetch = fetch_totals(markers)
+        return summary(tables.commit(p, {"fetch": fetch} if fetch else None), p.output_dir)
     existing = partitions.read_success(p.output_dir)
     if existing is not None and existing.get("plan_id") == p.plan_id and partitions.is_committed(p):
         return summary(existing, p.output_dir)
@@ -366,7 +397,8 @@ def score_partition(
     planned, labels = _plan(input_path, output_root, bundle, config, shards)
     p = planned.partition
     if planned.skip:
-        return {"skipped": True, **summary(partitions.read_success(p.output_dir), p.output_dir)}
+        receipt = partitions.read_success(p.output_dir)
+        return {"skipped": True, **(summary(receipt, p.output_dir) if receipt else _commit(p))}
     indices = list(range(len(p.shards))) if shards is None else shards
     progress = Progress(sum(p.shards[k].num_rows for k in indices), config.progress_interval_s, interactive)
     try:

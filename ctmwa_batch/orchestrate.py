@@ -11,6 +11,7 @@ midnight of the 6th scores dt=<the 5th>); a manual run scores the last complete 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -270,7 +271,7 @@ def plan_backfill(
     on_missing and the settings come from the run's params, overlaid by `explicit` (a score_range group's arguments;
     None values leave the params'); `bundle` is a bundle folder instead of the models root's model_version.
     """
-    from ctmwa_batch.partitions import is_committed, plan_partition
+    from ctmwa_batch.partitions import plan_partition
 
     params = {**dict(params or {}), **{k: v for k, v in (explicit or {}).items() if v is not None}}
     settings = Settings.load(overrides=params)
@@ -290,7 +291,7 @@ def plan_backfill(
             entries.append({"date": date, "input_path": path, "state": "missing", "why": why})
             continue
         plan = plan_partition(path, settings.output_root, version, settings.max_rows_per_shard)
-        state = "committed" if is_committed(plan) and not overwrite else "todo"
+        state = "committed" if _committed(plan, settings) and not overwrite else "todo"
         entries.append(
             {"date": date, "input_path": path, "state": state, "rows": plan.num_rows, "shards": len(plan.shards)}
         )
@@ -326,6 +327,20 @@ def plan_backfill(
         "chunks": chunks,
         "settings": _run_overrides(params),
     }
+
+
+def _committed(plan: Any, settings: Settings) -> bool:
+    """Whether a day's plan is committed: its _SUCCESS.json (Parquet), or the table's partition holding its files."""
+    from ctmwa_batch import partitions
+
+    if settings.format == "parquet":
+        return partitions.is_committed(plan)
+    from ctmwa_batch import tables
+
+    target = tables.open_target(
+        settings.format, settings.output_root, settings.catalog or None, plan.model_version, plan.partition
+    )
+    return target is not None and tables.is_committed(dataclasses.replace(plan, table=target.to_dict()))
 
 
 def chunks_to_score(backfill: Mapping[str, Any]) -> list[list[str]]:
@@ -377,6 +392,7 @@ def summarize(summary: Mapping[str, Any], *, date: str, skipped: bool) -> dict[s
         "rows": {k: v for k, v in rows.items() if k != "by_sentiment"},
         "sentiments": dict(rows.get("by_sentiment") or {}),
         "timings": dict(summary["timings"]),
+        **({"table": dict(summary["table"])} if summary.get("table") else {}),  # format, table, snapshot / version
     }
 
 
@@ -536,11 +552,12 @@ def health_report(
         if partition_for(date, settings.partition_template) == partition
         else partition.replace(date, "{date}")
     )
+    root = settings.scores_root()  # a table's receipts: its staging location or data root
     result = report.write_report(
-        settings.output_root,
+        root,
         summary["model_version"],
         date,
-        report_dir(settings.output_root, summary["model_version"], partition),
+        report_dir(root, summary["model_version"], partition),
         baseline_days=settings.baseline_days,
         thresholds=report.thresholds_from(settings),
         partition_template=template,
@@ -556,7 +573,7 @@ def health_report_backfill(backfill: Mapping[str, Any]) -> dict[str, Any]:
     settings = Settings.load(overrides=backfill["settings"])
     try:
         result = report.write_report(
-            settings.output_root,
+            settings.scores_root(),
             backfill["model_version"],
             backfill["start_date"],
             end_date=backfill["end_date"],
@@ -590,7 +607,7 @@ def publish_extra(summary: Mapping[str, Any], params: Mapping[str, Any] | None) 
     if not extra["partitions"]:
         return extra
     settings = Settings.load(overrides=params)
-    folder = report_dir(settings.output_root, summary["model_version"], summary["partition"])
+    folder = report_dir(settings.scores_root(), summary["model_version"], summary["partition"])
     fs, path = open_filesystem(folder)
     try:
         with fs.open_input_stream(f"{path}/{JSON_NAME}") as f:

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -100,6 +101,10 @@ class PartitionPlan:
     fingerprint: dict  # files (path, size, rows, rows per row group), total rows, sha256 of the listing
     shards: tuple[Shard, ...] = field(default_factory=tuple)
     columns: dict | None = None  # what the job needs of the input's columns (ctmwa_batch.inputs.InputColumns, JSON)
+    table: dict | None = (
+        None  # the table the scores go to (ctmwa_batch.tables.TableTarget, JSON); None: Parquet folders
+    )
+    source: dict | None = None  # a table input's pinned snapshot / version (ctmwa_batch.tables); None: Parquet input
 
     @property
     def plan_id(self) -> str:
@@ -132,6 +137,8 @@ class PartitionPlan:
             d["fingerprint"],
             shards,
             d.get("columns"),
+            d.get("table"),
+            d.get("source"),
         )
 
 
@@ -389,7 +396,7 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
     """Publish the partition: check every shard of the plan finished, move the staged parts into place, remove what
     other plans or killed runs left, then write `_SUCCESS.json` last. Returns its content. Idempotent."""
     fs, path = storage.open_filesystem(plan.output_dir)
-    markers = [shard_done(plan, s.index) for s in plan.shards]
+    markers: list[Any] = [shard_done(plan, s.index) for s in plan.shards]  # every one a dict past the check below
     missing = [s.index for s, m in zip(plan.shards, markers) if m is None]
     if missing:
         raise PartitionNotReady(
@@ -410,6 +417,15 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
             log.info("removing stale %s", info.path)
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(info.path)
+    success = success_record(plan, markers, [plan.part_name(s.index) for s in plan.shards], extra)
+    storage.write_object(fs, f"{path}/{SUCCESS}", json.dumps(success, indent=2, sort_keys=True).encode())
+    log.info("committed %s: %d rows %s", plan.output_dir, output_rows, success["rows"]["by_status"])
+    return success
+
+
+def success_record(plan: PartitionPlan, markers: list[dict], parts: list[str], extra: dict | None = None) -> dict:
+    """The content of a committed partition's `_SUCCESS.json`: input, parts, rows by status, timings, runtime."""
+    output_rows = sum(m.get("output_rows", 0) for m in markers)
     seconds = sum(m.get("seconds", 0.0) for m in markers)
     starts = [m["started_at"] for m in markers if "started_at" in m]
     ends = [m["finished_at"] for m in markers if "finished_at" in m]
@@ -423,7 +439,7 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
         "partition": plan.partition,
         "plan_id": plan.plan_id,
         "input": plan.fingerprint | {"path": plan.input_path},
-        "parts": [plan.part_name(s.index) for s in plan.shards],
+        "parts": parts,
         "rows": {
             "input": plan.num_rows,
             "output": output_rows,
@@ -446,6 +462,4 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
         "committed_at": datetime.now(UTC).isoformat(),
         **(extra or {}),
     }
-    storage.write_object(fs, f"{path}/{SUCCESS}", json.dumps(success, indent=2, sort_keys=True).encode())
-    log.info("committed %s: %d rows %s", plan.output_dir, output_rows, success["rows"]["by_status"])
     return success

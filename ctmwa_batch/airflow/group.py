@@ -28,12 +28,15 @@ from ctmwa_batch.airflow.operators import (
 )
 
 
-def _output_asset(output: str | None) -> Asset:
-    """Asset(output): the scores root as a URI (a local path as file://)."""
+def _output_asset(output: str | None, format: str | None = None, catalog: str | None = None) -> Asset:
+    """Asset(output): the scores root or Delta table as a URI (a local path as file://); an Iceberg table as
+    iceberg://{catalog}/{namespace.table}."""
     if not output or "{{" in output:
         raise ValueError(
             f"output {output!r} is not a fixed location, so the commit has no Asset to update; pass asset=Asset(...) or asset=None"
         )
+    if format == "iceberg":
+        return Asset(uri=f"iceberg://{catalog or 'default'}/{output}")
     uri = output if "://" in output else "file://" + os.path.abspath(output)
     return Asset(uri=uri.rstrip("/"))
 
@@ -63,6 +66,10 @@ def score_partition(
     fail_on_drift: bool | None = None,
     asset: Asset | bool | None = True,
     score_task_args: Mapping[str, Any] | None = None,
+    # tables (ctmwa_batch.tables): None = the settings' (CTMWA_FORMAT, CTMWA_CATALOG, CTMWA_STAGING)
+    format: str | None = None,
+    catalog: str | None = None,
+    staging: str | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score one posts partition inside the caller's DAG; returns the TaskGroup (`upstream >> group >> downstream`).
@@ -80,6 +87,9 @@ def score_partition(
     - `asset`: what the commit updates (True: `Asset(output)`; None: nothing); no event when nothing new landed.
     - `score_task_args`: operator arguments of the mapped score_shard task (queue, pool, executor, executor_config,
       retries, retry_delay, execution_timeout, max_active_tis_per_dag). `task_group_kwargs` go to the TaskGroup.
+    - `format` (parquet | delta | iceberg), `catalog` (Iceberg: a pyiceberg catalog name), `staging` (markers and
+      receipts of a table output): with a table format `output` is the Delta location or the Iceberg namespace.table,
+      and the commit is one table commit of the partition (ctmwa_batch.tables).
 
     Arguments left at None come from the deployment settings (a run's params, then `CTMWA_*` variables, then the
     defaults of ctmwa_batch.settings: model_version "current", device "cuda", precision "auto"...). The group's last
@@ -88,7 +98,9 @@ def score_partition(
     """
     if bundle and (models_root or model_version):
         raise ValueError("give bundle= (a bundle folder) or models_root= with model_version=, not both")
-    outlets = [] if asset is None or asset is False else [_output_asset(output) if asset is True else asset]
+    outlets = (
+        [] if asset is None or asset is False else [_output_asset(output, format, catalog) if asset is True else asset]
+    )
     options = {
         "device": device,
         "precision": precision,
@@ -100,6 +112,9 @@ def score_partition(
         "max_rows_per_shard": max_rows_per_shard,
         "fetch_concurrency": fetch_concurrency,
         "max_fetch_failures": max_fetch_failures,
+        "format": format,
+        "catalog": catalog,
+        "staging": staging,
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
         plan = PlanPartitionOperator(
@@ -131,6 +146,7 @@ def score_partition(
                 output=output,
                 baseline_days=baseline_days,
                 fail_on_drift=fail_on_drift,
+                settings={"format": format, "catalog": catalog, "staging": staging},
                 conn_id=conn_id,
             )
     return group
@@ -223,6 +239,10 @@ def score_range(
     fail_on_drift: bool | None = None,
     asset: Asset | bool | None = True,
     score_task_args: Mapping[str, Any] | None = None,
+    # tables (ctmwa_batch.tables): None = the settings' (CTMWA_FORMAT, CTMWA_CATALOG, CTMWA_STAGING)
+    format: str | None = None,
+    catalog: str | None = None,
+    staging: str | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score a range of days with one model, in bounded parallel, skipping days already committed for it; returns
@@ -237,7 +257,9 @@ def score_range(
     """
     if bundle and (models_root or model_version):
         raise ValueError("give bundle= (a bundle folder) or models_root= with model_version=, not both")
-    outlets = [] if asset is None or asset is False else [_output_asset(output) if asset is True else asset]
+    outlets = (
+        [] if asset is None or asset is False else [_output_asset(output, format, catalog) if asset is True else asset]
+    )
     explicit = {
         "start_date": start_date,
         "end_date": end_date,
@@ -259,6 +281,9 @@ def score_range(
             max_rows_per_shard=max_rows_per_shard,
             fetch_concurrency=fetch_concurrency,
             max_fetch_failures=max_fetch_failures,
+            format=format,
+            catalog=catalog,
+            staging=staging,
             baseline_days=baseline_days,
             fail_on_drift=fail_on_drift,
         ),

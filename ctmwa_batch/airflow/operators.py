@@ -32,6 +32,10 @@ SCORING_OPTIONS = (
     "max_rows_per_shard",
     "fetch_concurrency",
     "max_fetch_failures",
+    # tables (ctmwa_batch.tables): output format, Iceberg catalog, staging location of markers and receipts
+    "format",
+    "catalog",
+    "staging",
 )
 REPORT_OPTIONS = ("baseline_days", "fail_on_drift")
 
@@ -50,6 +54,12 @@ def settings_args(
 
 
 # --------------------------------------------------------------------------------------------------- lineage
+
+
+def output_location(planned: Mapping[str, Any], output_dir: str) -> str:
+    """The dataset a scoring task writes: the table's location for a table output, else the partition's folder."""
+    table = (planned.get("plan") or {}).get("table")
+    return table["location"] if table else output_dir
 
 
 def lineage_dataset(location: str) -> Any:
@@ -157,7 +167,10 @@ class ScoreShardOperator(_CtmwaOperator):
     def run(self, context: Any) -> dict[str, Any]:
         from ctmwa_batch import orchestrate
 
-        self._lineage = ([self.planned["input_path"], self.planned["bundle_dir"]], [self.planned["output_dir"]])
+        self._lineage = (
+            [self.planned["input_path"], self.planned["bundle_dir"]],
+            [output_location(self.planned, self.planned["output_dir"])],
+        )
         return orchestrate.score_shard(self.planned, int(self.shard_index))
 
 
@@ -177,7 +190,10 @@ class CommitPartitionOperator(_CtmwaOperator):
         from ctmwa_batch import orchestrate
 
         summary = orchestrate.commit_day(self.planned)
-        self._lineage = ([self.planned["input_path"], self.planned["bundle_dir"]], [summary["output_dir"]])
+        self._lineage = (
+            [self.planned["input_path"], self.planned["bundle_dir"]],
+            [output_location(self.planned, summary["output_dir"])],
+        )
         if summary["skipped"]:
             # Nothing new landed: no Asset event (the task runner reads the outlets after execute, from this copy).
             self.outlets = []

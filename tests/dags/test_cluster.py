@@ -57,6 +57,7 @@ def test_one_day_on_two_celery_workers_survives_a_killed_worker(tmp_path: Path, 
         "retried_shards",
         "backfill_noop",
         "storage",
+        "table",
         "ok",
     ]
     assert summary["ok"] is True
@@ -78,6 +79,11 @@ def test_one_day_on_two_celery_workers_survives_a_killed_worker(tmp_path: Path, 
     # the lake, the reports and the models root lived in the S3 server: the workers shared no data folder. The demo
     # read the scores back from the store (`ok` requires every day committed, rows out == rows in, no id twice).
     assert summary["storage"] == "s3://lake"
+    # the scores landed in the Iceberg table of the store's REST catalog, one commit for the day (rows_out above is
+    # what a reader of its current snapshot reads)
+    table = summary["table"]
+    assert table["name"] == "lake.scores" and table["location"].startswith("s3://lake-tables/")
+    assert table["snapshot_id"] and table["plan_id"]
     assert "health reports in the store: 1 of 1 days" in proc.stdout
     assert not (out / "lake").exists() and not (out / "models").exists() and (out / "s3" / "data").is_dir()
 
