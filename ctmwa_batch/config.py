@@ -149,6 +149,9 @@ class JobConfig:
     )
     row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
+    # ---- embeddings (ctmwa_batch.embeddings): backfills at the cost of the head
+    keep_embeddings: bool = False  # also write the encoders' outputs (float16) beside the scores, committed with them
+    embedding_reuse: bool = True  # score from valid kept embeddings (head only) and encode each distinct image once; False: every row through the encoders
 
     def __post_init__(self) -> None:
         for name in ("queue_batches", "row_group_rows", "max_rows_per_shard"):
