@@ -290,7 +290,10 @@ def plan_backfill(
             entries.append({"date": date, "input_path": path, "state": "missing", "why": why})
             continue
         plan = plan_partition(path, settings.output_root, version, settings.max_rows_per_shard)
-        state = "committed" if is_committed(plan) and not overwrite else "todo"
+        committed = is_committed(plan) and not overwrite
+        if committed and settings.keep_embeddings:  # asked to keep embeddings: a day committed without them is todo
+            committed = bool((read_success(plan.output_dir) or {}).get("embeddings"))
+        state = "committed" if committed else "todo"
         entries.append(
             {"date": date, "input_path": path, "state": state, "rows": plan.num_rows, "shards": len(plan.shards)}
         )
@@ -377,6 +380,7 @@ def summarize(summary: Mapping[str, Any], *, date: str, skipped: bool) -> dict[s
         "rows": {k: v for k, v in rows.items() if k != "by_sentiment"},
         "sentiments": dict(rows.get("by_sentiment") or {}),
         "timings": dict(summary["timings"]),
+        "source": summary.get("source", "posts"),  # "embeddings": scored by the head alone from kept embeddings
     }
 
 

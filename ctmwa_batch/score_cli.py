@@ -90,6 +90,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.precision,
         help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
     )
+    # ---- embeddings (ctmwa_batch.embeddings, docs/backfill.md)
+    parser.add_argument(
+        "--keep-embeddings",
+        action="store_true",
+        help="also keep the encoders' outputs (float16, ~2 KB a post at 512-d) beside the scores, committed with "
+        "them, so a later head with the same encoders rescores this partition without the encoders",
+    )
+    parser.add_argument(
+        "--no-embedding-reuse",
+        dest="embedding_reuse",
+        action="store_false",
+        help="run the encoders on every row: neither score from kept embeddings nor reuse a repeated image's embedding",
+    )
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
@@ -109,7 +122,13 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             fetch_concurrency=args.fetch_concurrency,
             max_fetch_failures=args.max_fetch_failures,
         )
-        return JobConfig(score=score, overwrite=args.overwrite, max_rows_per_shard=args.max_rows_per_shard)
+        return JobConfig(
+            score=score,
+            overwrite=args.overwrite,
+            max_rows_per_shard=args.max_rows_per_shard,
+            keep_embeddings=args.keep_embeddings,
+            embedding_reuse=args.embedding_reuse,
+        )
     except ValueError as e:
         raise CtmwaError(str(e)) from e
 

@@ -112,6 +112,9 @@ class Settings:
     drift_rate_alert: float = 0.05  # change of a status's share from which it alerts
     drift_min_rows: int = 200  # a day or baseline with fewer rows is reported but never alerted (PSI is noise there)
     fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
+    # ---- embeddings (task run time; params override): docs/backfill.md
+    keep_embeddings: bool = False  # keep the encoders' outputs (float16) beside the scores, so a later head with the same encoders rescores without them
+    embedding_reuse: bool = True  # score from valid kept embeddings (the head only) and encode each distinct image once; false: every row through the encoders
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -211,7 +214,13 @@ class Settings:
 
     def job_config(self, overwrite: bool = False) -> JobConfig:
         """The scoring job's configuration (the scorer's, plus how partitions are cut and whether to rescore)."""
-        return JobConfig(score=self.score_config(), overwrite=overwrite, max_rows_per_shard=self.max_rows_per_shard)
+        return JobConfig(
+            score=self.score_config(),
+            overwrite=overwrite,
+            max_rows_per_shard=self.max_rows_per_shard,
+            keep_embeddings=self.keep_embeddings,
+            embedding_reuse=self.embedding_reuse,
+        )
 
     def scoring_task_kwargs(self) -> dict[str, Any]:
         """Operator arguments that place a scoring task: queue and pool always, executor and pod template when set."""

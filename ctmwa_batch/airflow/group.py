@@ -63,6 +63,9 @@ def score_partition(
     fail_on_drift: bool | None = None,
     asset: Asset | bool | None = True,
     score_task_args: Mapping[str, Any] | None = None,
+    # ---- embeddings (docs/backfill.md)
+    keep_embeddings: bool | None = None,
+    embedding_reuse: bool | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score one posts partition inside the caller's DAG; returns the TaskGroup (`upstream >> group >> downstream`).
@@ -80,6 +83,8 @@ def score_partition(
     - `asset`: what the commit updates (True: `Asset(output)`; None: nothing); no event when nothing new landed.
     - `score_task_args`: operator arguments of the mapped score_shard task (queue, pool, executor, executor_config,
       retries, retry_delay, execution_timeout, max_active_tis_per_dag). `task_group_kwargs` go to the TaskGroup.
+    - `keep_embeddings`: keep the encoders' outputs beside the scores (a later head with the same encoders then
+      rescores the partition with the head alone); `embedding_reuse=False`: run the encoders on every row.
 
     Arguments left at None come from the deployment settings (a run's params, then `CTMWA_*` variables, then the
     defaults of ctmwa_batch.settings: model_version "current", device "cuda", precision "auto"...). The group's last
@@ -100,6 +105,8 @@ def score_partition(
         "max_rows_per_shard": max_rows_per_shard,
         "fetch_concurrency": fetch_concurrency,
         "max_fetch_failures": max_fetch_failures,
+        "keep_embeddings": keep_embeddings,
+        "embedding_reuse": embedding_reuse,
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
         plan = PlanPartitionOperator(
@@ -223,6 +230,9 @@ def score_range(
     fail_on_drift: bool | None = None,
     asset: Asset | bool | None = True,
     score_task_args: Mapping[str, Any] | None = None,
+    # ---- embeddings (docs/backfill.md)
+    keep_embeddings: bool | None = None,
+    embedding_reuse: bool | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score a range of days with one model, in bounded parallel, skipping days already committed for it; returns
@@ -261,6 +271,8 @@ def score_range(
             max_fetch_failures=max_fetch_failures,
             baseline_days=baseline_days,
             fail_on_drift=fail_on_drift,
+            keep_embeddings=keep_embeddings,
+            embedding_reuse=embedding_reuse,
         ),
     }
     plan, chunks, score_days, report, health = _range_tasks(conn_id, bundle, outlets)

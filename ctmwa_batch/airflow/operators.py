@@ -32,6 +32,9 @@ SCORING_OPTIONS = (
     "max_rows_per_shard",
     "fetch_concurrency",
     "max_fetch_failures",
+    # ---- embeddings (docs/backfill.md)
+    "keep_embeddings",
+    "embedding_reuse",
 )
 REPORT_OPTIONS = ("baseline_days", "fail_on_drift")
 
