@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 ROW = "row"  # position of the row in its posts partition (the plan's listing order), from 0
 FORMAT = "parquet"  # the form this module writes and reads; a table form would record "iceberg" / "delta"
 DTYPE = "float16"
+EMBEDDING_TYPE = pa.list_(pa.float16())
 # Columns the scorer adds to a scores batch for the sink to split off (names no input column has).
 KEPT_TEXT, KEPT_IMAGE, KEPT_ERROR = "__kept_text_emb", "__kept_image_emb", "__kept_image_error"
 KEPT_COLUMNS = (KEPT_TEXT, KEPT_IMAGE, KEPT_ERROR)
@@ -92,7 +93,9 @@ def keep_spec(bundle_identity: dict[str, Any], mtimes: dict[str, int]) -> dict[s
 
 
 def embeddings_schema(id_field: pa.Field, text_dim: int, image_dim: int) -> pa.Schema:
-    """The kept embeddings' schema: id (the input's type), row, has_text, has_image, image_error, the float16 pair."""
+    """The kept embeddings' schema: id (the input's type), row, has_text, has_image, image_error, the float16 pair
+    (their widths in the schema's metadata)."""
+    metadata = {"ctmwa_batch.embeddings": json.dumps({schema.TEXT_EMB: text_dim, schema.IMAGE_EMB: image_dim})}
     return pa.schema(
         [
             pa.field(id_field.name, id_field.type),
@@ -100,27 +103,38 @@ def embeddings_schema(id_field: pa.Field, text_dim: int, image_dim: int) -> pa.S
             pa.field(schema.HAS_TEXT, pa.bool_(), nullable=False),
             pa.field(schema.HAS_IMAGE, pa.bool_(), nullable=False),
             pa.field(schema.IMAGE_ERROR, pa.string()),
-            pa.field(schema.TEXT_EMB, pa.list_(pa.float16(), text_dim)),
-            pa.field(schema.IMAGE_EMB, pa.list_(pa.float16(), image_dim)),
-        ]
+            pa.field(schema.TEXT_EMB, EMBEDDING_TYPE),
+            pa.field(schema.IMAGE_EMB, EMBEDDING_TYPE),
+        ],
+        metadata=metadata,
     )
 
 
-def float16_array(emb: np.ndarray, ok: np.ndarray) -> pa.FixedSizeListArray:
-    """float32 (N, D) -> fixed_size_list<halffloat>[D], null where not ok."""
+def float16_array(emb: np.ndarray, ok: np.ndarray) -> pa.ListArray:
+    """float32 (N, D) -> list<halffloat>, null where not ok (no values stored for those rows).
+
+    A list, not a fixed_size_list: pyarrow (25) cannot read back a Parquet fixed_size_list column with nulls."""
     n, d = emb.shape
-    values = pa.array(np.ascontiguousarray(emb, dtype=np.float16).reshape(-1), type=pa.float16())
-    return pa.FixedSizeListArray.from_arrays(values, d, mask=pa.array(~np.asarray(ok, dtype=bool)))
+    ok = np.asarray(ok, dtype=bool)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.where(ok, d, 0), out=offsets[1:])
+    values = pa.array(np.ascontiguousarray(emb[ok], dtype=np.float16).reshape(-1), type=pa.float16())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=EMBEDDING_TYPE, mask=pa.array(~ok))
 
 
 def float32_matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
-    """fixed_size_list<halffloat>[D] -> float32 (N, D) (null rows read as zeros; the head never sees them)."""
+    """list<halffloat> -> float32 (N, D); null rows read as zeros (the head never sees them: their mask is off).
+    EmbeddingsMismatch when a present row is not `dim` long."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
-    values = arr.values.slice(arr.offset * dim, n * dim).to_numpy(zero_copy_only=False)
-    out = np.asarray(values, dtype=np.float32).reshape(n, dim)
-    if arr.null_count:
-        out[~np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)] = 0.0
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if flat.size != int(valid.sum()) * dim:
+        raise EmbeddingsMismatch(
+            f"kept embeddings are not {dim}-d as this bundle's encoders are; rescore from the posts"
+        )
+    out = np.zeros((n, dim), dtype=np.float32)
+    out[valid] = flat.reshape(-1, dim)
     return out
 
 
@@ -140,9 +154,16 @@ class KeepingSink:
     scores go to the scores sink, the embeddings (numbered from the shard's first row) to their own writer."""
 
     def __init__(
-        self, scores_sink: Any, writer: pq.ParquetWriter, kept_schema: pa.Schema, row_start: int, row_group_rows: int
+        self,
+        scores_sink: Any,
+        scores_schema: pa.Schema,
+        writer: pq.ParquetWriter,
+        kept_schema: pa.Schema,
+        row_start: int,
+        row_group_rows: int,
     ):
         self.scores_sink = scores_sink
+        self.scores_schema = scores_schema
         self.writer = writer
         self.schema = kept_schema
         self.next_row = row_start
@@ -171,8 +192,8 @@ class KeepingSink:
         self._pending_rows += n
         if self._pending_rows >= self.row_group_rows:
             self._flush()
-        keep = [i for i, name in enumerate(names) if name not in KEPT_COLUMNS]
-        self.scores_sink.write(batch.select(keep))
+        scores = [batch.column(i) for i, name in enumerate(names) if name not in KEPT_COLUMNS]
+        self.scores_sink.write(pa.RecordBatch.from_arrays(scores, schema=self.scores_schema))
 
     def _flush(self) -> None:
         if self._pending:

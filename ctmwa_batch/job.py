@@ -255,7 +255,7 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
         if keep:
             assert part.embeddings is not None and kept_schema is not None  # internal: part_writer opened it
             sink = embeddings.KeepingSink(
-                sink, part.embeddings, kept_schema, p.shard_row_start(shard_index), config.row_group_rows
+                sink, out_schema, part.embeddings, kept_schema, p.shard_row_start(shard_index), config.row_group_rows
             )
         stats = pipeline.run(
             batches,
