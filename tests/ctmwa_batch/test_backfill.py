@@ -325,3 +325,50 @@ def test_the_backfill_tasks_and_settings_take_both(full_bundle, second_head, tmp
     assert [d["source"] for d in second] == ["embeddings", "embeddings"]
     plan = orchestrate.plan_backfill({**params, "embedding_reuse": False, "overwrite": True}, bundle=str(second_head))
     assert [d["source"] for d in orchestrate.score_days(plan, days)] == ["posts", "posts"]
+
+
+def test_a_backfill_hashes_an_unchanged_bundle_once(full_bundle, tmp_path, monkeypatch):
+    """load_bundle remembers the sha256 of files unchanged since it hashed them (a backfill loads the bundle once a
+    day); a file changed since, even to the same size, is hashed again and fails verification."""
+    import shutil
+
+    from ctmwa_batch import bundle as bundle_module
+    from ctmwa_batch.errors import BundleError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(full_bundle, copy)
+    old = time_ns_ago(10)
+    for f in copy.iterdir():
+        os.utime(f, ns=(old, old))
+    hashed: list[str] = []
+    real = bundle_module.sha256_file
+
+    def counting(path):
+        hashed.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(bundle_module, "sha256_file", counting)
+    load_bundle(copy)
+    first = len(hashed)
+    assert first == len(load_bundle(copy).files)
+    load_bundle(copy)
+    assert len(hashed) == first  # nothing hashed again
+    head = copy / "head.onnx"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 0xFF
+    head.write_bytes(bytes(data))  # same size, new bytes: its time changed
+    with pytest.raises(BundleError, match="head.onnx: changed"):
+        load_bundle(copy)
+    # a file written moments before it was hashed is never remembered (a same-tick rewrite could keep its time)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(full_bundle, fresh, copy_function=shutil.copyfile)  # new files, written now
+    hashed.clear()
+    load_bundle(fresh)
+    load_bundle(fresh)
+    assert len(hashed) == 2 * first
+
+
+def time_ns_ago(seconds: float) -> int:
+    import time
+
+    return time.time_ns() - int(seconds * 1e9)
