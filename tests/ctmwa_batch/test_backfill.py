@@ -304,6 +304,13 @@ def test_the_backfill_tasks_and_settings_take_both(full_bundle, second_head, tmp
     from ctmwa_batch.settings import Settings
 
     assert {"keep_embeddings", "embedding_reuse"} <= set(SCORING_OPTIONS)
+    # the plugin's TaskGroup factories take both (read from the source: Airflow is imported only in subprocesses)
+    import ast
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "ctmwa_batch" / "airflow" / "group.py").read_text())
+    factories = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    for name in ("score_partition", "score_range"):
+        assert {"keep_embeddings", "embedding_reuse"} <= {a.arg for a in factories[name].args.kwonlyargs}, name
     env = Settings.load({"CTMWA_KEEP_EMBEDDINGS": "true", "CTMWA_EMBEDDING_REUSE": "false"}).job_config()
     assert (env.keep_embeddings, env.embedding_reuse) == (True, False)
     days = ["2026-11-25", "2026-11-26"]
