@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,6 +101,27 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+# sha256 of files this process hashed, by (path, size, mtime_ns, inode): a backfill loads the same bundle for every
+# day, and hashing ~1 GB of encoders each time would cost more than scoring a day from kept embeddings.
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+# A file modified within this long before it was hashed is never taken from _HASHED: a second write in the same
+# clock tick could keep its size and time (git's "racy clean" problem).
+_RACY_NS = 2_000_000_000
+
+
+def _verified_sha256(path: Path) -> str:
+    """sha256_file, remembered for files unchanged (size, time, inode) since this process hashed them."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _HASHED:
+        return _HASHED[key]
+    hashed_at = time.time_ns()
+    digest = sha256_file(path)
+    if st.st_mtime_ns < hashed_at - _RACY_NS:
+        _HASHED[key] = digest
+    return digest
 
 
 def model_version(manifest: Mapping[str, Any]) -> str:
@@ -378,7 +400,7 @@ def load_bundle(root: str | Path, *, verify: bool = True) -> Bundle:
             if size != entry.get("bytes", size):
                 problems.append(f"{name}: changed ({size} bytes, manifest says {entry['bytes']})")
                 continue
-            digest = sha256_file(path)
+            digest = _verified_sha256(path)
             if digest != entry.get("sha256"):
                 problems.append(
                     f"{name}: changed (sha256 {digest[:12]}..., manifest says {str(entry.get('sha256'))[:12]}...)"

@@ -146,6 +146,9 @@ class JobConfig:
     input_format: str = "parquet"  # input: parquet | delta (a location) | iceberg (namespace.table in `catalog`)
     partition: str | None = None  # table input: KEY=VALUE[,KEY=VALUE], the rows to score and the output's partition
     staging: str | None = None  # table output: markers and receipts go here (S3 Tables); None = beside the data files
+    # ---- embeddings (ctmwa_batch.embeddings): backfills at the cost of the head
+    keep_embeddings: bool = False  # also write the encoders' outputs (float16) beside the scores, committed with them
+    embedding_reuse: bool = True  # score from valid kept embeddings (head only) and encode each distinct image once; False: every row through the encoders
 
     def __post_init__(self) -> None:
         for name in ("queue_batches", "row_group_rows", "max_rows_per_shard"):
@@ -158,6 +161,11 @@ class JobConfig:
         if self.input_format != "parquet" and not self.partition:
             raise ValueError(
                 f"input_format {self.input_format}: name the partition to score with --partition KEY=VALUE[,KEY=VALUE]"
+            )
+        if self.keep_embeddings and (self.format != "parquet" or self.input_format != "parquet"):
+            raise ValueError(
+                f"keep_embeddings: kept embeddings are written beside Parquet scores of Parquet posts only (format "
+                f"{self.format}, input_format {self.input_format}); drop --keep-embeddings or use --format parquet"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ partition's size.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -24,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctmwa_batch import partitions, pipeline, tables
+import pyarrow as pa
+
+from ctmwa_batch import embeddings, partitions, pipeline, schema, tables
 from ctmwa_batch.bundle import Bundle, load_bundle
 from ctmwa_batch.config import JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
@@ -32,8 +35,9 @@ from ctmwa_batch.fetch import FetchConfig, Fetcher
 from ctmwa_batch.inputs import InputColumns, PlanMismatch, check_input, check_unchanged, planned_columns
 from ctmwa_batch.partitions import PartitionNotReady, PartitionPlan
 from ctmwa_batch.posts import ImageDecoder
+from ctmwa_batch.precision import resolve_for_bundle
 from ctmwa_batch.progress import Progress
-from ctmwa_batch.runtime import check_device
+from ctmwa_batch.runtime import check_device, expects_cuda
 from ctmwa_batch.scorer import Scorer, require_scoring_bundle, value_counts
 
 logger = logging.getLogger(__name__)
@@ -88,7 +92,23 @@ def _plan(
             raise CtmwaError(
                 f"shard {k} out of range: partition {p.partition} has {len(p.shards)} shard(s); pass --shard 0..{len(p.shards) - 1}"
             )
+    # kept embeddings live beside Parquet scores of Parquet posts (JobConfig refuses keeping them elsewhere)
+    parquet_only = target is None and source is None
+    identity, mtimes = _encoders_identity(str(input_path), files, bundle, config) if parquet_only else (None, {})
+    if config.keep_embeddings and identity is not None:
+        p = dataclasses.replace(p, keep_embeddings=embeddings.keep_spec(identity, mtimes))
     skip = not (tables.begin if target else partitions.begin)(p, overwrite=config.overwrite)
+    if not skip and config.embedding_reuse and identity is not None:
+        found = embeddings.find(str(output_root), p, identity, mtimes)
+        p = dataclasses.replace(p, embeddings_source=found)
+        if found is not None:
+            logger.info(
+                "%s: scoring from the embeddings kept at %s (model %s, committed %s): the head only, no encoder",
+                p.partition,
+                found["location"],
+                found["model_version"],
+                found["committed_at"],
+            )
     logger.info(
         "planned %s: %d rows in %d shard(s), plan %s%s",
         p.partition,
@@ -100,6 +120,17 @@ def _plan(
     return Planned(p, columns, skip), labels
 
 
+def _encoders_identity(
+    input_path: str, files: list[partitions.InputFile], bundle: Bundle, config: JobConfig
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """The identity of the encoders this job would run (precision resolved for its device, no session created) and
+    the input files' times, when embeddings are kept or reused; (None, {}) otherwise or without encoders."""
+    if not (config.keep_embeddings or config.embedding_reuse) or not bundle.has_encoders:
+        return None, {}
+    precision = resolve_for_bundle(config.score.precision, bundle, on_gpu=expects_cuda(config.score.device))
+    return embeddings.identity(bundle, precision), embeddings.input_mtimes(input_path, files)
+
+
 # --------------------------------------------------------------------------------------------------- shards
 
 
@@ -107,19 +138,22 @@ class _Session:
     """What scoring several shards in one process shares: the scorer's sessions, the decoding pool and the image
     fetcher (its stores and connections)."""
 
-    def __init__(self, bundle: Bundle, labels: list[str], config: JobConfig):
+    def __init__(self, bundle: Bundle, labels: list[str], config: JobConfig, head_only: bool = False):
         self.config = config
-        self.scorer = Scorer(bundle, config.score, labels=labels)
-        self.decoder = ImageDecoder(self.scorer.image_spec, config.score.decode_workers)
+        cache = embeddings.ImageCache() if config.embedding_reuse and not head_only else None
+        self.scorer = Scorer(bundle, config.score, labels=labels, encoders=not head_only, image_cache=cache)
+        workers = 0 if head_only else config.score.decode_workers  # nothing to decode: no pool
+        self.decoder = ImageDecoder(self.scorer.image_spec, workers)
         self.fetcher = Fetcher(
             FetchConfig(concurrency=config.score.fetch_concurrency, max_failures=config.score.max_fetch_failures)
         )
+        self.batches = itertools.count()  # numbers the batches of every shard this session scores (the cache's clock)
         logger.info(
-            "scoring with model %s on %s, %s encoders, %d decoding process(es), batch %d",
+            "scoring with model %s on %s, %s, %d decoding process(es), batch %d",
             self.scorer.model_version,
             self.scorer.provider,
-            self.scorer.precision,
-            config.score.decode_workers,
+            "the head only (kept embeddings)" if head_only else f"{self.scorer.precision} encoders",
+            workers,
             config.score.batch_size,
         )
 
@@ -151,6 +185,58 @@ def _list_input(input_path: str, config: JobConfig) -> tuple[list[partitions.Inp
     return tables.source_files(input_path, config.input_format, config.catalog, config.partition or "")
 
 
+@dataclass
+class _KeptPrepared:
+    """A batch of a head-only shard: the posts' id and passthrough columns, and their kept embeddings."""
+
+    ids: pa.Array
+    passthrough: list[pa.Array]
+    kept: pa.Table  # the kept rows of these posts (ctmwa_batch.embeddings.embeddings_schema)
+    images: list[bytes | None] = dataclasses.field(default_factory=list)  # nothing to decode
+    locations: list[str | None] | None = None
+    read_errors: list[str | None] = dataclasses.field(default_factory=list)
+
+
+def _head_only_steps(
+    scorer: Scorer, planned: Planned, shard_index: int, out_schema: pa.Schema, keep: bool
+) -> tuple[pipeline.Steps, list[str]]:
+    """The steps of a shard scored from kept embeddings, and the posts columns it reads (id and passthrough only):
+    each posts batch takes as many kept rows, checked to be the same rows (position and id), and the head runs."""
+    p, source = planned.partition, planned.partition.embeddings_source
+    assert source is not None  # internal: only head-only plans get here
+    embeddings.check_source(source)
+    start = p.shard_row_start(shard_index)
+    cursor = embeddings.RowCursor(embeddings.read_rows(source, start, start + p.shards[shard_index].num_rows))
+    dims = scorer.bundle.dims
+    text_dim, image_dim = int(dims[schema.TEXT_EMB]), int(dims[schema.IMAGE_EMB])
+    next_row = [start]
+
+    def prepare(batch: pa.RecordBatch, base: Any) -> _KeptPrepared:
+        ids = batch.column(planned.columns.id_field.name)
+        kept = cursor.take(batch.num_rows)
+        embeddings.check_rows(kept, ids, next_row[0], source["location"])
+        next_row[0] += batch.num_rows
+        return _KeptPrepared(ids, [batch.column(f.name) for f in planned.columns.passthrough_fields], kept)
+
+    def infer(prepared: _KeptPrepared, decoded: pipeline.Decoded) -> pa.RecordBatch:
+        kept = prepared.kept
+        text_ok = kept.column(schema.HAS_TEXT).to_numpy()
+        image_ok = kept.column(schema.HAS_IMAGE).to_numpy()
+        text_emb = embeddings.float32_matrix(kept.column(schema.TEXT_EMB), text_dim)
+        image_emb = embeddings.float32_matrix(kept.column(schema.IMAGE_EMB), image_dim)
+        errors = kept.column(schema.IMAGE_ERROR).to_pylist()
+        batch = scorer.score_embeddings(
+            prepared.ids, prepared.passthrough, text_emb, image_emb, text_ok, image_ok, errors, out_schema
+        )
+        if not keep:
+            return batch
+        columns = [*batch.columns, *embeddings.kept_columns(text_emb, image_emb, text_ok, image_ok, errors)]
+        return pa.RecordBatch.from_arrays(columns, names=[*batch.schema.names, *embeddings.KEPT_COLUMNS])
+
+    read = [planned.columns.id_field.name, *(f.name for f in planned.columns.passthrough_fields)]
+    return pipeline.Steps(prepare=prepare, infer=infer), list(dict.fromkeys(read))
+
+
 def _score_one(session: _Session, planned: Planned, shard_index: int, progress: Progress | None) -> dict[str, Any]:
     """Score one shard into its part (staged and marked by partitions.part_writer, or a table's data file by
     tables.part_writer); returns the marker stats."""
@@ -159,18 +245,49 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
     out_schema = scorer.output_schema(columns.id_field, columns.passthrough_fields)
     target = tables.target_of(p) if p.table else None
     file_schema = tables.file_schema(target, out_schema) if target else out_schema
-    steps = pipeline.Steps(
-        prepare=lambda batch, base: scorer.prepare(batch, base, image_paths=columns.image_paths),
-        infer=lambda prepared, decoded: scorer.infer(prepared, decoded, out_schema),
-    )
+    keep = p.keep_embeddings is not None
+    kept_schema = None
+    if keep:
+        dims = scorer.bundle.dims
+        kept_schema = embeddings.embeddings_schema(
+            columns.id_field, int(dims[schema.TEXT_EMB]), int(dims[schema.IMAGE_EMB])
+        )
+    if p.embeddings_source is not None:
+        steps, read_columns = _head_only_steps(scorer, planned, shard_index, out_schema, keep)
+    else:
+
+        def prepare(batch: pa.RecordBatch, base: Any) -> Any:
+            prepared = scorer.prepare(batch, base, image_paths=columns.image_paths)
+            prepared.batch = next(session.batches)
+            return prepared
+
+        steps = pipeline.Steps(
+            prepare=prepare,
+            infer=lambda prepared, decoded: scorer.infer(prepared, decoded, out_schema, keep=keep),
+            claim=scorer.claim if scorer.image_cache is not None else None,
+        )
+        read_columns = scorer.input_columns()
     counts = _ScoreCounts({}, {})
     model_before = dict(scorer.timings)
-    batches = pipeline.shard_batches(p.input_path, shard, scorer.input_columns(), config.score.batch_size)
-    writer = tables.part_writer if target else partitions.part_writer
-    with writer(p, shard_index, file_schema) as part:
-        sink: Any = pipeline.ParquetSink(part.writer, file_schema, config.row_group_rows, counts.add)
+    cache = scorer.image_cache
+    images_before = cache.counts() if cache is not None else None
+    if cache is not None:
+        cache.begin(forget=not embeddings.carries_across_shards(scorer.precision, scorer.provider))
+    batches = pipeline.shard_batches(p.input_path, shard, read_columns, config.score.batch_size)
+    writer = (
+        tables.part_writer(p, shard_index, file_schema)
+        if target
+        else partitions.part_writer(p, shard_index, out_schema, kept_schema)
+    )
+    with writer as part:
+        sink: pipeline.Sink = pipeline.ParquetSink(part.writer, file_schema, config.row_group_rows, counts.add)
         if target:
             sink = tables.TableBatches(sink, file_schema, target.values)
+        if keep:
+            assert part.embeddings is not None and kept_schema is not None  # internal: part_writer opened it
+            sink = embeddings.KeepingSink(
+                sink, out_schema, part.embeddings, kept_schema, p.shard_row_start(shard_index), config.row_group_rows
+            )
         stats = pipeline.run(
             batches,
             steps,
@@ -194,8 +311,12 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
             sentiment_counts=dict(sorted(counts.sentiments.items())),
             timings={k: round(v, 3) for k, v in sorted(timings.items())},
             provider=scorer.provider,
-            precision=scorer.precision,
+            precision=scorer.precision if p.embeddings_source is None else p.embeddings_source["encoders"]["precision"],
+            source="embeddings" if p.embeddings_source is not None else "posts",
+            encoder_sessions=scorer.encoder_sessions,
         )
+        if cache is not None and images_before is not None:
+            part.stats["images"] = {k: v - images_before[k] for k, v in cache.counts().items()}
         if stats.fetch is not None:
             part.stats["fetch"] = stats.fetch
         marker = dict(part.stats)
@@ -251,7 +372,7 @@ def _score_shards(
         if progress is not None:
             progress.update(marker.get("output_rows", 0))
     if todo:
-        with _Session(bundle, labels, config) as session:
+        with _Session(bundle, labels, config, head_only=planned.partition.embeddings_source is not None) as session:
             for k in todo:
                 marker = partitions.shard_done(p, k)  # a concurrent worker may have finished it meanwhile
                 if marker is not None:
@@ -331,6 +452,13 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
         "timings": {k: v for k, v in success["timings"].items() if k != "shards"},
         "parts": len(success["parts"]),
         "runtime": success.get("runtime", {}),  # encoder precision and execution provider the shards ran with
+        "source": success.get("source", "posts"),  # "embeddings": the head alone on kept embeddings
+        **{key: success[key] for key in ("embeddings_source", "images", "encoder_sessions") if key in success},
+        **(
+            {"embeddings": {k: success["embeddings"][k] for k in ("location", "rows", "bytes", "bytes_per_row")}}
+            if success.get("embeddings")
+            else {}
+        ),
         **(
             {"fetch": success["fetch"]} if success.get("fetch") else {}
         ),  # images by reference: requests, bytes, retries, latency
@@ -367,8 +495,28 @@ def _commit(p: PartitionPlan) -> dict[str, Any]:
     existing = partitions.read_success(p.output_dir)
     if existing is not None and existing.get("plan_id") == p.plan_id and partitions.is_committed(p):
         return summary(existing, p.output_dir)
-    fetch = fetch_totals([partitions.shard_done(p, s.index) for s in p.shards])
-    return summary(partitions.commit(p, {"fetch": fetch} if fetch else None), p.output_dir)
+    markers = [m for m in (partitions.shard_done(p, s.index) for s in p.shards) if m is not None]
+    fetch = fetch_totals(markers)
+    extra: dict[str, Any] = {"fetch": fetch} if fetch else {}
+    extra.update(_embeddings_totals(p, markers))
+    return summary(partitions.commit(p, extra), p.output_dir)
+
+
+def _embeddings_totals(p: PartitionPlan, markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """What _SUCCESS.json says of embeddings: the source the shards scored from, the embeddings kept (when asked),
+    the distinct images and their reuse, and the encoder sessions the shards' scorers held (0: the head only)."""
+    out: dict[str, Any] = {"source": "embeddings" if p.embeddings_source is not None else "posts"}
+    if p.embeddings_source is not None:
+        out["embeddings_source"] = {
+            k: p.embeddings_source[k] for k in ("location", "model_version", "plan_id", "committed_at")
+        }
+    if p.keep_embeddings is not None and len(markers) == len(p.shards):
+        out["embeddings"] = embeddings.record(p, markers)
+    images = [m["images"] for m in markers if m.get("images")]
+    if images:
+        out["images"] = {k: sum(i.get(k, 0) for i in images) for k in ("images", "encoded", "reused")}
+    out["encoder_sessions"] = sum(int(m.get("encoder_sessions", 0)) for m in markers)
+    return out
 
 
 def commit(plan: dict[str, Any]) -> dict[str, Any]:
@@ -420,5 +568,6 @@ def score_partition(
         "rows_per_s": round(scored / seconds, 1) if seconds else None,
         "shards_scored": sum(not r["skipped"] for r in results),
         "shards_skipped": sum(r["skipped"] for r in results),
+        "source": "embeddings" if p.embeddings_source is not None else "posts",
     }
     return committed

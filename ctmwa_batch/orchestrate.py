@@ -291,7 +291,10 @@ def plan_backfill(
             entries.append({"date": date, "input_path": path, "state": "missing", "why": why})
             continue
         plan = plan_partition(path, settings.output_root, version, settings.max_rows_per_shard)
-        state = "committed" if _committed(plan, settings) and not overwrite else "todo"
+        committed = _committed(plan, settings) and not overwrite
+        if committed and settings.keep_embeddings:  # asked to keep embeddings: a day committed without them is todo
+            committed = bool((read_success(plan.output_dir) or {}).get("embeddings"))
+        state = "committed" if committed else "todo"
         entries.append(
             {"date": date, "input_path": path, "state": state, "rows": plan.num_rows, "shards": len(plan.shards)}
         )
@@ -393,6 +396,7 @@ def summarize(summary: Mapping[str, Any], *, date: str, skipped: bool) -> dict[s
         "sentiments": dict(rows.get("by_sentiment") or {}),
         "timings": dict(summary["timings"]),
         **({"table": dict(summary["table"])} if summary.get("table") else {}),  # format, table, snapshot / version
+        "source": summary.get("source", "posts"),  # "embeddings": scored by the head alone from kept embeddings
     }
 
 

@@ -5,6 +5,7 @@ A posts partition (a Parquet file, a folder of files, or a hive path such as `po
     {output_root}/model_version={v}/{partition}/part-{shard:05d}-{plan}.parquet
     {output_root}/model_version={v}/{partition}/_shards/{plan}-{shard:05d}.json   (one per finished shard)
     {output_root}/model_version={v}/{partition}/_SUCCESS.json                      (written last)
+    {output_root}/model_version={v}/{partition}/_embeddings/part-{shard:05d}-{plan}.parquet   (kept embeddings, when asked)
 
 Planning is a pure function of the input listing (paths, sizes, row-group sizes) and the model version, so every
 worker that plans the same partition gets the same shards. A shard's part is written under a hidden temporary name
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS.json"
 SHARDS_DIR = "_shards"
 REPORTS_DIR = "_reports"  # health reports, beside the partitions of a model version; a name readers skip
+EMBEDDINGS_DIR = "_embeddings"  # kept embeddings (ctmwa_batch.embeddings), inside the partition; a name readers skip
 _HIVE_SEGMENT = re.compile(r"^[^=/]+=[^/]*$")
 
 
@@ -105,12 +107,21 @@ class PartitionPlan:
         None  # the table the scores go to (ctmwa_batch.tables.TableTarget, JSON); None: Parquet folders
     )
     source: dict | None = None  # a table input's pinned snapshot / version (ctmwa_batch.tables); None: Parquet input
+    # ---- embeddings (ctmwa_batch.embeddings)
+    keep_embeddings: dict | None = (
+        None  # encoders' identity when the shards also write their embeddings; None: not kept
+    )
+    embeddings_source: dict | None = None  # kept embeddings the shards score from (head only); None: from the posts
 
     @property
     def plan_id(self) -> str:
-        """Short id of (input fingerprint, model version, shard layout): names this plan's parts and markers."""
+        """Short id of (input fingerprint, model version, shard layout, embeddings kept): names this plan's parts and
+        markers (a plan that keeps embeddings never takes a shard finished without them for its own)."""
         layout = [[(p.path, p.row_group_start, p.row_group_stop) for p in s.pieces] for s in self.shards]
-        blob = json.dumps([self.fingerprint["sha256"], self.model_version, layout], sort_keys=True)
+        identity: list = [self.fingerprint["sha256"], self.model_version, layout]
+        if self.keep_embeddings is not None:
+            identity.append(self.keep_embeddings["digest"])
+        blob = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -122,6 +133,14 @@ class PartitionPlan:
 
     def marker_name(self, shard_index: int) -> str:
         return f"{SHARDS_DIR}/{self.plan_id}-{shard_index:05d}.json"
+
+    def embeddings_part_name(self, shard_index: int) -> str:
+        """Where a shard's kept embeddings are published, relative to the output dir."""
+        return f"{EMBEDDINGS_DIR}/part-{shard_index:05d}-{self.plan_id}.parquet"
+
+    def shard_row_start(self, shard_index: int) -> int:
+        """Position in the partition (listing order) of the shard's first row: shards are contiguous, in order."""
+        return sum(s.num_rows for s in self.shards[:shard_index])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,6 +158,8 @@ class PartitionPlan:
             d.get("columns"),
             d.get("table"),
             d.get("source"),
+            d.get("keep_embeddings"),
+            d.get("embeddings_source"),
         )
 
 
@@ -280,6 +301,11 @@ def is_committed(plan: PartitionPlan) -> bool:
         success is not None
         and success.get("model_version") == plan.model_version
         and success.get("input", {}).get("sha256") == plan.fingerprint["sha256"]
+        # asked to keep embeddings: only a commit that kept them with these encoders will do
+        and (
+            plan.keep_embeddings is None
+            or ((success.get("embeddings") or {}).get("encoders") or {}).get("digest") == plan.keep_embeddings["digest"]
+        )
     )
 
 
@@ -319,38 +345,60 @@ class PartSink:
     writer: pq.ParquetWriter
     # output_rows, status_counts {status: n} and timings {stage: seconds} are read by `commit`
     stats: dict = field(default_factory=dict)
+    embeddings: pq.ParquetWriter | None = None  # the shard's kept embeddings, when the plan keeps them
+
+
+def _staged_embeddings(plan: PartitionPlan, shard_index: int) -> str:
+    return f"{SHARDS_DIR}/embeddings-part-{shard_index:05d}-{plan.plan_id}.parquet"
 
 
 @contextlib.contextmanager
-def part_writer(plan: PartitionPlan, shard_index: int, schema: pa.Schema) -> Iterator[PartSink]:
+def part_writer(
+    plan: PartitionPlan, shard_index: int, schema: pa.Schema, embeddings_schema: pa.Schema | None = None
+) -> Iterator[PartSink]:
     """Write one shard's part under a temporary name; on clean exit stage it in `_shards/` and mark the shard done.
 
-    On an exception the temporary file is removed and nothing is staged. Two workers scoring the same shard at
-    once both succeed: the parts are equal and each rename replaces the other's atomically. The writer settings are
-    fixed (and the file carries no timestamp of its own), so equal rows give equal bytes.
+    With `embeddings_schema` (a plan that keeps embeddings) the shard's embeddings part is written and staged the
+    same way, before the marker. On an exception the temporary files are removed and nothing is staged. Two workers
+    scoring the same shard at once both succeed: the parts are equal and each rename replaces the other's
+    atomically. The writer settings are fixed (and the file carries no timestamp of its own), so equal rows give
+    equal bytes.
     """
     fs, path = storage.open_filesystem(plan.output_dir)
     fs.create_dir(f"{path}/{SHARDS_DIR}", recursive=True)
     staged = f"{path}/{SHARDS_DIR}/{plan.part_name(shard_index)}"
     tmp = f"{path}/{SHARDS_DIR}/.{plan.part_name(shard_index)}.tmp-{uuid.uuid4().hex}"
+    files = [(tmp, staged)]
+    if embeddings_schema is not None:
+        name = _staged_embeddings(plan, shard_index)
+        files.append((f"{path}/{SHARDS_DIR}/.{posixpath.basename(name)}.tmp-{uuid.uuid4().hex}", f"{path}/{name}"))
     started_at = time.time()
     started = time.monotonic()
-    sink = fs.open_output_stream(tmp)
-    out = PartSink(pq.ParquetWriter(sink, schema, compression="zstd", write_statistics=True))
+    sinks = [fs.open_output_stream(t) for t, _ in files]
+    writers = [
+        pq.ParquetWriter(sink, s, compression="zstd", write_statistics=True)
+        for sink, s in zip(sinks, [schema, embeddings_schema])
+    ]
+    out = PartSink(writers[0], embeddings=writers[1] if len(writers) > 1 else None)
     try:
         yield out
-        out.writer.close()
-        sink.close()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            out.writer.close()
-        with contextlib.suppress(Exception):
+        for w, sink in zip(writers, sinks):
+            w.close()
             sink.close()
-        with contextlib.suppress(FileNotFoundError):
-            fs.delete_file(tmp)
+    except BaseException:
+        for w, sink, (t, _) in zip(writers, sinks, files):
+            with contextlib.suppress(Exception):
+                w.close()
+            with contextlib.suppress(Exception):
+                sink.close()
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(t)
         raise
+    if out.embeddings is not None:
+        out.stats["embeddings_bytes"] = fs.get_file_info(files[1][0]).size
     try:
-        storage.move(fs, tmp, staged)
+        for t, dest in reversed(files):  # the scores part last: its presence means the shard's files all are
+            storage.move(fs, t, dest)
     except FileNotFoundError:
         # A concurrent worker committed the partition and swept our temporary file: its part is ours.
         if shard_done(plan, shard_index) is None:
@@ -379,11 +427,16 @@ def _sum_counts(markers: list[dict], key: str) -> dict[str, int]:
 
 
 def _publish_parts(fs: pafs.FileSystem, path: str, plan: PartitionPlan) -> None:
-    """Move every staged part of the plan into place (a part already in place was moved by an earlier commit)."""
-    for shard in plan.shards:
-        name = plan.part_name(shard.index)
+    """Move every staged part of the plan into place (a part already in place was moved by an earlier commit):
+    the kept embeddings first, so the scores never appear without them."""
+    moves = []
+    if plan.keep_embeddings is not None:
+        fs.create_dir(f"{path}/{EMBEDDINGS_DIR}", recursive=True)
+        moves += [(_staged_embeddings(plan, s.index), plan.embeddings_part_name(s.index), s) for s in plan.shards]
+    moves += [(f"{SHARDS_DIR}/{plan.part_name(s.index)}", plan.part_name(s.index), s) for s in plan.shards]
+    for staged, name, shard in moves:
         try:
-            storage.move(fs, f"{path}/{SHARDS_DIR}/{name}", f"{path}/{name}")
+            storage.move(fs, f"{path}/{staged}", f"{path}/{name}")
         except FileNotFoundError:
             if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
                 raise PartitionNotReady(
@@ -411,6 +464,8 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
         )
     _publish_parts(fs, path, plan)
     keep = {plan.part_name(s.index) for s in plan.shards} | {plan.marker_name(s.index) for s in plan.shards}
+    if plan.keep_embeddings is not None:
+        keep |= {plan.embeddings_part_name(s.index) for s in plan.shards}
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         rel = posixpath.relpath(info.path, path)
         if info.type == pafs.FileType.File and rel not in keep and rel != SUCCESS:

@@ -59,6 +59,10 @@ class Steps(Generic[P]):
 
     prepare: Callable[[pa.RecordBatch, Path], P]  # columns and tokens, no model
     infer: Callable[[P, Decoded], pa.RecordBatch]  # the models -> the output batch
+    # ---- distinct images (ctmwa_batch.embeddings.ImageCache)
+    claim: Callable[[P, list[bytes | None]], list[bytes | None]] | None = (
+        None  # in the fetch thread, before decoding: the bytes to decode (None where already known); None: all
+    )
 
 
 class Sink(Protocol):
@@ -245,15 +249,19 @@ class _Run:
         finally:
             self.put(self.fetching, _END)
 
-    def fetch_loop(self) -> None:
+    def fetch_loop(self, claim: Callable[[Any, list[bytes | None]], list[bytes | None]] | None = None) -> None:
         """Batches in order: wait for their images (if by reference) window by window, handing each window's bytes to
-        the decoder as it arrives, so decoding overlaps the rest of the fetch."""
+        the decoder as it arrives, so decoding overlaps the rest of the fetch; `claim` picks the bytes to decode."""
         seconds = self.stats.seconds
+
+        def to_decode(prepared: Any, images: list[bytes | None]) -> list[bytes | None]:
+            return images if claim is None else claim(prepared, images)
+
         try:
             while (item := self.get(self.fetching)) is not _END:
                 prepared, windows = item
                 if windows is None:
-                    decoding = [self.decoder.submit(prepared.images)]
+                    decoding = [self.decoder.submit(to_decode(prepared, prepared.images))]
                 else:
                     images: list[bytes | None] = []
                     errors: list[str | None] = []
@@ -268,7 +276,7 @@ class _Run:
                         seconds.fetch_wait += time.perf_counter() - t0
                         images += got
                         errors += why
-                        decoding.append(self.decoder.submit(got))
+                        decoding.append(self.decoder.submit(to_decode(prepared, got)))
                     prepared.images, prepared.read_errors = images, errors
                 if not self.put(self.prepared, (prepared, decoding)):
                     break
@@ -346,7 +354,7 @@ def run(
     r = _Run(decoder, fetcher, sink, queue_batches, fetch_batches or queue_batches, progress)
     threads = [
         threading.Thread(target=r.reader, args=(batches, steps.prepare), name=f"{name}-read", daemon=True),
-        threading.Thread(target=r.fetch_loop, name=f"{name}-fetch", daemon=True),
+        threading.Thread(target=r.fetch_loop, args=(steps.claim,), name=f"{name}-fetch", daemon=True),
         threading.Thread(target=r.writer, name=f"{name}-write", daemon=True),
     ]
     for t in threads:

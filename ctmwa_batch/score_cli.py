@@ -130,6 +130,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table output: where shard markers and commit receipts go (a path or URI; needed where the table's store "
         "takes only data files, e.g. S3 Tables buckets); default: beside the data files",
     )
+    # ---- embeddings (ctmwa_batch.embeddings, docs/backfill.md)
+    parser.add_argument(
+        "--keep-embeddings",
+        action="store_true",
+        help="also keep the encoders' outputs (float16, ~2 KB a post at 512-d) beside the scores, committed with "
+        "them, so a later head with the same encoders rescores this partition without the encoders",
+    )
+    parser.add_argument(
+        "--no-embedding-reuse",
+        dest="embedding_reuse",
+        action="store_false",
+        help="run the encoders on every row: neither score from kept embeddings nor reuse a repeated image's embedding",
+    )
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
@@ -158,6 +171,8 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             input_format=args.input_format,
             partition=args.partition,
             staging=args.staging,
+            keep_embeddings=args.keep_embeddings,
+            embedding_reuse=args.embedding_reuse,
         )
     except ValueError as e:
         raise CtmwaError(str(e)) from e

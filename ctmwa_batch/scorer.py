@@ -38,6 +38,7 @@ from ctmwa_batch import schema
 from ctmwa_batch.bundle import CORE_HEAD_OUTPUTS, EVIDENCE_OUTPUTS, HEAD, HEAD_INPUTS, HEAD_OUTPUTS, Bundle, load_bundle
 from ctmwa_batch.config import ScoreConfig, parse_time
 from ctmwa_batch.embed import Encoders
+from ctmwa_batch.embeddings import KEPT_COLUMNS, Claimed, ImageCache, kept_columns
 from ctmwa_batch.errors import BundleError, InputSchemaError
 from ctmwa_batch.fetch import FetchConfig, fetch_images
 from ctmwa_batch.posts import check_posts_schema, image_errors, image_items
@@ -61,6 +62,8 @@ class Prepared:
     read_errors: list[str | None]  # why an image URI/path gave no bytes (set by the fetch stage)
     passthrough: list[pa.Array] = field(default_factory=list)  # config.passthrough columns, as read
     locations: list[str | None] | None = None  # image URIs/paths to fetch (path columns); None when bytes
+    claimed: Claimed | None = None  # distinct images: which rows encode, which reuse (set when the scorer has a cache)
+    batch: int = 0  # the batch's number in its scoring session (the image cache's clock)
 
     @property
     def num_rows(self) -> int:
@@ -88,13 +91,20 @@ class Scorer:
         bundle: Bundle | str | Path,
         config: ScoreConfig | dict[str, Any] | None = None,
         labels: list[str] | None = None,
+        *,
+        encoders: bool = True,
+        image_cache: ImageCache | None = None,
     ):
-        """`labels`: the bundle's, when the caller has checked it already (require_scoring_bundle); else checked here."""
+        """`labels`: the bundle's, when the caller has checked it already (require_scoring_bundle); else checked here.
+        `encoders=False`: the head alone (scoring kept embeddings: no encoder session is created). `image_cache`:
+        each distinct image decoded and encoded once (see `claim`)."""
         self.config = ScoreConfig.coerce(config)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.labels = list(labels) if labels is not None else require_scoring_bundle(self.bundle)
         runtime = RuntimeConfig(device=self.config.device, intra_op_threads=self.config.intra_op_threads)
-        self.encoders = Encoders(self.bundle, runtime, self.config.precision)
+        self.encoders = Encoders(self.bundle, runtime, self.config.precision) if encoders else None
+        self.encoder_sessions = 0 if self.encoders is None else 2  # what the run's stats report
+        self.image_cache = image_cache
         self.head = create_session(self.bundle.path(HEAD), runtime)
         if set(self.head.input_names) != set(HEAD_INPUTS) or not set(CORE_HEAD_OUTPUTS) <= set(self.head.output_names):
             raise BundleError(
@@ -126,12 +136,25 @@ class Scorer:
     @property
     def precision(self) -> str:
         """Encoder variant the sessions run (auto resolved)."""
-        return self.encoders.precision
+        return self._require_encoders().precision
 
     @property
     def image_spec(self) -> ImageSpec:
         """How this bundle decodes images (what the decoding pool needs)."""
-        return self.encoders.image_spec
+        return self.bundle.image_spec
+
+    def _require_encoders(self) -> Encoders:
+        assert self.encoders is not None, "a head-only scorer has no encoders"  # internal: the job never asks
+        return self.encoders
+
+    def claim(self, prepared: Prepared, images: list[bytes | None]) -> list[bytes | None]:
+        """Before decoding (the pipeline's fetch thread): the images of `prepared` (or of one window of it) to decode,
+        None where an earlier row has the same bytes (its result is reused in `infer`)."""
+        if self.image_cache is None:
+            return images
+        if prepared.claimed is None:
+            prepared.claimed = Claimed([], [])
+        return self.image_cache.claim(images, prepared.batch, prepared.claimed)
 
     def output_schema(self, id_field: pa.Field, passthrough_fields: Sequence[pa.Field] = ()) -> pa.Schema:
         """The scores schema for this model, with the input's id field and any passthrough fields after the scores."""
@@ -161,7 +184,7 @@ class Scorer:
         images, locations = image_items(batch, c.image_column, image_paths)
         return Prepared(
             ids=batch.column(c.id_column),
-            tokens=self.encoders.tokenizer.encode(texts),
+            tokens=self._require_encoders().tokenizer.encode(texts),
             images=images,
             read_errors=[None] * n,
             passthrough=[batch.column(name) for name in c.passthrough],
@@ -173,26 +196,61 @@ class Scorer:
         prepared: Prepared,
         decoded: tuple[np.ndarray, np.ndarray, list[str | None]],
         out_schema: pa.Schema | None = None,
+        *,
+        keep: bool = False,
     ) -> pa.RecordBatch:
-        """Encoders + head on a prepared batch and its decoded images -> the scores record batch."""
+        """Encoders + head on a prepared batch and its decoded images -> the scores record batch; with `keep`, plus
+        the encoders' outputs in ctmwa_batch.embeddings.KEPT_COLUMNS (for the sink to split off)."""
         pixels, image_ok, image_reasons = decoded
         n = prepared.num_rows
-        text_ok = prepared.tokens.ok
-        id_ok = ~np.asarray(prepared.ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        scored = id_ok & (text_ok | image_ok)
-
-        outs = self._run_models(prepared, pixels, image_ok, scored)
+        encoders = self._require_encoders()
+        t0 = time.perf_counter()
+        text_emb = encoders.encode_tokens(prepared.tokens).emb
+        t1 = time.perf_counter()
+        image_emb = encoders.encode_pixels(pixels, image_ok)
+        self.timings["encode_text"] += t1 - t0
+        self.timings["encode_image"] += time.perf_counter() - t1
+        if prepared.claimed is not None:  # rows whose bytes an earlier row had: that row's embedding, status, error
+            assert self.image_cache is not None  # internal: only a scorer with a cache claims
+            image_ok, image_reasons = np.array(image_ok, dtype=bool), list(image_reasons)
+            self.image_cache.resolve(prepared.claimed, prepared.batch, image_emb, image_ok, image_reasons)
         # A fetch error reads as it stands ("image not found: s3://..."); a decode error gets the "image: " prefix.
         decode_errors = image_errors(image_ok, image_reasons, [None] * n)
         row_errors = [
             fetch or (None if bad is None else _reason("image", bad))
             for fetch, bad in zip(prepared.read_errors, decode_errors)
         ]
+        text_ok = prepared.tokens.ok
+        batch = self.score_embeddings(
+            prepared.ids, prepared.passthrough, text_emb, image_emb, text_ok, image_ok, row_errors, out_schema
+        )
+        if not keep:
+            return batch
+        columns = [*batch.columns, *kept_columns(text_emb, image_emb, text_ok, image_ok, row_errors)]
+        return pa.RecordBatch.from_arrays(columns, names=[*batch.schema.names, *KEPT_COLUMNS])
+
+    def score_embeddings(
+        self,
+        ids: pa.Array,
+        passthrough: Sequence[pa.Array],
+        text_emb: np.ndarray,
+        image_emb: np.ndarray,
+        text_ok: np.ndarray,
+        image_ok: np.ndarray,
+        row_errors: list[str | None],
+        out_schema: pa.Schema | None = None,
+    ) -> pa.RecordBatch:
+        """The head on embeddings (zeros where a modality is missing) -> the scores record batch; `row_errors` says
+        why a present image was unusable. What `infer` runs after the encoders, and head-only rescoring runs alone."""
+        n = len(ids)
+        id_ok = ~np.asarray(ids.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        scored = id_ok & (text_ok | image_ok)
+        outs = self._run_head(text_emb, image_emb, text_ok, image_ok, scored)
         status, errors = _statuses(id_ok, text_ok, image_ok, row_errors)
         probs, C = outs["probs"], len(self.labels)
         sentiment = self._labels.take(_argmax_or_null(probs, scored))
         columns: list[pa.Array] = [
-            prepared.ids,
+            ids,
             sentiment,
             _float_column(probs.max(axis=1) if n else np.zeros(0, np.float32), scored),
             *[_float_column(probs[:, k], scored) for k in range(C)],
@@ -208,25 +266,21 @@ class Scorer:
             pa.array(errors, type=pa.string()),
             pa.repeat(pa.scalar(self.model_version, pa.string()), n),
             pa.repeat(pa.scalar(self._fixed_time or dt.datetime.now(dt.UTC), pa.timestamp("us", tz="UTC")), n),
-            *prepared.passthrough,
+            *passthrough,
         ]
         if out_schema is None:
-            id_field = pa.field(self.config.id_column, prepared.ids.type)
-            extra = [pa.field(name, col.type) for name, col in zip(self.config.passthrough, prepared.passthrough)]
+            id_field = pa.field(self.config.id_column, ids.type)
+            extra = [pa.field(name, col.type) for name, col in zip(self.config.passthrough, passthrough)]
             out_schema = self.output_schema(id_field, extra)
         columns = [col if col.type == f.type else col.cast(f.type) for col, f in zip(columns, out_schema)]
         return pa.RecordBatch.from_arrays(columns, schema=out_schema)
 
-    def _run_models(
-        self, prepared: Prepared, pixels: np.ndarray, image_ok: np.ndarray, scored: np.ndarray
+    def _run_head(
+        self, text_emb: np.ndarray, image_emb: np.ndarray, text_ok: np.ndarray, image_ok: np.ndarray, scored: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """The encoders on every present modality, the head on the scored rows; zeros elsewhere. Times each model."""
-        n, C, text_ok = prepared.num_rows, len(self.labels), prepared.tokens.ok
+        """The head on the scored rows; zeros elsewhere. Timed."""
+        n, C = len(scored), len(self.labels)
         t0 = time.perf_counter()
-        text_emb = self.encoders.encode_tokens(prepared.tokens).emb
-        t1 = time.perf_counter()
-        image_emb = self.encoders.encode_pixels(pixels, image_ok)
-        t2 = time.perf_counter()
         outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
         outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight", *EVIDENCE_OUTPUTS)}
         if scored.any():
@@ -241,10 +295,7 @@ class Scorer:
             for name in outs:
                 if name in got:  # a head without the evidence outputs leaves those at zero (written as null)
                     outs[name][scored] = np.asarray(got[name]).reshape(outs[name][scored].shape)
-        t3 = time.perf_counter()
-        self.timings["encode_text"] += t1 - t0
-        self.timings["encode_image"] += t2 - t1
-        self.timings["head"] += t3 - t2
+        self.timings["head"] += time.perf_counter() - t0
         return outs
 
     def score(self, batch: pa.RecordBatch, base: Path | None = None) -> pa.RecordBatch:

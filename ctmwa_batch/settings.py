@@ -99,6 +99,9 @@ class Settings:
     format: str = "parquet"  # parquet | delta (output_root = the table's location) | iceberg (output_root = ns.table)
     catalog: str = ""  # Iceberg: pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__*); "" = pyiceberg's default
     staging: str = ""  # table output: markers and commit receipts go here (S3 Tables buckets); "" = beside the data
+    # ---- embeddings (task run time; params override): docs/backfill.md
+    keep_embeddings: bool = False  # keep the encoders' outputs (float16) beside the scores, so a later head with the same encoders rescores without them
+    embedding_reuse: bool = True  # score from valid kept embeddings (the head only) and encode each distinct image once; false: every row through the encoders
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -207,6 +210,8 @@ class Settings:
             format=self.format,
             catalog=self.catalog or None,
             staging=self.staging or None,
+            keep_embeddings=self.keep_embeddings,
+            embedding_reuse=self.embedding_reuse,
         )
 
     def scores_root(self) -> str:

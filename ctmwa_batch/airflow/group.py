@@ -70,6 +70,9 @@ def score_partition(
     format: str | None = None,
     catalog: str | None = None,
     staging: str | None = None,
+    # ---- embeddings (docs/backfill.md)
+    keep_embeddings: bool | None = None,
+    embedding_reuse: bool | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score one posts partition inside the caller's DAG; returns the TaskGroup (`upstream >> group >> downstream`).
@@ -90,6 +93,8 @@ def score_partition(
     - `format` (parquet | delta | iceberg), `catalog` (Iceberg: a pyiceberg catalog name), `staging` (markers and
       receipts of a table output): with a table format `output` is the Delta location or the Iceberg namespace.table,
       and the commit is one table commit of the partition (ctmwa_batch.tables).
+    - `keep_embeddings`: keep the encoders' outputs beside the scores (a later head with the same encoders then
+      rescores the partition with the head alone); `embedding_reuse=False`: run the encoders on every row.
 
     Arguments left at None come from the deployment settings (a run's params, then `CTMWA_*` variables, then the
     defaults of ctmwa_batch.settings: model_version "current", device "cuda", precision "auto"...). The group's last
@@ -115,6 +120,8 @@ def score_partition(
         "format": format,
         "catalog": catalog,
         "staging": staging,
+        "keep_embeddings": keep_embeddings,
+        "embedding_reuse": embedding_reuse,
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
         plan = PlanPartitionOperator(
@@ -243,6 +250,9 @@ def score_range(
     format: str | None = None,
     catalog: str | None = None,
     staging: str | None = None,
+    # ---- embeddings (docs/backfill.md)
+    keep_embeddings: bool | None = None,
+    embedding_reuse: bool | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score a range of days with one model, in bounded parallel, skipping days already committed for it; returns
@@ -286,6 +296,8 @@ def score_range(
             staging=staging,
             baseline_days=baseline_days,
             fail_on_drift=fail_on_drift,
+            keep_embeddings=keep_embeddings,
+            embedding_reuse=embedding_reuse,
         ),
     }
     plan, chunks, score_days, report, health = _range_tasks(conn_id, bundle, outlets)

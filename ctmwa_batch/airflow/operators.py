@@ -36,6 +36,9 @@ SCORING_OPTIONS = (
     "format",
     "catalog",
     "staging",
+    # ---- embeddings (docs/backfill.md)
+    "keep_embeddings",
+    "embedding_reuse",
 )
 REPORT_OPTIONS = ("baseline_days", "fail_on_drift")
 
