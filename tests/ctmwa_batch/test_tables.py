@@ -326,6 +326,22 @@ def test_other_labels_evolve_a_delta_table(tmp_path):
         tables.prepare("delta", location, None, "v3", PARTITION, clash)
 
 
+def test_wrong_catalog_credentials_are_one_clean_line_and_nothing_is_written(
+    s3, rest, full_bundle, tmp_path, capsys, monkeypatch
+):
+    write_posts(tmp_path / "posts" / PARTITION / "a.parquet", 5)
+    monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__CREDENTIAL", f"{s3.access_key}:wrong-secret-4242")
+    monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__TOKEN", "wrong-token-4242")
+    src = str(tmp_path / "posts" / PARTITION)
+    rc, _, err = _score(capsys, str(full_bundle), src, "lake.scores", "--format", "iceberg", "--catalog", rest)
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and "Traceback" not in err, err
+    assert "wrong-secret-4242" not in err and "wrong-token-4242" not in err and SECRET_KEY not in err, err
+    print(last)
+    assert last.startswith("ctmwa-batch score: TableError: Iceberg catalog 'lake'"), last
+    assert s3.filesystem().get_file_info(pafs.FileSelector(s3.bucket, recursive=True)) == []
+
+
 def test_catalog_faults_are_one_clean_line(s3, full_bundle, tmp_path, capsys, monkeypatch):
     write_posts(tmp_path / "posts" / PARTITION / "a.parquet", 5)
     src = str(tmp_path / "posts" / PARTITION)
