@@ -207,6 +207,19 @@ def _s3_properties() -> dict[str, str]:
     return props
 
 
+_configured_catalogs: dict[str, dict[str, str]] = {}
+
+
+def configure_catalogs(catalogs: dict[str, dict[str, Any]] | None) -> None:
+    """Catalog properties of this process, by catalog name, over pyiceberg's own configuration (an Airflow
+    Connection's `iceberg_catalogs` extra, for a task's duration); None clears."""
+    global _configured_catalogs
+    _configured_catalogs = {
+        str(name).lower(): {str(k): str(v) for k, v in (props or {}).items()}
+        for name, props in (catalogs or {}).items()
+    }
+
+
 def load_catalog(name: str | None) -> Any:
     """The pyiceberg catalog `name` (None: pyiceberg's default) from pyiceberg's own configuration, read now
     (`.pyiceberg.yaml` in PYICEBERG_HOME, ~ or the working folder; `PYICEBERG_CATALOG__<NAME>__*`), with the S3
@@ -218,7 +231,10 @@ def load_catalog(name: str | None) -> Any:
         raise TableError("--format iceberg needs pyiceberg: pip install 'ctmwa-batch[cluster]'") from e
     config = Config()
     name = name or config.get_default_catalog_name()
-    properties: dict[str, Any] = dict(config.get_catalog_config(name) or {})
+    properties: dict[str, Any] = {
+        **dict(config.get_catalog_config(name) or {}),
+        **_configured_catalogs.get(name.lower(), {}),
+    }
     if not properties:
         upper = name.upper()
         raise TableError(

@@ -635,3 +635,24 @@ def test_the_backfill_and_the_health_report_find_a_table_partition(full_bundle, 
 
     stats = collect_day(settings.scores_root(), version, "2026-11-26", PARTITION)
     assert stats.committed and stats.rows == 12
+
+
+def test_a_connection_supplies_an_iceberg_catalog(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ctmwa_batch.airflow.connections import connection_catalogs
+
+    for name in [k for k in os.environ if k.startswith("PYICEBERG_CATALOG__")]:
+        monkeypatch.delenv(name)
+    props = {"type": "sql", "uri": f"sqlite:///{tmp_path}/c.db", "warehouse": f"file://{tmp_path}/wh"}
+    conn = SimpleNamespace(extra_dejson={"iceberg_catalogs": {"conn_lake": props}})
+    with pytest.raises(tables.TableError, match="'conn_lake' is not configured"):
+        tables.load_catalog("conn_lake")
+    tables.configure_catalogs(connection_catalogs(conn))
+    try:
+        target = tables.prepare("iceberg", "lake.scores", "conn_lake", "v1", PARTITION, _scores(["pos"]))
+        assert target.location.startswith(f"file://{tmp_path}/wh")
+    finally:
+        tables.configure_catalogs(None)
+    with pytest.raises(ValueError, match="iceberg_catalogs"):
+        connection_catalogs(SimpleNamespace(extra_dejson={"iceberg_catalogs": {"x": "not an object"}}))
