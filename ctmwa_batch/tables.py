@@ -228,7 +228,7 @@ def load_catalog(name: str | None) -> Any:
         from pyiceberg.catalog import load_catalog as pyiceberg_load
         from pyiceberg.utils.config import Config
     except ImportError as e:  # pragma: no cover - the cluster extra installs it
-        raise TableError("--format iceberg needs pyiceberg: pip install 'ctmwa-batch[cluster]'") from e
+        raise TableError("Iceberg tables need pyiceberg: pip install 'ctmwa-batch[tables]'") from e
     config = Config()
     name = name or config.get_default_catalog_name()
     properties: dict[str, Any] = {
