@@ -337,7 +337,6 @@ def test_wrong_catalog_credentials_are_one_clean_line_and_nothing_is_written(
     last = err.strip().splitlines()[-1]
     assert rc == 2 and "Traceback" not in err, err
     assert "wrong-secret-4242" not in err and "wrong-token-4242" not in err and SECRET_KEY not in err, err
-    print(last)
     assert last.startswith("ctmwa-batch score: TableError: Iceberg catalog 'lake'"), last
     assert s3.filesystem().get_file_info(pafs.FileSelector(s3.bucket, recursive=True)) == []
 
