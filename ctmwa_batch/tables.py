@@ -589,12 +589,32 @@ def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
         log.info("partition %s already committed to %s: nothing to do", plan.partition, target_of(plan).where)
         return False
     fs, path = storage.open_filesystem(plan.output_dir)
-    fs.create_dir(f"{path}/{partitions.SHARDS_DIR}", recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(f"{path}/{partitions.SHARDS_DIR}", recursive=True)
+    else:  # a store that takes only data files there (an S3 Tables bucket) fails now, before any shard is scored
+        _probe_staging(fs, path, target_of(plan))
     if overwrite:
         for shard in plan.shards:
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(f"{path}/{plan.marker_name(shard.index)}")
     return True
+
+
+def _probe_staging(fs: pafs.FileSystem, path: str, target: TableTarget) -> None:
+    """Write and delete a small object where the markers go; a refusal is one line that says to set --staging."""
+    probe = f"{path}/{partitions.SHARDS_DIR}/.probe-{uuid.uuid4().hex[:12]}"
+    try:
+        storage.write_object(fs, probe, b"")
+        fs.delete_file(probe)
+    except OSError as e:
+        denied = "ACCESS_DENIED" in str(e) or "AccessDenied" in str(e)
+        if not denied or target.staging:
+            raise
+        raise TableError(
+            f"the store of {target.where} refuses the shards' markers beside the data files ({target.location!r}: "
+            "an S3 Tables bucket takes only data files); set --staging (CTMWA_STAGING) to a location of your own, "
+            "e.g. s3://lake/ctmwa-staging"
+        ) from e
 
 
 def _markers(plan: PartitionPlan) -> list[dict]:
