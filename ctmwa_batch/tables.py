@@ -1012,7 +1012,21 @@ def _compact(target: TableTarget, key: tuple[str, ...], files: list[str], dry_ru
         _commit_iceberg(part, [storage.join(folder, name)], properties, [name])
     else:
         _delta_replace(part, folder, {name: table.num_rows}, properties)
+    _update_receipt(part, folder, name)
     return {**entry, "files_after": 1, "rows": table.num_rows}
+
+
+def _update_receipt(part: TableTarget, folder: str, name: str) -> None:
+    """The partition's receipt lists the compacted file from now on (the health report reads the files it lists)."""
+    receipt_dir = storage.join(part.staging_root, *(f"{k}={part.values[k]}" for k in part.keys))
+    receipt = partitions.read_success(receipt_dir)
+    if receipt is None:
+        return
+    receipt["parts"] = [name]
+    if folder != receipt_dir:
+        receipt["data_dir"] = folder
+    fs, path = storage.open_filesystem(receipt_dir)
+    storage.write_object(fs, f"{path}/{partitions.SUCCESS}", json.dumps(receipt, indent=2, sort_keys=True).encode())
 
 
 def maintain(config: MaintainConfig) -> dict[str, Any]:

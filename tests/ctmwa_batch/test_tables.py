@@ -609,6 +609,11 @@ def test_maintain_compacts_expires_and_sweeps_orphans_and_a_rerun_stays_a_no_op(
         read = tables.load_catalog(sqlite_catalog).load_table(out).scan().to_arrow() if fmt == "iceberg" else None
         rows = pl.from_arrow(read) if read is not None else pl.read_delta(delta)
         assert rows.height == 30 and rows["post_id"].n_unique() == 30
+        # the receipt lists the compacted file: the health report reads the day after the sweep
+        from ctmwa_batch.drift import collect_day
+
+        stats = collect_day(got["output_dir"].rsplit(f"/model_version={version}/", 1)[0], version, DAY, PARTITION)
+        assert stats.committed and stats.rows == 30
         # the plan is still committed: a rerun is a no-op
         rc, again, err = _score(
             capsys, str(full_bundle), src, out, "--format", fmt, *extra, "--max-rows-per-shard", "10"
