@@ -207,6 +207,19 @@ def _s3_properties() -> dict[str, str]:
     return props
 
 
+_configured_catalogs: dict[str, dict[str, str]] = {}
+
+
+def configure_catalogs(catalogs: dict[str, dict[str, Any]] | None) -> None:
+    """Catalog properties of this process, by catalog name, over pyiceberg's own configuration (an Airflow
+    Connection's `iceberg_catalogs` extra, for a task's duration); None clears."""
+    global _configured_catalogs
+    _configured_catalogs = {
+        str(name).lower(): {str(k): str(v) for k, v in (props or {}).items()}
+        for name, props in (catalogs or {}).items()
+    }
+
+
 def load_catalog(name: str | None) -> Any:
     """The pyiceberg catalog `name` (None: pyiceberg's default) from pyiceberg's own configuration, read now
     (`.pyiceberg.yaml` in PYICEBERG_HOME, ~ or the working folder; `PYICEBERG_CATALOG__<NAME>__*`), with the S3
@@ -215,10 +228,13 @@ def load_catalog(name: str | None) -> Any:
         from pyiceberg.catalog import load_catalog as pyiceberg_load
         from pyiceberg.utils.config import Config
     except ImportError as e:  # pragma: no cover - the cluster extra installs it
-        raise TableError("--format iceberg needs pyiceberg: pip install 'ctmwa-batch[cluster]'") from e
+        raise TableError("Iceberg tables need pyiceberg: pip install 'ctmwa-batch[tables]'") from e
     config = Config()
     name = name or config.get_default_catalog_name()
-    properties: dict[str, Any] = dict(config.get_catalog_config(name) or {})
+    properties: dict[str, Any] = {
+        **dict(config.get_catalog_config(name) or {}),
+        **_configured_catalogs.get(name.lower(), {}),
+    }
     if not properties:
         upper = name.upper()
         raise TableError(
@@ -573,12 +589,32 @@ def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
         log.info("partition %s already committed to %s: nothing to do", plan.partition, target_of(plan).where)
         return False
     fs, path = storage.open_filesystem(plan.output_dir)
-    fs.create_dir(f"{path}/{partitions.SHARDS_DIR}", recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(f"{path}/{partitions.SHARDS_DIR}", recursive=True)
+    else:  # a store that takes only data files there (an S3 Tables bucket) fails now, before any shard is scored
+        _probe_staging(fs, path, target_of(plan))
     if overwrite:
         for shard in plan.shards:
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(f"{path}/{plan.marker_name(shard.index)}")
     return True
+
+
+def _probe_staging(fs: pafs.FileSystem, path: str, target: TableTarget) -> None:
+    """Write and delete a small object where the markers go; a refusal is one line that says to set --staging."""
+    probe = f"{path}/{partitions.SHARDS_DIR}/.probe-{uuid.uuid4().hex[:12]}"
+    try:
+        storage.write_object(fs, probe, b"")
+        fs.delete_file(probe)
+    except OSError as e:
+        denied = "ACCESS_DENIED" in str(e) or "AccessDenied" in str(e)
+        if not denied or target.staging:
+            raise
+        raise TableError(
+            f"the store of {target.where} refuses the shards' markers beside the data files ({target.location!r}: "
+            "an S3 Tables bucket takes only data files); set --staging (CTMWA_STAGING) to a location of your own, "
+            "e.g. s3://lake/ctmwa-staging"
+        ) from e
 
 
 def _markers(plan: PartitionPlan) -> list[dict]:
@@ -976,7 +1012,21 @@ def _compact(target: TableTarget, key: tuple[str, ...], files: list[str], dry_ru
         _commit_iceberg(part, [storage.join(folder, name)], properties, [name])
     else:
         _delta_replace(part, folder, {name: table.num_rows}, properties)
+    _update_receipt(part, folder, name)
     return {**entry, "files_after": 1, "rows": table.num_rows}
+
+
+def _update_receipt(part: TableTarget, folder: str, name: str) -> None:
+    """The partition's receipt lists the compacted file from now on (the health report reads the files it lists)."""
+    receipt_dir = storage.join(part.staging_root, *(f"{k}={part.values[k]}" for k in part.keys))
+    receipt = partitions.read_success(receipt_dir)
+    if receipt is None:
+        return
+    receipt["parts"] = [name]
+    if folder != receipt_dir:
+        receipt["data_dir"] = folder
+    fs, path = storage.open_filesystem(receipt_dir)
+    storage.write_object(fs, f"{path}/{partitions.SUCCESS}", json.dumps(receipt, indent=2, sort_keys=True).encode())
 
 
 def maintain(config: MaintainConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Storage from an Airflow Connection: `conn_id` of score_partition and the operators.
+"""Storage (and Iceberg catalogs) from an Airflow Connection: `conn_id` of score_partition and the operators.
 
 Resolved inside the task, on the worker, never when a DAG file is parsed; its options go to
 ctmwa_batch.storage.configure for the task's duration, so input, output, models and image URIs all use it. Airflow is
@@ -39,6 +39,15 @@ def connection_storage_options(conn: Any) -> dict[str, str]:
     return {k: str(v) for k, v in found.items() if v}
 
 
+def connection_catalogs(conn: Any) -> dict[str, dict[str, str]]:
+    """Iceberg catalogs a Connection supplies: its extra's `iceberg_catalogs`, {name: pyiceberg properties}, e.g.
+    {"lake": {"type": "rest", "uri": "https://catalog.example", "credential": "id:secret"}}."""
+    catalogs = dict(conn.extra_dejson or {}).get("iceberg_catalogs") or {}
+    if not isinstance(catalogs, dict) or not all(isinstance(v, dict) for v in catalogs.values()):
+        raise ValueError('the Connection\'s extra "iceberg_catalogs" must map catalog names to property objects')
+    return {str(name): {str(k): str(v) for k, v in props.items()} for name, props in catalogs.items()}
+
+
 @contextlib.contextmanager
 def connection_storage(conn_id: str | None) -> Iterator[None]:
     """While the task runs, its storage (input, output, models, image URIs) uses the Connection `conn_id`; None leaves
@@ -48,7 +57,14 @@ def connection_storage(conn_id: str | None) -> Iterator[None]:
     if conn_id:
         from airflow.sdk import BaseHook
 
-        options = connection_storage_options(BaseHook.get_connection(conn_id))
+        conn = BaseHook.get_connection(conn_id)
+        options = connection_storage_options(conn)
+        catalogs = connection_catalogs(conn)
+        if catalogs:  # Iceberg catalogs the Connection supplies, over pyiceberg's own configuration
+            from ctmwa_batch import tables
+
+            tables.configure_catalogs(catalogs)
+            logger.info("Iceberg catalog(s) from Connection %r: %s", conn_id, sorted(catalogs))
         logger.info(
             "storage from Connection %r: %s",
             conn_id,
@@ -62,3 +78,6 @@ def connection_storage(conn_id: str | None) -> Iterator[None]:
     finally:
         if conn_id:
             storage.configure(None)
+            from ctmwa_batch import tables
+
+            tables.configure_catalogs(None)
