@@ -13,7 +13,7 @@ files, on generated posts (photo-like JPEGs of ~500x400 px, short texts):
    reuse (each distinct image decoded and encoded once), rows/s and the speed-up, and how far the scores moved
    (int8 scales each batch's activations, so an image's embedding moves ~1e-3 with the company it keeps).
 
-    python bench/bench_backfill.py [--days 7] [--rows-per-day 300] [--repeat-rows 300] [--repeat-share 0.3]
+    python bench/bench_backfill.py [--days 7] [--rows-per-day 200] [--repeat-rows 200] [--repeat-share 0.3]
                                    [--workers N] [--threads N] [--work DIR]
 
 Every day is scored as the backfill task does (ctmwa_batch.job.score_partition per day, in one process). It ends
@@ -186,8 +186,8 @@ def print_backfill(b: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--rows-per-day", type=int, default=300)
-    parser.add_argument("--repeat-rows", type=int, default=300, help="posts in the partition with repeated images")
+    parser.add_argument("--rows-per-day", type=int, default=200)
+    parser.add_argument("--repeat-rows", type=int, default=200, help="posts in the partition with repeated images")
     parser.add_argument("--repeat-share", type=float, default=0.3, help="share of posts whose image is a repeat")
     parser.add_argument("--repeat-runs", type=int, default=3, help="runs of each way, alternated (the fastest counts)")
     parser.add_argument("--skip-backfill", action="store_true", help="only the repeated-images part")

@@ -379,3 +379,45 @@ def time_ns_ago(seconds: float) -> int:
     import time
 
     return time.time_ns() - int(seconds * 1e9)
+
+
+@pytest.fixture()
+def s3_lake(s3_server, monkeypatch, tmp_path):
+    """The session's S3 server (SeaweedFS) in this test's environment, with a fresh bucket."""
+    import uuid
+
+    from ctmwa_batch import storage
+    from ctmwa_batch.bundle import ENV_CACHE
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(storage.ENV_OPTIONS, raising=False)
+    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "bundle-cache"))
+    storage.configure(None)
+    bucket = f"t-{uuid.uuid4().hex[:10]}"
+    s3_server.create_bucket(bucket)
+    yield bucket
+    storage.configure(None)
+
+
+def test_kept_embeddings_in_an_s3_lake_serve_the_second_head(s3_lake, full_bundle, second_head, tmp_path):
+    """Posts, scores and kept embeddings in a real S3 server: the commit publishes the embeddings there, the second
+    head finds them by listing the lake, and reads them (across two kept parts) instead of running the encoders."""
+    import pyarrow.fs as pafs
+
+    from ctmwa_batch import storage
+
+    local = mixed_posts(tmp_path)
+    src, lake = f"s3://{s3_lake}/posts/{PARTITION}", f"s3://{s3_lake}/scores"
+    fs, _ = storage.open_filesystem(src)
+    for f in sorted(local.iterdir()):
+        pafs.copy_files(
+            str(f), f"{s3_lake}/posts/{PARTITION}/{f.name}", pafs.LocalFileSystem(), destination_filesystem=fs
+        )
+    config = {"precision": "fp32", "batch_size": 8, "scored_at": FIXED_TIME}
+    first = job.score_partition(src, lake, full_bundle, cpu(keep_embeddings=True, max_rows_per_shard=24, **config))
+    assert first["embeddings"]["location"].startswith(f"s3://{s3_lake}/scores/model_version=")
+    second = job.score_partition(src, lake, second_head, cpu(**config))
+    assert second["source"] == "embeddings" and second["encoder_sessions"] == 0
+    assert second["embeddings_source"]["location"] == first["embeddings"]["location"]
+    assert second["rows"]["by_status"] == first["rows"]["by_status"]
