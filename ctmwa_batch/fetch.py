@@ -403,6 +403,7 @@ class _HTTP:
 
     async def get(self, location: str) -> bytes:
         """The body of `location`; ImageRefused / ImageTooLarge (permanent), _HTTPStatus, or aiohttp's errors."""
+        import aiohttp
         import yarl
 
         if self._session is None:
@@ -442,6 +443,8 @@ class _HTTP:
             except _AddressRefused as e:
                 refused = self.policy.refused(where, host, port, e.address, redirected_to=via)
                 raise refused or ImageRefused(f"image refused: {where} resolves to {e.address}") from None
+            except aiohttp.InvalidURL as e:  # e.g. 127.1 or 2130706433, IPv4 forms aiohttp will not connect to
+                raise _Malformed(f"malformed image URI {via or where}: {e}") from None
         raise ImageRefused(f"image refused: {where} redirects more than {self.config.max_redirects} times")
 
     async def _body(self, resp: Any, where: str) -> bytes:

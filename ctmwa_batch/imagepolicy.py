@@ -26,6 +26,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ctmwa_batch.errors import CtmwaError
 
@@ -282,3 +283,44 @@ class LocalRoots:
                 if total > max_bytes:  # grew since the stat, or a size the stat does not tell (/proc)
                     raise too_large(location, max_bytes)
         return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: Any) -> None:
+    """The three flags `ctmwa-batch score` and `ctmwa-batch embed` share (an argparse parser)."""
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metavar="N",
+        help=f"largest image read, in bytes (default {DEFAULT_MAX_IMAGE_BYTES}: 32 MiB); a larger one is "
+        "image_missing ('image too large'), refused unread or cut off",
+    )
+    parser.add_argument(
+        "--allow-image-host",
+        action="append",
+        default=[],
+        metavar="H",
+        dest="allow_image_hosts",
+        help="let http(s) image URLs reach H although it is internal (loopback, private, link-local...): a host name, "
+        "*.domain, host:port, an address or a CIDR network; repeatable",
+    )
+    parser.add_argument(
+        "--image-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        dest="image_roots",
+        help="a folder local image paths may be read from, besides a local input's own folder; repeatable",
+    )
+
+
+def from_args(args: Any) -> dict[str, Any]:
+    """The config fields those flags give: max_image_bytes, allow_image_hosts, image_roots."""
+    return {
+        "max_image_bytes": args.max_image_bytes,
+        "allow_image_hosts": tuple(args.allow_image_hosts),
+        "image_roots": tuple(args.image_roots),
+    }

@@ -28,7 +28,7 @@ from ctmwa_batch import partitions, pipeline
 from ctmwa_batch.bundle import Bundle, load_bundle
 from ctmwa_batch.config import JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
-from ctmwa_batch.fetch import FetchConfig, Fetcher
+from ctmwa_batch.fetch import Fetcher, fetch_config, local_input_root
 from ctmwa_batch.inputs import InputColumns, PlanMismatch, check_input, check_unchanged, planned_columns
 from ctmwa_batch.partitions import PartitionNotReady, PartitionPlan
 from ctmwa_batch.posts import ImageDecoder
@@ -95,13 +95,11 @@ class _Session:
     """What scoring several shards in one process shares: the scorer's sessions, the decoding pool and the image
     fetcher (its stores and connections)."""
 
-    def __init__(self, bundle: Bundle, labels: list[str], config: JobConfig):
+    def __init__(self, bundle: Bundle, labels: list[str], config: JobConfig, image_root: str | None = None):
         self.config = config
         self.scorer = Scorer(bundle, config.score, labels=labels)
         self.decoder = ImageDecoder(self.scorer.image_spec, config.score.decode_workers)
-        self.fetcher = Fetcher(
-            FetchConfig(concurrency=config.score.fetch_concurrency, max_failures=config.score.max_fetch_failures)
-        )
+        self.fetcher = Fetcher(fetch_config(config.score, image_root))  # image_root: a local input's folder
         logger.info(
             "scoring with model %s on %s, %s encoders, %d decoding process(es), batch %d",
             self.scorer.model_version,
@@ -226,7 +224,7 @@ def _score_shards(
         if progress is not None:
             progress.update(marker.get("output_rows", 0))
     if todo:
-        with _Session(bundle, labels, config) as session:
+        with _Session(bundle, labels, config, local_input_root(p.input_path)) as session:
             for k in todo:
                 marker = partitions.shard_done(p, k)  # a concurrent worker may have finished it meanwhile
                 if marker is not None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ctmwa_batch import imagepolicy
 from ctmwa_batch.config import DEVICES, PRECISIONS, JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.job import score_partition
@@ -90,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.precision,
         help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
     )
+    # ---- untrusted image references: --max-image-bytes, --allow-image-host, --image-root (docs/untrusted-images.md)
+    imagepolicy.add_arguments(parser)
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
@@ -108,6 +111,7 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             precision=args.precision,
             fetch_concurrency=args.fetch_concurrency,
             max_fetch_failures=args.max_fetch_failures,
+            **imagepolicy.from_args(args),
         )
         return JobConfig(score=score, overwrite=args.overwrite, max_rows_per_shard=args.max_rows_per_shard)
     except ValueError as e:

@@ -31,6 +31,7 @@ from ctmwa_batch.config import (
     ScoreConfig,
 )
 from ctmwa_batch.errors import CtmwaError
+from ctmwa_batch.imagepolicy import DEFAULT_MAX_IMAGE_BYTES, AddressPolicy, parse_list
 
 ENV_PREFIX = "CTMWA_"
 CURRENT = "current"  # model_version that means "whatever the models root's CURRENT pointer names"
@@ -112,6 +113,12 @@ class Settings:
     drift_rate_alert: float = 0.05  # change of a status's share from which it alerts
     drift_min_rows: int = 200  # a day or baseline with fewer rows is reported but never alerted (PSI is noise there)
     fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
+    # ---- untrusted image references (task run time; not a run param: the deployment sets the policy)
+    max_image_bytes: int = (
+        DEFAULT_MAX_IMAGE_BYTES  # an image above it is image_missing ("image too large"), never read whole
+    )
+    allow_image_hosts: str = ""  # comma-separated hosts, host:port, addresses or CIDRs that http(s) images may reach inside the internal ranges
+    image_roots: str = ""  # comma-separated folders local image paths may be read from, besides a local input's folder
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -131,6 +138,7 @@ class Settings:
             "max_map_length",
             "shard_timeout_minutes",
             "backfill_timeout_minutes",
+            "max_image_bytes",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must be at least 1 (CTMWA_{name.upper()})")
@@ -165,6 +173,10 @@ class Settings:
         ):
             if not getattr(self, name):
                 raise SettingsError(f"{name} is empty; set CTMWA_{name.upper()} or leave it unset for the default")
+        try:
+            AddressPolicy(parse_list(self.allow_image_hosts))
+        except ValueError as e:
+            raise SettingsError(f"{e} (CTMWA_ALLOW_IMAGE_HOSTS, comma-separated)") from e
         if "{date}" not in self.partition_template:
             raise SettingsError(f"partition_template {self.partition_template!r} has no {{date}}; e.g. 'dt={{date}}'")
 
@@ -207,6 +219,9 @@ class Settings:
             passthrough=self.passthrough_columns,
             fetch_concurrency=self.fetch_concurrency,
             max_fetch_failures=self.max_fetch_failures,
+            max_image_bytes=self.max_image_bytes,
+            allow_image_hosts=parse_list(self.allow_image_hosts),
+            image_roots=parse_list(self.image_roots),
         )
 
     def job_config(self, overwrite: bool = False) -> JobConfig:
