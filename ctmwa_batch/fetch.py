@@ -494,6 +494,8 @@ class _Target:
 
 def parse_location(location: str, base: Path) -> _Target | str:
     """Where an image lives, or the per-row error text of a malformed URI / an unsupported scheme."""
+    if "\x00" in location:  # no path or URL holds one; the OS would refuse it deep inside
+        return _short(f"malformed image URI {shown(location)!r}: a NUL character")
     if "://" not in location:
         p = Path(location)
         return _Target("file", "file", "", str(p if p.is_absolute() else base / p))
@@ -624,6 +626,18 @@ class Fetcher:
         return [o.data for o in outcomes], [o.error for o in outcomes]
 
     async def _one(self, location: str | None, base: Path) -> _Outcome:
+        try:
+            return await self._one_checked(location, base)
+        except CtmwaError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one row's reference never fails the shard (a bug is logged)
+            logger.warning("image reference %r: unexpected %s", storage.redact(shown(str(location))), e, exc_info=True)
+            self.stats.invalid += 1
+            return _Outcome(
+                None, _short(f"unusable image reference {shown(str(location))}: {type(e).__name__}"), "invalid"
+            )
+
+    async def _one_checked(self, location: str | None, base: Path) -> _Outcome:
         if location is None or location == "":
             return _Outcome(None, None, "absent")
         stats = self.stats

@@ -8,12 +8,19 @@ metadata, multicast, IPv6) are checked on the policy function alone, without a p
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import socket
+import subprocess
+import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from ctmwa_batch import storage
 from ctmwa_batch.fetch import FetchConfig, Fetcher, classify
@@ -313,3 +320,211 @@ def test_the_flags_settings_and_plugin_arguments_are_spelled_as_the_issue_says(m
         image_roots=["/mnt/images", "/srv/pics"],
     )
     assert Settings.load({}, given).score_config() == Settings.load(env).score_config()
+
+
+# --------------------------------------------------------------------------------------------------- fuzzing
+
+FUZZ = hypothesis.settings(
+    max_examples=150,
+    deadline=timedelta(seconds=5),  # bounded time per case (a slow decode is a finding)
+    derandomize=True,  # the same cases every run: a suite test, not a search that fails at random
+    database=None,  # nothing written into the tree (xdist-safe)
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture, hypothesis.HealthCheck.too_slow],
+)
+
+
+def _seeds() -> list[bytes]:
+    from PIL import Image
+
+    photo = Image.fromarray(images.photo_array(48, 40, 7))
+    frames = [photo, photo.rotate(90)]
+    gif = images.encode(frames[0].convert("P"), "GIF", save_all=True, append_images=[frames[1].convert("P")])
+    return [
+        images.jpeg(48, 40, seed=1),
+        images.png(40, 32, seed=2),
+        gif,
+        images.encode(photo, "WEBP", quality=80),
+        images.declared_size_png(9000, 9000),
+        images.cmyk_jpeg(),
+    ]
+
+
+SEEDS = _seeds()
+
+
+@st.composite
+def mutated_images(draw: st.DrawFn) -> bytes:
+    """A real JPEG, PNG, GIF or WebP with bytes flipped, cut, repeated or inserted."""
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 8))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "repeat"]))
+        at = draw(st.integers(0, max(0, len(data) - 1)))
+        if op == "flip" and data:
+            data[at] ^= draw(st.integers(1, 255))
+        elif op == "cut":
+            del data[at : at + draw(st.integers(1, 256))]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+        elif data:
+            data[at:at] = data[at : at + draw(st.integers(1, 512))] * draw(st.integers(1, 8))
+    return bytes(data)
+
+
+@FUZZ
+@hypothesis.given(batch=st.lists(mutated_images() | st.binary(max_size=256), min_size=1, max_size=4))
+def test_fuzz_the_decoder_gives_each_image_pixels_or_a_reason(batch):
+    from ctmwa_batch.preprocess import ImageSpec, decode_images
+
+    pixels, ok, reasons = decode_images(batch, ImageSpec(size=32, resize_shortest_edge=32))
+    assert pixels.shape == (len(batch), 32, 32, 3)
+    for i in range(len(batch)):
+        assert ok[i] == (reasons[i] is None), (i, reasons[i])
+        assert reasons[i] is None or (isinstance(reasons[i], str) and 0 < len(reasons[i]) <= 200)
+
+
+URI_PARTS = st.sampled_from(
+    ["http://", "https://", "s3://", "gs://", "az://", "abfss://", "file://", "ftp://", "://", "", "/", "..", "?", "#"]
+    + ["%", "%2e%2e/", "@", ":", "[", "]", "\\", "\x00", "\n", " ", "é", "localhost", "127.0.0.1", "[::1]", "a.jpg"]
+)
+URIS = st.lists(URI_PARTS | st.text(max_size=12), min_size=1, max_size=8).map("".join)
+
+
+@FUZZ
+@hypothesis.given(location=URIS, address=st.ip_addresses())
+def test_fuzz_the_uri_parser_and_the_policy_never_raise(location, address, tmp_path):
+    from ctmwa_batch.fetch import _request_url, parse_location
+
+    target = parse_location(location, tmp_path)
+    assert isinstance(target, str) or target.kind in {"s3", "gs", "az", "http", "file"}
+    if not isinstance(target, str) and target.kind == "http":
+        try:
+            url = _request_url(location)
+        except (ValueError, TypeError):
+            pass  # the fetcher makes it "malformed image URI ..."
+        else:
+            str(url)
+    policy = AddressPolicy(["10.0.0.0/8", "images.internal"])
+    where = policy.refusal("images.internal", 80, str(address))
+    assert where is None or where.split(" ")[-1].count("/") == 1
+    with contextlib.suppress(ValueError):
+        parse_host_rule(location)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server():
+    with ImageHTTPServer({"a.jpg": JPEG}) as http:
+        yield http
+
+
+@FUZZ
+@hypothesis.given(rows=st.lists(st.none() | URIS | mutated_images().map(lambda b: b.hex()[:40]), max_size=6))
+def test_fuzz_fetch_rows_end_as_bytes_or_a_reason(rows, fuzz_server, tmp_path_factory):
+    """Local paths and URIs with our loopback server as the only host (no request leaves 127.0.0.1): each row ends
+    as bytes or a reason, never an exception out of the fetcher."""
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "a.jpg").write_bytes(JPEG)
+    safe = []
+    for row in rows:  # an http(s) row keeps its path and query, on our server; s3/gs/az rows become local paths
+        if row and "://" in row and row.split("://", 1)[0].lower() in {"http", "https", "s3", "gs", "az", "abfss"}:
+            rest = row.split("://", 1)[1]
+            row = f"{fuzz_server.endpoint}/{rest.partition('/')[2]}" if row.lower().startswith("http") else rest
+        safe.append(row)
+    config = FetchConfig(**FAST, allow_image_hosts=("127.0.0.1",), image_roots=(str(root),), max_image_bytes=1 << 20)
+    data, errors, _ = fetch(config, safe, root)
+    for row, got, why in zip(safe, data, errors):
+        if not row:
+            assert got is None and why is None
+        else:
+            assert (got is None) != (why is None), (row, why)
+
+
+# --------------------------------------------------------------------------------------------------- done when
+
+RUNNER = """
+import resource, sys
+from ctmwa_batch.cli import main
+rc = main(sys.argv[1:])
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def _score_in_a_child(args: list[str]) -> int:
+    """`ctmwa-batch score ARGS` in a process of its own; its peak RSS in bytes."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, "score", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stderr.rsplit("MAXRSS_KB", 1)[1].split()[0]) * 1024
+
+
+@pytest.mark.slow
+def test_hostile_rows_end_image_missing_with_reasons_and_the_partition_commits(full_bundle, tmp_path):
+    """The issue's "done when": four 300 MB objects (two declared, two chunked), /dev/zero, /etc/passwd,
+    file:///etc/passwd, ../../../../etc/hostname, a FIFO, a loopback URL not allowed and a redirect from the allowed
+    server to it, among good rows (local and http): each hostile row image_missing with its reason, the good ones ok,
+    the partition committed, the run's peak RSS under 1 GB with 64 fetches in flight. Then, with every loopback
+    address allowed, the URLs refused for their address score ok."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.ctmwa_batch.test_score import FIXED_TIME, TEXTS
+    from tests.ctmwa_batch.test_score_job import output_dir
+
+    part = tmp_path / "lake" / "posts" / "dt=2026-11-26"
+    (part / "img").mkdir(parents=True)
+    os.mkfifo(part / "pipe.jpg")
+    with ImageHTTPServer() as a, ImageHTTPServer({"b.jpg": images.jpeg(40, 32, seed=9)}) as b:
+        good = []
+        for i in range(48):
+            data = images.jpeg(40, 32, seed=i % 17)
+            if i % 2:
+                a.files[f"img/{i}.jpg"] = data
+                good.append(a.url(f"img/{i}.jpg"))
+            else:
+                (part / "img" / f"{i}.jpg").write_bytes(data)
+                good.append(f"img/{i}.jpg")
+        for k in range(4):
+            a.generated[f"big{k}.bin"] = (300_000_000, k % 2 == 0)
+        a.redirects["to-b.jpg"] = b.url("b.jpg")
+        hostile = {
+            **{a.url(f"big{k}.bin"): "image too large: {} (> 33554432 bytes)" for k in range(4)},
+            "/dev/zero": "image refused: /dev/zero is outside the allowed image roots",
+            "/etc/passwd": "image refused: /etc/passwd is outside the allowed image roots",
+            "file:///etc/passwd": "image refused: file:///etc/passwd resolves to /etc/passwd, which is outside",
+            "../../../../etc/hostname": "image refused: ../../../../etc/hostname resolves to ",
+            "pipe.jpg": "image refused: pipe.jpg is a FIFO; only regular files are read as images",
+            b.url("b.jpg"): "image refused: {} resolves to 127.0.0.1 (loopback 127.0.0.0/8); allow it with",
+            a.url("to-b.jpg"): "image refused: {} redirects to " + b.url("b.jpg") + ", which resolves to 127.0.0.1",
+        }
+        column = good + list(hostile)
+        ids = [f"p{i:03d}" for i in range(len(column))]
+        texts = [TEXTS[i % len(TEXTS)] for i in range(len(column))]
+        pq.write_table(pa.table({"post_id": ids, "text": texts, "image": column}), part / "posts.parquet")
+        common = ["--bundle", str(full_bundle), "--input", str(part), "--device", "cpu", "--threads", "1"]
+        common += ["--workers", "0", "--scored-at", FIXED_TIME, "--batch-size", "16", "--fetch-concurrency", "64"]
+
+        rss = _score_in_a_child(
+            [*common, "--output", str(tmp_path / "out"), "--allow-image-host", f"127.0.0.1:{a.port}"]
+        )
+        out = output_dir(tmp_path / "out", full_bundle)
+        rows = pq.read_table(out, columns=["post_id", "status", "error"]).sort_by("post_id").to_pylist()
+        assert [r["status"] for r in rows[: len(good)]] == ["ok"] * len(good)
+        for row, (uri, reason) in zip(rows[len(good) :], hostile.items()):
+            assert row["status"] == "image_missing" and row["error"].startswith(reason.format(uri)), (uri, row)
+        assert json.loads((out / "_SUCCESS.json").read_text())["rows"]["by_status"] == {
+            "ok": len(good),
+            "image_missing": len(hostile),
+        }
+        print(f"peak RSS of the scoring process: {rss / 2**20:.0f} MiB")  # shown with -s (docs/untrusted-images.md)
+        assert rss < 1 << 30, f"peak RSS {rss / 2**20:.0f} MiB"
+        assert max(a.sent[f"big{k}.bin"] for k in range(4)) < 50_000_000  # the 300 MB bodies were not read
+        assert b.requests["b.jpg"] == 0  # the refused server never saw a request
+
+        _score_in_a_child([*common, "--output", str(tmp_path / "allowed"), "--allow-image-host", "127.0.0.0/8"])
+        allowed = pq.read_table(output_dir(tmp_path / "allowed", full_bundle), columns=["post_id", "status", "error"])
+        by_id = {r["post_id"]: r for r in allowed.to_pylist()}
+        for uri in (b.url("b.jpg"), a.url("to-b.jpg")):
+            assert by_id[ids[column.index(uri)]]["status"] == "ok", by_id[ids[column.index(uri)]]
