@@ -421,7 +421,8 @@ class _HTTP:
             self._check_literal(where, host, port, via)
             try:
                 async with self._session.get(url, allow_redirects=False) as resp:
-                    peer = resp.connection.transport.get_extra_info("peername") if resp.connection else None
+                    transport = resp.connection.transport if resp.connection else None
+                    peer = transport.get_extra_info("peername") if transport else None
                     if peer:
                         refused = self.policy.refused(where, host, port, peer[0], redirected_to=via)
                         if refused is not None:
@@ -432,7 +433,10 @@ class _HTTP:
                         resp.close()
                         if not target:
                             raise ImageRefused(f"image refused: {where} redirects without a Location")
-                        url = url.join(yarl.URL(target))
+                        try:
+                            url = url.join(yarl.URL(target))
+                        except (ValueError, TypeError):
+                            raise ImageRefused(f"image refused: {where} redirects to an invalid Location") from None
                         via = shown(str(url))
                         if url.scheme not in ("http", "https"):
                             raise ImageRefused(f"image refused: {where} redirects to {via}: only http(s) is followed")

@@ -157,10 +157,12 @@ def test_a_redirect_is_checked_on_every_hop(two_servers, tmp_path):
             "to-file.jpg": "file:///etc/passwd",
             "loop.jpg": "/loop.jpg",
             "to-metadata.jpg": "http://169.254.169.254/latest/meta-data/",  # refused before any connection
+            "bad-location.jpg": "http://[::1",
         }
     )
     only_a = FetchConfig(**FAST, allow_image_hosts=(f"127.0.0.1:{a.port}",))
-    uris = [a.url(p) for p in ("to-b.jpg", "to-a.jpg", "to-file.jpg", "loop.jpg", "to-metadata.jpg")]
+    paths = ("to-b.jpg", "to-a.jpg", "to-file.jpg", "loop.jpg", "to-metadata.jpg", "bad-location.jpg")
+    uris = [a.url(p) for p in paths]
     data, errors, stats = fetch(only_a, uris, tmp_path)
     assert errors[0] == (
         f"image refused: {uris[0]} redirects to {b.url('b.jpg')}, which resolves to 127.0.0.1 "
@@ -171,7 +173,8 @@ def test_a_redirect_is_checked_on_every_hop(two_servers, tmp_path):
     assert errors[2] == f"image refused: {uris[2]} redirects to file:///etc/passwd: only http(s) is followed"
     assert errors[3] == f"image refused: {uris[3]} redirects more than 5 times" and a.requests["loop.jpg"] == 6
     assert "redirects to http://169.254.169.254/latest/meta-data/, which resolves to 169.254.169.254" in errors[4]
-    assert stats["blocked"] == 4 and stats["retries"] == 0
+    assert errors[5] == f"image refused: {uris[5]} redirects to an invalid Location"
+    assert stats["blocked"] == 5 and stats["retries"] == 0
     # both servers allowed: the same redirect is followed
     data, errors, _ = fetch(FetchConfig(**FAST, allow_image_hosts=("127.0.0.0/8",)), uris[:1], tmp_path)
     assert data == [JPEG] and errors == [None]
