@@ -325,6 +325,27 @@ def test_the_flags_settings_and_plugin_arguments_are_spelled_as_the_issue_says(m
     assert Settings.load({}, given).score_config() == Settings.load(env).score_config()
 
 
+def test_the_plugin_takes_the_three_arguments():
+    """score_partition and score_range carry them to the settings their tasks load (lists as comma-separated)."""
+    import pendulum
+    from airflow.sdk import DAG
+
+    from ctmwa_batch.airflow import score_partition, score_range
+    from ctmwa_batch.settings import Settings
+
+    policy = {"max_image_bytes": 1000, "allow_image_hosts": ["10.0.0.0/8", "img.corp"], "image_roots": ["/mnt/img"]}
+    with DAG("untrusted", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+        score_partition("day", input="/lake/posts/dt=2026-01-01", output="/lake/scores", bundle="/b", **policy)
+        score_range("days", input_root="/lake/posts", output="/lake/scores", bundle="/b", **policy)
+    settings = Settings.load({}, dag.get_task("day.plan").settings).score_config()
+    assert (settings.max_image_bytes, settings.allow_image_hosts, settings.image_roots) == (
+        1000,
+        ("10.0.0.0/8", "img.corp"),
+        ("/mnt/img",),
+    )
+    assert {t.task_id for t in dag.tasks} >= {"day.plan", "days.plan"}
+
+
 # --------------------------------------------------------------------------------------------------- fuzzing
 
 FUZZ = hypothesis.settings(
