@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
 import logging
 import random
 import re
@@ -391,11 +392,7 @@ class _HTTP:
             self._session = None
 
     def _check_literal(self, where: str, host: str, port: int | None, via: str | None) -> None:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        if not _is_address(host):
             return  # a name: the resolver checks what it resolves to
         refused = self.policy.refused(where, host, port, host, redirected_to=via)
         if refused is not None:
@@ -466,6 +463,17 @@ class _HTTP:
                 resp.close()
                 raise too_large(where, cap)
         return bytes(body)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _request_url(location: str) -> Any:

@@ -19,6 +19,7 @@ block a partition. Only the standard library: the config, the settings and the f
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -179,9 +180,14 @@ class AddressPolicy:
 
     def __init__(self, allow: Sequence[str] = ()):
         self.rules = tuple(parse_host_rule(e) for e in allow)
+        # asked about twice per request (the URL or resolver's address, then the peer): remembered per policy
+        self.refusal = functools.lru_cache(maxsize=4096)(self._refusal)  # type: ignore[method-assign]
 
     def refusal(self, host: str, port: int | None, address: str) -> str | None:
         """None when a URL of `host`:`port` may connect to `address`, else the refused range ("loopback 127.0.0.0/8")."""
+        return self._refusal(host, port, address)
+
+    def _refusal(self, host: str, port: int | None, address: str) -> str | None:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         where = refused_range(ip)
         if where is None or any(rule.allows(host, port, ip) for rule in self.rules):
