@@ -534,6 +534,22 @@ def parse_location(location: str, base: Path) -> _Target | str:
 # --------------------------------------------------------------------------------------------------- the fetcher
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """The fetcher's event loop: uvloop's where it is installed (its transports are C, so the loop's thread holds the
+    GIL less per http(s) GET, which the decoding and scoring threads feel), else asyncio's; CTMWA_FETCH_LOOP=asyncio
+    picks asyncio's anyway."""
+    import os
+
+    if os.environ.get("CTMWA_FETCH_LOOP", "").strip().lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class Fetcher:
     """Fetches image URIs and paths on an asyncio loop in its own thread; `submit` is non-blocking and thread-safe.
 
@@ -545,7 +561,7 @@ class Fetcher:
         self._stores = _Stores(self.config)
         self._http = _HTTP(self.config, AddressPolicy(self.config.allow_image_hosts))
         self._roots = LocalRoots(self.config.image_roots)
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="image-fetch", daemon=True)
         self._thread.start()
         self._semaphore = asyncio.Semaphore(self.config.concurrency)  # bound to the loop on first use (3.10+)

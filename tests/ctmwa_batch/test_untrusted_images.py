@@ -120,7 +120,9 @@ def test_a_name_that_does_not_resolve_is_a_fact_about_the_row():
 # --------------------------------------------------------------------------------------------------- http(s) live
 
 
-def test_loopback_is_refused_by_default_and_allowed_by_the_list(two_servers, tmp_path):
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_loopback_is_refused_by_default_and_allowed_by_the_list(two_servers, tmp_path, monkeypatch, loop):
+    monkeypatch.setenv("CTMWA_FETCH_LOOP", loop)  # the fetcher's loop: uvloop where installed, or asyncio's
     a, _ = two_servers
     port = a.port
     uris = [
