@@ -617,7 +617,13 @@ class _HTTPProcess:
         self._pending[rid] = future
         url = location.encode("utf-8", "surrogatepass")
         self._proc.stdin.write(_REQUEST.pack(rid, len(url)) + url)
-        kind, payload = await future
+        c = self.config  # the child times its GETs out; this only bounds a child that hangs
+        try:
+            kind, payload = await asyncio.wait_for(
+                future, c.connect_timeout_s + (c.max_redirects + 1) * c.request_timeout_s + 5
+            )
+        finally:
+            self._pending.pop(rid, None)
         if kind == _OK:
             return payload
         text = payload.decode("utf-8", "replace")
