@@ -41,7 +41,6 @@ import functools
 import logging
 import random
 import re
-import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -205,8 +204,6 @@ def _short(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 def _cause(e: BaseException) -> str:
     """The useful part of an obstore error: 'Server returned ... 503 Service Unavailable', 'HTTP error: ...'."""
-    if isinstance(e, _ChildError):
-        return str(e)  # _cause'd in the http process already
     if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
         return "request timed out"
     text = str(e).split("\n\nDebug source", 1)[0].strip()
@@ -537,186 +534,6 @@ def parse_location(location: str, base: Path) -> _Target | str:
 # --------------------------------------------------------------------------------------------------- the fetcher
 
 
-class _ChildError(Exception):  # noqa: N818 - a try's failure as the http process reported it (its text classifies)
-    pass
-
-
-# Frames between the fetcher and its http process (little-endian): a request is (id u32, length u32, URL utf-8);
-# a reply is (id u32, kind u8, length u32, payload): the body, or the text of the row's reason or of the failure.
-_REQUEST, _REPLY = struct.Struct("<II"), struct.Struct("<IBI")
-_OK, _REFUSED, _TOO_LARGE, _MALFORMED, _FAILED, _NO_HOST = range(6)
-
-
-class _HTTPProcess:
-    """_HTTP in a process of its own, started on first use: aiohttp's Python work per GET (send, header and body
-    events) then holds that process's GIL, not the scoring process's, whose decoding and prepare threads would
-    otherwise queue behind it (as obstore's Rust client never made them); here each reply costs one read of a pipe.
-    The child applies the same policy and cap; a child that ends fails its requests as transient (retried, after
-    a restart)."""
-
-    def __init__(self, config: FetchConfig):
-        self.config = config
-        self._proc: Any = None
-        self._starting: asyncio.Future | None = None
-        self._reader: asyncio.Task | None = None
-        self._pending: dict[int, asyncio.Future] = {}
-        self._ids = 0
-
-    @property
-    def open(self) -> int:
-        """1 when the http process is running, else 0: how it counts among the stores."""
-        return int(self._proc is not None)
-
-    async def _start(self) -> None:
-        import json
-        import os
-        import sys
-
-        root = str(Path(__file__).resolve().parents[1])  # this ctmwa_batch, whatever the child's sys.path
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()}
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from ctmwa_batch.fetch import _http_worker; _http_worker()",
-            json.dumps(config),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            limit=1 << 20,
-        )
-        self._reader = asyncio.ensure_future(self._read(self._proc))
-
-    async def _read(self, proc: Any) -> None:
-        try:
-            while True:
-                rid, kind, n = _REPLY.unpack(await proc.stdout.readexactly(_REPLY.size))
-                payload = await proc.stdout.readexactly(n) if n else b""
-                future = self._pending.pop(rid, None)
-                if future is not None and not future.done():
-                    future.set_result((kind, payload))
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError) as e:
-            ended = ConnectionResetError(f"the http fetch process ended ({type(e).__name__})")
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ended)
-            self._pending.clear()
-            if self._proc is proc:
-                self._proc, self._starting = None, None
-            if isinstance(e, asyncio.CancelledError):
-                raise
-
-    async def get(self, location: str) -> bytes:
-        """The body of `location`, as _HTTP.get gives it (the same exceptions, raised here)."""
-        if self._proc is None:
-            if self._starting is None:
-                self._starting = asyncio.ensure_future(self._start())
-            await asyncio.shield(self._starting)
-        self._ids = rid = (self._ids + 1) % (1 << 32)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
-        url = location.encode("utf-8", "surrogatepass")
-        self._proc.stdin.write(_REQUEST.pack(rid, len(url)) + url)
-        c = self.config  # the child times its GETs out; this only bounds a child that hangs
-        try:
-            kind, payload = await asyncio.wait_for(
-                future, c.connect_timeout_s + (c.max_redirects + 1) * c.request_timeout_s + 5
-            )
-        finally:
-            self._pending.pop(rid, None)
-        if kind == _OK:
-            return payload
-        text = payload.decode("utf-8", "replace")
-        if kind == _REFUSED:
-            raise ImageRefused(text)
-        if kind == _TOO_LARGE:
-            raise ImageTooLarge(text)
-        if kind == _MALFORMED:
-            raise _Malformed(text)
-        if kind == _NO_HOST:
-            import socket
-
-            raise socket.gaierror(socket.EAI_NONAME, text)
-        raise _ChildError(text)
-
-    async def close(self) -> None:
-        proc, self._proc, self._starting = self._proc, None, None
-        if proc is None:
-            return
-        proc.stdin.close()  # the child finishes what it has and exits
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-
-
-def _http_worker() -> None:
-    """The http process: requests in on stdin, replies out on the stdout it was given (print goes to stderr)."""
-    import json
-    import os
-    import sys
-
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)  # anything printed goes to stderr, never into the replies
-    try:  # room for whole replies in the pipe: the fetcher reads several per wake-up
-        import fcntl
-
-        fcntl.fcntl(out.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except (ImportError, OSError):
-        pass
-    config = FetchConfig(**json.loads(sys.argv[1]))
-    loop = _new_loop()
-    try:
-        loop.run_until_complete(_serve_http(config, sys.stdin.buffer, out))
-    finally:
-        loop.close()
-
-
-async def _serve_http(config: FetchConfig, stdin: Any, stdout: Any) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, stdout)
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    http = _HTTP(config, AddressPolicy(config.allow_image_hosts))
-    tasks: set[asyncio.Task] = set()
-
-    async def one(rid: int, location: str) -> None:
-        try:
-            kind, payload = _OK, await http.get(location)
-        except ImageRefused as e:
-            kind, payload = _REFUSED, str(e).encode()
-        except ImageTooLarge as e:
-            kind, payload = _TOO_LARGE, str(e).encode()
-        except _Malformed as e:
-            kind, payload = _MALFORMED, str(e).encode()
-        except Exception as e:  # noqa: BLE001 - classified by the fetcher, from this text
-            text = str(e) if isinstance(e, _HTTPStatus) else _cause(e)
-            kind, payload = (_NO_HOST if classify(e) == "no_host" else _FAILED), text.encode()
-        writer.write(_REPLY.pack(rid, kind, len(payload)))
-        writer.write(payload)
-        await writer.drain()
-
-    try:
-        while True:
-            try:
-                rid, n = _REQUEST.unpack(await reader.readexactly(_REQUEST.size))
-                location = (await reader.readexactly(n)).decode("utf-8", "surrogatepass")
-            except asyncio.IncompleteReadError:
-                break  # the fetcher closed: finish what is in flight
-            task = asyncio.ensure_future(one(rid, location))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.wait(tasks, timeout=config.request_timeout_s)
-    finally:
-        await http.close()
-        writer.close()
-
-
 def _new_loop() -> asyncio.AbstractEventLoop:
     """The fetcher's event loop: uvloop's where it is installed (its transports are C, so the loop's thread holds the
     GIL less per http(s) GET, which the decoding and scoring threads feel), else asyncio's; CTMWA_FETCH_LOOP=asyncio
@@ -742,7 +559,7 @@ class Fetcher:
     def __init__(self, config: FetchConfig | None = None):
         self.config = config or FetchConfig()
         self._stores = _Stores(self.config)
-        self._http = _HTTPProcess(self.config)
+        self._http = _HTTP(self.config, AddressPolicy(self.config.allow_image_hosts))
         self._roots = LocalRoots(self.config.image_roots)
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="image-fetch", daemon=True)

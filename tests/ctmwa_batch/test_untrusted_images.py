@@ -217,18 +217,6 @@ def test_the_size_cap_holds_for_s3_objects(s3_server, monkeypatch, tmp_path):
     assert stats["bytes"] == len(JPEG) and stats["too_large"] == 1 and stats["retries"] == 0
 
 
-def test_the_http_process_is_restarted_when_it_ends(tmp_path):
-    """http(s) GETs run in a process of the fetcher's own; one that dies fails its requests as transient (retried)
-    and the next request starts a new one."""
-    with ImageHTTPServer({"a.jpg": JPEG}) as http, Fetcher(FetchConfig(**FAST, allow_image_hosts=("127.0.0.1",))) as f:
-        f.begin()
-        assert f.fetch([http.url("a.jpg")], tmp_path) == ([JPEG], [None])
-        first = f._http._proc.pid
-        os.kill(first, 9)
-        assert f.fetch([http.url("a.jpg")] * 3, tmp_path) == ([JPEG] * 3, [None] * 3)
-        assert f._http._proc.pid != first
-
-
 # --------------------------------------------------------------------------------------------------- local paths
 
 
@@ -489,8 +477,8 @@ sys.exit(rc)
 
 
 def _score_in_a_child(args: list[str]) -> int:
-    """`ctmwa-batch score ARGS` in a process of its own; its peak RSS plus its children's (the http process), in
-    bytes."""
+    """`ctmwa-batch score ARGS` in a process of its own; its peak RSS plus its children's (decoding processes, if
+    any), in bytes."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
