@@ -12,6 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ctmwa_batch.imagepolicy import DEFAULT_MAX_IMAGE_BYTES, AddressPolicy, parse_list
+
 DEVICES = ("auto", "cpu", "cuda")  # what ctmwa_batch.runtime understands
 # Encoder variants a job may ask for (ctmwa_batch.precision resolves auto): auto | fp32 | fp16 | int8.
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -75,6 +77,14 @@ class ScoreConfig:
     precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
     fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight (URI image column), all stores together
     max_fetch_failures: int = 0  # rows per shard that may end image_missing when the image store fails past the retries; beyond, the shard fails
+    # ---- untrusted image references (ctmwa_batch.imagepolicy, docs/untrusted-images.md)
+    max_image_bytes: int = (
+        DEFAULT_MAX_IMAGE_BYTES  # an image above it is image_missing ("image too large"), never read whole
+    )
+    allow_image_hosts: tuple[
+        str, ...
+    ] = ()  # host names, host:port, addresses or CIDRs that http(s) images may reach inside the refused (internal) ranges
+    image_roots: tuple[str, ...] = ()  # folders local image paths may be read from, besides a local input's own folder
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -94,6 +104,11 @@ class ScoreConfig:
         if self.scored_at is not None:
             parse_time(self.scored_at)
         object.__setattr__(self, "passthrough", tuple(self.passthrough))
+        if self.max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes {self.max_image_bytes}: must be at least 1")
+        object.__setattr__(self, "allow_image_hosts", parse_list(self.allow_image_hosts))
+        object.__setattr__(self, "image_roots", parse_list(self.image_roots))
+        AddressPolicy(self.allow_image_hosts)  # a bad entry fails here, naming it
 
     @property
     def decode_workers(self) -> int:
@@ -108,7 +123,12 @@ class ScoreConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {**asdict(self), "passthrough": list(self.passthrough)}
+        return {
+            **asdict(self),
+            "passthrough": list(self.passthrough),
+            "allow_image_hosts": list(self.allow_image_hosts),
+            "image_roots": list(self.image_roots),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScoreConfig:

@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ctmwa_batch import pipeline, schema, storage
+from ctmwa_batch import imagepolicy, pipeline, schema, storage
 from ctmwa_batch.bundle import (
     ATTENTION_MASK,
     IMAGE_ENCODER,
@@ -42,6 +42,8 @@ from ctmwa_batch.bundle import (
 )
 from ctmwa_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_DEVICE, DEFAULT_QUEUE_BATCHES, DEVICES, check_device
 from ctmwa_batch.errors import InputSchemaError
+from ctmwa_batch.fetch import FetchConfig, Fetcher, local_input_root
+from ctmwa_batch.imagepolicy import DEFAULT_MAX_IMAGE_BYTES
 from ctmwa_batch.posts import ImageDecoder, check_posts_schema, image_errors, image_items
 from ctmwa_batch.precision import AUTO, CHOICES, check_choice, resolve_for_bundle
 from ctmwa_batch.preprocess import ImageSpec, TextTokenizer, TokenizedTexts
@@ -73,6 +75,12 @@ class EmbedConfig:
     intra_op_threads: int = 0  # ONNX Runtime threads per session; 0 = all cores
     keep_image_column: bool = False  # pass the image bytes through to the output too (large)
     precision: str = "fp32"  # encoder variant; fp32 by default: training features must be what the head is validated on
+    # ---- untrusted image references (ctmwa_batch.imagepolicy, docs/untrusted-images.md)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # an image above it is missing ("image too large"), never read whole
+    allow_image_hosts: tuple[
+        str, ...
+    ] = ()  # host names, host:port, addresses or CIDRs http(s) images may reach inside the refused ranges
+    image_roots: tuple[str, ...] = ()  # folders local image paths may be read from, besides a local input's own folder
 
     def __post_init__(self) -> None:
         check_choice(self.precision)
@@ -81,6 +89,12 @@ class EmbedConfig:
         check_device(self.device)
         if self.workers < 0:
             raise ValueError(f"workers {self.workers}: must be 0 (in process) or more")
+        # checked as the fetcher checks them (ValueError naming a bad value)
+        FetchConfig(
+            max_image_bytes=self.max_image_bytes,
+            allow_image_hosts=self.allow_image_hosts,
+            image_roots=self.image_roots,
+        )
 
 
 @dataclass(frozen=True)
@@ -282,7 +296,18 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
         (b, base) for b in dataset.to_batches(batch_size=config.batch_size, batch_readahead=2, fragment_readahead=1)
     )
     try:
-        with ImageDecoder(encoders.image_spec, config.workers) as decoder, out_fs.open_output_stream(tmp) as sink:
+        fetcher = Fetcher(
+            FetchConfig(
+                max_image_bytes=config.max_image_bytes,
+                allow_image_hosts=config.allow_image_hosts,
+                image_roots=(*config.image_roots, *filter(None, [local_input_root(config.input_path)])),
+            )
+        )
+        with (
+            fetcher,
+            ImageDecoder(encoders.image_spec, config.workers) as decoder,
+            out_fs.open_output_stream(tmp) as sink,
+        ):
             with pq.ParquetWriter(sink, out_schema) as writer:
                 stats = pipeline.run(
                     batches,
@@ -292,6 +317,7 @@ def embed(config: EmbedConfig) -> dict[str, Any]:
                     queue_batches=DEFAULT_QUEUE_BATCHES,
                     name="embed",
                     progress=Progress(dataset.count_rows(), PROGRESS_EVERY_S, label="embedded"),
+                    fetcher=fetcher,
                 )
         storage.move(out_fs, tmp, out_path)
     finally:
@@ -331,6 +357,9 @@ def embed_posts(
     workers: int = 0,
     keep_image_column: bool = False,
     precision: str = "fp32",
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    allow_image_hosts: tuple[str, ...] = (),
+    image_roots: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Library entry point of `ctmwa-batch embed`: posts Parquet -> features Parquet; returns the stats."""
     return embed(
@@ -346,6 +375,9 @@ def embed_posts(
             workers=workers,
             keep_image_column=keep_image_column,
             precision=precision,
+            max_image_bytes=max_image_bytes,
+            allow_image_hosts=allow_image_hosts,
+            image_roots=image_roots,
         )
     )
 
@@ -386,6 +418,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.precision,
         help="encoder variant (default fp32: training features; auto: int8 on CPU, fp16 on CUDA where the bundle has them)",
     )
+    # ---- untrusted image references: --max-image-bytes, --allow-image-host, --image-root (docs/untrusted-images.md)
+    imagepolicy.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -403,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
         intra_op_threads=args.threads,
         keep_image_column=args.keep_image_column,
         precision=args.precision,
+        **imagepolicy.from_args(args),
     )
     stats = embed(config)
     print(json.dumps(stats, indent=2))

@@ -31,7 +31,7 @@ from ctmwa_batch import embeddings, partitions, pipeline, schema, tables
 from ctmwa_batch.bundle import Bundle, load_bundle
 from ctmwa_batch.config import JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
-from ctmwa_batch.fetch import FetchConfig, Fetcher
+from ctmwa_batch.fetch import Fetcher, fetch_config, local_input_root
 from ctmwa_batch.inputs import InputColumns, PlanMismatch, check_input, check_unchanged, planned_columns
 from ctmwa_batch.partitions import PartitionNotReady, PartitionPlan
 from ctmwa_batch.posts import ImageDecoder
@@ -138,15 +138,20 @@ class _Session:
     """What scoring several shards in one process shares: the scorer's sessions, the decoding pool and the image
     fetcher (its stores and connections)."""
 
-    def __init__(self, bundle: Bundle, labels: list[str], config: JobConfig, head_only: bool = False):
+    def __init__(
+        self,
+        bundle: Bundle,
+        labels: list[str],
+        config: JobConfig,
+        head_only: bool = False,
+        image_root: str | None = None,
+    ):
         self.config = config
         cache = embeddings.ImageCache() if config.embedding_reuse and not head_only else None
         self.scorer = Scorer(bundle, config.score, labels=labels, encoders=not head_only, image_cache=cache)
         workers = 0 if head_only else config.score.decode_workers  # nothing to decode: no pool
         self.decoder = ImageDecoder(self.scorer.image_spec, workers)
-        self.fetcher = Fetcher(
-            FetchConfig(concurrency=config.score.fetch_concurrency, max_failures=config.score.max_fetch_failures)
-        )
+        self.fetcher = Fetcher(fetch_config(config.score, image_root))  # image_root: a local input's folder
         self.batches = itertools.count()  # numbers the batches of every shard this session scores (the cache's clock)
         logger.info(
             "scoring with model %s on %s, %s, %d decoding process(es), batch %d",
@@ -372,7 +377,8 @@ def _score_shards(
         if progress is not None:
             progress.update(marker.get("output_rows", 0))
     if todo:
-        with _Session(bundle, labels, config, head_only=planned.partition.embeddings_source is not None) as session:
+        head_only = planned.partition.embeddings_source is not None
+        with _Session(bundle, labels, config, head_only, local_input_root(p.input_path)) as session:
             for k in todo:
                 marker = partitions.shard_done(p, k)  # a concurrent worker may have finished it meanwhile
                 if marker is not None:

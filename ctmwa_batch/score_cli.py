@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ctmwa_batch import imagepolicy
 from ctmwa_batch.config import DEVICES, INPUT_FORMATS, OUTPUT_FORMATS, PRECISIONS, JobConfig, ScoreConfig
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.job import score_partition
@@ -143,6 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="run the encoders on every row: neither score from kept embeddings nor reuse a repeated image's embedding",
     )
+    # ---- untrusted image references: --max-image-bytes, --allow-image-host, --image-root (docs/untrusted-images.md)
+    imagepolicy.add_arguments(parser)
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
@@ -161,6 +164,7 @@ def config_from(args: argparse.Namespace) -> JobConfig:
             precision=args.precision,
             fetch_concurrency=args.fetch_concurrency,
             max_fetch_failures=args.max_fetch_failures,
+            **imagepolicy.from_args(args),
         )
         return JobConfig(
             score=score,

@@ -40,7 +40,7 @@ from ctmwa_batch.config import ScoreConfig, parse_time
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.embeddings import KEPT_COLUMNS, Claimed, ImageCache, kept_columns
 from ctmwa_batch.errors import BundleError, InputSchemaError
-from ctmwa_batch.fetch import FetchConfig, fetch_images
+from ctmwa_batch.fetch import fetch_config, fetch_images
 from ctmwa_batch.posts import check_posts_schema, image_errors, image_items
 from ctmwa_batch.preprocess import MAX_REASON_CHARS, ImageSpec, TokenizedTexts, decode_images
 from ctmwa_batch.runtime import RuntimeConfig, create_session
@@ -299,13 +299,14 @@ class Scorer:
         return outs
 
     def score(self, batch: pa.RecordBatch, base: Path | None = None) -> pa.RecordBatch:
-        """Score one record batch of posts in this process (the job overlaps these steps across batches)."""
+        """Score one record batch of posts in this process (the job overlaps these steps across batches). `base`: the
+        folder relative image paths resolve against, also an allowed image root (besides config.image_roots)."""
         prepared = self.prepare(batch, base)
         if prepared.locations is not None:
             prepared.images, prepared.read_errors = fetch_images(
                 prepared.locations,
                 base or Path.cwd(),
-                FetchConfig(concurrency=self.config.fetch_concurrency, max_failures=self.config.max_fetch_failures),
+                fetch_config(self.config, str(base) if base is not None else None),
             )
         return self.infer(prepared, decode_images(prepared.images, self.image_spec))
 

@@ -32,6 +32,7 @@ from ctmwa_batch.config import (
     ScoreConfig,
 )
 from ctmwa_batch.errors import CtmwaError
+from ctmwa_batch.imagepolicy import DEFAULT_MAX_IMAGE_BYTES, AddressPolicy, parse_list
 
 ENV_PREFIX = "CTMWA_"
 CURRENT = "current"  # model_version that means "whatever the models root's CURRENT pointer names"
@@ -102,6 +103,12 @@ class Settings:
     # ---- embeddings (task run time; params override): docs/backfill.md
     keep_embeddings: bool = False  # keep the encoders' outputs (float16) beside the scores, so a later head with the same encoders rescores without them
     embedding_reuse: bool = True  # score from valid kept embeddings (the head only) and encode each distinct image once; false: every row through the encoders
+    # ---- untrusted image references (task run time; not a run param: the deployment sets the policy)
+    max_image_bytes: int = (
+        DEFAULT_MAX_IMAGE_BYTES  # an image above it is image_missing ("image too large"), never read whole
+    )
+    allow_image_hosts: str = ""  # comma-separated hosts, host:port, addresses or CIDRs that http(s) images may reach inside the internal ranges
+    image_roots: str = ""  # comma-separated folders local image paths may be read from, besides a local input's folder
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -121,6 +128,7 @@ class Settings:
             "max_map_length",
             "shard_timeout_minutes",
             "backfill_timeout_minutes",
+            "max_image_bytes",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} = {getattr(self, name)}: must be at least 1 (CTMWA_{name.upper()})")
@@ -157,6 +165,10 @@ class Settings:
                 raise SettingsError(f"{name} is empty; set CTMWA_{name.upper()} or leave it unset for the default")
         if self.format not in OUTPUT_FORMATS:
             raise SettingsError(f"format {self.format!r} unknown; set CTMWA_FORMAT to one of {list(OUTPUT_FORMATS)}")
+        try:
+            AddressPolicy(parse_list(self.allow_image_hosts))
+        except ValueError as e:
+            raise SettingsError(f"{e} (CTMWA_ALLOW_IMAGE_HOSTS, comma-separated)") from e
         if "{date}" not in self.partition_template:
             raise SettingsError(f"partition_template {self.partition_template!r} has no {{date}}; e.g. 'dt={{date}}'")
 
@@ -199,6 +211,9 @@ class Settings:
             passthrough=self.passthrough_columns,
             fetch_concurrency=self.fetch_concurrency,
             max_fetch_failures=self.max_fetch_failures,
+            max_image_bytes=self.max_image_bytes,
+            allow_image_hosts=parse_list(self.allow_image_hosts),
+            image_roots=parse_list(self.image_roots),
         )
 
     def job_config(self, overwrite: bool = False) -> JobConfig:

@@ -73,6 +73,10 @@ def score_partition(
     # ---- embeddings (docs/backfill.md)
     keep_embeddings: bool | None = None,
     embedding_reuse: bool | None = None,
+    # untrusted image references (docs/untrusted-images.md)
+    max_image_bytes: int | None = None,
+    allow_image_hosts: str | list[str] | None = None,
+    image_roots: str | list[str] | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score one posts partition inside the caller's DAG; returns the TaskGroup (`upstream >> group >> downstream`).
@@ -84,6 +88,9 @@ def score_partition(
       `passthrough` (input columns copied to the scores), `max_rows_per_shard` (rows per mapped task), `overwrite`.
     - Images by URI: `fetch_concurrency` (GETs in flight per worker), `max_fetch_failures` (rows per shard that may be
       committed as image_missing when the image store fails past its retries; 0: the shard fails and Airflow retries).
+    - Untrusted images (docs/untrusted-images.md): `max_image_bytes` (default 32 MiB), `allow_image_hosts` (internal
+      hosts, host:port, addresses or CIDRs http(s) images may reach), `image_roots` (folders local image paths may be
+      read from besides a local input's own); a list or a comma-separated string.
     - `conn_id`: an Airflow Connection (e.g. type aws, with `endpoint_url` in its extra) that gives the storage of
       input, output, models and image URIs; resolved inside each task, never when the DAG is parsed.
     - `health_report`, `baseline_days`, `fail_on_drift`: the report beside the scores, against the days before.
@@ -122,6 +129,9 @@ def score_partition(
         "staging": staging,
         "keep_embeddings": keep_embeddings,
         "embedding_reuse": embedding_reuse,
+        "max_image_bytes": max_image_bytes,
+        "allow_image_hosts": allow_image_hosts,
+        "image_roots": image_roots,
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
         plan = PlanPartitionOperator(
@@ -253,6 +263,10 @@ def score_range(
     # ---- embeddings (docs/backfill.md)
     keep_embeddings: bool | None = None,
     embedding_reuse: bool | None = None,
+    # untrusted image references (docs/untrusted-images.md)
+    max_image_bytes: int | None = None,
+    allow_image_hosts: str | list[str] | None = None,
+    image_roots: str | list[str] | None = None,
     **task_group_kwargs: Any,
 ) -> TaskGroup:
     """Score a range of days with one model, in bounded parallel, skipping days already committed for it; returns
@@ -294,6 +308,9 @@ def score_range(
             format=format,
             catalog=catalog,
             staging=staging,
+            max_image_bytes=max_image_bytes,
+            allow_image_hosts=allow_image_hosts,
+            image_roots=image_roots,
             baseline_days=baseline_days,
             fail_on_drift=fail_on_drift,
             keep_embeddings=keep_embeddings,

@@ -39,6 +39,10 @@ SCORING_OPTIONS = (
     # ---- embeddings (docs/backfill.md)
     "keep_embeddings",
     "embedding_reuse",
+    # untrusted image references (docs/untrusted-images.md)
+    "max_image_bytes",
+    "allow_image_hosts",
+    "image_roots",
 )
 REPORT_OPTIONS = ("baseline_days", "fail_on_drift")
 
@@ -50,9 +54,10 @@ def settings_args(
     unknown = set(options) - set(SCORING_OPTIONS) - set(REPORT_OPTIONS)
     if unknown:
         raise TypeError(f"unknown scoring option(s) {sorted(unknown)}; known: {[*SCORING_OPTIONS, *REPORT_OPTIONS]}")
-    passthrough = options.get("passthrough")
-    if passthrough is not None and not isinstance(passthrough, str):
-        options["passthrough"] = ",".join(passthrough)  # a list of columns, as Settings keeps them: comma-separated
+    for name in ("passthrough", "allow_image_hosts", "image_roots"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, str):
+            options[name] = ",".join(value)  # a list, as Settings keeps them: comma-separated
     return {"output_root": output, "models_root": models_root, "model_version": model_version, **options}
 
 

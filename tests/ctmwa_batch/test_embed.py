@@ -155,7 +155,7 @@ def test_folder_input_hive_partitions_and_image_paths(encoder_bundle, tmp_path):
         folder / "dt=2026-01-02" / "part-0.parquet",
     )
     (folder / "_SUCCESS.json").write_text("{}")
-    embed_posts(encoder_bundle, folder, tmp_path / "f.parquet", device="cpu")
+    embed_posts(encoder_bundle, folder, tmp_path / "f.parquet", device="cpu", image_roots=(str(img_dir),))
     rows = {r["post_id"]: r for r in pq.read_table(tmp_path / "f.parquet").to_pylist()}
     assert set(rows) == {"a", "b", "c", "d"}
     assert rows["a"]["has_image"] and rows["d"]["has_image"] and rows["d"]["dt"] is not None

@@ -15,8 +15,21 @@ from fixtures.s3server import SECRET_KEY
 from tests import images
 
 FAST = FetchConfig(
-    concurrency=8, backoff_initial_s=0.01, backoff_max_s=0.05, max_tries=4, retry_budget_s=5.0, connect_timeout_s=1.0
+    concurrency=8,
+    backoff_initial_s=0.01,
+    backoff_max_s=0.05,
+    max_tries=4,
+    retry_budget_s=5.0,
+    connect_timeout_s=1.0,
+    allow_image_hosts=("127.0.0.1",),  # the test servers' address: loopback is refused unless allowed
 )
+
+
+def fast(**changes) -> FetchConfig:
+    """FAST with some fields changed."""
+    return FetchConfig(**{**FAST.__dict__, **changes})
+
+
 JPEGS = {f"img/{i}.jpg": images.jpeg(seed=i) for i in range(6)}
 
 
@@ -93,7 +106,7 @@ def test_a_store_down_past_the_budget_fails_the_run_unless_allowed(http_images, 
         with pytest.raises(FetchFailed, match="--max-fetch-failures"):
             fetcher.fetch(uris, tmp_path)
     assert http_images.requests["down.jpg"] == FAST.max_tries
-    with Fetcher(FetchConfig(**{**FAST.__dict__, "max_failures": 1})) as fetcher:
+    with Fetcher(fast(max_failures=1)) as fetcher:
         fetcher.begin()
         data, errors = fetcher.fetch(uris, tmp_path)
         assert data[0] == JPEGS["img/1.jpg"] and data[1] is None
@@ -108,7 +121,7 @@ def test_a_store_down_past_the_budget_fails_the_run_unless_allowed(http_images, 
 
 def test_permission_denied_beyond_the_threshold_fails_the_run(http_images, tmp_path):
     http_images.status.update({f"deny{i}.jpg": 403 for i in range(20)})
-    config = FetchConfig(**{**FAST.__dict__, "max_denied": 3, "max_denied_share": 0.5})
+    config = fast(max_denied=3, max_denied_share=0.5)
     with Fetcher(config) as fetcher:
         fetcher.begin()
         few = fetcher.fetch([http_images.url("deny0.jpg")] + [http_images.url(k) for k in JPEGS], tmp_path)[1]
@@ -119,7 +132,7 @@ def test_permission_denied_beyond_the_threshold_fails_the_run(http_images, tmp_p
 
 def test_malformed_uris_and_unsupported_schemes_are_per_row_errors(tmp_path):
     uris = ["ftp://host/a.jpg", "s3://", "s3://bucket", "s3://bucket/", "http:///a.jpg", "gopher:/x"]
-    with Fetcher(FAST) as fetcher:
+    with Fetcher(fast(image_roots=(str(tmp_path),))) as fetcher:
         fetcher.begin()
         data, errors = fetcher.fetch(uris, tmp_path)
         stats = fetcher.summary()
@@ -134,7 +147,7 @@ def test_malformed_uris_and_unsupported_schemes_are_per_row_errors(tmp_path):
 
 def test_local_paths_relative_and_absolute(tmp_path):
     (tmp_path / "a.jpg").write_bytes(JPEGS["img/0.jpg"])
-    with Fetcher(FAST) as fetcher:
+    with Fetcher(fast(image_roots=(str(tmp_path),))) as fetcher:
         data, errors = fetcher.fetch(["a.jpg", str(tmp_path / "a.jpg"), f"file://{tmp_path}/a.jpg", "b.jpg"], tmp_path)
     assert data[:3] == [JPEGS["img/0.jpg"]] * 3 and errors[:3] == [None] * 3
     assert errors[3] == "image not found: b.jpg"
@@ -218,7 +231,7 @@ def test_parse_location(tmp_path):
     t = parse_location("https://cdn.example.com/a/b.jpg?sig=1&x=2", tmp_path)
     assert (t.kind, t.netloc, t.whole) == ("http", "cdn.example.com", "https://cdn.example.com/a/b.jpg?sig=1&x=2")
     t = parse_location("https://cdn.example.com/a%20b.jpg", tmp_path)
-    assert (t.path, t.whole) == ("a b.jpg", None)
+    assert (t.path, t.whole) == ("a b.jpg", "https://cdn.example.com/a%20b.jpg")  # requested as written
     t = parse_location("abfss://box@acct.dfs.core.windows.net/a/b.jpg", tmp_path)
     assert (t.kind, t.netloc, t.path) == ("az", "box@acct.dfs.core.windows.net", "a/b.jpg")
     assert parse_location("img/a.jpg", tmp_path).path == str(Path(tmp_path) / "img/a.jpg")

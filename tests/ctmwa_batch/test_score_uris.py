@@ -85,7 +85,14 @@ def test_uri_posts_score_as_inline_bytes_with_reasons_for_missing_objects(
     by_uri = _write(
         tmp_path / "uris" / PARTITION / "posts.parquet", ids, [missing.get(i, u) for i, u in enumerate(uris)]
     )
-    config = cpu(scored_at=FIXED_TIME, precision="fp32", batch_size=5, max_rows_per_shard=16, fetch_concurrency=4)
+    config = cpu(
+        scored_at=FIXED_TIME,
+        precision="fp32",
+        batch_size=5,
+        max_rows_per_shard=16,
+        fetch_concurrency=4,
+        allow_image_hosts=("127.0.0.1",),  # the test's image server: loopback is refused unless allowed
+    )
     job.score_partition(inline.parent, tmp_path / "out-inline", full_bundle, config)
     summary = job.score_partition(by_uri.parent, tmp_path / "out-uris", full_bundle, config)
 
