@@ -251,27 +251,8 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
     target = tables.target_of(p) if p.table else None
     file_schema = tables.file_schema(target, out_schema) if target else out_schema
     keep = p.keep_embeddings is not None
-    kept_schema = None
-    if keep:
-        dims = scorer.bundle.dims
-        kept_schema = embeddings.embeddings_schema(
-            columns.id_field, int(dims[schema.TEXT_EMB]), int(dims[schema.IMAGE_EMB])
-        )
-    if p.embeddings_source is not None:
-        steps, read_columns = _head_only_steps(scorer, planned, shard_index, out_schema, keep)
-    else:
-
-        def prepare(batch: pa.RecordBatch, base: Any) -> Any:
-            prepared = scorer.prepare(batch, base, image_paths=columns.image_paths)
-            prepared.batch = next(session.batches)
-            return prepared
-
-        steps = pipeline.Steps(
-            prepare=prepare,
-            infer=lambda prepared, decoded: scorer.infer(prepared, decoded, out_schema, keep=keep),
-            claim=scorer.claim if scorer.image_cache is not None else None,
-        )
-        read_columns = scorer.input_columns()
+    kept_schema = _kept_schema(scorer, columns) if keep else None
+    steps, read_columns = _shard_steps(session, planned, shard_index, out_schema, keep)
     counts = _ScoreCounts({}, {})
     model_before = dict(scorer.timings)
     cache = scorer.image_cache
@@ -310,16 +291,7 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
                 "nothing was published (this is a bug: please report it)"
             )
         timings = stats.seconds.as_dict() | {stage: s - model_before[stage] for stage, s in scorer.timings.items()}
-        part.stats.update(
-            output_rows=stats.rows,
-            status_counts=dict(sorted(counts.statuses.items())),
-            sentiment_counts=dict(sorted(counts.sentiments.items())),
-            timings={k: round(v, 3) for k, v in sorted(timings.items())},
-            provider=scorer.provider,
-            precision=scorer.precision if p.embeddings_source is None else p.embeddings_source["encoders"]["precision"],
-            source="embeddings" if p.embeddings_source is not None else "posts",
-            encoder_sessions=scorer.encoder_sessions,
-        )
+        part.stats.update(_shard_stats(scorer, p, stats.rows, counts, timings))
         if cache is not None and images_before is not None:
             part.stats["images"] = {k: v - images_before[k] for k, v in cache.counts().items()}
         if stats.fetch is not None:
@@ -336,6 +308,51 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
         counts.statuses,
     )
     return marker
+
+
+def _kept_schema(scorer: Scorer, columns: InputColumns) -> pa.Schema:
+    """The kept embeddings' schema for this input's id column and the bundle's dimensions."""
+    dims = scorer.bundle.dims
+    return embeddings.embeddings_schema(columns.id_field, int(dims[schema.TEXT_EMB]), int(dims[schema.IMAGE_EMB]))
+
+
+def _shard_steps(
+    session: _Session, planned: Planned, shard_index: int, out_schema: pa.Schema, keep: bool
+) -> tuple[pipeline.Steps, list[str]]:
+    """The pipeline's steps for one shard and the input columns they read: the head alone over kept embeddings, or
+    the encoders over the posts (a repeated image's embedding claimed from the session's cache)."""
+    scorer, columns = session.scorer, planned.columns
+    if planned.partition.embeddings_source is not None:
+        return _head_only_steps(scorer, planned, shard_index, out_schema, keep)
+
+    def prepare(batch: pa.RecordBatch, base: Any) -> Any:
+        prepared = scorer.prepare(batch, base, image_paths=columns.image_paths)
+        prepared.batch = next(session.batches)
+        return prepared
+
+    steps = pipeline.Steps(
+        prepare=prepare,
+        infer=lambda prepared, decoded: scorer.infer(prepared, decoded, out_schema, keep=keep),
+        claim=scorer.claim if scorer.image_cache is not None else None,
+    )
+    return steps, scorer.input_columns()
+
+
+def _shard_stats(
+    scorer: Scorer, p: PartitionPlan, rows: int, counts: _ScoreCounts, timings: dict[str, float]
+) -> dict[str, Any]:
+    """A shard marker's figures: rows, counts, timings, and what ran (provider, precision, source, encoder sessions)."""
+    source = p.embeddings_source
+    return {
+        "output_rows": rows,
+        "status_counts": dict(sorted(counts.statuses.items())),
+        "sentiment_counts": dict(sorted(counts.sentiments.items())),
+        "timings": {k: round(v, 3) for k, v in sorted(timings.items())},
+        "provider": scorer.provider,
+        "precision": scorer.precision if source is None else source["encoders"]["precision"],
+        "source": "embeddings" if source is not None else "posts",
+        "encoder_sessions": scorer.encoder_sessions,
+    }
 
 
 def _fetch_batches(config: JobConfig) -> int:

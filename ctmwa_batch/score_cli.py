@@ -18,6 +18,15 @@ from ctmwa_batch.job import score_partition
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`ctmwa-batch score` arguments."""
+    _add_run_arguments(parser)
+    _add_column_arguments(parser)
+    _add_table_arguments(parser)
+    _add_embedding_arguments(parser)
+    imagepolicy.add_arguments(parser)  # --max-image-bytes, --allow-image-host, --image-root
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to score with, from where to where, on what, in how many shards."""
     d, j = ScoreConfig(), JobConfig()
     parser.add_argument(
         "--bundle",
@@ -63,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="score only shard K (repeatable); the last shard to finish commits",
     )
+
+
+def _add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input's columns, images by URI, and the encoders' precision."""
+    d = ScoreConfig()
     parser.add_argument("--id-column", default=d.id_column, help=f"id column (default {d.id_column!r})")
     parser.add_argument(
         "--text-column", default=d.text_column, help=f"text column (default {d.text_column!r}; '' for none)"
@@ -96,7 +110,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.precision,
         help="encoder variant (default auto: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32; logged)",
     )
-    # ---- tables (ctmwa_batch.tables): scores into an Iceberg or Delta table, posts from one
+
+
+def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """Tables (ctmwa_batch.tables): scores into an Iceberg or Delta table, posts from one."""
+    j = JobConfig()
     parser.add_argument(
         "--format",
         choices=OUTPUT_FORMATS,
@@ -131,7 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table output: where shard markers and commit receipts go (a path or URI; needed where the table's store "
         "takes only data files, e.g. S3 Tables buckets); default: beside the data files",
     )
-    # ---- embeddings (ctmwa_batch.embeddings, docs/backfill.md)
+
+
+def _add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Kept embeddings and head-only rescoring (ctmwa_batch.embeddings, docs/backfill.md)."""
     parser.add_argument(
         "--keep-embeddings",
         action="store_true",
@@ -144,8 +165,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="run the encoders on every row: neither score from kept embeddings nor reuse a repeated image's embedding",
     )
-    # ---- untrusted image references: --max-image-bytes, --allow-image-host, --image-root (docs/untrusted-images.md)
-    imagepolicy.add_arguments(parser)
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:

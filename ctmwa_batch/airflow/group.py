@@ -134,39 +134,36 @@ def score_partition(
         "image_roots": image_roots,
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
-        plan = PlanPartitionOperator(
-            task_id="plan",
-            input=input,
-            output=output,
-            bundle=bundle,
-            models_root=models_root,
-            model_version=model_version,
-            overwrite=overwrite,
-            conn_id=conn_id,
-            **options,
-        )
-
-        @task(task_id="shards")
-        def shards(planned: dict) -> list:
-            """The shard indexes score_shard maps over (none when the partition is already committed)."""
-            return list(planned["shards"])
-
-        scored = ScoreShardOperator.partial(
-            task_id="score_shard", planned=plan.output, conn_id=conn_id, **dict(score_task_args or {})
-        ).expand(shard_index=shards(plan.output))
-        commit = CommitPartitionOperator(task_id="commit", planned=plan.output, conn_id=conn_id, outlets=outlets)
-        scored >> commit
-        if health_report:
-            HealthReportOperator(
-                task_id="health_report",
-                summary=commit.output,
-                output=output,
-                baseline_days=baseline_days,
-                fail_on_drift=fail_on_drift,
-                settings={"format": format, "catalog": catalog, "staging": staging},
-                conn_id=conn_id,
-            )
+        plan_args = {"input": input, "output": output, "bundle": bundle, "models_root": models_root}
+        plan_args |= {"model_version": model_version, "overwrite": overwrite, **options}
+        report_args = {"output": output, "baseline_days": baseline_days, "fail_on_drift": fail_on_drift}
+        report_args["settings"] = {"format": format, "catalog": catalog, "staging": staging}
+        _partition_tasks(plan_args, conn_id, score_task_args, outlets, report_args if health_report else None)
     return group
+
+
+def _partition_tasks(
+    plan_args: dict[str, Any],
+    conn_id: str | None,
+    score_task_args: Mapping[str, Any] | None,
+    outlets: list[Any],
+    report_args: dict[str, Any] | None,
+) -> None:
+    """plan >> score_shard (mapped over the plan's shards) >> commit [>> health_report], in the open TaskGroup."""
+    plan = PlanPartitionOperator(task_id="plan", conn_id=conn_id, **plan_args)
+
+    @task(task_id="shards")
+    def shards(planned: dict) -> list:
+        """The shard indexes score_shard maps over (none when the partition is already committed)."""
+        return list(planned["shards"])
+
+    scored = ScoreShardOperator.partial(
+        task_id="score_shard", planned=plan.output, conn_id=conn_id, **dict(score_task_args or {})
+    ).expand(shard_index=shards(plan.output))
+    commit = CommitPartitionOperator(task_id="commit", planned=plan.output, conn_id=conn_id, outlets=outlets)
+    scored >> commit
+    if report_args is not None:
+        HealthReportOperator(task_id="health_report", summary=commit.output, conn_id=conn_id, **report_args)
 
 
 def result_of(group: TaskGroup) -> Any:
