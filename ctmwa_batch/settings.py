@@ -104,9 +104,7 @@ class Settings:
     keep_embeddings: bool = False  # keep the encoders' outputs (float16) beside the scores, so a later head with the same encoders rescores without them
     embedding_reuse: bool = True  # score from valid kept embeddings (the head only) and encode each distinct image once; false: every row through the encoders
     # ---- untrusted image references (task run time; not a run param: the deployment sets the policy)
-    max_image_bytes: int = (
-        DEFAULT_MAX_IMAGE_BYTES  # an image above it is image_missing ("image too large"), never read whole
-    )
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # a larger image is image_missing ("image too large"), unread
     allow_image_hosts: str = ""  # comma-separated hosts, host:port, addresses or CIDRs that http(s) images may reach inside the internal ranges
     image_roots: str = ""  # comma-separated folders local image paths may be read from, besides a local input's folder
 
