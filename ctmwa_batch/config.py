@@ -78,12 +78,8 @@ class ScoreConfig:
     fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight (URI image column), all stores together
     max_fetch_failures: int = 0  # rows per shard that may end image_missing when the image store fails past the retries; beyond, the shard fails
     # ---- untrusted image references (ctmwa_batch.imagepolicy, docs/untrusted-images.md)
-    max_image_bytes: int = (
-        DEFAULT_MAX_IMAGE_BYTES  # an image above it is image_missing ("image too large"), never read whole
-    )
-    allow_image_hosts: tuple[
-        str, ...
-    ] = ()  # host names, host:port, addresses or CIDRs that http(s) images may reach inside the refused (internal) ranges
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # a larger image is image_missing ("image too large"), unread
+    allow_image_hosts: tuple[str, ...] = ()  # hosts, host:port, addresses or CIDRs of refused ranges http(s) may reach
     image_roots: tuple[str, ...] = ()  # folders local image paths may be read from, besides a local input's own folder
 
     def __post_init__(self) -> None:

@@ -66,9 +66,7 @@ class EmbedConfig:
     output_path: str | Path  # the features Parquet file to write (replaced atomically if it exists)
     id_column: str | None = schema.DEFAULT_ID_COLUMN  # must exist when set; passed through like other columns
     text_column: str | None = schema.DEFAULT_TEXT_COLUMN  # string column; None = posts have no text
-    image_column: str | None = (
-        schema.DEFAULT_IMAGE_COLUMN
-    )  # binary (bytes) or string (path/URI) column; None = no images
+    image_column: str | None = schema.DEFAULT_IMAGE_COLUMN  # bytes, or a path/URI string; None = no images
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per record batch read, decoded, encoded and written
     device: str = DEFAULT_DEVICE  # auto | cpu | cuda (cuda unavailable -> ProviderUnavailable)
     workers: int = 0  # image-decoding processes; 0 decodes in the pipeline's reader thread (still overlapping encoding)
@@ -77,9 +75,8 @@ class EmbedConfig:
     precision: str = "fp32"  # encoder variant; fp32 by default: training features must be what the head is validated on
     # ---- untrusted image references (ctmwa_batch.imagepolicy, docs/untrusted-images.md)
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # an image above it is missing ("image too large"), never read whole
-    allow_image_hosts: tuple[
-        str, ...
-    ] = ()  # host names, host:port, addresses or CIDRs http(s) images may reach inside the refused ranges
+    # host names, host:port, addresses or CIDRs http(s) images may reach inside the refused ranges
+    allow_image_hosts: tuple[str, ...] = ()
     image_roots: tuple[str, ...] = ()  # folders local image paths may be read from, besides a local input's own folder
 
     def __post_init__(self) -> None:

@@ -103,14 +103,12 @@ class PartitionPlan:
     fingerprint: dict  # files (path, size, rows, rows per row group), total rows, sha256 of the listing
     shards: tuple[Shard, ...] = field(default_factory=tuple)
     columns: dict | None = None  # what the job needs of the input's columns (ctmwa_batch.inputs.InputColumns, JSON)
-    table: dict | None = (
-        None  # the table the scores go to (ctmwa_batch.tables.TableTarget, JSON); None: Parquet folders
-    )
+    # the table the scores go to (ctmwa_batch.tables.TableTarget, JSON); None: Parquet folders
+    table: dict | None = None
     source: dict | None = None  # a table input's pinned snapshot / version (ctmwa_batch.tables); None: Parquet input
     # ---- embeddings (ctmwa_batch.embeddings)
-    keep_embeddings: dict | None = (
-        None  # encoders' identity when the shards also write their embeddings; None: not kept
-    )
+    # encoders' identity when the shards also write their embeddings; None: not kept
+    keep_embeddings: dict | None = None
     embeddings_source: dict | None = None  # kept embeddings the shards score from (head only); None: from the posts
 
     @property

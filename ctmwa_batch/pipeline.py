@@ -60,9 +60,8 @@ class Steps(Generic[P]):
     prepare: Callable[[pa.RecordBatch, Path], P]  # columns and tokens, no model
     infer: Callable[[P, Decoded], pa.RecordBatch]  # the models -> the output batch
     # ---- distinct images (ctmwa_batch.embeddings.ImageCache)
-    claim: Callable[[P, list[bytes | None]], list[bytes | None]] | None = (
-        None  # in the fetch thread, before decoding: the bytes to decode (None where already known); None: all
-    )
+    # in the fetch thread, before decoding: the bytes to decode (None where already known); None: all
+    claim: Callable[[P, list[bytes | None]], list[bytes | None]] | None = None
 
 
 class Sink(Protocol):
@@ -98,9 +97,8 @@ class PipelineStats:
     rows: int = 0  # rows the sink wrote
     batches: int = 0  # batches the sink wrote
     seconds: StageSeconds = field(default_factory=StageSeconds)
-    fetch: dict[str, Any] | None = (
-        None  # the fetcher's stats (requests, bytes, retries, latency) when images were by URI
-    )
+    # the fetcher's stats (requests, bytes, retries, latency) when images were by URI
+    fetch: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------------- sources
