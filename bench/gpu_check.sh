@@ -59,8 +59,8 @@ from ctmwa_batch import runtime
 from ctmwa_batch.bundle import MANIFEST, load_bundle
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.runtime import RuntimeConfig
-from export.assemble import export_encoders
-from export.encoders import EncoderExportConfig
+from ctmwa_export.assemble import export_encoders
+from ctmwa_export.encoders import EncoderExportConfig
 from fixtures.clip import build_tiny_clip
 clip = work / "tiny-clip"
 if not (clip / "config.json").exists():

@@ -38,12 +38,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ctmwa_batch import storage
 from ctmwa_batch.config import DEFAULT_FETCH_CONCURRENCY
 from ctmwa_batch.errors import CtmwaError
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +185,11 @@ def _seconds(s: float) -> timedelta:
     return timedelta(seconds=s)
 
 
-def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any:
+def _s3_store(bucket: str, client: "ClientConfig", retry: "RetryConfig") -> Any:
     from obstore.store import S3Store
 
     opts = storage.options()
-    config: dict[str, Any] = {}
+    config: "S3Config" = {}
     endpoint = storage.s3_endpoint(opts)
     if endpoint:
         # obstore ranks AWS_ENDPOINT_URL_S3 from the environment above a plain `endpoint`; this key ranks with it.
@@ -200,7 +203,7 @@ def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any
         ("session_token", "token"),
     ):
         if opts.get(key):
-            config[name] = opts[key]
+            config[name] = opts[key]  # type: ignore[literal-required]  # the names above are S3Config keys
     provider = None
     if opts.get("profile") and not opts.get("access_key_id"):
         try:
@@ -218,11 +221,11 @@ class _Stores:
     """One obstore store per (scheme, bucket or host), made on first use and kept for the fetcher's life."""
 
     def __init__(self, config: FetchConfig):
-        self._client = {
+        self._client: ClientConfig = {
             "connect_timeout": _seconds(config.connect_timeout_s),
             "timeout": _seconds(config.request_timeout_s),
         }
-        self._retry = {"max_retries": 0}  # retries are ours (counted, classified, budgeted)
+        self._retry: RetryConfig = {"max_retries": 0}  # retries are ours (counted, classified, budgeted)
         self._stores: dict[tuple[str, str], Any] = {}
 
     def __len__(self) -> int:

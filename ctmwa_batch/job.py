@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,7 @@ def plan(
     an encoders-only bundle fails before any output. `max_rows_per_shard` / `overwrite` override the config's.
     """
     config = JobConfig.coerce(config)
-    overrides = {"max_rows_per_shard": max_rows_per_shard, "overwrite": overwrite}
+    overrides: dict[str, Any] = {"max_rows_per_shard": max_rows_per_shard, "overwrite": overwrite}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     planned, _ = _plan(input_path, output_root, load_bundle(bundle_dir), config)
     return planned.to_dict()
@@ -313,7 +314,7 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
     }
 
 
-def fetch_totals(markers: list[dict[str, Any]]) -> dict[str, Any] | None:
+def fetch_totals(markers: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """The image fetch stats of a partition from its shards' markers: counts summed; latency percentiles are the
     worst shard's (percentiles do not add up); None when no shard fetched images by reference."""
     fetches = [m["fetch"] for m in markers if m and m.get("fetch")]
@@ -366,7 +367,9 @@ def score_partition(
     planned, labels = _plan(input_path, output_root, bundle, config, shards)
     p = planned.partition
     if planned.skip:
-        return {"skipped": True, **summary(partitions.read_success(p.output_dir), p.output_dir)}
+        success = partitions.read_success(p.output_dir)
+        assert success is not None, "the plan skips committed partitions only"
+        return {"skipped": True, **summary(success, p.output_dir)}
     indices = list(range(len(p.shards))) if shards is None else shards
     progress = Progress(sum(p.shards[k].num_rows for k in indices), config.progress_interval_s, interactive)
     try:

@@ -389,13 +389,14 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
     """Publish the partition: check every shard of the plan finished, move the staged parts into place, remove what
     other plans or killed runs left, then write `_SUCCESS.json` last. Returns its content. Idempotent."""
     fs, path = storage.open_filesystem(plan.output_dir)
-    markers = [shard_done(plan, s.index) for s in plan.shards]
-    missing = [s.index for s, m in zip(plan.shards, markers) if m is None]
+    found = [shard_done(plan, s.index) for s in plan.shards]
+    missing = [s.index for s, m in zip(plan.shards, found) if m is None]
     if missing:
         raise PartitionNotReady(
             f"partition {plan.partition}: shard(s) {missing} of {len(plan.shards)} have not finished; "
             "score them first (a retry of the failed shard tasks is safe)"
         )
+    markers = [m for m in found if m is not None]  # every one, past the check
     output_rows = sum(m.get("output_rows", 0) for m in markers)
     if output_rows != plan.num_rows:
         raise PartitionNotReady(

@@ -227,7 +227,9 @@ class Scorer:
         t1 = time.perf_counter()
         image_emb = self.encoders.encode_pixels(pixels, image_ok)
         t2 = time.perf_counter()
-        outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
+        outs: dict[str, np.ndarray] = {
+            name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")
+        }
         outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight", *EVIDENCE_OUTPUTS)}
         if scored.any():
             got = self.head.run(

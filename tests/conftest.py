@@ -23,8 +23,8 @@ def encoder_bundle(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """An encoders-only model bundle (image_encoder.onnx, text_encoder.onnx, tokenizer.json, manifest.json) of the
     tiny CLIP, exported and validated the real way, with every precision variant (fp32, fp16, int8: *.int8.onnx,
     *.fp16.onnx). Read-only: copy it (shutil.copytree) before changing it."""
-    from export.assemble import export_encoders
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.assemble import export_encoders
+    from ctmwa_export.encoders import EncoderExportConfig
 
     out = tmp_path_factory.mktemp("bundles") / "tiny_encoders"
     export_encoders(EncoderExportConfig(source=str(tiny_clip_dir), out_dir=out, precisions=ALL_PRECISIONS))
@@ -53,7 +53,7 @@ def tiny_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoint(tiny_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny CTMWA (Dt = Dv = 16, E = 8) trained by `ctmwa-train` for 3 epochs on tiny_features: checkpoint + metrics.json.
     Read-only."""
-    from training.cli import main as train_main
+    from ctmwa_training.cli import main as train_main
 
     out = tmp_path_factory.mktemp("checkpoints") / "tiny_ctmwa"
     config = '{"model": {"embed_dim": 8, "weight_net_hidden": 16}, "training": {"lr": 0.05, "batch_size": 64}}'
@@ -71,7 +71,7 @@ def full_bundle(tiny_checkpoint: Path, encoder_bundle: Path, tmp_path_factory: p
     """A complete, scoring-ready bundle: encoder_bundle's encoders + tokenizer and the tiny CTMWA's head.onnx (fp32,
     folded translators, labels positive/neutral/negative, uncalibrated), validated the real way. Read-only: copy it
     (shutil.copytree) before changing it."""
-    from export.assemble import export_head
+    from ctmwa_export.assemble import export_head
 
     return export_head(tiny_checkpoint, encoder_bundle, tmp_path_factory.mktemp("bundles") / "tiny_full")
 

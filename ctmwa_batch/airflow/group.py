@@ -89,7 +89,7 @@ def score_partition(
     if bundle and (models_root or model_version):
         raise ValueError("give bundle= (a bundle folder) or models_root= with model_version=, not both")
     outlets = [] if asset is None or asset is False else [_output_asset(output) if asset is True else asset]
-    options = {
+    options: dict[str, Any] = {
         "device": device,
         "precision": precision,
         "batch_size": batch_size,
@@ -121,7 +121,7 @@ def score_partition(
 
         scored = ScoreShardOperator.partial(
             task_id="score_shard", planned=plan.output, conn_id=conn_id, **dict(score_task_args or {})
-        ).expand(shard_index=shards(plan.output))
+        ).expand(shard_index=shards(plan.output))  # type: ignore[arg-type]  # an XComArg: a dict when the task runs
         commit = CommitPartitionOperator(task_id="commit", planned=plan.output, conn_id=conn_id, outlets=outlets)
         scored >> commit
         if health_report:

@@ -14,8 +14,8 @@ from ctmwa_batch.bundle import IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle, l
 from ctmwa_batch.errors import ExportValidationError
 from ctmwa_batch.preprocess import TextTokenizer
 from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export.cli import main as export_main
-from export.encoders import ModelSourceError, check_preprocessing_parity, image_spec_from_processor, load_clip
+from ctmwa_export.cli import main as export_main
+from ctmwa_export.encoders import ModelSourceError, check_preprocessing_parity, image_spec_from_processor, load_clip
 
 
 def _io(path: Path) -> tuple[dict, dict]:
@@ -128,7 +128,7 @@ def test_legacy_argmax_pooling_with_pad_equal_to_eos(tmp_path):
 
 
 def test_export_config_is_frozen():
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.encoders import EncoderExportConfig
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         EncoderExportConfig().opset = 12  # type: ignore[misc]
