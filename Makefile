@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install demo cluster-demo test test-all bench gpu-check clean
+.PHONY: install demo cluster-demo lint test test-all docs bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-# Tests never touch a model hub or the network.
-test: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+# ruff (lint, format) and mypy, as configured in pyproject.toml; `make test` runs them first, so CI does too.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Tests never touch a model hub or the network. On every core (pytest-xdist): --dist loadgroup keeps the tests of one
+# xdist_group (those sharing an expensive session fixture: the migrated Airflow DB, the tiny bundles) on one worker,
+# so each worker builds a fixture once; the 15 slowest tests are printed at the end.
+PYTEST_WORKERS ?= auto
+test: lint
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu" -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # Lake of generated posts -> demo bundle (tiny CLIP built offline, head trained on generated posts) -> Airflow on
 # SQLite runs the export and daily DAGs -> scores and a summary. Everything under demo_output/.
@@ -38,6 +47,11 @@ cluster-demo: install
 # Every suite, GPU-marked tests included (they skip themselves where no CUDA device is).
 test-all: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The documentation site (mkdocs-material) on http://127.0.0.1:8000, rebuilt on every save; the suite runs
+# `mkdocs build --strict` (tests/test_docs.py).
+docs: install
+	$(BIN)/mkdocs serve
 
 # The benchmarks of the README (minutes each; not tests). Each measures against the obvious alternative in the same run.
 bench: install
@@ -56,4 +70,4 @@ gpu-check:
 	bash bench/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist site *.egg-info

@@ -185,11 +185,11 @@ def _seconds(s: float) -> timedelta:
     return timedelta(seconds=s)
 
 
-def _s3_store(bucket: str, client: "ClientConfig", retry: "RetryConfig") -> Any:
+def _s3_store(bucket: str, client: ClientConfig, retry: RetryConfig) -> Any:
     from obstore.store import S3Store
 
     opts = storage.options()
-    config: "S3Config" = {}
+    config: S3Config = {}
     endpoint = storage.s3_endpoint(opts)
     if endpoint:
         # obstore ranks AWS_ENDPOINT_URL_S3 from the environment above a plain `endpoint`; this key ranks with it.
