@@ -14,4 +14,4 @@ def __getattr__(name: str) -> Any:
         from ctmwa_training.run import train
 
         return train
-    raise AttributeError(f"module 'training' has no attribute {name!r}")
+    raise AttributeError(f"module 'ctmwa_training' has no attribute {name!r}")
