@@ -51,17 +51,15 @@ class SettingsError(CtmwaError):
 class Settings:
     """Where data and models live and how scoring is scheduled; `Settings.load()` reads the environment."""
 
+    # One field, one line, its comment beside it (tests/dags/test_settings.py reads them): not wrapped by the formatter.
+    # fmt: off
     # ---- data and models (read at task run time; DAG params override them per run)
     input_root: str = "lake/posts"  # posts partitions, a path or URI (s3://, gs://, ...); one day at {input_root}/{partition_template}
     output_root: str = "lake/scores"  # scores land at {output_root}/model_version={v}/{partition}/ with a _SUCCESS.json
-    models_root: str = (
-        "models"  # published bundles {models_root}/{version}/ and the CURRENT pointer; a shared filesystem
-    )
+    models_root: str = "models"  # published bundles {models_root}/{version}/ and the CURRENT pointer; a shared filesystem
     model_version: str = CURRENT  # "current" (follow the CURRENT pointer when a run starts) or a published version
     partition_template: str = "dt={date}"  # one day's input partition under input_root; {date} is YYYY-MM-DD
-    input_ready_marker: str = (
-        ""  # a file the upstream writes last into a partition (e.g. _SUCCESS); "" = any .parquet file
-    )
+    input_ready_marker: str = ""  # a file the upstream writes last into a partition (e.g. _SUCCESS); "" = any .parquet file
     id_column: str = DEFAULT_ID_COLUMN  # the posts' id column (string, integer or binary), copied to the scores
     text_column: str = DEFAULT_TEXT_COLUMN  # the posts' text column (string)
     image_column: str = DEFAULT_IMAGE_COLUMN  # the posts' image column: bytes, or a path/URI string
@@ -72,34 +70,20 @@ class Settings:
     device: str = "cuda"  # cuda | cpu | auto
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per ONNX Runtime batch
     precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
-    max_rows_per_shard: int = (
-        DEFAULT_MAX_ROWS_PER_SHARD  # rows one mapped task scores; the unit of distribution and of retries
-    )
-    fetch_concurrency: int = (
-        DEFAULT_FETCH_CONCURRENCY  # image GETs in flight per worker when the image column holds URIs
-    )
+    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # rows one mapped task scores; the unit of distribution and of retries
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight per worker when the image column holds URIs
     max_fetch_failures: int = 0  # rows per shard committed as image_missing when the image store fails past its retries; 0 = the shard fails (Airflow retries it)
     # ---- how Airflow schedules the work (read when the DAG files are parsed)
     schedule: str = "@daily"  # cron of the nightly DAG; each run scores the day its data interval starts on (UTC)
     queue: str = "gpu"  # Celery queue / worker label of the scoring tasks: the GPU workers listen on it
-    pool: str = (
-        "ctmwa_gpu"  # Airflow pool of the scoring tasks; its slots bound the shards scored at once, all DAGs together
-    )
-    executor: str = (
-        ""  # executor of the scoring tasks when Airflow runs several (e.g. "KubernetesExecutor"); "" = the default one
-    )
-    pod_template_file: str = (
-        ""  # KubernetesExecutor: pod template of the scoring tasks (GPU resources, node selector); "" = none
-    )
+    pool: str = "ctmwa_gpu"  # Airflow pool of the scoring tasks; its slots bound the shards scored at once, all DAGs together
+    executor: str = ""  # executor of the scoring tasks when Airflow runs several (e.g. "KubernetesExecutor"); "" = the default one
+    pod_template_file: str = ""  # KubernetesExecutor: pod template of the scoring tasks (GPU resources, node selector); "" = none
     max_active_shards: int = 8  # max_active_tis_per_dag of each scoring task (one DAG's share of the GPUs)
     shard_retries: int = 2  # retries of a scoring task; a retry scores only what did not finish
     retry_delay_minutes: int = 5  # wait before a retry
-    shard_timeout_minutes: int = (
-        120  # execution_timeout of a scoring task (a hung GPU or a stuck read ends as a failure)
-    )
-    backfill_timeout_minutes: int = (
-        720  # execution_timeout of a backfill task, which scores whole days one after another
-    )
+    shard_timeout_minutes: int = 120  # execution_timeout of a scoring task (a hung GPU or a stuck read ends as a failure)
+    backfill_timeout_minutes: int = 720  # execution_timeout of a backfill task, which scores whole days one after another
     input_wait_hours: float = 6.0  # how long the nightly DAG waits for its input partition to land before failing
     input_poke_minutes: int = 10  # how often it looks (the sensor frees its worker slot in between)
     max_map_length: int = 1024  # Airflow's [core] max_map_length: a backfill maps at most this many tasks
@@ -112,6 +96,8 @@ class Settings:
     drift_rate_alert: float = 0.05  # change of a status's share from which it alerts
     drift_min_rows: int = 200  # a day or baseline with fewer rows is reported but never alerted (PSI is noise there)
     fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
+
+    # fmt: on
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
