@@ -40,7 +40,7 @@ demo: install
 
 # The same pipeline on a real multi-worker Airflow: CeleryExecutor, PostgreSQL and a Valkey broker from pip wheels,
 # api-server, scheduler, dag-processor, two Celery workers; one worker is killed mid-shard. Everything under
-# cluster_output/ (summary.json); exits non-zero unless every check passed. See README "Running on a cluster".
+# cluster_output/ (summary.json); exits non-zero unless every check passed. See docs/cluster.md.
 cluster-demo: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m demo.cluster_demo
 
@@ -53,7 +53,7 @@ test-all: install
 docs: install
 	$(BIN)/mkdocs serve
 
-# The benchmarks of the README (minutes each; not tests). Each measures against the obvious alternative in the same run.
+# The benchmarks (docs/benchmarks.md; minutes each; not tests). Each measures against the obvious alternative in the same run.
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_training.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_embed.py
