@@ -26,12 +26,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Tests never touch a model hub or the network. On every core (pytest-xdist): --dist loadgroup keeps the tests of one
-# xdist_group (those sharing an expensive session fixture: the migrated Airflow DB, the tiny bundles) on one worker,
-# so each worker builds a fixture once; the 15 slowest tests are printed at the end.
+# Tests never touch a model hub or the network. On every core (pytest-xdist): --dist loadscope keeps each test module
+# on one worker, so its module-scoped fixtures are built once (the session's tiny models and migrated Airflow database
+# are built once per run and shared: tests/conftest.py built_once). (--dist loadgroup would ignore xdist_group marks
+# here: xdist 3.8.0 renames node ids in a way pytest 9 no longer reads.) The 15 slowest tests are printed at the end.
 PYTEST_WORKERS ?= auto
 test: lint
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu" -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not gpu" -n $(PYTEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 # Lake of generated posts -> demo bundle (tiny CLIP built offline, head trained on generated posts) -> Airflow on
 # SQLite runs the export and daily DAGs -> scores and a summary. Everything under demo_output/.

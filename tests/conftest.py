@@ -2,10 +2,10 @@
 
 Tests never touch a model hub: everything here is made from random weights on the spot.
 
-Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) the read-only builds here (the tiny CLIP, the
+Under pytest-xdist (`make test` runs `-n auto --dist loadscope`) the read-only builds here (the tiny CLIP, the
 bundles, the features, the checkpoint) are made once for the whole run, by whichever worker needs one first, and the
-other workers wait for it and reuse it (`built_once`). Tests that share a module-scoped fixture stay together on one
-worker (`pytest_collection_modifyitems`), so that fixture is not built again per worker.
+other workers wait for it and reuse it (`built_once`). `--dist loadscope` keeps each module on one worker, so a
+module-scoped fixture (Airflow runs, a trained model) is built once too.
 """
 
 from __future__ import annotations
@@ -33,16 +33,6 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
             product = build(shared / "build")
             done.write_text(str(product))
     return Path(done.read_text())
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (it appends them to the node ids)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test that uses a module-scoped fixture joins its module's xdist_group: under --dist loadgroup the module's
-    tests then run on one worker and its fixture (often an expensive one: Airflow runs, a trained model) is built once."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info and any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")
