@@ -51,10 +51,10 @@ def build_bundles(work: Path) -> tuple[Path, Path]:
     import torch
 
     from ctmwa_batch.bundle import MANIFEST
-    from export.assemble import export_encoders, export_head
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.assemble import export_encoders, export_head
+    from ctmwa_export.encoders import EncoderExportConfig
     from fixtures.clip import build_random_clip_vit_b32
-    from training.model import CTMWA, CTMWAConfig, save_checkpoint
+    from ctmwa_training.model import CTMWA, CTMWAConfig, save_checkpoint
 
     clip_dir, enc_dir = work / "vit-b32-clip", work / "vit-b32-encoders"
     heads = [work / f"head-{k}-bundle" for k in (1, 2)]

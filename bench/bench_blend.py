@@ -3,7 +3,7 @@
     python bench/bench_evidence.py --jobs 3 --keep kept/          # trains (with the blend), keeps the checkpoints
     python bench/bench_blend.py kept/ [--class-shares 0.59 0.10 0.31] [--posts 10000]
 
-The blend and the class bias are fitted after training on the frozen model (training.probe, training.class_bias),
+The blend and the class bias are fitted after training on the frozen model (ctmwa_training.probe, ctmwa_training.class_bias),
 so they can be re-chosen on any kept checkpoint without retraining; this script does, with the shipped code, and
 prints per seed: test accuracy / weighted F1 of the model as trained (neither), with the class bias alone, with the
 blend and the class bias (the default), and of a logistic regression on the concatenated embeddings (L2 chosen on
@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from machine import cpu_flags  # noqa: E402
 
+from ctmwa_training.data import read_features  # noqa: E402
+from ctmwa_training.evidence import logistic_baseline  # noqa: E402
+from ctmwa_training.fit import choose_class_bias, evaluate  # noqa: E402
+from ctmwa_training.meta import TrainConfig  # noqa: E402
+from ctmwa_training.model import PROBE_WEIGHT, load_checkpoint  # noqa: E402
+from ctmwa_training.probe import fit_probe_blend  # noqa: E402
 from fixtures.features import SyntheticSpec, write_synthetic_features  # noqa: E402
-from training.data import read_features  # noqa: E402
-from training.evidence import logistic_baseline  # noqa: E402
-from training.fit import choose_class_bias, evaluate  # noqa: E402
-from training.meta import TrainConfig  # noqa: E402
-from training.model import PROBE_WEIGHT, load_checkpoint  # noqa: E402
-from training.probe import fit_probe_blend  # noqa: E402
 
 ROWS = ("as trained", "class bias only", "blend + class bias", "logistic regression")
 

@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from export.assemble import export_encoders
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.assemble import export_encoders
+    from ctmwa_export.encoders import EncoderExportConfig
     from fixtures.clip import build_random_clip_vit_b32, build_tiny_clip
 
     work = config.work_dir

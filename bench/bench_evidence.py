@@ -23,11 +23,11 @@ the cue in both modalities are in neither side. Candidates:
   fitted on the query rows only, its probability of the predicted class;
 - neck, post label: the evidence as first shipped, a logistic regression of the post label on m_t (m_v) over
   every training row, its probability of the predicted class;
-- evidence (shipped): `text_evidence` / `image_evidence` from head.onnx (training.evidence: a logistic regression
+- evidence (shipped): `text_evidence` / `image_evidence` from head.onnx (ctmwa_training.evidence: a logistic regression
   of each modality's own label on its raw embedding over every training row, read as p_c / (p_c + p_neutral)).
 
-Also printed: test accuracy and weighted F1 by default (the probe blend and the class bias, training.probe and
-training.class_bias, both chosen on the valid split), as trained (neither), and of a logistic regression on
+Also printed: test accuracy and weighted F1 by default (the probe blend and the class bias, ctmwa_training.probe and
+ctmwa_training.class_bias, both chosen on the valid split), as trained (neither), and of a logistic regression on
 the concatenated embeddings (L2 chosen on the valid split), the obvious alternative. Not a test: each seed trains for minutes.
 """
 
@@ -54,14 +54,14 @@ from machine import cpu_flags  # noqa: E402
 
 from ctmwa_batch.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENCE, TEXT_WEIGHT  # noqa: E402
 from ctmwa_batch.runtime import RuntimeConfig, create_session  # noqa: E402
+from ctmwa_export.head import HeadExportConfig, export_head_graph  # noqa: E402
+from ctmwa_training.data import read_features  # noqa: E402
+from ctmwa_training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402
+from ctmwa_training.fit import fit  # noqa: E402
+from ctmwa_training.meta import TrainConfig  # noqa: E402
+from ctmwa_training.model import CTMWAConfig, save_checkpoint  # noqa: E402
 from demo.train import DEMO_TRAINING  # noqa: E402
-from export.head import HeadExportConfig, export_head_graph  # noqa: E402
 from fixtures.features import SyntheticSpec, synthetic_cues, write_synthetic_features  # noqa: E402
-from training.data import read_features  # noqa: E402
-from training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402
-from training.fit import fit  # noqa: E402
-from training.meta import TrainConfig  # noqa: E402
-from training.model import CTMWAConfig, save_checkpoint  # noqa: E402
 
 logger = logging.getLogger("bench_evidence")
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from ctmwa_batch.runtime import CUDA, RuntimeConfig, create_session, import_onnxruntime
-from export.head import HEAD_INPUTS, CTMWAHead, HeadExportConfig, export_head_graph, fold_translators, head_inputs
-from training.model import CTMWA, CTMWAConfig
+from ctmwa_export.head import HEAD_INPUTS, CTMWAHead, HeadExportConfig, export_head_graph, fold_translators, head_inputs
+from ctmwa_training.model import CTMWA, CTMWAConfig
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ short texts):
    CPU; the pipeline and its queues are the same whatever the model.
 
 The models are full-size ViT-B/32 CLIP encoders with random weights (fixtures.clip.build_random_clip_vit_b32, exported
-by export.encoders) and a random CTMWA head (export.head): speed does not depend on the weights. Everything is built
+by ctmwa_export.encoders) and a random CTMWA head (ctmwa_export.head): speed does not depend on the weights. Everything is built
 offline and cached under --work.
 
     python bench/bench_score.py [--posts 256] [--memory-rows 10000 100000] [--workers N] [--work DIR]
@@ -118,10 +118,10 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     import torch
 
     from ctmwa_batch.bundle import MANIFEST
-    from export.assemble import export_encoders, export_head
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.assemble import export_encoders, export_head
+    from ctmwa_export.encoders import EncoderExportConfig
+    from ctmwa_training.model import CTMWA, CTMWAConfig, save_checkpoint
     from fixtures.clip import build_random_clip_vit_b32, build_tiny_clip
-    from training.model import CTMWA, CTMWAConfig, save_checkpoint
 
     clip_dir, enc_dir, ckpt_dir, full_dir = (work / f"{size}-{p}" for p in ("clip", "encoders", "ctmwa", "bundle"))
     if (full_dir / MANIFEST).exists():
@@ -244,7 +244,7 @@ def baseline(clip_dir: Path, bundle_dir: Path, posts: Path, out_path: Path, thre
     import torch.nn.functional as F
     from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
-    from training.model import load_checkpoint
+    from ctmwa_training.model import load_checkpoint
 
     torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "cuda" else "cpu")

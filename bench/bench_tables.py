@@ -297,11 +297,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _tiny_bundle(out: Path) -> Path:
     """The test suite's tiny scoring bundle (random tiny CLIP + a CTMWA head trained 3 epochs), built offline."""
-    from export.assemble import export_encoders, export_head
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.assemble import export_encoders, export_head
+    from ctmwa_export.encoders import EncoderExportConfig
     from fixtures.clip import build_tiny_clip
     from fixtures.features import write_synthetic_features
-    from training.cli import main as train_main
+    from ctmwa_training.cli import main as train_main
 
     clip = build_tiny_clip(out / "clip", seed=0)
     encoders = out / "encoders"

@@ -6,8 +6,8 @@ Trains each run once per seed on one synthetic features file and prints mean ± 
 accuracy and weighted F1, the missing-modality test accuracies, seconds per epoch, and the meta/late-fusion
 differences. Runs: meta (query rows carved out of the training batches), late_fusion (whole train split), and
 lf_same_rows (late fusion on exactly meta's training batches: the features without the query rows). Every run is
-one `training.train` call, as `ctmwa-train` makes it. Test figures are with the probe blend and the class bias chosen on
-the valid split (training.probe, training.class_bias: the defaults); the "as trained" columns are the same models
+one `ctmwa_training.train` call, as `ctmwa-train` makes it. Test figures are with the probe blend and the class bias chosen on
+the valid split (ctmwa_training.probe, ctmwa_training.class_bias: the defaults); the "as trained" columns are the same models
 without either. A logistic
 regression on the concatenated embeddings (L2 chosen on the valid split) is the obvious alternative, printed beside
 them. Not a test: it takes minutes.
@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from machine import cpu_flags  # noqa: E402
 
-import training  # noqa: E402
+import ctmwa_training  # noqa: E402
+from ctmwa_training.data import read_features  # noqa: E402
+from ctmwa_training.evidence import logistic_baseline  # noqa: E402
+from ctmwa_training.meta import TrainConfig  # noqa: E402
 from demo.train import DEMO_TRAINING  # noqa: E402
 from fixtures.features import write_synthetic_features  # noqa: E402
-from training.data import read_features  # noqa: E402
-from training.evidence import logistic_baseline  # noqa: E402
-from training.meta import TrainConfig  # noqa: E402
 
 logger = logging.getLogger("bench_training")
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, mode, drop_query in RUNS:
                 config = TrainConfig.from_dict({**training_values, "mode": mode, "seed": seed, "epochs": args.epochs})
                 out = Path(tmp) / f"{name}-{seed}"
-                metrics = training.train(without_query if drop_query else features, out, config)
+                metrics = ctmwa_training.train(without_query if drop_query else features, out, config)
                 runs[name].append(metrics)
                 print(
                     f"  seed {seed} {name:<12} test acc {metrics['test_accuracy']:.4f}  F1 {metrics['test_f1_weighted']:.4f}  "

@@ -11,7 +11,7 @@
 #   PYTHON=/usr/bin/python3.12 bench/gpu_check.sh --posts 2048
 #
 # Works in the project's .venv (make ORT_EXTRA=gpu install) or in a plain Python 3.12 with torch, transformers, pyarrow,
-# pillow and onnxruntime-gpu: PYTHONPATH=. is all it adds. Building the bundles (export) also needs `onnx` and
+# pillow and onnxruntime-gpu: PYTHONPATH=. (and the import names below) is all it adds. Building the bundles (export) also needs `onnx` and
 # `onnxscript`, which the `export` extra installs; where they are missing, step 1 says so and the script stops.
 # Extra arguments go to bench_score.py.
 set -uo pipefail
@@ -19,9 +19,13 @@ cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORK="${CTMWA_GPU_CHECK_WORK:-/tmp/ctmwa_gpu_check}"
-mkdir -p "$WORK"
+mkdir -p "$WORK/import_names"
+# training/ and export/ import as ctmwa_training and ctmwa_export (pyproject.toml package-dir); without an install of
+# the project, two symlinks in the work folder give them those names.
+ln -sfn "$PWD/training" "$WORK/import_names/ctmwa_training"
+ln -sfn "$PWD/export" "$WORK/import_names/ctmwa_export"
+export PYTHONPATH=".:$WORK/import_names${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 status=0
 
 echo "== 1. environment ($PYTHON)"
@@ -59,8 +63,8 @@ from ctmwa_batch import runtime
 from ctmwa_batch.bundle import MANIFEST, load_bundle
 from ctmwa_batch.embed import Encoders
 from ctmwa_batch.runtime import RuntimeConfig
-from export.assemble import export_encoders
-from export.encoders import EncoderExportConfig
+from ctmwa_export.assemble import export_encoders
+from ctmwa_export.encoders import EncoderExportConfig
 from fixtures.clip import build_tiny_clip
 clip = work / "tiny-clip"
 if not (clip / "config.json").exists():

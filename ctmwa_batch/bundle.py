@@ -474,7 +474,7 @@ def write_manifest(
     text: TextSpec,
     dims: Mapping[str, int],
     encoder: Mapping[str, Any],
-    opset: int,
+    opset: int | None,
     graphs: Mapping[str, Any] | None = None,
     labels: list[str] | None = None,
     training_metrics: Mapping[str, Any] | None = None,

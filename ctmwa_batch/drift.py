@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -294,7 +294,7 @@ def _count_true(mask: pa.Array) -> int:
 # --------------------------------------------------------------------------------------------------- PSI
 
 
-def psi(expected: np.ndarray | list[float], actual: np.ndarray | list[float]) -> float:
+def psi(expected: np.ndarray | Sequence[float], actual: np.ndarray | Sequence[float]) -> float:
     """Population stability index of two count (or share) vectors over the same bins; 0 for equal shares."""
     e = np.asarray(expected, dtype=np.float64)
     a = np.asarray(actual, dtype=np.float64)

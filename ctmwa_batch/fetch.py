@@ -64,6 +64,9 @@ from ctmwa_batch.imagepolicy import (
     too_large,
 )
 
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig, S3Config
+
 logger = logging.getLogger(__name__)
 
 # Scheme as written -> the store kind that serves it.
@@ -257,11 +260,11 @@ def _seconds(s: float) -> timedelta:
     return timedelta(seconds=s)
 
 
-def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any:
+def _s3_store(bucket: str, client: ClientConfig, retry: RetryConfig) -> Any:
     from obstore.store import S3Store
 
     opts = storage.options()
-    config: dict[str, Any] = {}
+    config: S3Config = {}
     endpoint = storage.s3_endpoint(opts)
     if endpoint:
         # obstore ranks AWS_ENDPOINT_URL_S3 from the environment above a plain `endpoint`; this key ranks with it.
@@ -275,7 +278,7 @@ def _s3_store(bucket: str, client: dict[str, Any], retry: dict[str, Any]) -> Any
         ("session_token", "token"),
     ):
         if opts.get(key):
-            config[name] = opts[key]
+            config[name] = opts[key]  # type: ignore[literal-required]  # the names above are S3Config keys
     provider = None
     if opts.get("profile") and not opts.get("access_key_id"):
         try:
@@ -294,11 +297,11 @@ class _Stores:
     life (http(s) goes through _HTTP)."""
 
     def __init__(self, config: FetchConfig):
-        self._client = {
+        self._client: ClientConfig = {
             "connect_timeout": _seconds(config.connect_timeout_s),
             "timeout": _seconds(config.request_timeout_s),
         }
-        self._retry = {"max_retries": 0}  # retries are ours (counted, classified, budgeted)
+        self._retry: RetryConfig = {"max_retries": 0}  # retries are ours (counted, classified, budgeted)
         self._stores: dict[tuple[str, str], Any] = {}
 
     def __len__(self) -> int:

@@ -82,6 +82,7 @@ def check_input(files: Sequence[InputFile], config: ScoreConfig, input_path: str
     image_paths = None
     for f in files:
         where = f"input file {f.path!r}"
+        assert f.schema is not None, "check_input needs a listing with schemas (partitions.list_input)"
         is_paths = check_posts_schema(f.schema, config, where)
         schema.require_columns(f.schema, {c: "--passthrough" for c in config.passthrough}, where)
         want, got = first.field(config.id_column).type, f.schema.field(config.id_column).type

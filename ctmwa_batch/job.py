@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -491,7 +492,7 @@ def summary(success: dict[str, Any], output_dir: str) -> dict[str, Any]:
     }
 
 
-def fetch_totals(markers: list[dict[str, Any]]) -> dict[str, Any] | None:
+def fetch_totals(markers: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """The image fetch stats of a partition from its shards' markers: counts summed; latency percentiles are the
     worst shard's (percentiles do not add up); None when no shard fetched images by reference."""
     fetches = [m["fetch"] for m in markers if m and m.get("fetch")]

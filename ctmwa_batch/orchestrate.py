@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -128,9 +128,9 @@ def resolve_bundle(settings: Settings, verify: bool = True, bundle: str | None =
     from ctmwa_batch.scorer import require_scoring_bundle
 
     path = bundle or registry.resolve(settings.models_root, settings.model_version)
-    bundle = load_bundle(path, verify=verify)
-    require_scoring_bundle(bundle)
-    return str(path), bundle.model_version
+    loaded = load_bundle(path, verify=verify)
+    require_scoring_bundle(loaded)
+    return str(path), loaded.model_version
 
 
 def score_config(settings: Settings, overwrite: bool = False) -> dict[str, Any]:
@@ -283,7 +283,7 @@ def plan_backfill(
     if on_missing not in ("skip", "fail"):
         raise SettingsError(f"on_missing = {on_missing!r}; use 'skip' or 'fail'")
     bundle_dir, version = resolve_bundle(settings, verify=False, bundle=bundle)  # job.score_partition verifies it
-    entries = []
+    entries: list[dict[str, Any]] = []
     for date in days:
         path = settings.input_path(date)
         why = input_state(path, settings.input_ready_marker)
@@ -400,7 +400,7 @@ def summarize(summary: Mapping[str, Any], *, date: str, skipped: bool) -> dict[s
     }
 
 
-def asset_extra(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
+def asset_extra(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The extra of the scores Asset event: which partitions of which model were committed, and where."""
     return {
         "partitions": [

@@ -454,6 +454,7 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
             f"partition {plan.partition}: shard(s) {missing} of {len(plan.shards)} have not finished; "
             "score them first (a retry of the failed shard tasks is safe)"
         )
+    markers = [m for m in found if m is not None]  # every one, past the check
     output_rows = sum(m.get("output_rows", 0) for m in markers)
     if output_rows != plan.num_rows:
         raise PartitionNotReady(

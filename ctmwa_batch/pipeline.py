@@ -166,6 +166,7 @@ class ParquetSink:
             return
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         size = self.row_group_rows
+        assert size is not None, "write() buffers only when row_group_rows is set"
         cut = self._pending_rows if final else self._pending_rows - self._pending_rows % size
         if cut:
             self.writer.write_table(table.slice(0, cut), row_group_size=size)

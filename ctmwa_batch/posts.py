@@ -28,9 +28,12 @@ from ctmwa_batch.schema import BYTES_TYPES, ID_TYPES, PATH_TYPES, TEXT_TYPES
 class PostColumns(Protocol):
     """Where a job finds the parts of a post (EmbedConfig and ScoreConfig both have these fields)."""
 
-    id_column: str | None
-    text_column: str | None
-    image_column: str | None
+    @property
+    def id_column(self) -> str | None: ...
+    @property
+    def text_column(self) -> str | None: ...
+    @property
+    def image_column(self) -> str | None: ...
 
 
 def check_posts_schema(posts_schema: pa.Schema, columns: PostColumns, where: str) -> bool:
@@ -105,7 +108,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def image_errors(
-    ok: Sequence[bool], reasons: Sequence[str | None], read_errors: Sequence[str | None]
+    ok: Sequence[bool] | np.ndarray, reasons: Sequence[str | None], read_errors: Sequence[str | None]
 ) -> list[str | None]:
     """Per row, why a present image could not be used (its path unreadable, its bytes undecodable); None where the
     image was usable or simply absent (null or empty: a missing modality, not an error)."""
@@ -124,9 +127,9 @@ def _children_allowed() -> Iterator[None]:
     ("daemonic processes are not allowed to have children"), and spawn cannot pickle billiard's key, so scoring on a
     Celery worker would fail. The daemon rule keeps a killed daemon from leaving orphans; the decoders exit with their
     parent anyway (_exit_with_parent). Both live only in the process's private _config, hence the direct edit."""
-    from multiprocessing.process import AuthenticationString
+    from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]  # private, untyped
 
-    config = multiprocessing.current_process()._config
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]  # private, see above
     saved = {k: config[k] for k in ("daemon", "authkey") if k in config}
     if config.get("daemon"):
         config["daemon"] = False

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,8 @@ def _published(models_root: str | Path, version: str) -> str | Path | None:
         path = Path(models_root) / version
         return path if (path / MANIFEST).is_file() else None
     location = storage.join(str(models_root), version)
-    fs, path = storage.open_filesystem(location)
-    return location if fs.get_file_info(f"{path}/{MANIFEST}").type == pafs.FileType.File else None
+    fs, key = storage.open_filesystem(location)
+    return location if fs.get_file_info(f"{key}/{MANIFEST}").type == pafs.FileType.File else None
 
 
 def resolve(models_root: str | Path, version: str = CURRENT) -> Path | str:
@@ -212,7 +213,7 @@ def describe(models_root: str | Path) -> list[dict[str, Any]]:
     for version in list_versions(models_root):
         try:
             if _remote(models_root):  # the manifest alone: listing does not download bundles
-                manifest = read_remote_manifest(storage.join(str(models_root), version))[0]
+                manifest: Mapping[str, Any] = read_remote_manifest(storage.join(str(models_root), version))[0]
             else:
                 b: Bundle = load_bundle(Path(models_root) / version, verify=False)
                 manifest = b.manifest

@@ -53,13 +53,15 @@ class SettingsError(CtmwaError):
 class Settings:
     """Where data and models live and how scoring is scheduled; `Settings.load()` reads the environment."""
 
+    # One field, one line, its comment beside it (tests/dags/test_settings.py reads them): not wrapped by the formatter.
+    # fmt: off
     # ---- data and models (read at task run time; DAG params override them per run)
     input_root: str = "lake/posts"  # posts partitions, a path or URI (s3://, gs://, ...); one day at {input_root}/{partition_template}
     output_root: str = "lake/scores"  # scores land at {output_root}/model_version={v}/{partition}/ with a _SUCCESS.json
-    models_root: str = "models"  # published bundles {models_root}/{version}/ and the CURRENT pointer (shared)
+    models_root: str = "models"  # published bundles {models_root}/{version}/ and the CURRENT pointer; a shared filesystem
     model_version: str = CURRENT  # "current" (follow the CURRENT pointer when a run starts) or a published version
     partition_template: str = "dt={date}"  # one day's input partition under input_root; {date} is YYYY-MM-DD
-    input_ready_marker: str = ""  # a file the upstream writes last (e.g. _SUCCESS); "" = any .parquet file
+    input_ready_marker: str = ""  # a file the upstream writes last into a partition (e.g. _SUCCESS); "" = any .parquet file
     id_column: str = DEFAULT_ID_COLUMN  # the posts' id column (string, integer or binary), copied to the scores
     text_column: str = DEFAULT_TEXT_COLUMN  # the posts' text column (string)
     image_column: str = DEFAULT_IMAGE_COLUMN  # the posts' image column: bytes, or a path/URI string
@@ -70,20 +72,20 @@ class Settings:
     device: str = "cuda"  # cuda | cpu | auto
     batch_size: int = DEFAULT_BATCH_SIZE  # rows per ONNX Runtime batch
     precision: str = DEFAULT_PRECISION  # encoder variant: auto (int8 on CPU, fp16 on CUDA where the bundle has them, else fp32) | fp32 | fp16 | int8
-    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # rows one mapped task scores; unit of distribution
-    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight per worker (URI image column)
+    max_rows_per_shard: int = DEFAULT_MAX_ROWS_PER_SHARD  # rows one mapped task scores; the unit of distribution and of retries
+    fetch_concurrency: int = DEFAULT_FETCH_CONCURRENCY  # image GETs in flight per worker when the image column holds URIs
     max_fetch_failures: int = 0  # rows per shard committed as image_missing when the image store fails past its retries; 0 = the shard fails (Airflow retries it)
     # ---- how Airflow schedules the work (read when the DAG files are parsed)
     schedule: str = "@daily"  # cron of the nightly DAG; each run scores the day its data interval starts on (UTC)
     queue: str = "gpu"  # Celery queue / worker label of the scoring tasks: the GPU workers listen on it
-    pool: str = "ctmwa_gpu"  # Airflow pool of the scoring tasks: its slots bound shards at once, all DAGs
-    executor: str = ""  # scoring tasks' executor when several run (e.g. "KubernetesExecutor"); "" = default
-    pod_template_file: str = ""  # KubernetesExecutor: scoring pods' template (GPU resources, node selector); "" = none
+    pool: str = "ctmwa_gpu"  # Airflow pool of the scoring tasks; its slots bound the shards scored at once, all DAGs together
+    executor: str = ""  # executor of the scoring tasks when Airflow runs several (e.g. "KubernetesExecutor"); "" = the default one
+    pod_template_file: str = ""  # KubernetesExecutor: pod template of the scoring tasks (GPU resources, node selector); "" = none
     max_active_shards: int = 8  # max_active_tis_per_dag of each scoring task (one DAG's share of the GPUs)
     shard_retries: int = 2  # retries of a scoring task; a retry scores only what did not finish
     retry_delay_minutes: int = 5  # wait before a retry
-    shard_timeout_minutes: int = 120  # execution_timeout of a scoring task (a hung GPU or read ends as a failure)
-    backfill_timeout_minutes: int = 720  # execution_timeout of a backfill task (whole days, one after another)
+    shard_timeout_minutes: int = 120  # execution_timeout of a scoring task (a hung GPU or a stuck read ends as a failure)
+    backfill_timeout_minutes: int = 720  # execution_timeout of a backfill task, which scores whole days one after another
     input_wait_hours: float = 6.0  # how long the nightly DAG waits for its input partition to land before failing
     input_poke_minutes: int = 10  # how often it looks (the sensor frees its worker slot in between)
     max_map_length: int = 1024  # Airflow's [core] max_map_length: a backfill maps at most this many tasks
@@ -107,6 +109,8 @@ class Settings:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # a larger image is image_missing ("image too large"), unread
     allow_image_hosts: str = ""  # comma-separated hosts, host:port, addresses or CIDRs that http(s) images may reach inside the internal ranges
     image_roots: str = ""  # comma-separated folders local image paths may be read from, besides a local input's folder
+
+    # fmt: on
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -7,7 +7,7 @@ Give exactly one of `training_posts` (labelled posts: embedded with the freshly 
 encoders of an existing bundle (a new head for the same CLIP, without exporting CLIP again). The bundle lands at
 `{models_root}/{model_version}/`; `make_current` moves `{models_root}/CURRENT` to it atomically, and the next scoring
 run picks it up when it plans. Tasks run on CTMWA_TRAIN_QUEUE (machines with the `export` extra: torch). Wiring
-only: every task is one call into export.release.
+only: every task is one call into ctmwa_export.release.
 """
 
 from __future__ import annotations
@@ -76,49 +76,49 @@ def ctmwa_export_model():
     @task
     def prepare(params=None, run_id=None) -> dict:
         """Check the inputs and make the run's work folder under the models root."""
-        from export import release
+        from ctmwa_export import release
 
         return release.prepare(params, run_id)
 
     @task
     def export_encoders(state: dict) -> str:
         """CLIP's image and text towers to ONNX, parity-checked against PyTorch and the runtime's preprocessing."""
-        from export import release
+        from ctmwa_export import release
 
         return release.export_encoders(state)
 
     @task
     def features(state: dict, encoders_dir: str) -> str | None:
         """Embed the labelled posts with the new encoders (the scoring path, so training and serving agree)."""
-        from export import release
+        from ctmwa_export import release
 
         return release.features(state, encoders_dir)
 
     @task
     def train(state: dict, features_path: str | None) -> str:
         """ctmwa-train (meta-weight CTMWA, best validation epoch kept), or the given checkpoint."""
-        from export import release
+        from ctmwa_export import release
 
         return release.train(state, features_path)
 
     @task
     def export_head(state: dict, checkpoint_dir: str, encoders_dir: str, features_path: str | None) -> str:
         """The head (translator included) to ONNX beside the encoders: the complete bundle (calibrated on request)."""
-        from export import release
+        from ctmwa_export import release
 
         return release.export_head(state, checkpoint_dir, encoders_dir, features_path)
 
     @task
     def validate(state: dict, bundle_dir: str) -> dict:
         """Checksums, completeness, and a smoke score of generated posts through the runtime scorer."""
-        from export import release
+        from ctmwa_export import release
 
         return release.validate(state, bundle_dir)
 
     @task(outlets=[MODELS])
     def publish(state: dict, bundle_dir: str, validation: dict) -> dict:
         """Copy the bundle to {models_root}/{version}/ and move CURRENT (both atomic)."""
-        from export import release
+        from ctmwa_export import release
 
         return release.publish(state, bundle_dir)
 

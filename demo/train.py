@@ -1,7 +1,7 @@
 """`python -m demo.train`: the training path end to end on synthetic features, in about a minute on a laptop CPU.
 
 Writes synthetic features (512-d, like CLIP ViT-B/32; fixtures/features.py), trains CTMWA and the late-fusion
-ablation with `training.train` (what `ctmwa-train` runs), and prints their metrics side by side. Everything lands
+ablation with `ctmwa_training.train` (what `ctmwa-train` runs), and prints their metrics side by side. Everything lands
 in demo_output/ (or --out).
 """
 
@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-import training
+import ctmwa_training
+from ctmwa_training.meta import TrainConfig
 from fixtures.features import write_synthetic_features
-from training.meta import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for mode in ("meta", "late_fusion"):
         config = TrainConfig.from_dict({**DEMO_TRAINING, "mode": mode, "epochs": args.epochs, "seed": args.seed})
-        metrics = training.train(features, args.out / mode, config, threads=args.threads)
+        metrics = ctmwa_training.train(features, args.out / mode, config, threads=args.threads)
         results["CTMWA" if mode == "meta" else "late fusion"] = metrics
 
     print()

@@ -3,7 +3,7 @@
     export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json + manifest (encoders-only bundle)
     export_head      checkpoint -> head.onnx (+ end_to_end.onnx) joined to a copy of an encoders bundle (full bundle)
 
-Every graph is exported and validated (export.encoders, export.head, export.end_to_end) in a staging folder beside
+Every graph is exported and validated (ctmwa_export.encoders, ctmwa_export.head, ctmwa_export.end_to_end) in a staging folder beside
 the destination; only a bundle that passed every check is moved into place, so a failure leaves nothing behind.
 File names and manifest fields are ctmwa_batch.bundle's: this module only decides what goes in.
 """
@@ -27,9 +27,9 @@ from ctmwa_batch import bundle as bundle_layout
 from ctmwa_batch.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle
 from ctmwa_batch.errors import BundleError, CtmwaError
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
-from export import precision as variants
-from export.calibrate import calibrate_on_features
-from export.encoders import (
+from ctmwa_export import precision as variants
+from ctmwa_export.calibrate import calibrate_on_features
+from ctmwa_export.encoders import (
     EncoderExportConfig,
     ImageEncoder,
     TextEncoder,
@@ -43,10 +43,10 @@ from export.encoders import (
     text_spec_from_tokenizer,
     write_tokenizer,
 )
-from export.end_to_end import write_end_to_end
-from export.head import MASK_CASES, HeadExportConfig, export_head_graph, tolerances
-from export.spec import ValidationReport, export_and_validate
-from training.model import CTMWA, load_checkpoint
+from ctmwa_export.end_to_end import write_end_to_end
+from ctmwa_export.head import MASK_CASES, HeadExportConfig, export_head_graph, tolerances
+from ctmwa_export.spec import ValidationReport, export_and_validate
+from ctmwa_training.model import CTMWA, load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import torch
 
 from ctmwa_batch.errors import CtmwaError
-from training.data import LABELS_KEY, read_features
-from training.model import CTMWA
+from ctmwa_training.data import LABELS_KEY, read_features
+from ctmwa_training.model import CTMWA
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from ctmwa_batch.cli import run_subcommands
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
-    "encoders": "export.cli_encoders",
-    "head": "export.cli_head",
+    "encoders": "ctmwa_export.cli_encoders",
+    "head": "ctmwa_export.cli_head",
 }
 
 

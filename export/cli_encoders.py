@@ -11,8 +11,8 @@ import logging
 
 from ctmwa_batch.bundle import FP32, PRECISIONS
 from ctmwa_batch.storage import local_path
-from export import assemble
-from export.encoders import EncoderExportConfig
+from ctmwa_export import assemble
+from ctmwa_export.encoders import EncoderExportConfig
 
 logger = logging.getLogger(__name__)
 

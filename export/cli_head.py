@@ -11,8 +11,8 @@ import logging
 
 from ctmwa_batch.bundle import load_bundle
 from ctmwa_batch.storage import local_path
-from export import assemble
-from export.head import HeadExportConfig
+from ctmwa_export import assemble
+from ctmwa_export.head import HeadExportConfig
 
 logger = logging.getLogger(__name__)
 

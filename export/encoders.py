@@ -5,9 +5,9 @@
     text_encoder.onnx   input_ids, attention_mask int64 (N, L) -> text_emb float32 (N, D): EOS pooling (as the
                         source config says), projected and L2-normalised
 
-Each is validated against PyTorch (export.spec); `check_preprocessing_parity` proves that the runtime's own
+Each is validated against PyTorch (ctmwa_export.spec); `check_preprocessing_parity` proves that the runtime's own
 preprocessing (ctmwa_batch.preprocess) plus the graphs reproduce what transformers gives with CLIPImageProcessorPil
-and the transformers tokenizer. export.assemble writes them as an encoders-only bundle (`ctmwa-export encoders`).
+and the transformers tokenizer. ctmwa_export.assemble writes them as an encoders-only bundle (`ctmwa-export encoders`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from ctmwa_batch.errors import CtmwaError, ExportValidationError
 from ctmwa_batch.preprocess import INTERPOLATIONS, ImageSpec, TextSpec, TextTokenizer, decode_images
 from ctmwa_batch.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
-from export.precision import DEFAULT_PRECISIONS, check_precisions
-from export.spec import DEFAULT_OPSET, ExportSpec
+from ctmwa_export.precision import DEFAULT_PRECISIONS, check_precisions
+from ctmwa_export.spec import DEFAULT_OPSET, ExportSpec
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class EncoderExportConfig:
     jpeg_draft: bool = True  # recorded in the manifest: decode big JPEGs at reduced scale (faster, tiny pixel change)
     overwrite: bool = False  # replace an existing bundle folder
     precisions: tuple[str, ...] = (
-        DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16: export.precision)
+        DEFAULT_PRECISIONS  # encoder variants to write (fp32 always; int8, fp16: ctmwa_export.precision)
     )
 
     def __post_init__(self) -> None:
@@ -215,7 +215,7 @@ def image_encoder_spec(
 
 def specs_for_bundle(bundle: Bundle) -> dict[str, ExportSpec]:
     """The image and text encoder specs of an exported bundle (graph name -> spec), rebuilt from its manifest and
-    tokenizer: what checks its graphs after the export (export.precision.agreement_updates)."""
+    tokenizer: what checks its graphs after the export (ctmwa_export.precision.agreement_updates)."""
     from tokenizers import Tokenizer
 
     dims = bundle.dims

@@ -5,7 +5,7 @@
 
 For runtimes other than ctmwa-batch that want a single file. Rows without an image still need pixels (zeros do)
 and rows without a text still need tokens (BOS + EOS do): the head ignores the embeddings of absent modalities.
-It is validated like every export (export.spec), against running the three bundle graphs in sequence. The file
+It is validated like every export (ctmwa_export.spec), against running the three bundle graphs in sequence. The file
 repeats the encoders' weights, so it roughly doubles the bundle: `ctmwa-export head --end-to-end` makes it on request.
 """
 
@@ -23,9 +23,9 @@ from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS,
 from ctmwa_batch.preprocess import TextTokenizer
 from ctmwa_batch.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import HAS_IMAGE, HAS_TEXT, IMAGE_EMB, TEXT_EMB
-from export.encoders import PARITY_TEXTS
-from export.head import HEAD_OUTPUTS, MASK_CASES, head_inputs
-from export.spec import ExportSpec, ValidationReport, validate_onnx
+from ctmwa_export.encoders import PARITY_TEXTS
+from ctmwa_export.head import HEAD_OUTPUTS, MASK_CASES, head_inputs
+from ctmwa_export.spec import ExportSpec, ValidationReport, validate_onnx
 
 logger = logging.getLogger(__name__)
 

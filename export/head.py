@@ -4,12 +4,12 @@
                 -> logits, probs, text_probs, image_probs float32 (N, C), text_weight, image_weight,
                    text_evidence, image_evidence float32 (N)
 
-`logits` carry the checkpoint's class bias (training.class_bias), so argmax(logits) = argmax(probs) is the
+`logits` carry the checkpoint's class bias (ctmwa_training.class_bias), so argmax(logits) = argmax(probs) is the
 prediction the weight nets and the evidence see; probs = softmax(logits / T) with the calibration's T. The
 evidence of a missing modality is 0 (the scorer writes null there).
 
-with the missing-modality semantics of `training.model.CTMWA.forward` (DESIGN.md section 4), validated against the
-PyTorch model at batch sizes 1, 3, 7 and 1000 under every mask combination. export.assemble joins it to the encoders
+with the missing-modality semantics of `ctmwa_training.model.CTMWA.forward` (DESIGN.md section 4), validated against the
+PyTorch model at batch sizes 1, 3, 7 and 1000 under every mask combination. ctmwa_export.assemble joins it to the encoders
 as a full bundle (`ctmwa-export head`).
 
 In eval mode each translator is o(v(relu(W_c x + b))) (softmax over one key is 1, no dropout); the graph holds
@@ -43,8 +43,8 @@ from ctmwa_batch.bundle import (  # the head graph's signature lives with the bu
 )
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.schema import HAS_IMAGE, HAS_TEXT, IMAGE_EMB, TEXT_EMB
-from export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
-from training.model import CTMWA, Translator, TranslatorEvalPieces
+from ctmwa_export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
+from ctmwa_training.model import CTMWA, Translator, TranslatorEvalPieces
 
 logger = logging.getLogger(__name__)
 

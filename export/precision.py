@@ -1,6 +1,6 @@
 """Precision variants of the CLIP encoders: int8 for CPU workers, fp16 for GPU workers, each validated against fp32.
 
-The fp32 graphs are exported from PyTorch (export.encoders); the variants are derived from them:
+The fp32 graphs are exported from PyTorch (ctmwa_export.encoders); the variants are derived from them:
 
     int8  onnxruntime.quantization.quantize_dynamic of the weight MatMuls, int8 weights (QInt8), activations
           quantized at run time, one scale per batch: a post's int8 embedding moves slightly (~1e-3) with what shares
@@ -8,7 +8,7 @@ The fp32 graphs are exported from PyTorch (export.encoders); the variants are de
     fp16  onnxruntime.transformers.float16.convert_float_to_float16 with keep_io_types: pixels stay uint8, tokens
           int64, embeddings float32; the arithmetic is float16 (for GPUs; a CPU runs it slowly or not at all)
 
-Each variant is checked by the same engine as the fp32 graphs (export.spec.validate_onnx) against the PyTorch fp32
+Each variant is checked by the same engine as the fp32 graphs (ctmwa_export.spec.validate_onnx) against the PyTorch fp32
 encoder, at batch sizes 1, 3 and 7, with its own tolerance (`VariantTolerance`): smallest row-wise cosine of the
 embeddings, largest element difference, and, once a head joins the encoders (`ctmwa-export head`), argmax agreement
 of that head on the variant's embeddings against the fp32 embeddings. A variant that fails writes no bundle.
@@ -29,7 +29,7 @@ import torch
 from ctmwa_batch.bundle import FP16, FP32, INT8, PRECISIONS, Bundle, encoder_files
 from ctmwa_batch.errors import ExportValidationError
 from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export.spec import ExportSpec, ValidationReport, validate_onnx
+from ctmwa_export.spec import ExportSpec, ValidationReport, validate_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def agreement_updates(
     """Head argmax agreement of every variant of an encoders bundle with `model` (a trained CTMWA), as the manifest's
     `encoder_variants` entries with the figures merged in; {} for an old bundle without the list (fp32 only).
 
-    `specs`: the bundle's encoder specs by graph name (export.encoders.specs_for_bundle)."""
+    `specs`: the bundle's encoder specs by graph name (ctmwa_export.encoders.specs_for_bundle)."""
     from ctmwa_batch.bundle import VARIANTS
 
     if not bundle.manifest.get(VARIANTS):

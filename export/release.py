@@ -2,9 +2,9 @@
 ctmwa_export_model DAG calls them one task each, and `release(...)` runs them in a row without Airflow.
 
     prepare          check the inputs, make a work folder under {models_root}/.staging/
-    export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json (export.assemble, parity-checked)
+    export_encoders  CLIP -> image_encoder.onnx, text_encoder.onnx, tokenizer.json (ctmwa_export.assemble, parity-checked)
     features         labelled posts -> features Parquet, embedded with *those* encoders (the scoring path: no skew)
-    train            training.train on the features (or reuse a given checkpoint)
+    train            ctmwa_training.train on the features (or reuse a given checkpoint)
     export_head      ctmwa-export head: head.onnx joins the encoders, validated against PyTorch -> complete bundle
     validate         checksums, completeness, and a smoke score of generated posts (bad rows included) by the runtime
     publish          {models_root}/{model_version}/ and the CURRENT pointer, both moved atomically (ctmwa_batch.registry)
@@ -145,8 +145,8 @@ def export_encoders(release: Mapping[str, Any]) -> str:
         shutil.rmtree(out)
     if config.encoders:
         return str(encoders_only(config.encoders, out).root)
-    from export.assemble import export_encoders as export
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.assemble import export_encoders as export
+    from ctmwa_export.encoders import EncoderExportConfig
 
     bundle = export(
         EncoderExportConfig(source=config.clip_source, revision=config.clip_revision, out_dir=out, overwrite=True)
@@ -200,9 +200,9 @@ def features(release: Mapping[str, Any], encoders_dir: str) -> str | None:
 
 
 def train(release: Mapping[str, Any], features_path: str | None) -> str:
-    """Train on the features into the work folder (`training.train`); or the given checkpoint when the release does not train."""
-    import training
-    from training.meta import TrainConfig
+    """Train on the features into the work folder (`ctmwa_training.train`); or the given checkpoint when the release does not train."""
+    import ctmwa_training
+    from ctmwa_training.meta import TrainConfig
 
     config = _config(release)
     if not config.trains:
@@ -221,7 +221,7 @@ def train(release: Mapping[str, Any], features_path: str | None) -> str:
     train_config = TrainConfig.from_dict(values, where="train_config.training")
     labels = [s.strip() for s in config.labels.split(",")] if config.labels else None
     logger.info("training on %s into %s (%s)", features_path, out, train_config)
-    metrics = training.train(
+    metrics = ctmwa_training.train(
         features_path,
         out,
         train_config,
@@ -243,8 +243,8 @@ def export_head(
 ) -> str:
     """The checkpoint's head -> head.onnx beside a copy of the encoders: the complete bundle (parity-validated);
     with `calibrate`, a temperature fitted on the features' valid split goes into the graph."""
-    from export.assemble import export_head as export
-    from export.head import HeadExportConfig
+    from ctmwa_export.assemble import export_head as export
+    from ctmwa_export.head import HeadExportConfig
 
     config = _config(release)
     out = Path(release["work_dir"]) / "bundle"
@@ -266,7 +266,7 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
 
     from ctmwa_batch import job
     from ctmwa_batch.bundle import ENCODER_FILES, HEAD, load_bundle
-    from export import smoke
+    from ctmwa_export import smoke
 
     smoke_rows = _config(release).smoke_rows
     bundle = load_bundle(bundle_dir)
@@ -329,9 +329,9 @@ def release(config: ReleaseConfig, run_id: str = "manual") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m export.release`: a release without Airflow (the ctmwa_export_model DAG's steps in a row)."""
+    """`python -m ctmwa_export.release`: a release without Airflow (the ctmwa_export_model DAG's steps in a row)."""
     parser = argparse.ArgumentParser(
-        prog="python -m export.release", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m ctmwa_export.release", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models-root", required=True)
     parser.add_argument("--clip-source", default=DEFAULT_CLIP)
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(release(config), indent=2))
     except CtmwaError as e:
-        print(f"export.release: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"ctmwa_export.release: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0
 

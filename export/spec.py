@@ -78,7 +78,7 @@ class ExportSpec:
     argmax_dependent: tuple[str, ...] = ()  # outputs that jump when that argmax flips
     argmax_margin: float = 0.0  # smallest top-two gap that counts as unambiguous, whatever the observed error
     max_ambiguous: float = 0.05  # largest share of validated rows allowed to be ambiguous
-    # Lower-precision variants (export.precision) are judged as embeddings, not element by element alone:
+    # Lower-precision variants (ctmwa_export.precision) are judged as embeddings, not element by element alone:
     min_cosine: float | None = (
         None  # smallest row-wise cosine of every 2-D float output against the reference; None = unchecked
     )

@@ -1,6 +1,6 @@
-"""CTMWA training: raw datasets to features (`training.prepare`), features to a checkpoint (`training.train`).
+"""CTMWA training: raw datasets to features (`ctmwa_training.prepare`), features to a checkpoint (`ctmwa_training.train`).
 
-`training.train(features, out, config) -> metrics` is the library call behind `ctmwa-train`, the release DAG and the
+`ctmwa_training.train(features, out, config) -> metrics` is the library call behind `ctmwa-train`, the release DAG and the
 training benchmark (training/run.py). It loads torch on first use, so `ctmwa-train prepare` stays light.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "train":
-        from training.run import train
+        from ctmwa_training.run import train
 
         return train
-    raise AttributeError(f"module 'training' has no attribute {name!r}")
+    raise AttributeError(f"module 'ctmwa_training' has no attribute {name!r}")

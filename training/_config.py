@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from training.errors import ConfigError
+from ctmwa_training.errors import ConfigError
 
 T = TypeVar("T")
 

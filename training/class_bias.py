@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.metrics import accuracy_f1
+from ctmwa_training.metrics import accuracy_f1
 
 METHODS = ("none", "valid_f1")
 GRID = np.round(np.arange(-2.0, 2.0001, 0.05), 4)  # candidate values of one class's bias (logit units)

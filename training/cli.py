@@ -17,13 +17,13 @@ from typing import Any
 
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.storage import local_path
-from training.errors import ConfigError
+from ctmwa_training.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"  # training.run.METRICS_FILE (repeated here so --help does not load torch)
-PREPARE_MODULE = "training.prepare"
-SUBCOMMANDS = {"prepare": PREPARE_MODULE, "evidence": "training.evidence_cli"}
+METRICS_FILE = "metrics.json"  # ctmwa_training.run.METRICS_FILE (repeated here so --help does not load torch)
+PREPARE_MODULE = "ctmwa_training.prepare"
+SUBCOMMANDS = {"prepare": PREPARE_MODULE, "evidence": "ctmwa_training.evidence_cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,10 +85,10 @@ def load_config_json(value: str | None) -> dict[str, Any]:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Train with the parsed arguments through `training.train`; returns the exit status."""
+    """Train with the parsed arguments through `ctmwa_training.train`; returns the exit status."""
     # torch loads here, not at the top, so `ctmwa-train prepare` and --help stay quick.
-    from training.meta import TrainConfig
-    from training.run import train as train_run
+    from ctmwa_training.meta import TrainConfig
+    from ctmwa_training.run import train as train_run
 
     sections = load_config_json(args.config)
     train_values = dict(sections.get("training", {}))
@@ -112,7 +112,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def run_command(prog: str, module: ModuleType, argv: list[str]) -> int:
     """Parse `argv` with `module.add_arguments`, set up logging, run `module.run(args)`; a CtmwaError is one line
-    on stderr and exit status 2 (`ctmwa-train prepare` and `python -m training.prepare` both come through here)."""
+    on stderr and exit status 2 (`ctmwa-train prepare` and `python -m ctmwa_training.prepare` both come through here)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ctmwa_batch import schema
-from training.errors import DatasetError
+from ctmwa_training.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data import FeatureBatch, FeatureSet
-from training.metrics import accuracy_f1
-from training.model import CTMWA, EVIDENCE_NEUTRAL
+from ctmwa_training.data import FeatureBatch, FeatureSet
+from ctmwa_training.metrics import accuracy_f1
+from ctmwa_training.model import CTMWA, EVIDENCE_NEUTRAL
 
 logger = logging.getLogger(__name__)
 

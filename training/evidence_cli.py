@@ -2,7 +2,7 @@
 
 For a checkpoint trained before the evidence read the raw embeddings (or before it existed), or to refit it on
 other rows. Reads the features file's train split (query rows included), fits txt_e_c / img_e_c on the frozen
-model (training.evidence; the backbone and the weight nets are not touched), and writes the checkpoint back (or
+model (ctmwa_training.evidence; the backbone and the weight nets are not touched), and writes the checkpoint back (or
 to --out). Its metrics.json, where there is one, gets the new evidence report and test AUCs.
 """
 
@@ -29,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
     """Refit and save; returns the exit status."""
     import torch
 
-    from training.data import read_features
-    from training.evidence import evidence_metrics, fit_evidence
-    from training.model import load_checkpoint, save_checkpoint
-    from training.run import METRICS_FILE, json_safe
+    from ctmwa_training.data import read_features
+    from ctmwa_training.evidence import evidence_metrics, fit_evidence
+    from ctmwa_training.model import load_checkpoint, save_checkpoint
+    from ctmwa_training.run import METRICS_FILE, json_safe
 
     model, config, extra = load_checkpoint(args.checkpoint, evidence=False)
     data = read_features(

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.class_bias import fit_class_bias, no_bias_report
-from training.data import FeatureBatch, FeatureSet
-from training.errors import DatasetError
-from training.evidence import evidence_metrics, fit_evidence
-from training.meta import MetaWeightTrainer, TrainConfig
-from training.metrics import accuracy_f1
-from training.model import CTMWA, CTMWAConfig
-from training.probe import fit_probe_blend, no_blend_report
+from ctmwa_training.class_bias import fit_class_bias, no_bias_report
+from ctmwa_training.data import FeatureBatch, FeatureSet
+from ctmwa_training.errors import DatasetError
+from ctmwa_training.evidence import evidence_metrics, fit_evidence
+from ctmwa_training.meta import MetaWeightTrainer, TrainConfig
+from ctmwa_training.metrics import accuracy_f1
+from ctmwa_training.model import CTMWA, CTMWAConfig
+from ctmwa_training.probe import fit_probe_blend, no_blend_report
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,12 @@ def _query_stream(query: FeatureBatch, size: int, generator: torch.Generator) ->
 def fit(data: FeatureSet, model_config: CTMWAConfig, config: TrainConfig) -> FitResult:
     """Train for `config.epochs`, keep the best validation accuracy, return the model and metrics.
 
-    Then, on the best epoch: the evidence classifiers (training.evidence) and the class bias (training.class_bias).
+    Then, on the best epoch: the evidence classifiers (ctmwa_training.evidence) and the class bias (ctmwa_training.class_bias).
 
     metrics: mode, seed, epochs, best_epoch, valid_accuracy, valid_f1_weighted (both without the class bias),
     test_accuracy, test_f1_weighted, test_loss (with it), test_accuracy / test_f1_weighted_without_class_bias,
     class_bias (the choice and its valid figures), missing_text_test_accuracy / _f1_weighted,
-    missing_image_test_accuracy / _f1_weighted, test_{text,image}_{evidence,weight}_auc (training.evidence),
+    missing_image_test_accuracy / _f1_weighted, test_{text,image}_{evidence,weight}_auc (ctmwa_training.evidence),
     evidence (its fit), majority_test_accuracy (always predicting the most common train label), seconds_per_epoch,
     history.
     """

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from training._config import config_from_dict
-from training.data import FeatureBatch
-from training.errors import ConfigError
-from training.model import BACKBONE_MODULES, CTMWA, CTMWAOutput
+from ctmwa_training._config import config_from_dict
+from ctmwa_training.data import FeatureBatch
+from ctmwa_training.errors import ConfigError
+from ctmwa_training.model import BACKBONE_MODULES, CTMWA, CTMWAOutput
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ class TrainConfig:
     )
     unimodal_labels: bool | None = None  # None: ask the features file; False: the query step uses the multimodal label
     class_bias: str = (
-        "valid_f1"  # "valid_f1": per-class logit bias chosen on the valid split (training.class_bias); "none"
+        "valid_f1"  # "valid_f1": per-class logit bias chosen on the valid split (ctmwa_training.class_bias); "none"
     )
-    probe_blend: str = "valid_f1"  # "valid_f1": blend a linear probe into the answer where the valid split gains (training.probe); "none"
+    probe_blend: str = "valid_f1"  # "valid_f1": blend a linear probe into the answer where the valid split gains (ctmwa_training.probe); "none"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

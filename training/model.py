@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training._config import config_from_dict
-from training.errors import CheckpointError, ConfigError
+from ctmwa_training._config import config_from_dict
+from ctmwa_training.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ CHECKPOINT_FORMAT_VERSION = 1
 # Modules trained by the outer SGD step; the weight nets are trained by the query step alone.
 BACKBONE_MODULES = ("text_encoder", "txt2img", "img2txt", "txt_neck", "img_neck", "m_c", "t_c", "v_c")
 WEIGHT_NET_MODULES = ("txt_w_net", "img_w_net")
-# Modality-evidence classifiers over the raw text and image embeddings, fitted after training by training.evidence;
+# Modality-evidence classifiers over the raw text and image embeddings, fitted after training by ctmwa_training.evidence;
 # neither the outer step nor the query step touches them, and they touch neither.
 EVIDENCE_MODULES = ("txt_e_c", "img_e_c")
 # (C,) buffer: 1 at the class that carries no sentiment (MVSA's "neutral"), all 0 where the labels have none;
-# set by training.evidence, saved with the weights, read by the evidence formula in `CTMWA.forward`.
+# set by ctmwa_training.evidence, saved with the weights, read by the evidence formula in `CTMWA.forward`.
 EVIDENCE_NEUTRAL = "evidence_neutral"
-# The probe blend (training.probe): a linear probe of the post label on [text, image, has_text, has_image], fitted
+# The probe blend (ctmwa_training.probe): a linear probe of the post label on [text, image, has_text, has_image], fitted
 # after training; the answer's logits are logits_m + probe_weight · log_softmax(probe). probe_weight 0 (a (1,)
 # buffer) is the paper's model alone; training chooses it on the valid split. Neither training step touches them.
 PROBE_MODULE = "probe"
@@ -269,7 +269,7 @@ class CTMWA(nn.Module):
         """Score a batch: text_emb (N, Dt), image_emb (N, Dv), optional bool masks (N,), optional int labels (N,).
 
         Without `label`, the weight nets and the evidence take the model's own prediction, argmax(logits_m +
-        class_bias) (training.class_bias; `logits_m` itself stays raw). A row with neither modality gets numbers
+        class_bias) (ctmwa_training.class_bias; `logits_m` itself stays raw). A row with neither modality gets numbers
         that mean nothing; the caller marks it `no_content`.
         """
         # Missing modalities (DESIGN.md section 4). The text encoder acts on the raw text first, so the stand-in
@@ -373,7 +373,7 @@ class CTMWA(nn.Module):
         return {f"{m}.{n}": p for m in WEIGHT_NET_MODULES for n, p in getattr(self, m).named_parameters()}
 
     def evidence_parameters(self) -> dict[str, nn.Parameter]:
-        """Parameters of `txt_e_c` and `img_e_c` by state-dict name (what training.evidence fits, after training)."""
+        """Parameters of `txt_e_c` and `img_e_c` by state-dict name (what ctmwa_training.evidence fits, after training)."""
         return {f"{m}.{n}": p for m in EVIDENCE_MODULES for n, p in getattr(self, m).named_parameters()}
 
 

@@ -33,11 +33,11 @@ from ctmwa_batch.schema import (
     TRAINING_POSTS_SCHEMA,
     V_LABEL,
 )
-from training.datasets import GenericConfig, ReadOptions, ReadReport, SplitConfig, assign
-from training.datasets.common import IMAGE, TEXT, PostsSource
-from training.datasets.generic import FORMATS, generic_source
-from training.datasets.mvsa import mvsa_source
-from training.datasets.tumemo import tumemo_source
+from ctmwa_training.datasets import GenericConfig, ReadOptions, ReadReport, SplitConfig, assign
+from ctmwa_training.datasets.common import IMAGE, TEXT, PostsSource
+from ctmwa_training.datasets.generic import FORMATS, generic_source
+from ctmwa_training.datasets.mvsa import mvsa_source
+from ctmwa_training.datasets.tumemo import tumemo_source
 
 logger = logging.getLogger(__name__)
 
@@ -411,8 +411,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.prepare ...` (the same as `ctmwa-train prepare ...`)."""
-    from training.cli import run_command
+    """`python -m ctmwa_training.prepare ...` (the same as `ctmwa-train prepare ...`)."""
+    from ctmwa_training.cli import run_command
 
     return run_command("ctmwa-train prepare", sys.modules[__name__], sys.argv[1:] if argv is None else argv)
 

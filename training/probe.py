@@ -18,10 +18,10 @@ import math
 import numpy as np
 import torch
 
-from training.data import FeatureBatch, FeatureSet
-from training.evidence import EVAL_BATCH, L2_GRID, _nll, fit_logistic
-from training.metrics import accuracy_f1
-from training.model import CTMWA, PROBE_WEIGHT
+from ctmwa_training.data import FeatureBatch, FeatureSet
+from ctmwa_training.evidence import EVAL_BATCH, L2_GRID, _nll, fit_logistic
+from ctmwa_training.metrics import accuracy_f1
+from ctmwa_training.model import CTMWA, PROBE_WEIGHT
 
 logger = logging.getLogger(__name__)
 

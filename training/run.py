@@ -1,7 +1,7 @@
-"""`training.train(features, out, config) -> metrics`: one training run as a library call.
+"""`ctmwa_training.train(features, out, config) -> metrics`: one training run as a library call.
 
-The CLI (`ctmwa-train`), the release (export.release) and bench/bench_training.py all train through here. OUT
-receives model.safetensors and config.json (the checkpoint, see training.model) and metrics.json, written last.
+The CLI (`ctmwa-train`), the release (ctmwa_export.release) and bench/bench_training.py all train through here. OUT
+receives model.safetensors and config.json (the checkpoint, see ctmwa_training.model) and metrics.json, written last.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from training.data import read_features
-from training.errors import ConfigError
-from training.fit import fit
-from training.meta import TrainConfig
-from training.model import CTMWAConfig, save_checkpoint
+from ctmwa_training.data import read_features
+from ctmwa_training.errors import ConfigError
+from ctmwa_training.fit import fit
+from ctmwa_training.meta import TrainConfig
+from ctmwa_training.model import CTMWAConfig, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ def _train(
         "unimodal_labels": data.unimodal_labels,
         "features": str(features),
         "best_epoch": result.metrics["best_epoch"],
-        "class_bias": result.class_bias,  # added to the logits before softmax and argmax (training.class_bias)
-        "probe_blend": result.metrics["probe_blend"],  # the linear probe's weight in the answer (training.probe)
-        "evidence": result.metrics["evidence"],  # how the evidence classifiers were fitted (training.evidence)
+        "class_bias": result.class_bias,  # added to the logits before softmax and argmax (ctmwa_training.class_bias)
+        "probe_blend": result.metrics["probe_blend"],  # the linear probe's weight in the answer (ctmwa_training.probe)
+        "evidence": result.metrics["evidence"],  # how the evidence classifiers were fitted (ctmwa_training.evidence)
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     save_checkpoint(result.model, model_config, out, extra)

@@ -33,8 +33,8 @@ PARTITION = "dt=2026-11-26"
 def second_head(tiny_checkpoint, encoder_bundle, tiny_features, tmp_path_factory) -> Path:
     """Another head over the same encoders (the encoder files are byte-identical): the tiny CTMWA exported with a
     temperature fitted on the features, so its probabilities differ from full_bundle's."""
-    from export.assemble import export_head
-    from export.head import HeadExportConfig
+    from ctmwa_export.assemble import export_head
+    from ctmwa_export.head import HeadExportConfig
 
     out = tmp_path_factory.mktemp("bundles") / "second_head"
     return export_head(
@@ -45,8 +45,8 @@ def second_head(tiny_checkpoint, encoder_bundle, tiny_features, tmp_path_factory
 @pytest.fixture(scope="module")
 def other_encoders(tiny_checkpoint, tmp_path_factory) -> Path:
     """The same head over a second encoder export (a tiny CLIP with other random weights, fp32 only)."""
-    from export.assemble import export_encoders, export_head
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.assemble import export_encoders, export_head
+    from ctmwa_export.encoders import EncoderExportConfig
     from fixtures.clip import build_tiny_clip
 
     base = tmp_path_factory.mktemp("other_encoders")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,8 @@ def airflow_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An AIRFLOW_HOME with a migrated SQLite metadata database (`airflow db migrate`, a few seconds)."""
-    home = tmp_path_factory.mktemp("airflow_home")
+def _migrate(home: Path) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"],
         env=airflow_env(home),
@@ -50,6 +49,18 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return home / "airflow.db"
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An AIRFLOW_HOME with a migrated SQLite metadata database. `airflow db migrate` (seconds) runs once per test run;
+    each xdist worker gets its own copy of the database (SQLite is one writer at a time)."""
+    from tests.conftest import built_once
+
+    migrated = built_once(tmp_path_factory, "airflow_db", lambda folder: _migrate(folder / "home"))
+    home = tmp_path_factory.mktemp("airflow_home")
+    shutil.copy2(migrated, home / "airflow.db")
     return home
 
 

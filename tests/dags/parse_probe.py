@@ -24,8 +24,8 @@ HEAVY = (
     "ctmwa_batch.report",
     "ctmwa_batch.orchestrate",
     "ctmwa_batch.job",
-    "export",
-    "training",
+    "ctmwa_export",
+    "ctmwa_training",
 )
 
 

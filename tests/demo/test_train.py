@@ -1,4 +1,4 @@
-"""`python -m demo.train`: synthetic features, CTMWA and late fusion trained through training.train, one table."""
+"""`python -m demo.train`: synthetic features, CTMWA and late fusion trained through ctmwa_training.train, one table."""
 
 from __future__ import annotations
 

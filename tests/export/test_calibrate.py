@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctmwa_batch.errors import CtmwaError
-from export.calibrate import calibration_report, expected_calibration_error, fit_temperature, nll, softmax
+from ctmwa_export.calibrate import calibration_report, expected_calibration_error, fit_temperature, nll, softmax
 
 
 def sampled(n: int, scale: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,8 @@ from ctmwa_batch.bundle import IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle, l
 from ctmwa_batch.errors import ExportValidationError
 from ctmwa_batch.preprocess import TextTokenizer
 from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export.cli import main as export_main
-from export.encoders import ModelSourceError, check_preprocessing_parity, image_spec_from_processor, load_clip
+from ctmwa_export.cli import main as export_main
+from ctmwa_export.encoders import ModelSourceError, check_preprocessing_parity, image_spec_from_processor, load_clip
 
 
 def _io(path: Path) -> tuple[dict, dict]:
@@ -113,14 +113,19 @@ def test_legacy_argmax_pooling_with_pad_equal_to_eos(tmp_path):
 
     source = build_tiny_clip(tmp_path / "legacy_clip", seed=1, legacy_eos=True)
     out = tmp_path / "bundle"
-    assert export_main(["encoders", "--from", str(source), "--out", str(out), "--extra-batch-sizes", "64"]) == 0
+    # fp32 only: the pooling and --overwrite are what this test is about (the int8 and fp16 variants of the same
+    # export path are built and checked for the session's encoder_bundle)
+    fp32 = ["--precision", "fp32"]
+    assert export_main(["encoders", "--from", str(source), "--out", str(out), "--extra-batch-sizes", "64", *fp32]) == 0
     bundle = load_bundle(out)
     assert bundle.manifest["encoder"]["text_pooling"] == "argmax(input_ids)"
     assert bundle.text_spec.pad_id == bundle.text_spec.eos_id
     assert bundle.manifest["graphs"][TEXT_ENCODER]["max_abs_diff"]["text_emb"] < 1e-4
     # --overwrite replaces it in place (new files, same layout)
     assert (
-        export_main(["encoders", "--from", str(source), "--out", str(out), "--overwrite", "--max-text-length", "8"])
+        export_main(
+            ["encoders", "--from", str(source), "--out", str(out), "--overwrite", "--max-text-length", "8", *fp32]
+        )
         == 0
     )
     assert load_bundle(out).text_spec.max_length == 8
@@ -128,7 +133,7 @@ def test_legacy_argmax_pooling_with_pad_equal_to_eos(tmp_path):
 
 
 def test_export_config_is_frozen():
-    from export.encoders import EncoderExportConfig
+    from ctmwa_export.encoders import EncoderExportConfig
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         EncoderExportConfig().opset = 12  # type: ignore[misc]

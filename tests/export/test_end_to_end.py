@@ -9,9 +9,9 @@ from ctmwa_batch.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TO
 from ctmwa_batch.errors import ExportValidationError
 from ctmwa_batch.preprocess import TextTokenizer
 from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export import end_to_end as E
-from export.assemble import export_head
-from export.head import HeadExportConfig
+from ctmwa_export import end_to_end as E
+from ctmwa_export.assemble import export_head
+from ctmwa_export.head import HeadExportConfig
 
 
 @pytest.fixture(scope="module")

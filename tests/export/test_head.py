@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from ctmwa_batch.bundle import HEAD, load_bundle
 from ctmwa_batch.errors import BundleError, ExportValidationError
 from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export import head as H
-from export.assemble import export_head
-from export.cli import main as export_main
-from training.model import CTMWA, CTMWAConfig, load_checkpoint, save_checkpoint
+from ctmwa_export import head as H
+from ctmwa_export.assemble import export_head
+from ctmwa_export.cli import main as export_main
+from ctmwa_training.model import CTMWA, CTMWAConfig, load_checkpoint, save_checkpoint
 
 GOLDEN = Path(__file__).parent / "golden" / "head_golden.json"
 CPU = RuntimeConfig(device="cpu")
@@ -438,8 +438,8 @@ def test_training_on_separable_images_exports(tmp_path, encoder_bundle):
     """Features whose image side is perfectly separable by its unimodal label: the image evidence classifier's
     weights grow until |logits| reach the hundreds; `ctmwa-export head` validates, and the bundle's head matches
     float64 within 1e-4."""
+    from ctmwa_training.cli import main as train_main
     from fixtures.features import SyntheticSpec, write_synthetic_features
-    from training.cli import main as train_main
 
     features = write_synthetic_features(
         tmp_path / "f.parquet", n=600, num_classes=3, dim=16, seed=1, spec=SyntheticSpec(cue_snr=60.0)

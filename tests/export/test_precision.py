@@ -12,8 +12,8 @@ import pytest
 from ctmwa_batch import bundle as B
 from ctmwa_batch.errors import ExportValidationError
 from ctmwa_batch.runtime import RuntimeConfig, create_session
-from export import precision as P
-from export.encoders import EncoderExportConfig, ImageEncoder, image_encoder_spec, load_clip
+from ctmwa_export import precision as P
+from ctmwa_export.encoders import EncoderExportConfig, ImageEncoder, image_encoder_spec, load_clip
 
 
 def _op_types(path: Path) -> set[str]:
@@ -107,7 +107,7 @@ def test_precision_choice_of_the_export(tmp_path):
 
 
 def test_cli_precision_flags(tiny_clip_dir, tmp_path, capsys):
-    from export.cli import main as export_main
+    from ctmwa_export.cli import main as export_main
 
     out = tmp_path / "enc"
     assert export_main(["encoders", "--from", str(tiny_clip_dir), "--out", str(out), "--precision", "fp16"]) == 0

@@ -1,11 +1,11 @@
-"""export.release: the release config, reusing a bundle's encoders, the validate step's smoke score."""
+"""ctmwa_export.release: the release config, reusing a bundle's encoders, the validate step's smoke score."""
 
 from __future__ import annotations
 
 import pytest
 
 from ctmwa_batch.bundle import load_bundle
-from export import release
+from ctmwa_export import release
 
 
 def test_config_needs_exactly_one_training_input(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ctmwa_batch.errors import ExportValidationError
-from export.spec import ExportSpec, export_and_validate
+from ctmwa_export.spec import ExportSpec, export_and_validate
 
 D, C = 8, 3
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ctmwa_batch.errors import DatasetError
+from ctmwa_training.cli import main
+from ctmwa_training.data import read_features
+from ctmwa_training.fit import accuracy_f1, evaluate
+from ctmwa_training.model import load_checkpoint
 from fixtures.features import write_synthetic_features
-from training.cli import main
-from training.data import read_features
-from training.fit import accuracy_f1, evaluate
-from training.model import load_checkpoint
 
 # Tiny widths and a larger step size than the reference: the synthetic set is small and the test must be quick.
 CONFIG = json.dumps({"model": {"embed_dim": 16}, "training": {"lr": 0.02, "inner_lr": 0.05, "wnet_lr": 0.005}})
@@ -133,7 +133,7 @@ def test_user_errors_are_one_line_and_exit_2(features, tmp_path, capsys):
 
 def test_prepare_dispatches_to_training_prepare(monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("training.prepare")
+    fake = types.ModuleType("ctmwa_training.prepare")
     fake.__doc__ = "Raw datasets to features."
     fake.add_arguments = lambda parser: parser.add_argument("--dataset", required=True)
 
@@ -144,7 +144,7 @@ def test_prepare_dispatches_to_training_prepare(monkeypatch, capsys):
         return 0
 
     fake.run = run
-    monkeypatch.setitem(sys.modules, "training.prepare", fake)
+    monkeypatch.setitem(sys.modules, "ctmwa_training.prepare", fake)
     assert main(["prepare", "--dataset", "mvsa_single"]) == 0
     assert main(["prepare", "--dataset", "bad"]) == 2
     assert calls == ["mvsa_single", "bad"]

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from ctmwa_training.data import read_features
+from ctmwa_training.errors import DatasetError
 from fixtures.features import SyntheticSpec, synthetic_table
-from training.data import read_features
-from training.errors import DatasetError
 
 DIM = 8
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from ctmwa_training import evidence as E
+from ctmwa_training.class_bias import fit_class_bias
+from ctmwa_training.data import read_features
+from ctmwa_training.fit import accuracy_f1, fit
+from ctmwa_training.meta import MetaWeightTrainer, TrainConfig
+from ctmwa_training.model import BACKBONE_MODULES, CTMWAConfig
 from fixtures.features import CUES, synthetic_cues, synthetic_table, write_synthetic_features
-from training import evidence as E
-from training.class_bias import fit_class_bias
-from training.data import read_features
-from training.fit import accuracy_f1, fit
-from training.meta import MetaWeightTrainer, TrainConfig
-from training.model import BACKBONE_MODULES, CTMWAConfig
 
 MODEL = CTMWAConfig(text_dim=16, image_dim=16, embed_dim=16, num_classes=3, weight_net_hidden=16)
 TRAINING = TrainConfig(seed=3, epochs=3, lr=0.02, inner_lr=0.05, wnet_lr=0.005)
@@ -74,7 +74,7 @@ def test_weight_nets_are_trained_by_the_query_step_alone(features, monkeypatch):
         )
         return report
 
-    monkeypatch.setattr("training.fit.fit_evidence", fit_evidence)
+    monkeypatch.setattr("ctmwa_training.fit.fit_evidence", fit_evidence)
     data = read_features(features)
     result = fit(data, MODEL, TRAINING)
 
@@ -186,8 +186,8 @@ def test_ctmwa_train_evidence_fits_a_stale_checkpoint_without_retraining(
 
     from safetensors.torch import load_file, save_file
 
-    from training.cli import main
-    from training.model import EVIDENCE_MODULES, load_checkpoint
+    from ctmwa_training.cli import main
+    from ctmwa_training.model import EVIDENCE_MODULES, load_checkpoint
 
     ck = tmp_path / "ck"
     shutil.copytree(tiny_checkpoint, ck)
@@ -217,7 +217,7 @@ def test_ctmwa_train_evidence_fits_a_stale_checkpoint_without_retraining(
 
 
 def test_ctmwa_train_evidence_names_a_missing_checkpoint(tmp_path, tiny_features, capsys):
-    from training.cli import main
+    from ctmwa_training.cli import main
 
     assert main(["evidence", "--checkpoint", str(tmp_path / "nope"), "--features", str(tiny_features)]) == 2
     assert "has no config.json" in capsys.readouterr().err
@@ -243,8 +243,8 @@ def test_synthetic_class_shares_draw_an_imbalanced_set_and_keep_the_cues_in_step
 def test_probe_blend_leans_on_the_probe_where_the_model_is_weak_and_stays_off_otherwise(features):
     """An untrained CTMWA is near chance: the blend takes a weight > 0 and lifts valid weighted F1 without lowering
     valid accuracy. With min_gain out of reach, the weight stays 0 and the answer is the model's own."""
-    from training.model import CTMWA
-    from training.probe import WEIGHTS, fit_probe_blend
+    from ctmwa_training.model import CTMWA
+    from ctmwa_training.probe import WEIGHTS, fit_probe_blend
 
     data = read_features(features)
     torch.manual_seed(0)

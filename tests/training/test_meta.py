@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from training.data import FeatureBatch
-from training.errors import ConfigError
-from training.meta import (
+from ctmwa_training.data import FeatureBatch
+from ctmwa_training.errors import ConfigError
+from ctmwa_training.meta import (
     MetaWeightTrainer,
     TrainConfig,
     fast_weights,
@@ -18,7 +18,7 @@ from training.meta import (
     translation_loss,
     weighted_loss,
 )
-from training.model import BACKBONE_MODULES, CTMWA, EVIDENCE_MODULES, CTMWAConfig
+from ctmwa_training.model import BACKBONE_MODULES, CTMWA, EVIDENCE_MODULES, CTMWAConfig
 
 C = 3
 
@@ -146,7 +146,7 @@ def test_query_step_moves_weight_nets_only_and_outer_step_backbone_only():
         is_wnet = n.startswith(("txt_w_net", "img_w_net"))
         is_evidence = n.startswith(
             (*EVIDENCE_MODULES, "probe.")
-        )  # fitted after training (training.evidence, training.probe), never here
+        )  # fitted after training (ctmwa_training.evidence, ctmwa_training.probe), never here
         # queries and keys of a one-token attention are dead (softmax over one key is 1): zero gradient
         dead = ".self_attn.fc_q." in n or ".self_attn.fc_k." in n
         assert torch.equal(p, middle[n]) == (is_wnet or is_evidence or dead), n

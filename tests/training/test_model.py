@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.errors import CheckpointError, ConfigError
-from training.model import (
+from ctmwa_training.errors import CheckpointError, ConfigError
+from ctmwa_training.model import (
     BACKBONE_MODULES,
     CTMWA,
     EVIDENCE_MODULES,

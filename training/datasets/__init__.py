@@ -5,7 +5,7 @@ label, t_label, v_label; class names in the schema metadata) and a `ReadReport` 
 `*_source` variants stream record batches instead, for sets too large to hold in memory.
 """
 
-from training.datasets.common import (
+from ctmwa_training.datasets.common import (
     META_LABELS,
     META_UNIMODAL,
     POSTS_SCHEMA,
@@ -15,10 +15,17 @@ from training.datasets.common import (
     ReadReport,
     decode_text,
 )
-from training.datasets.generic import GenericConfig, generic_source, read_generic
-from training.datasets.mvsa import MVSA_LABELS, combine, majority, mvsa_source, read_mvsa_multiple, read_mvsa_single
-from training.datasets.splits import Assignment, SplitConfig, SplitReport, assign, read_split_file
-from training.datasets.tumemo import TUMEMO_LABELS, read_tumemo, tumemo_source
+from ctmwa_training.datasets.generic import GenericConfig, generic_source, read_generic
+from ctmwa_training.datasets.mvsa import (
+    MVSA_LABELS,
+    combine,
+    majority,
+    mvsa_source,
+    read_mvsa_multiple,
+    read_mvsa_single,
+)
+from ctmwa_training.datasets.splits import Assignment, SplitConfig, SplitReport, assign, read_split_file
+from ctmwa_training.datasets.tumemo import TUMEMO_LABELS, read_tumemo, tumemo_source
 
 __all__ = [
     "META_LABELS",

@@ -18,7 +18,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 
 from ctmwa_batch.errors import DatasetError
-from training.datasets.common import (
+from ctmwa_training.datasets.common import (
     DROP_MISSING_LABEL,
     PostsRead,
     PostsSource,

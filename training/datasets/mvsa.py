@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ctmwa_batch.errors import DatasetError
-from training.datasets.common import (
+from ctmwa_training.datasets.common import (
     DROP_CONTRADICTION,
     DROP_NO_MAJORITY,
     PostsRead,

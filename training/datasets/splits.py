@@ -17,7 +17,7 @@ import numpy as np
 
 from ctmwa_batch.errors import DatasetError
 from ctmwa_batch.schema import SPLITS
-from training.datasets.common import id_lines
+from ctmwa_training.datasets.common import id_lines
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ctmwa_batch.errors import DatasetError
-from training.datasets.common import (
+from ctmwa_training.datasets.common import (
     PostsRead,
     PostsSource,
     RawPost,

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctmwa_batch.schema import FEATURES_SCHEMA
+from ctmwa_training.cli import main as ctmwa_train
 from tests.training.datasets.raw import make_balanced_mvsa_single, make_mvsa_single
-from training.cli import main as ctmwa_train
 
 # As in tests/training/test_cli.py: tiny widths and larger steps than the reference, so a few epochs learn.
 CONFIG = json.dumps({"model": {"embed_dim": 16}, "training": {"lr": 0.02, "inner_lr": 0.05, "wnet_lr": 0.005}})

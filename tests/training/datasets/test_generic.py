@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctmwa_batch.errors import DatasetError
+from ctmwa_training.datasets import GenericConfig, read_generic
 from tests.training.datasets.raw import corrupt_jpeg, jpeg
-from training.datasets import GenericConfig, read_generic
 
 
 def _images(folder, *names):

@@ -14,8 +14,8 @@ import pytest
 
 from ctmwa_batch.errors import DatasetError
 from ctmwa_batch.schema import FEATURES_SCHEMA
+from ctmwa_training import prepare as prep
 from tests.training.datasets.raw import make_balanced_mvsa_single, make_mvsa_single, make_tumemo
-from training import prepare as prep
 
 
 def _posts_only(root, out, *extra):

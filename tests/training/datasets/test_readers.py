@@ -7,6 +7,17 @@ import json
 import pytest
 
 from ctmwa_batch.errors import DatasetError
+from ctmwa_training.datasets import (
+    POSTS_SCHEMA,
+    ReadOptions,
+    combine,
+    decode_text,
+    majority,
+    read_mvsa_multiple,
+    read_mvsa_single,
+    read_tumemo,
+)
+from ctmwa_training.datasets.common import check_image
 from tests.training.datasets.raw import (
     MVSA_MULTIPLE_EXPECTED,
     MVSA_SINGLE_EXPECTED,
@@ -19,17 +30,6 @@ from tests.training.datasets.raw import (
     make_tumemo,
     write_post,
 )
-from training.datasets import (
-    POSTS_SCHEMA,
-    ReadOptions,
-    combine,
-    decode_text,
-    majority,
-    read_mvsa_multiple,
-    read_mvsa_single,
-    read_tumemo,
-)
-from training.datasets.common import check_image
 
 POS, NEU, NEG = 0, 1, 2
 

@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from ctmwa_batch.errors import DatasetError
-from training.datasets import SplitConfig, assign, read_split_file
-from training.datasets.splits import allocate, choose_query, seeded_splits
+from ctmwa_training.datasets import SplitConfig, assign, read_split_file
+from ctmwa_training.datasets.splits import allocate, choose_query, seeded_splits
 
 NAMES = ["positive", "neutral", "negative"]
 
