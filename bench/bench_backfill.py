@@ -53,8 +53,8 @@ def build_bundles(work: Path) -> tuple[Path, Path]:
     from ctmwa_batch.bundle import MANIFEST
     from ctmwa_export.assemble import export_encoders, export_head
     from ctmwa_export.encoders import EncoderExportConfig
-    from fixtures.clip import build_random_clip_vit_b32
     from ctmwa_training.model import CTMWA, CTMWAConfig, save_checkpoint
+    from fixtures.clip import build_random_clip_vit_b32
 
     clip_dir, enc_dir = work / "vit-b32-clip", work / "vit-b32-encoders"
     heads = [work / f"head-{k}-bundle" for k in (1, 2)]

@@ -299,9 +299,9 @@ def _tiny_bundle(out: Path) -> Path:
     """The test suite's tiny scoring bundle (random tiny CLIP + a CTMWA head trained 3 epochs), built offline."""
     from ctmwa_export.assemble import export_encoders, export_head
     from ctmwa_export.encoders import EncoderExportConfig
+    from ctmwa_training.cli import main as train_main
     from fixtures.clip import build_tiny_clip
     from fixtures.features import write_synthetic_features
-    from ctmwa_training.cli import main as train_main
 
     clip = build_tiny_clip(out / "clip", seed=0)
     encoders = out / "encoders"

@@ -33,7 +33,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -447,8 +446,8 @@ def commit(plan: PartitionPlan, extra: dict | None = None) -> dict:
     """Publish the partition: check every shard of the plan finished, move the staged parts into place, remove what
     other plans or killed runs left, then write `_SUCCESS.json` last. Returns its content. Idempotent."""
     fs, path = storage.open_filesystem(plan.output_dir)
-    markers: list[Any] = [shard_done(plan, s.index) for s in plan.shards]  # every one a dict past the check below
-    missing = [s.index for s, m in zip(plan.shards, markers) if m is None]
+    found = [shard_done(plan, s.index) for s in plan.shards]
+    missing = [s.index for s, m in zip(plan.shards, found) if m is None]
     if missing:
         raise PartitionNotReady(
             f"partition {plan.partition}: shard(s) {missing} of {len(plan.shards)} have not finished; "

@@ -281,7 +281,9 @@ class Scorer:
         """The head on the scored rows; zeros elsewhere. Timed."""
         n, C = len(scored), len(self.labels)
         t0 = time.perf_counter()
-        outs = {name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")}
+        outs: dict[str, np.ndarray] = {
+            name: np.zeros((n, C), np.float32) for name in ("probs", "text_probs", "image_probs")
+        }
         outs |= {name: np.zeros(n, np.float32) for name in ("text_weight", "image_weight", *EVIDENCE_OUTPUTS)}
         if scored.any():
             got = self.head.run(

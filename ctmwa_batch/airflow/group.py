@@ -134,9 +134,9 @@ def score_partition(
         "image_roots": image_roots,
     }
     with TaskGroup(group_id, **task_group_kwargs) as group:
-        plan_args = {"input": input, "output": output, "bundle": bundle, "models_root": models_root}
+        plan_args: dict[str, Any] = {"input": input, "output": output, "bundle": bundle, "models_root": models_root}
         plan_args |= {"model_version": model_version, "overwrite": overwrite, **options}
-        report_args = {"output": output, "baseline_days": baseline_days, "fail_on_drift": fail_on_drift}
+        report_args: dict[str, Any] = {"output": output, "baseline_days": baseline_days, "fail_on_drift": fail_on_drift}
         report_args["settings"] = {"format": format, "catalog": catalog, "staging": staging}
         _partition_tasks(plan_args, conn_id, score_task_args, outlets, report_args if health_report else None)
     return group
@@ -159,7 +159,7 @@ def _partition_tasks(
 
     scored = ScoreShardOperator.partial(
         task_id="score_shard", planned=plan.output, conn_id=conn_id, **dict(score_task_args or {})
-    ).expand(shard_index=shards(plan.output))
+    ).expand(shard_index=shards(plan.output))  # type: ignore[arg-type]  # an XComArg: a dict when the task runs
     commit = CommitPartitionOperator(task_id="commit", planned=plan.output, conn_id=conn_id, outlets=outlets)
     scored >> commit
     if report_args is not None:
