@@ -8,7 +8,7 @@ files, on generated posts (photo-like JPEGs of ~500x400 px, short texts):
 2. the second head rescores the same days twice: the full rescoring of today (`embedding_reuse=False`: every row
    through the encoders) and the head-only rescoring from the kept embeddings; rows/s of each and their ratio (the
    goal is >= 50x), the largest probability difference between the two against the float16 tolerance derived for
-   this head (tests/ctmwa_batch/test_backfill.py::probability_tolerance says how), and the bytes kept per post;
+   this head (tests/ctmwa_batch/scoring/test_backfill.py::probability_tolerance says how), and the bytes kept per post;
 3. a partition where `--repeat-share` of the posts repeat another post's image: the first head with and without
    reuse (each distinct image decoded and encoded once), rows/s and the speed-up, and how far the scores moved
    (int8 scales each batch's activations, so an image's embedding moves ~1e-3 with the company it keeps).
@@ -16,7 +16,7 @@ files, on generated posts (photo-like JPEGs of ~500x400 px, short texts):
     python bench/bench_backfill.py [--days 7] [--rows-per-day 200] [--repeat-rows 200] [--repeat-share 0.3]
                                    [--workers N] [--threads N] [--work DIR]
 
-Every day is scored as the backfill task does (ctmwa_batch.job.score_partition per day, in one process). It ends
+Every day is scored as the backfill task does (ctmwa_batch.scoring.job.score_partition per day, in one process). It ends
 with a Markdown table and the CPU's flags and load average (the figures are as noisy as the machine is busy).
 """
 
@@ -50,7 +50,7 @@ def build_bundles(work: Path) -> tuple[Path, Path]:
     """(first head's bundle, second head's bundle): one ViT-B/32 encoder export (fp32 + int8), two random heads."""
     import torch
 
-    from ctmwa_batch.bundle import MANIFEST
+    from ctmwa_batch.model.bundle import MANIFEST
     from ctmwa_export.assemble import export_encoders, export_head
     from ctmwa_export.encoders import EncoderExportConfig
     from ctmwa_training.model import CTMWA, CTMWAConfig, save_checkpoint
@@ -101,7 +101,7 @@ def write_repeats(path: Path, n: int, share: float, seed: int) -> dict:
 
 def score_days(days: list[Path], out: Path, bundle: Path, config: JobConfig) -> dict:
     """Score each day as the backfill task does; rows/s over the whole range, and each day's summary."""
-    from ctmwa_batch import job
+    from ctmwa_batch.scoring import job
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     results = [job.score_partition(day, out, bundle, config) for day in days]
@@ -147,8 +147,9 @@ def compare(a_days: list[dict], b_days: list[dict]) -> dict:
 def tolerance(bundle: Path, kept_days: list[dict]) -> float:
     """The float16 tolerance on probabilities for this head on the kept rows of the first day (test_backfill's
     derivation: the head's measured gain x float16's unit roundoff x sqrt(2) for the pair, x2 for unseen directions)."""
-    from ctmwa_batch import embeddings, schema
-    from tests.ctmwa_batch.test_backfill import probability_tolerance
+    from ctmwa_batch import schema
+    from ctmwa_batch.scoring import embeddings
+    from tests.ctmwa_batch.scoring.test_backfill import probability_tolerance
 
     kept = kept_days[0]["embeddings"]
     location = Path(kept["location"])

@@ -29,9 +29,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: fixtures are not installed
 
-from ctmwa_batch.bundle import load_bundle  # noqa: E402
-from ctmwa_batch.embed import embed_posts  # noqa: E402
-from ctmwa_batch.preprocess import ImageSpec, decode_images  # noqa: E402
+from ctmwa_batch.model.bundle import load_bundle  # noqa: E402
+from ctmwa_batch.model.preprocess import ImageSpec, decode_images  # noqa: E402
+from ctmwa_batch.scoring.embed import embed_posts  # noqa: E402
 from fixtures import images as fixture_images  # noqa: E402
 
 WORDS = (

@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from machine import cpu_flags  # noqa: E402
 
-from ctmwa_batch.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENCE, TEXT_WEIGHT  # noqa: E402
-from ctmwa_batch.runtime import RuntimeConfig, create_session  # noqa: E402
+from ctmwa_batch.model.bundle import IMAGE_EVIDENCE, IMAGE_WEIGHT, PROBS, TEXT_EVIDENCE, TEXT_WEIGHT  # noqa: E402
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session  # noqa: E402
 from ctmwa_export.head import HeadExportConfig, export_head_graph  # noqa: E402
 from ctmwa_training.data import read_features  # noqa: E402
 from ctmwa_training.evidence import auc, fit_logistic, logistic_baseline  # noqa: E402

@@ -4,13 +4,13 @@
 Not a test. On one machine, in one run, on the same generated posts (photo-like 500x400 JPEGs of ~50 KB, short
 texts) and the tiny bundle:
 
-1. `ctmwa_batch.job.score_partition` end to end on three partitions of the same posts: image bytes inline, s3:// keys
+1. `ctmwa_batch.scoring.job.score_partition` end to end on three partitions of the same posts: image bytes inline, s3:// keys
    on a real S3 server (SeaweedFS, fixtures/s3server.py), http:// URLs on a local HTTP server; both stores behind a
    user-space TCP proxy that holds every request `--latency-ms` (fixtures/netproxy.py, in a process of its own so it
    does not share the scorer's GIL; this kernel has no netem);
    and once more on s3:// with one GET in flight (`--fetch-concurrency 1`: a sequential fetch, end to end);
 2. the fetch alone, on the same s3:// objects: today's sequential loop (one reused pyarrow S3FileSystem), our
-   fetcher (ctmwa_batch.fetch) at its default concurrency and at Daft's, and Daft's `url.download` (max_connections
+   fetcher (ctmwa_batch.io.fetch) at its default concurrency and at Daft's, and Daft's `url.download` (max_connections
    32 and ours), as images/s; and our fetcher alone on the http:// URLs (the client every http(s) image goes
    through, with the address policy and the size cap of docs/untrusted-images.md).
 
@@ -95,7 +95,7 @@ def _loopback_allowed(cls: type) -> dict:
 
 def score(bundle: Path, posts: Path, out: Path, concurrency: int) -> dict:
     """score_partition end to end; rows/s over the shard, the fetch stage's stats and the status counts."""
-    from ctmwa_batch.job import ScoreConfig, score_partition
+    from ctmwa_batch.scoring.job import ScoreConfig, score_partition
 
     shutil.rmtree(out, ignore_errors=True)
     summary = score_partition(
@@ -132,8 +132,8 @@ def sequential_pyarrow(s3: S3Server, endpoint: str, n: int) -> float:
 
 
 def ours_fetch_only(n: int, concurrency: int, http_endpoint: str | None = None) -> float:
-    """ctmwa_batch.fetch alone on the s3:// objects (or the http:// URLs at `http_endpoint`); images/s."""
-    from ctmwa_batch.fetch import FetchConfig, Fetcher
+    """ctmwa_batch.io.fetch alone on the s3:// objects (or the http:// URLs at `http_endpoint`); images/s."""
+    from ctmwa_batch.io.fetch import FetchConfig, Fetcher
 
     uris = [f"{http_endpoint}/img/{i}.jpg" if http_endpoint else f"s3://{BUCKET}/img/{i}.jpg" for i in range(n)]
     with Fetcher(FetchConfig(concurrency=concurrency, **_loopback_allowed(FetchConfig))) as fetcher:
@@ -231,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         print("score, images s3, --fetch-concurrency 1:", json.dumps(best["s3-sequential"]), flush=True)
         fetch_only = {
             "sequential pyarrow S3FileSystem": sequential_pyarrow(s3, s3_proxy.endpoint, args.posts),
-            f"ctmwa_batch.fetch, concurrency {args.concurrency}": ours_fetch_only(args.posts, args.concurrency),
-            "ctmwa_batch.fetch, concurrency 32": ours_fetch_only(args.posts, 32),
+            f"ctmwa_batch.io.fetch, concurrency {args.concurrency}": ours_fetch_only(args.posts, args.concurrency),
+            "ctmwa_batch.io.fetch, concurrency 32": ours_fetch_only(args.posts, 32),
             "Daft url.download, max_connections 32": daft_fetch_only(s3, s3_proxy.endpoint, args.posts, 32),
             f"Daft url.download, max_connections {args.concurrency}": daft_fetch_only(
                 s3, s3_proxy.endpoint, args.posts, args.concurrency
             ),
-            f"ctmwa_batch.fetch http://, concurrency {args.concurrency}": ours_fetch_only(
+            f"ctmwa_batch.io.fetch http://, concurrency {args.concurrency}": ours_fetch_only(
                 args.posts, args.concurrency, http_proxy.endpoint
             ),
         }
@@ -280,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"| fetch alone: {name} | {rate:,.1f} | | {rate / seq:.1f}x | | | |")
     daft = fetch_only.get(f"Daft url.download, max_connections {args.concurrency}")
-    ours = fetch_only[f"ctmwa_batch.fetch, concurrency {args.concurrency}"]
+    ours = fetch_only[f"ctmwa_batch.io.fetch, concurrency {args.concurrency}"]
     if daft:
         print(
             f"\nctmwa_batch.fetch / Daft at {args.concurrency} connections: {ours / daft:.2f}x; at 32: "
-            f"{fetch_only['ctmwa_batch.fetch, concurrency 32'] / fetch_only['Daft url.download, max_connections 32']:.2f}x"
+            f"{fetch_only['ctmwa_batch.io.fetch, concurrency 32'] / fetch_only['Daft url.download, max_connections 32']:.2f}x"
         )
     return 0
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctmwa_batch.runtime import CUDA, RuntimeConfig, create_session, import_onnxruntime
+from ctmwa_batch.model.runtime import CUDA, RuntimeConfig, create_session, import_onnxruntime
 from ctmwa_export.head import HEAD_INPUTS, CTMWAHead, HeadExportConfig, export_head_graph, fold_translators, head_inputs
 from ctmwa_training.model import CTMWA, CTMWAConfig
 

@@ -66,7 +66,7 @@ def _features(path: Path) -> dict:
 def run_size(work: Path, size: str, n_posts: int, epochs: int) -> dict:
     import torch
 
-    from ctmwa_batch.embed import embed_posts
+    from ctmwa_batch.scoring.embed import embed_posts
     from ctmwa_training.cli import main as train_main
     from ctmwa_training.model import load_checkpoint
     from fixtures.posts import LABELS, write_training_posts

@@ -1,4 +1,4 @@
-"""Benchmark of the health report's numbers: streaming (ctmwa_batch.drift, record batches into counts and 100-bin
+"""Benchmark of the health report's numbers: streaming (ctmwa_batch.monitoring.drift, record batches into counts and 100-bin
 histograms) against the obvious alternative (pyarrow.parquet.read_table of every day, the needed columns only, then
 the same numbers with pyarrow.compute and numpy), on the same committed lake in the same run.
 
@@ -47,7 +47,7 @@ def build_lake(root: Path, days: list[str], rows: int) -> float:
 
 
 def streaming(root: str, days: list[str]) -> dict:
-    from ctmwa_batch import drift
+    from ctmwa_batch.monitoring import drift
 
     numbers = drift.build(root, VERSION, days[-1], baseline_days=len(days) - 1, thresholds=drift.Thresholds())
     return {
@@ -66,7 +66,7 @@ def read_everything(root: str, days: list[str]) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from ctmwa_batch.partitions import output_dir
+    from ctmwa_batch.io.partitions import output_dir
     from ctmwa_batch.schema import STATUSES
 
     columns = [
@@ -101,7 +101,7 @@ def read_everything(root: str, days: list[str]) -> dict:
 
 
 def full_report(root: str, days: list[str]) -> dict:
-    from ctmwa_batch import report
+    from ctmwa_batch.monitoring import report
 
     result = report.write_report(root, VERSION, days[-1], str(Path(root) / "report_out"), baseline_days=len(days) - 1)
     return {"alerts": len(result["alerts"]), "html_bytes": Path(result["html"]).stat().st_size}
@@ -112,8 +112,8 @@ def child(way: str, root: str, days: list[str]) -> None:
     import pyarrow.compute  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    import ctmwa_batch.drift  # noqa: F401
-    import ctmwa_batch.report  # noqa: F401
+    import ctmwa_batch.monitoring.drift  # noqa: F401
+    import ctmwa_batch.monitoring.report  # noqa: F401
 
     t0 = time.perf_counter()
     result = {"streaming": streaming, "read_table": read_everything, "full_report": full_report}[way](root, days)
@@ -136,7 +136,7 @@ def run_child(way: str, root: Path, days: list[str]) -> dict:
 
 def baseline_rss() -> float:
     """Peak RSS of a child that only imports what every child imports before its clock starts (the data's share is the rest)."""
-    code = "import resource, numpy, pyarrow.parquet, pyarrow.compute, ctmwa_batch.drift, ctmwa_batch.report; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    code = "import resource, numpy, pyarrow.parquet, pyarrow.compute, ctmwa_batch.monitoring.drift, ctmwa_batch.monitoring.report; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip())
 
 
@@ -181,7 +181,7 @@ def main() -> int:
     print(f"peak RSS of the imports alone: {imports:.0f} MB")
     print(f"{'way':<48} {'seconds':>8} {'rows/s':>12} {'peak RSS MB':>12}")
     for way, label in (
-        ("streaming", "ctmwa_batch.drift (streaming, bounded memory)"),
+        ("streaming", "ctmwa_batch.monitoring.drift (streaming, bounded memory)"),
         ("read_table", "read_table of every day, then compute"),
         ("full_report", "full report (numbers + 6 figures + HTML)"),
     ):

@@ -6,7 +6,7 @@ short texts):
 1. ceilings of each stage alone: image decoding (the decode pool), the image encoder, the text encoder, the head,
    for each encoder precision (`--precision`, default fp32 and int8 on CPU, fp32 and fp16 with `--device cuda`),
    with the execution provider each session got;
-2. `ctmwa_batch.job.score_partition` end to end (Parquet in, Parquet out, committed), per precision;
+2. `ctmwa_batch.scoring.job.score_partition` end to end (Parquet in, Parquet out, committed), per precision;
 3. the obvious pipeline: PIL + CLIPImageProcessorPil + tokenizer + CLIPModel fp32 (batch 64, one process) + the torch
    CTMWA head, results written to Parquet;
 4. peak RSS of the scorer (and of its decoding workers) at two partition sizes, to show memory does not grow with
@@ -117,7 +117,7 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
     """(full bundle dir, CLIP source dir) for `size` in {"vit-b32", "tiny"}, built once and cached under work."""
     import torch
 
-    from ctmwa_batch.bundle import MANIFEST
+    from ctmwa_batch.model.bundle import MANIFEST
     from ctmwa_export.assemble import export_encoders, export_head
     from ctmwa_export.encoders import EncoderExportConfig
     from ctmwa_training.model import CTMWA, CTMWAConfig, save_checkpoint
@@ -149,9 +149,9 @@ def build_bundle(work: Path, size: str) -> tuple[Path, Path]:
 
 def ceilings(bundle_dir: Path, posts: Path, workers: int, threads: int, device: str, precision: str) -> dict:
     """Each stage alone, on the same posts: decode (the decode pool), image encoder, text encoder, head."""
-    from ctmwa_batch.bundle import load_bundle
-    from ctmwa_batch.posts import ImageDecoder
-    from ctmwa_batch.scorer import ScoreConfig, Scorer
+    from ctmwa_batch.model.bundle import load_bundle
+    from ctmwa_batch.model.posts import ImageDecoder
+    from ctmwa_batch.scoring.scorer import ScoreConfig, Scorer
 
     table = pq.read_table(posts)
     items, texts = table.column("image").to_pylist(), table.column("text").to_pylist()
@@ -212,7 +212,7 @@ def ours(
     """ctmwa-batch score end to end; posts/s over the shard (read -> decode -> encode -> head -> write -> commit)."""
     import shutil
 
-    from ctmwa_batch.job import ScoreConfig, score_partition
+    from ctmwa_batch.scoring.job import ScoreConfig, score_partition
 
     shutil.rmtree(out_root, ignore_errors=True)
     t0 = time.perf_counter()
@@ -363,7 +363,7 @@ def memory_run(bundle_dir: Path, posts: Path, out_root: Path, workers: int, batc
     import shutil
     import threading
 
-    from ctmwa_batch.job import ScoreConfig, score_partition
+    from ctmwa_batch.scoring.job import ScoreConfig, score_partition
 
     shutil.rmtree(out_root, ignore_errors=True)
     peak_total = [0]

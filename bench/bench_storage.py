@@ -34,9 +34,9 @@ def timed_run(input_path: str, output_root: str, bundle: Path, rows_per_shard: i
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from ctmwa_batch import job
     from ctmwa_batch.config import JobConfig
-    from ctmwa_batch.storage import open_filesystem
+    from ctmwa_batch.io.storage import open_filesystem
+    from ctmwa_batch.scoring import job
 
     config = JobConfig.from_dict(
         {

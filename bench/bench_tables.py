@@ -35,7 +35,7 @@ TABLE_BUCKET = "bench-tables"
 
 def run_format(fmt: str, src: str, out: str, bundle: Path, rows_per_shard: int, staging: str | None) -> dict:
     """Plan, score every shard, commit; seconds of each step, rows/s end to end, data files of the partition."""
-    from ctmwa_batch import job
+    from ctmwa_batch.scoring import job
 
     config = {
         "device": "cpu",
@@ -81,7 +81,7 @@ def collect_rows(result: dict):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ctmwa_batch import partitions, storage
+    from ctmwa_batch.io import partitions, storage
 
     summary = result["summary"]
     receipt = partitions.read_success(summary["output_dir"])
@@ -101,7 +101,7 @@ def commit_scaling(day, iceberg_rows, alt, version: str, scale: int, files: int 
     import pyarrow.parquet as pq
     from deltalake import write_deltalake
 
-    from ctmwa_batch import storage, tables
+    from ctmwa_batch.io import storage, tables
 
     date = "2026-11-27"
     values = {"model_version": version, "dt": date}
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.fs as pafs
 
     from fixtures.s3server import S3Server
-    from tests.ctmwa_batch.test_score import write_posts
+    from tests.ctmwa_batch.cli.test_score import write_posts
 
     bundle = args.bundle or _tiny_bundle(args.work / "bundle")
     with S3Server(args.work / "s3") as s3:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         # the obvious alternative: the day's rows gathered in one process, written by the library (its own files)
         from deltalake import write_deltalake
 
-        from ctmwa_batch import tables
+        from ctmwa_batch.io import tables
 
         day = collect_rows(results["delta"])
         version = results["delta"]["summary"]["model_version"]

@@ -59,10 +59,10 @@ from pathlib import Path
 import numpy as np
 logging.basicConfig(level=logging.WARNING)
 work = Path(sys.argv[1])
-from ctmwa_batch import runtime
-from ctmwa_batch.bundle import MANIFEST, load_bundle
-from ctmwa_batch.embed import Encoders
-from ctmwa_batch.runtime import RuntimeConfig
+from ctmwa_batch.model import runtime
+from ctmwa_batch.model.bundle import MANIFEST, load_bundle
+from ctmwa_batch.scoring.embed import Encoders
+from ctmwa_batch.model.runtime import RuntimeConfig
 from ctmwa_export.assemble import export_encoders
 from ctmwa_export.encoders import EncoderExportConfig
 from fixtures.clip import build_tiny_clip

@@ -14,8 +14,8 @@ from typing import Any
 
 from ctmwa_batch.imagepolicy import DEFAULT_MAX_IMAGE_BYTES, AddressPolicy, parse_list
 
-DEVICES = ("auto", "cpu", "cuda")  # what ctmwa_batch.runtime understands
-# Encoder variants a job may ask for (ctmwa_batch.precision resolves auto): auto | fp32 | fp16 | int8.
+DEVICES = ("auto", "cpu", "cuda")  # what ctmwa_batch.model.runtime understands
+# Encoder variants a job may ask for (ctmwa_batch.model.precision resolves auto): auto | fp32 | fp16 | int8.
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 DEFAULT_PRECISION = "auto"  # scoring: int8 on CPU, fp16 on CUDA where the bundle has them, else fp32 (logged)
 DEFAULT_DEVICE = "auto"  # CLI and library default: CUDA when it works, else CPU (logged)
@@ -156,13 +156,13 @@ class JobConfig:
     queue_batches: int = DEFAULT_QUEUE_BATCHES  # batches in flight between two stages: memory bounded whatever the size
     row_group_rows: int = 65_536  # rows per output row group; the output layout does not depend on batch_size
     progress_interval_s: float = 10.0  # a progress log line this often in non-interactive runs
-    # ---- tables (ctmwa_batch.tables)
+    # ---- tables (ctmwa_batch.io.tables)
     format: str = "parquet"  # output: parquet | delta (output = a location) | iceberg (output = namespace.table)
     catalog: str | None = None  # Iceberg: pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__*); None = default
     input_format: str = "parquet"  # input: parquet | delta (a location) | iceberg (namespace.table in `catalog`)
     partition: str | None = None  # table input: KEY=VALUE[,KEY=VALUE], the rows to score and the output's partition
     staging: str | None = None  # table output: markers and receipts go here (S3 Tables); None = beside the data files
-    # ---- embeddings (ctmwa_batch.embeddings): backfills at the cost of the head
+    # ---- embeddings (ctmwa_batch.scoring.embeddings): backfills at the cost of the head
     keep_embeddings: bool = False  # also write the encoders' outputs (float16) beside the scores, committed with them
     embedding_reuse: bool = True  # score from valid kept embeddings (head only) and encode each distinct image once; False: every row through the encoders
 

@@ -57,7 +57,7 @@ EMBED_FIELDS = [
 # Posts Parquet (scoring input): default column names, all configurable.
 from ctmwa_batch.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_TEXT_COLUMN  # noqa: E402, F401 - defined once there
 
-# Arrow types a posts column may have (checked by ctmwa_batch.posts before any output). The image column holds
+# Arrow types a posts column may have (checked by ctmwa_batch.model.posts before any output). The image column holds
 # bytes, or a path / URI as a string.
 TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
 BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view, pa.types.is_fixed_size_binary)

@@ -53,7 +53,7 @@ class SettingsError(CtmwaError):
 class Settings:
     """Where data and models live and how scoring is scheduled; `Settings.load()` reads the environment."""
 
-    # One field, one line, its comment beside it (tests/dags/test_settings.py reads them): not wrapped by the formatter.
+    # One field, one line, its comment beside it (tests/ctmwa_batch/test_settings.py reads them): not wrapped by the formatter.
     # fmt: off
     # ---- data and models (read at task run time; DAG params override them per run)
     input_root: str = "lake/posts"  # posts partitions, a path or URI (s3://, gs://, ...); one day at {input_root}/{partition_template}
@@ -98,7 +98,7 @@ class Settings:
     drift_rate_alert: float = 0.05  # change of a status's share from which it alerts
     drift_min_rows: int = 200  # a day or baseline with fewer rows is reported but never alerted (PSI is noise there)
     fail_on_drift: bool = False  # an alert fails the health_report task (never the scoring, which is committed by then)
-    # ---- tables (ctmwa_batch.tables; task run time)
+    # ---- tables (ctmwa_batch.io.tables; task run time)
     format: str = "parquet"  # parquet | delta (output_root = the table's location) | iceberg (output_root = ns.table)
     catalog: str = ""  # Iceberg: pyiceberg catalog (.pyiceberg.yaml, PYICEBERG_CATALOG__*); "" = pyiceberg's default
     staging: str = ""  # table output: markers and commit receipts go here (S3 Tables buckets); "" = beside the data
@@ -192,7 +192,7 @@ class Settings:
 
     def input_path(self, date: str) -> str:
         """The input partition of one day (YYYY-MM-DD)."""
-        from ctmwa_batch.storage import join  # refuses a query string rather than appending to it
+        from ctmwa_batch.io.storage import join  # refuses a query string rather than appending to it
 
         return join(self.input_root, self.partition_template.format(date=date))
 
@@ -233,10 +233,10 @@ class Settings:
 
     def scores_root(self) -> str:
         """Where the committed partitions' receipts are (the health report's input): output_root for Parquet, the
-        staging location or the table's data root for a table (ctmwa_batch.tables.scores_root)."""
+        staging location or the table's data root for a table (ctmwa_batch.io.tables.scores_root)."""
         if self.format == "parquet":
             return self.output_root
-        from ctmwa_batch.tables import scores_root
+        from ctmwa_batch.io.tables import scores_root
 
         return scores_root(self.format, self.output_root, self.catalog or None, self.staging or None)
 

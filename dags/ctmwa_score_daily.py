@@ -58,7 +58,7 @@ def ctmwa_score_daily():
     )
     def wait_for_input(params=None, data_interval_start=None) -> bool:
         """Wait until the day's input partition has landed (a Parquet file, or the configured ready marker)."""
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         return orchestrate.input_ready(data_interval_start, params)
 
@@ -81,7 +81,7 @@ def ctmwa_score_daily():
     @task(outlets=[SCORES], trigger_rule="all_done_min_one_success")
     def publish(summary: dict, params=None, outlet_events=None) -> dict:
         """Update the ctmwa_scores Asset for downstream DAGs (with the health report's alerts); skipped when the run committed nothing new."""
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         extra = orchestrate.publish_extra(summary, params)
         if not extra["partitions"]:
@@ -92,7 +92,7 @@ def ctmwa_score_daily():
     @task
     def report(summary: dict) -> dict:
         """Rows per status, sentiment distribution and throughput of the day, in the task log."""
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         return orchestrate.report(summary, title=f"ctmwa_score_daily {summary['date']}")
 

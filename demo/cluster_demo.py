@@ -800,7 +800,7 @@ def run(args: argparse.Namespace, out: Path, procs: Processes, clock: Clock) -> 
         if state != "success":
             raise DemoError(f"{EXPORT_DAG} {state}; task logs under {home / 'logs'}")
     else:
-        from ctmwa_batch import registry
+        from ctmwa_batch.model import registry
 
         published = registry.publish(args.bundle, models)
         clock.step(f"published {args.bundle} as {published['model_version']} (no {EXPORT_DAG} run)")
@@ -865,7 +865,7 @@ def start_s3(procs: Processes, folder: Path, clock: Clock) -> Any:
 
 
 def registry_current(models: str) -> str | None:
-    from ctmwa_batch import registry
+    from ctmwa_batch.model import registry
 
     return registry.current_version(models)
 
@@ -873,21 +873,21 @@ def registry_current(models: str) -> str | None:
 def _exists(location: str) -> bool:
     import pyarrow.fs as pafs
 
-    from ctmwa_batch.storage import open_filesystem
+    from ctmwa_batch.io.storage import open_filesystem
 
     fs, path = open_filesystem(location)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def _day_dir(lake: str, models: str, date: str) -> str | None:
-    from ctmwa_batch.partitions import output_dir
+    from ctmwa_batch.io.partitions import output_dir
 
     version = registry_current(models)
     return None if version is None else output_dir(f"{lake}/scores", version, f"dt={date}")
 
 
 def _marker_bytes(lake: str, models: str, date: str) -> bytes | None:
-    from ctmwa_batch.storage import open_filesystem
+    from ctmwa_batch.io.storage import open_filesystem
 
     folder = _day_dir(lake, models, date)
     if folder is None:
@@ -901,7 +901,7 @@ def _marker_bytes(lake: str, models: str, date: str) -> bytes | None:
 
 
 def _table() -> Any:
-    from ctmwa_batch.tables import load_catalog
+    from ctmwa_batch.io.tables import load_catalog
 
     return load_catalog(CATALOG).load_table(TABLE)
 
@@ -942,9 +942,9 @@ def collect(
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from ctmwa_batch.partitions import read_success
+    from ctmwa_batch.io.partitions import read_success
+    from ctmwa_batch.io.storage import open_filesystem
     from ctmwa_batch.settings import Settings
-    from ctmwa_batch.storage import open_filesystem
 
     id_column = Settings.load({}).id_column
     days, retried, used, checks = [], [], set(), []
@@ -1023,7 +1023,7 @@ def collect(
 
 def format_table(summary: dict[str, Any], lake: str, models: str) -> str:
     """One line per day: shards, the workers that ran them, retries, rows in and out, rows per status."""
-    from ctmwa_batch.partitions import read_success
+    from ctmwa_batch.io.partitions import read_success
     from ctmwa_batch.schema import STATUSES
 
     head = ["day", "shards", "workers used", "retries", "rows in", "rows out", *STATUSES]

@@ -232,9 +232,10 @@ def _utc(date: str) -> dt.datetime:
 
 def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
     """Where the model and the scores are, the per-day table, and the demo model's accuracy."""
-    from ctmwa_batch import job, orchestrate, registry
-    from ctmwa_batch.bundle import load_bundle
-    from ctmwa_batch.partitions import output_dir, read_success
+    from ctmwa_batch.io.partitions import output_dir, read_success
+    from ctmwa_batch.model import registry
+    from ctmwa_batch.model.bundle import load_bundle
+    from ctmwa_batch.scoring import job, orchestrate
     from fixtures import posts as demo_posts
 
     version = registry.current_version(models)
@@ -265,7 +266,8 @@ def summarize(story: Story, out: Path, lake: Path, models: Path, dates: list[str
 
 def health(story: Story, out: Path, lake: Path, models: Path, dates: list[str]) -> None:
     """The last day's health report, written by the same code as the DAG's health_report task, and its alerts."""
-    from ctmwa_batch import registry, report
+    from ctmwa_batch.model import registry
+    from ctmwa_batch.monitoring import report
     from ctmwa_batch.settings import Settings
 
     version = str(registry.current_version(models))

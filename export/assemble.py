@@ -5,7 +5,7 @@
 
 Every graph is exported and validated (ctmwa_export.encoders, ctmwa_export.head, ctmwa_export.end_to_end) in a staging folder beside
 the destination; only a bundle that passed every check is moved into place, so a failure leaves nothing behind.
-File names and manifest fields are ctmwa_batch.bundle's: this module only decides what goes in.
+File names and manifest fields are ctmwa_batch.model.bundle's: this module only decides what goes in.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import onnx
 import torch
 
-from ctmwa_batch import bundle as bundle_layout
-from ctmwa_batch.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle
 from ctmwa_batch.errors import BundleError, CtmwaError
+from ctmwa_batch.model import bundle as bundle_layout
+from ctmwa_batch.model.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
 from ctmwa_export import precision as variants
 from ctmwa_export.calibrate import calibrate_on_features

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ctmwa_batch.cli import run_subcommands
+from ctmwa_batch.cli.main import run_subcommands
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ctmwa_batch.bundle import FP32, PRECISIONS
-from ctmwa_batch.storage import local_path
+from ctmwa_batch.io.storage import local_path
+from ctmwa_batch.model.bundle import FP32, PRECISIONS
 from ctmwa_export import assemble
 from ctmwa_export.encoders import EncoderExportConfig
 

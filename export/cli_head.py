@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ctmwa_batch.bundle import load_bundle
-from ctmwa_batch.storage import local_path
+from ctmwa_batch.io.storage import local_path
+from ctmwa_batch.model.bundle import load_bundle
 from ctmwa_export import assemble
 from ctmwa_export.head import HeadExportConfig
 

@@ -6,7 +6,7 @@
                         source config says), projected and L2-normalised
 
 Each is validated against PyTorch (ctmwa_export.spec); `check_preprocessing_parity` proves that the runtime's own
-preprocessing (ctmwa_batch.preprocess) plus the graphs reproduce what transformers gives with CLIPImageProcessorPil
+preprocessing (ctmwa_batch.model.preprocess) plus the graphs reproduce what transformers gives with CLIPImageProcessorPil
 and the transformers tokenizer. ctmwa_export.assemble writes them as an encoders-only bundle (`ctmwa-export encoders`).
 """
 
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle
 from ctmwa_batch.errors import CtmwaError, ExportValidationError
-from ctmwa_batch.preprocess import INTERPOLATIONS, ImageSpec, TextSpec, TextTokenizer, decode_images
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle
+from ctmwa_batch.model.preprocess import INTERPOLATIONS, ImageSpec, TextSpec, TextTokenizer, decode_images
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import IMAGE_EMB, TEXT_EMB
 from ctmwa_export.precision import DEFAULT_PRECISIONS, check_precisions
 from ctmwa_export.spec import DEFAULT_OPSET, ExportSpec

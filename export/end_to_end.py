@@ -19,9 +19,9 @@ import onnx
 import onnx.compose
 import torch
 
-from ctmwa_batch.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle
-from ctmwa_batch.preprocess import TextTokenizer
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.bundle import ATTENTION_MASK, IMAGE_ENCODER, INPUT_IDS, PIXELS, TEXT_ENCODER, TOKENIZER, Bundle
+from ctmwa_batch.model.preprocess import TextTokenizer
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_batch.schema import HAS_IMAGE, HAS_TEXT, IMAGE_EMB, TEXT_EMB
 from ctmwa_export.encoders import PARITY_TEXTS
 from ctmwa_export.head import HEAD_OUTPUTS, MASK_CASES, head_inputs

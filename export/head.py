@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctmwa_batch.bundle import (  # the head graph's signature lives with the bundle layout
+from ctmwa_batch.errors import CtmwaError
+from ctmwa_batch.model.bundle import (  # the head graph's signature lives with the bundle layout
     HEAD_INPUTS,
     HEAD_OUTPUTS,
     IMAGE_EVIDENCE,
@@ -41,7 +42,6 @@ from ctmwa_batch.bundle import (  # the head graph's signature lives with the bu
     TEXT_PROBS,
     TEXT_WEIGHT,
 )
-from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.schema import HAS_IMAGE, HAS_TEXT, IMAGE_EMB, TEXT_EMB
 from ctmwa_export.spec import DEFAULT_OPSET, ExportSpec, ValidationReport, export_and_validate
 from ctmwa_training.model import CTMWA, Translator, TranslatorEvalPieces

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctmwa_batch.bundle import FP16, FP32, INT8, PRECISIONS, Bundle, encoder_files
 from ctmwa_batch.errors import ExportValidationError
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.bundle import FP16, FP32, INT8, PRECISIONS, Bundle, encoder_files
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_export.spec import ExportSpec, ValidationReport, validate_onnx
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def agreement_updates(
     `encoder_variants` entries with the figures merged in; {} for an old bundle without the list (fp32 only).
 
     `specs`: the bundle's encoder specs by graph name (ctmwa_export.encoders.specs_for_bundle)."""
-    from ctmwa_batch.bundle import VARIANTS
+    from ctmwa_batch.model.bundle import VARIANTS
 
     if not bundle.manifest.get(VARIANTS):
         return {}

@@ -7,7 +7,7 @@ ctmwa_export_model DAG calls them one task each, and `release(...)` runs them in
     train            ctmwa_training.train on the features (or reuse a given checkpoint)
     export_head      ctmwa-export head: head.onnx joins the encoders, validated against PyTorch -> complete bundle
     validate         checksums, completeness, and a smoke score of generated posts (bad rows included) by the runtime
-    publish          {models_root}/{model_version}/ and the CURRENT pointer, both moved atomically (ctmwa_batch.registry)
+    publish          {models_root}/{model_version}/ and the CURRENT pointer, both moved atomically (ctmwa_batch.model.registry)
 
 Work files live under the models root because the tasks may run on different machines: the models root is the
 storage they all share. A models root in an object store (s3://...) takes the bundle only: the work files then go to
@@ -157,7 +157,7 @@ def export_encoders(release: Mapping[str, Any]) -> str:
 def encoders_only(bundle_dir: str | Path, out_dir: str | Path):
     """An encoders-only bundle at out_dir with the encoders, tokenizer and preprocessing of a bundle (verified first).
     Its model version equals that of the encoders bundle the source was made from."""
-    from ctmwa_batch import bundle as layout
+    from ctmwa_batch.model import bundle as layout
 
     encoders = layout.write_encoders_only(layout.load_bundle(bundle_dir), out_dir)
     logger.info("reusing the encoders of %s (encoders version %s)", bundle_dir, encoders.model_version)
@@ -169,15 +169,15 @@ def features(release: Mapping[str, Any], encoders_dir: str) -> str | None:
     come from encoders of the same version); None when the release exports a given checkpoint."""
     import pyarrow.parquet as pq
 
-    from ctmwa_batch.bundle import load_bundle
-    from ctmwa_batch.embed import embed_posts
+    from ctmwa_batch.model.bundle import load_bundle
+    from ctmwa_batch.scoring.embed import embed_posts
 
     config = _config(release)
     if not config.trains:
         return None
     encoders = load_bundle(encoders_dir)
     if config.features:
-        made_by = (pq.read_schema(config.features).metadata or {}).get(b"ctmwa_batch.embed")
+        made_by = (pq.read_schema(config.features).metadata or {}).get(b"ctmwa_batch.scoring.embed")
         version = json.loads(made_by).get("model_version") if made_by else None
         if version is not None and version != encoders.model_version:
             raise ReleaseError(
@@ -264,8 +264,8 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     scorer: every input row must come back once, bad rows with a status, good rows with one of the bundle's labels."""
     import pyarrow.parquet as pq
 
-    from ctmwa_batch import job
-    from ctmwa_batch.bundle import ENCODER_FILES, HEAD, load_bundle
+    from ctmwa_batch.model.bundle import ENCODER_FILES, HEAD, load_bundle
+    from ctmwa_batch.scoring import job
     from ctmwa_export import smoke
 
     smoke_rows = _config(release).smoke_rows
@@ -302,7 +302,7 @@ def validate(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
 
 def publish(release: Mapping[str, Any], bundle_dir: str) -> dict[str, Any]:
     """Publish the bundle under the models root (and make it current unless told not to); then drop the work folder."""
-    from ctmwa_batch import registry
+    from ctmwa_batch.model import registry
 
     config = _config(release)
     result = registry.publish(bundle_dir, config.models_root, make_current=config.make_current)

@@ -29,7 +29,7 @@ import onnx
 import torch
 
 from ctmwa_batch.errors import ExportValidationError
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ctmwa_batch import partitions
+from ctmwa_batch.io import partitions
 from ctmwa_batch.schema import STATUSES, prob_column, scores_schema
 
 LABELS = ("positive", "neutral", "negative")

@@ -193,4 +193,4 @@ def test_the_built_wheel_installs_into_a_fresh_venv(tmp_path: Path):
 
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {"LICENSE", "pyproject.toml", "training/meta.py", "export/release.py", "ctmwa_batch/cli.py"} <= names
+    assert {"LICENSE", "pyproject.toml", "training/meta.py", "export/release.py", "ctmwa_batch/cli/main.py"} <= names

@@ -28,9 +28,9 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from ctmwa_batch.bundle import HEAD, IMAGE_ENCODER, PIXELS, TEXT_ENCODER, load_bundle
-from ctmwa_batch.preprocess import TextTokenizer
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.bundle import HEAD, IMAGE_ENCODER, PIXELS, TEXT_ENCODER, load_bundle
+from ctmwa_batch.model.preprocess import TextTokenizer
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_export.head import MASK_CASES, head_inputs
 
 PAIR_ATOL = 2e-4  # two runtimes, each within the export's 1e-4 of PyTorch

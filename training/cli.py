@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from ctmwa_batch.errors import CtmwaError
-from ctmwa_batch.storage import local_path
+from ctmwa_batch.io.storage import local_path
 from ctmwa_training.errors import ConfigError
 
 logger = logging.getLogger(__name__)

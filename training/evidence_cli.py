@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 
-from ctmwa_batch.storage import local_path
+from ctmwa_batch.io.storage import local_path
 
 logger = logging.getLogger(__name__)
 

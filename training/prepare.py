@@ -215,17 +215,17 @@ def _presence(table: pa.Table, flag: str, emb: str) -> list[bool]:
 def prepare(config: PrepareConfig, embed: EmbedFn | None = None) -> dict:
     """Run the whole preparation; return the summary (also written beside the output as JSON).
 
-    `embed` defaults to `ctmwa_batch.embed.embed_posts`, the scoring embed path.
+    `embed` defaults to `ctmwa_batch.scoring.embed.embed_posts`, the scoring embed path.
     """
     paths = PreparePaths.beside(config.out)
     summary = write_posts(config, paths.posts)
     if not config.posts_only:
         if embed is None:
             try:
-                from ctmwa_batch.embed import embed_posts as embed
+                from ctmwa_batch.scoring.embed import embed_posts as embed
             except ImportError as e:
                 raise CtmwaError(
-                    f"the embed path (ctmwa_batch.embed) is not available: {e}; install ctmwa-batch with an ONNX "
+                    f"the embed path (ctmwa_batch.scoring.embed) is not available: {e}; install ctmwa-batch with an ONNX "
                     "Runtime extra (cpu or gpu), or use --posts-only"
                 ) from e
         started = time.monotonic()

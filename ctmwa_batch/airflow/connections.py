@@ -1,7 +1,7 @@
 """Storage (and Iceberg catalogs) from an Airflow Connection: `conn_id` of score_partition and the operators.
 
 Resolved inside the task, on the worker, never when a DAG file is parsed; its options go to
-ctmwa_batch.storage.configure for the task's duration, so input, output, models and image URIs all use it. Airflow is
+ctmwa_batch.io.storage.configure for the task's duration, so input, output, models and image URIs all use it. Airflow is
 imported only when a task looks a Connection up, so this module can be imported (and tested) without it.
 """
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def connection_storage_options(conn: Any) -> dict[str, str]:
-    """Storage options (ctmwa_batch.storage keys) from an Airflow Connection: an `aws` Connection's login / password
+    """Storage options (ctmwa_batch.io.storage keys) from an Airflow Connection: an `aws` Connection's login / password
     (access key id / secret), its extra's `endpoint_url` (or `service_config.s3.endpoint_url`), `region_name`,
     `aws_session_token`, `profile_name`; for other types, `host` (with scheme and port) is the endpoint."""
     extra = dict(conn.extra_dejson or {})
@@ -52,7 +52,7 @@ def connection_catalogs(conn: Any) -> dict[str, dict[str, str]]:
 def connection_storage(conn_id: str | None) -> Iterator[None]:
     """While the task runs, its storage (input, output, models, image URIs) uses the Connection `conn_id`; None leaves
     the worker's standard configuration (the AWS environment, CTMWA_STORAGE_OPTIONS). Looked up here, at run time."""
-    from ctmwa_batch import storage
+    from ctmwa_batch.io import storage
 
     if conn_id:
         from airflow.sdk import BaseHook
@@ -61,7 +61,7 @@ def connection_storage(conn_id: str | None) -> Iterator[None]:
         options = connection_storage_options(conn)
         catalogs = connection_catalogs(conn)
         if catalogs:  # Iceberg catalogs the Connection supplies, over pyiceberg's own configuration
-            from ctmwa_batch import tables
+            from ctmwa_batch.io import tables
 
             tables.configure_catalogs(catalogs)
             logger.info("Iceberg catalog(s) from Connection %r: %s", conn_id, sorted(catalogs))
@@ -78,6 +78,6 @@ def connection_storage(conn_id: str | None) -> Iterator[None]:
     finally:
         if conn_id:
             storage.configure(None)
-            from ctmwa_batch import tables
+            from ctmwa_batch.io import tables
 
             tables.configure_catalogs(None)

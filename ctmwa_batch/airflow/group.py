@@ -66,7 +66,7 @@ def score_partition(
     fail_on_drift: bool | None = None,
     asset: Asset | bool | None = True,
     score_task_args: Mapping[str, Any] | None = None,
-    # tables (ctmwa_batch.tables): None = the settings' (CTMWA_FORMAT, CTMWA_CATALOG, CTMWA_STAGING)
+    # tables (ctmwa_batch.io.tables): None = the settings' (CTMWA_FORMAT, CTMWA_CATALOG, CTMWA_STAGING)
     format: str | None = None,
     catalog: str | None = None,
     staging: str | None = None,
@@ -99,7 +99,7 @@ def score_partition(
       retries, retry_delay, execution_timeout, max_active_tis_per_dag). `task_group_kwargs` go to the TaskGroup.
     - `format` (parquet | delta | iceberg), `catalog` (Iceberg: a pyiceberg catalog name), `staging` (markers and
       receipts of a table output): with a table format `output` is the Delta location or the Iceberg namespace.table,
-      and the commit is one table commit of the partition (ctmwa_batch.tables).
+      and the commit is one table commit of the partition (ctmwa_batch.io.tables).
     - `keep_embeddings`: keep the encoders' outputs beside the scores (a later head with the same encoders then
       rescores the partition with the head alone); `embedding_reuse=False`: run the encoders on every row.
 
@@ -174,13 +174,13 @@ def result_of(group: TaskGroup) -> Any:
 
 
 def _range_tasks(conn_id: str | None, bundle: str | None, outlets: list) -> tuple:
-    """score_range's tasks (plan, chunks, score_days, report, health), each a call into ctmwa_batch.orchestrate
+    """score_range's tasks (plan, chunks, score_days, report, health), each a call into ctmwa_batch.scoring.orchestrate
     under the group's Connection."""
 
     @task
     def plan(explicit: dict, params=None) -> dict:
         """Resolve the model and list the days that need scoring, in at most max_map_length chunks."""
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         with connection_storage(conn_id):
             return orchestrate.plan_backfill(params, explicit, bundle=bundle)
@@ -193,7 +193,7 @@ def _range_tasks(conn_id: str | None, bundle: str | None, outlets: list) -> tupl
     @task(outlets=outlets)
     def score_days(backfill: dict, dates: list, outlet_events=None) -> list:
         """Score and commit each day of the chunk; a retry skips the shards and days that finished."""
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         with connection_storage(conn_id):
             summaries = orchestrate.score_days(backfill, dates)
@@ -204,7 +204,7 @@ def _range_tasks(conn_id: str | None, bundle: str | None, outlets: list) -> tupl
     @task(trigger_rule="none_failed")  # also when no day needed scoring (zero mapped tasks)
     def report(backfill: dict, results) -> dict:
         """Per-day table of the scored days, plus the days left alone (committed before, or no input)."""
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         return orchestrate.report_backfill(backfill, list(results or []))
 
@@ -213,7 +213,7 @@ def _range_tasks(conn_id: str | None, bundle: str | None, outlets: list) -> tupl
         """One health report for the whole range; with fail_on_drift an alert fails this task."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         with connection_storage(conn_id):
             result = orchestrate.health_report_backfill(backfill)
@@ -253,7 +253,7 @@ def score_range(
     fail_on_drift: bool | None = None,
     asset: Asset | bool | None = True,
     score_task_args: Mapping[str, Any] | None = None,
-    # tables (ctmwa_batch.tables): None = the settings' (CTMWA_FORMAT, CTMWA_CATALOG, CTMWA_STAGING)
+    # tables (ctmwa_batch.io.tables): None = the settings' (CTMWA_FORMAT, CTMWA_CATALOG, CTMWA_STAGING)
     format: str | None = None,
     catalog: str | None = None,
     staging: str | None = None,

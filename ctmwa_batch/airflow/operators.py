@@ -1,6 +1,6 @@
 """The scoring steps as Airflow operators: plan, score one shard, commit, health report.
 
-Each `execute` is one call into ctmwa_batch.orchestrate (the same functions the CLI's job uses), with small JSON in
+Each `execute` is one call into ctmwa_batch.scoring.orchestrate (the same functions the CLI's job uses), with small JSON in
 and out through XCom. `score_partition` (ctmwa_batch.airflow.group) wires them into a TaskGroup; use them directly to
 lay the steps out another way. Constructing an operator does no I/O: the storage Connection (`conn_id`), the model
 and the input are read when the task runs, on the worker. The run-time imports (pyarrow, ONNX Runtime) happen
@@ -32,7 +32,7 @@ SCORING_OPTIONS = (
     "max_rows_per_shard",
     "fetch_concurrency",
     "max_fetch_failures",
-    # tables (ctmwa_batch.tables): output format, Iceberg catalog, staging location of markers and receipts
+    # tables (ctmwa_batch.io.tables): output format, Iceberg catalog, staging location of markers and receipts
     "format",
     "catalog",
     "staging",
@@ -147,7 +147,7 @@ class PlanPartitionOperator(_CtmwaOperator):
         self.settings = {**settings_args(output, models_root, model_version, **options), **dict(settings or {})}
 
     def run(self, context: Any) -> dict[str, Any]:
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         planned = orchestrate.plan_scoring(
             self.input,
@@ -173,7 +173,7 @@ class ScoreShardOperator(_CtmwaOperator):
         self.shard_index = shard_index
 
     def run(self, context: Any) -> dict[str, Any]:
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         self._lineage = (
             [self.planned["input_path"], self.planned["bundle_dir"]],
@@ -195,7 +195,7 @@ class CommitPartitionOperator(_CtmwaOperator):
         self.planned = planned
 
     def run(self, context: Any) -> dict[str, Any]:
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         summary = orchestrate.commit_day(self.planned)
         self._lineage = (
@@ -237,7 +237,7 @@ class HealthReportOperator(_CtmwaOperator):
         }
 
     def run(self, context: Any) -> dict[str, Any]:
-        from ctmwa_batch import orchestrate
+        from ctmwa_batch.scoring import orchestrate
 
         health = orchestrate.health_report(self.summary, context.get("params"), self.settings)
         self._lineage = ([self.summary["output_dir"]], [health["report_dir"]] if health["report_dir"] else [])

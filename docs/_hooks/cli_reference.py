@@ -56,7 +56,7 @@ def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
 
 
 def parsers() -> Iterator[argparse.ArgumentParser]:
-    from ctmwa_batch.cli import main as batch_main
+    from ctmwa_batch.cli.main import main as batch_main
     from ctmwa_export.cli import main as export_main
     from ctmwa_training.cli import SUBCOMMANDS as TRAIN_SUBCOMMANDS
     from ctmwa_training.cli import main as train_main

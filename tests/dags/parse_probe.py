@@ -21,9 +21,9 @@ HEAVY = (
     "numpy",
     "PIL",
     "matplotlib",
-    "ctmwa_batch.report",
-    "ctmwa_batch.orchestrate",
-    "ctmwa_batch.job",
+    "ctmwa_batch.monitoring.report",
+    "ctmwa_batch.scoring.orchestrate",
+    "ctmwa_batch.scoring.job",
     "ctmwa_export",
     "ctmwa_training",
 )

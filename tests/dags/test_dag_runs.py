@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ctmwa_batch import job, registry
-from ctmwa_batch.partitions import output_dir
+from ctmwa_batch.io.partitions import output_dir
+from ctmwa_batch.model import registry
+from ctmwa_batch.scoring import job
 from fixtures import posts as demo_posts
 from tests.dags.conftest import task_states
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ctmwa_batch import registry
-from ctmwa_batch.partitions import output_dir
+from ctmwa_batch.io.partitions import output_dir
+from ctmwa_batch.model import registry
 from fixtures import posts as demo_posts
 from tests.dags.conftest import REPO, airflow_env, task_states
 

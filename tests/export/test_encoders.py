@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
-from ctmwa_batch.bundle import IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
 from ctmwa_batch.errors import ExportValidationError
-from ctmwa_batch.preprocess import TextTokenizer
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.bundle import IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle, load_bundle
+from ctmwa_batch.model.preprocess import TextTokenizer
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_export.cli import main as export_main
 from ctmwa_export.encoders import ModelSourceError, check_preprocessing_parity, image_spec_from_processor, load_clip
 

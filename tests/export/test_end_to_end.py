@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctmwa_batch.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, load_bundle
 from ctmwa_batch.errors import ExportValidationError
-from ctmwa_batch.preprocess import TextTokenizer
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.bundle import END_TO_END, HEAD, IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, load_bundle
+from ctmwa_batch.model.preprocess import TextTokenizer
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_export import end_to_end as E
 from ctmwa_export.assemble import export_head
 from ctmwa_export.head import HeadExportConfig

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctmwa_batch.bundle import HEAD, load_bundle
 from ctmwa_batch.errors import BundleError, ExportValidationError
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model.bundle import HEAD, load_bundle
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_export import head as H
 from ctmwa_export.assemble import export_head
 from ctmwa_export.cli import main as export_main

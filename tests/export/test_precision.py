@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from ctmwa_batch import bundle as B
 from ctmwa_batch.errors import ExportValidationError
-from ctmwa_batch.runtime import RuntimeConfig, create_session
+from ctmwa_batch.model import bundle as B
+from ctmwa_batch.model.runtime import RuntimeConfig, create_session
 from ctmwa_export import precision as P
 from ctmwa_export.encoders import EncoderExportConfig, ImageEncoder, image_encoder_spec, load_clip
 

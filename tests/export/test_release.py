@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctmwa_batch.bundle import load_bundle
+from ctmwa_batch.model.bundle import load_bundle
 from ctmwa_export import release
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ctmwa_batch.errors import DatasetError
-from ctmwa_batch.preprocess import image_problem
+from ctmwa_batch.model.preprocess import image_problem
 from ctmwa_batch.schema import (
     DATASET_KEY,
     DEFAULT_IMAGE_COLUMN,

@@ -1,0 +1,1 @@
+"""The `ctmwa-batch` command line and its subcommands."""
