@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = fetch_only[f"ctmwa_batch.io.fetch, concurrency {args.concurrency}"]
     if daft:
         print(
-            f"\nctmwa_batch.fetch / Daft at {args.concurrency} connections: {ours / daft:.2f}x; at 32: "
+            f"\nctmwa_batch.io.fetch / Daft at {args.concurrency} connections: {ours / daft:.2f}x; at 32: "
             f"{fetch_only['ctmwa_batch.io.fetch, concurrency 32'] / fetch_only['Daft url.download, max_connections 32']:.2f}x"
         )
     return 0

@@ -328,7 +328,7 @@ def move(fs: pafs.FileSystem, src: str, dest: str) -> None:
 # --------------------------------------------------------------------------------------------------- errors
 
 _AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?(?: during (\w+) operation)?")
-_IN_BUCKET = re.compile(r"in bucket '([^']*)'")
+_IN_BUCKET = re.compile(r"(?:in|for) bucket '([^']*)'")  # pyarrow: 'in bucket' for keys, 'for bucket' for HeadBucket
 _UNREACHABLE = {"NETWORK_CONNECTION", "REQUEST_TIMEOUT", "INTERNAL_FAILURE"}
 _DENIED = {
     "ACCESS_DENIED",

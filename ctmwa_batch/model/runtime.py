@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ctmwa_batch.config import DEFAULT_DEVICE
-from ctmwa_batch.config import DEVICES as DEVICES  # the devices a session opens on: config's one list
 from ctmwa_batch.config import check_device as _check_device_name
 from ctmwa_batch.errors import BundleError, ProviderUnavailable
 

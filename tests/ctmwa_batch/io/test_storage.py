@@ -148,7 +148,7 @@ def test_a_profile_option_takes_its_keys_from_the_shared_files(monkeypatch, tmp_
         ),
         (
             "When getting information for bucket 'lake': AWS Error UNKNOWN (HTTP status 503) during HeadBucket operation: No response body.",
-            r"throttling or unavailable \(SLOW_DOWN during HeadBucket\)",
+            r"bucket 'lake' is throttling or unavailable \(SLOW_DOWN during HeadBucket\)",
         ),
         (
             "When reading information for key 'x' in bucket 'lake': AWS Error UNKNOWN (HTTP status 500) during HeadObject operation: No response body.",
