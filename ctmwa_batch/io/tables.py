@@ -45,7 +45,6 @@ from ctmwa_batch.config import OUTPUT_FORMATS
 from ctmwa_batch.errors import CtmwaError
 from ctmwa_batch.io import partitions, storage
 from ctmwa_batch.io.partitions import InputFile, PartitionNotReady, PartitionPlan, PartSink
-from ctmwa_batch.schema import scores_schema as _scores_schema
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +123,12 @@ class TableTarget:
         is set (a store that takes only data files under a table, such as S3 Tables buckets); else Iceberg's data
         root, Delta's `_ctmwa/` (a top-level `_` folder: Delta's vacuum leaves it alone)."""
         return self.staging or _default_staging(self.format, self.location)
+
+    @property
+    def receipt_dir(self) -> str:
+        """Where the partition's markers and receipt are: `{staging_root}/model_version=V/{partition}` (a job's
+        plan has it as its output_dir)."""
+        return storage.join(self.staging_root, *(f"{k}={self.values[k]}" for k in self.keys))
 
     @property
     def data_root(self) -> str:
@@ -578,9 +583,15 @@ def _equals(column: str, value: str) -> str:
 
 
 def is_committed(plan: PartitionPlan) -> bool:
-    """True when the partition's files in the table are all of this plan (its shards' files, or their compaction)."""
-    names = current_files(target_of(plan)) or []
-    return len(names) > 0 and all(f"-{plan.plan_id}-" in n for n in names)
+    """True when the partition's files in the table are all of this plan (its shards' files, or their compaction)
+    and the commit's receipt is written. A commit killed between the table commit and the receipt is not done: a
+    rerun finishes it from the markers, or, where an --overwrite run has withdrawn them since, rescores the shards and
+    replaces the partition with the same rows in one more table commit (never a partial partition either way)."""
+    target = target_of(plan)
+    names = current_files(target) or []
+    if not names or not all(f"-{plan.plan_id}-" in n for n in names):
+        return False
+    return partitions.read_success(target.receipt_dir) is not None
 
 
 def begin(plan: PartitionPlan, overwrite: bool = False) -> bool:
@@ -786,12 +797,6 @@ def _delta_replace(target: TableTarget, folder: str, rows: dict[str, int], prope
     version = _open_delta(target.location).version()
     log.info("Delta version %s: %s replaced by %d file(s)", version, target.describe(), len(names))
     return version
-
-
-def scores_schema(labels: list[str], id_field: pa.Field, passthrough: tuple[pa.Field, ...] = ()) -> pa.Schema:
-    """The scores' Arrow schema for a model's labels and the input's id and passthrough fields (what the scorer
-    writes; known at plan time without loading the model's sessions)."""
-    return pa.schema([*_scores_schema(labels, id_field), *passthrough])
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -1018,7 +1023,7 @@ def _compact(target: TableTarget, key: tuple[str, ...], files: list[str], dry_ru
 
 def _update_receipt(part: TableTarget, folder: str, name: str) -> None:
     """The partition's receipt lists the compacted file from now on (the health report reads the files it lists)."""
-    receipt_dir = storage.join(part.staging_root, *(f"{k}={part.values[k]}" for k in part.keys))
+    receipt_dir = part.receipt_dir
     receipt = partitions.read_success(receipt_dir)
     if receipt is None:
         return
