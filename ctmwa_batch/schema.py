@@ -5,6 +5,9 @@ DESIGN.md section 5 is the contract; writers take their schema from here.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+
 import pyarrow as pa
 
 from ctmwa_batch.errors import InputSchemaError
@@ -24,6 +27,10 @@ IMAGE_ERROR = "image_error"  # embed output: why present image bytes were unusab
 SPLITS = ("train", "valid", "test")
 
 EMBEDDING_TYPE = pa.list_(pa.float32())
+# Kept embeddings (ctmwa_batch.scoring.embeddings): float16, a list (pyarrow 25 cannot read back a Parquet
+# fixed_size_list column with nulls); ROW is the row's position in its posts partition (the plan's listing order).
+KEPT_EMBEDDING_TYPE = pa.list_(pa.float16())
+ROW = "row"
 
 FEATURES_FIELDS = [
     pa.field(POST_ID, pa.string(), nullable=False),
@@ -102,8 +109,11 @@ def prob_column(label: str) -> str:
     return f"prob_{label}"
 
 
-def scores_schema(labels: list[str], id_field: pa.Field | None = None) -> pa.Schema:
-    """Arrow schema of the scores Parquet for a model with these class labels."""
+def scores_schema(
+    labels: list[str], id_field: pa.Field | None = None, passthrough: Sequence[pa.Field] = ()
+) -> pa.Schema:
+    """Arrow schema of the scores for a model with these class labels, the input's id field and any passthrough
+    fields after the scores (known at plan time, without the model's sessions)."""
     id_field = id_field if id_field is not None else pa.field(DEFAULT_ID_COLUMN, pa.string())
     fields = [
         id_field.with_nullable(True),
@@ -123,7 +133,23 @@ def scores_schema(labels: list[str], id_field: pa.Field | None = None) -> pa.Sch
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
-    return pa.schema(fields)
+    return pa.schema([*fields, *passthrough])
+
+
+def kept_embeddings_schema(id_field: pa.Field, text_dim: int, image_dim: int) -> pa.Schema:
+    """The kept embeddings' schema: id (the input's type), row, has_text, has_image, image_error, the float16 pair
+    (their widths in the schema's metadata)."""
+    metadata = {"ctmwa_batch.scoring.embeddings": json.dumps({TEXT_EMB: text_dim, IMAGE_EMB: image_dim})}
+    fields = [
+        pa.field(id_field.name, id_field.type),
+        pa.field(ROW, pa.int64(), nullable=False),
+        pa.field(HAS_TEXT, pa.bool_(), nullable=False),
+        pa.field(HAS_IMAGE, pa.bool_(), nullable=False),
+        pa.field(IMAGE_ERROR, pa.string()),
+        pa.field(TEXT_EMB, KEPT_EMBEDDING_TYPE),
+        pa.field(IMAGE_EMB, KEPT_EMBEDDING_TYPE),
+    ]
+    return pa.schema(fields, metadata=metadata)
 
 
 def require_columns(schema: pa.Schema, columns: dict[str, str], where: str) -> None:

@@ -186,13 +186,17 @@ def _open_input(location: str) -> tuple[ds.Dataset, Path]:
 # --------------------------------------------------------------------------------------------------- output
 
 
-def embedding_array(emb: np.ndarray, ok: np.ndarray) -> pa.ListArray:
-    """float32 (N, D) + ok (N,) -> list<float32> with nulls where not ok (no copy of rows that are null)."""
+def embedding_array(emb: np.ndarray, ok: np.ndarray, type: pa.ListType = schema.EMBEDDING_TYPE) -> pa.ListArray:
+    """(N, D) + ok (N,) -> a list array of `type` (list<float32> for features, list<halffloat> for kept embeddings)
+    with nulls where not ok (no values stored for those rows)."""
     n, d = emb.shape
+    ok = np.asarray(ok, dtype=bool)
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(np.where(ok, d, 0), out=offsets[1:])
-    values = pa.array(np.ascontiguousarray(emb[ok], dtype=np.float32).reshape(-1), type=pa.float32())
-    return pa.ListArray.from_arrays(pa.array(offsets), values, type=schema.EMBEDDING_TYPE, mask=pa.array(~ok))
+    value_type = type.value_type
+    dtype = np.float16 if pa.types.is_float16(value_type) else np.float32
+    values = pa.array(np.ascontiguousarray(emb[ok], dtype=dtype).reshape(-1), type=value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=type, mask=pa.array(~ok))
 
 
 def _output_schema(

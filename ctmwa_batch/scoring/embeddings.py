@@ -2,7 +2,7 @@
 
 Three things live here, behind a small interface so a table form (Iceberg, Delta) can sit beside the Parquet one:
 
-- **What is kept** (`embeddings_schema`, `kept_columns`): per input row, the id, its position `row` in the partition
+- **What is kept** (`schema.kept_embeddings_schema`, `kept_columns`): per input row, the id, its position `row` in the partition
   (listing order: duplicate ids stay two rows), `has_text`, `has_image`, `image_error` (why a present image was
   unusable, exactly as the scores say it) and the encoders' outputs `text_emb`, `image_emb` as float16 (null where
   the modality is missing). The same shard writes them as it writes its scores (partitions.part_writer) and the same
@@ -42,13 +42,12 @@ from ctmwa_batch.io import storage
 from ctmwa_batch.io.partitions import EMBEDDINGS_DIR, InputFile, PartitionPlan, read_success
 from ctmwa_batch.model.bundle import FP32, TOKENIZER, Bundle, encoder_files
 from ctmwa_batch.model.runtime import CPU
+from ctmwa_batch.scoring.embed import embedding_array
 
 logger = logging.getLogger(__name__)
 
-ROW = "row"  # position of the row in its posts partition (the plan's listing order), from 0
 FORMAT = "parquet"  # the form this module writes and reads; a table form would record "iceberg" / "delta"
 DTYPE = "float16"
-EMBEDDING_TYPE = pa.list_(pa.float16())
 # Columns the scorer adds to a scores batch for the sink to split off (names no input column has).
 KEPT_TEXT, KEPT_IMAGE, KEPT_ERROR = "__kept_text_emb", "__kept_image_emb", "__kept_image_error"
 KEPT_COLUMNS = (KEPT_TEXT, KEPT_IMAGE, KEPT_ERROR)
@@ -93,36 +92,6 @@ def keep_spec(bundle_identity: dict[str, Any], mtimes: dict[str, int]) -> dict[s
 # --------------------------------------------------------------------------------------------------- what is kept
 
 
-def embeddings_schema(id_field: pa.Field, text_dim: int, image_dim: int) -> pa.Schema:
-    """The kept embeddings' schema: id (the input's type), row, has_text, has_image, image_error, the float16 pair
-    (their widths in the schema's metadata)."""
-    metadata = {"ctmwa_batch.scoring.embeddings": json.dumps({schema.TEXT_EMB: text_dim, schema.IMAGE_EMB: image_dim})}
-    return pa.schema(
-        [
-            pa.field(id_field.name, id_field.type),
-            pa.field(ROW, pa.int64(), nullable=False),
-            pa.field(schema.HAS_TEXT, pa.bool_(), nullable=False),
-            pa.field(schema.HAS_IMAGE, pa.bool_(), nullable=False),
-            pa.field(schema.IMAGE_ERROR, pa.string()),
-            pa.field(schema.TEXT_EMB, EMBEDDING_TYPE),
-            pa.field(schema.IMAGE_EMB, EMBEDDING_TYPE),
-        ],
-        metadata=metadata,
-    )
-
-
-def float16_array(emb: np.ndarray, ok: np.ndarray) -> pa.ListArray:
-    """float32 (N, D) -> list<halffloat>, null where not ok (no values stored for those rows).
-
-    A list, not a fixed_size_list: pyarrow (25) cannot read back a Parquet fixed_size_list column with nulls."""
-    n, d = emb.shape
-    ok = np.asarray(ok, dtype=bool)
-    offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.where(ok, d, 0), out=offsets[1:])
-    values = pa.array(np.ascontiguousarray(emb[ok], dtype=np.float16).reshape(-1), type=pa.float16())
-    return pa.ListArray.from_arrays(pa.array(offsets), values, type=EMBEDDING_TYPE, mask=pa.array(~ok))
-
-
 def float32_matrix(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
     """list<halffloat> -> float32 (N, D); null rows read as zeros (the head never sees them: their mask is off).
     EmbeddingsMismatch when a present row is not `dim` long."""
@@ -147,7 +116,11 @@ def kept_columns(
     image_error: list[str | None],
 ) -> list[pa.Array]:
     """The columns a scores batch carries to the sink when the plan keeps embeddings (KEPT_COLUMNS order)."""
-    return [float16_array(text_emb, text_ok), float16_array(image_emb, image_ok), pa.array(image_error, pa.string())]
+    return [
+        embedding_array(text_emb, text_ok, schema.KEPT_EMBEDDING_TYPE),
+        embedding_array(image_emb, image_ok, schema.KEPT_EMBEDDING_TYPE),
+        pa.array(image_error, pa.string()),
+    ]
 
 
 class KeepingSink:
@@ -367,7 +340,7 @@ def read_rows(source: dict[str, Any], start: int, stop: int) -> Iterator[pa.Tabl
 def check_rows(kept: pa.Table, ids: pa.Array, first_row: int, location: str) -> None:
     """The kept rows are the posts' rows: the same positions, the same ids (EmbeddingsMismatch otherwise)."""
     n = len(ids)
-    rows = kept.column(ROW)
+    rows = kept.column(schema.ROW)
     if n and (rows[0].as_py() != first_row or rows[n - 1].as_py() != first_row + n - 1):
         raise EmbeddingsMismatch(
             f"kept embeddings at {location} hold rows {rows[0].as_py()}..{rows[n - 1].as_py()} where the posts have "

@@ -77,7 +77,7 @@ def _plan(
     target = None
     if config.format != "parquet":  # the table is created or evolved, or refused, before anything is written
         partition = partition if partition is not None else partitions.partition_of(str(input_path))
-        scores = tables.scores_schema(labels, columns.id_field, columns.passthrough_fields)
+        scores = schema.scores_schema(labels, columns.id_field, columns.passthrough_fields)
         target = tables.prepare(
             config.format, str(output_root), config.catalog, bundle.model_version, partition, scores, config.staging
         )
@@ -199,7 +199,7 @@ class _KeptPrepared:
 
     ids: pa.Array
     passthrough: list[pa.Array]
-    kept: pa.Table  # the kept rows of these posts (ctmwa_batch.scoring.embeddings.embeddings_schema)
+    kept: pa.Table  # the kept rows of these posts (ctmwa_batch.schema.kept_embeddings_schema)
     images: list[bytes | None] = dataclasses.field(default_factory=list)  # nothing to decode
     locations: list[str | None] | None = None
     read_errors: list[str | None] = dataclasses.field(default_factory=list)
@@ -316,7 +316,7 @@ def _score_one(session: _Session, planned: Planned, shard_index: int, progress: 
 def _kept_schema(scorer: Scorer, columns: InputColumns) -> pa.Schema:
     """The kept embeddings' schema for this input's id column and the bundle's dimensions."""
     dims = scorer.bundle.dims
-    return embeddings.embeddings_schema(columns.id_field, int(dims[schema.TEXT_EMB]), int(dims[schema.IMAGE_EMB]))
+    return schema.kept_embeddings_schema(columns.id_field, int(dims[schema.TEXT_EMB]), int(dims[schema.IMAGE_EMB]))
 
 
 def _shard_steps(

@@ -173,7 +173,7 @@ class Scorer:
                 f"passthrough column(s) {clash} would replace score columns of the same name; drop them from --passthrough"
             )
         metadata = {SCHEMA_METADATA_KEY: json.dumps({"model_version": self.model_version, "labels": self.labels})}
-        return pa.schema([*base, *passthrough_fields], metadata=metadata)
+        return schema.scores_schema(self.labels, id_field, passthrough_fields).with_metadata(metadata)
 
     def input_columns(self) -> list[str]:
         """The input columns scoring reads (and nothing else)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -27,23 +26,8 @@ PARTITION = "dt=2026-11-26"
 
 
 @pytest.fixture(autouse=True)
-def _no_explicit_options():
-    storage.configure(None)
-    yield
-    storage.configure(None)
-
-
-@pytest.fixture()
-def s3(s3_server, monkeypatch, tmp_path):
-    """The session's S3 server in this test's environment, a fresh bucket, and a bundle cache of its own."""
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv(storage.ENV_OPTIONS, raising=False)
-    monkeypatch.setenv(ENV_CACHE, str(tmp_path / "bundle-cache"))
-    bucket = f"t-{uuid.uuid4().hex[:10]}"
-    s3_server.create_bucket(bucket)
-    s3_server.bucket = bucket
-    return s3_server
+def _no_explicit_options(no_explicit_options):
+    """Every test here starts and ends without explicit storage options (tests/ctmwa_batch/io/conftest.py)."""
 
 
 def _zoo() -> pa.Table:

@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctmwa_batch.cli.main import main as cli_main
-from ctmwa_batch.io import storage, tables
+from ctmwa_batch.io import tables
 from ctmwa_batch.model.bundle import load_bundle
+from ctmwa_batch.schema import scores_schema
 from ctmwa_batch.scoring import job
 from fixtures.s3server import SECRET_KEY
 from tests.ctmwa_batch.cli.test_score import FIXED_TIME, write_posts
@@ -33,22 +34,8 @@ COMPARED = ("post_id", "status", "sentiment", "error", "text_sentiment", "image_
 
 
 @pytest.fixture(autouse=True)
-def _no_explicit_options():
-    storage.configure(None)
-    yield
-    storage.configure(None)
-
-
-@pytest.fixture()
-def s3(s3_server, monkeypatch, tmp_path):
-    """The session's S3 server in this test's environment and a fresh bucket."""
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv(storage.ENV_OPTIONS, raising=False)
-    bucket = f"t-{uuid.uuid4().hex[:10]}"
-    s3_server.create_bucket(bucket)
-    s3_server.bucket = bucket
-    return s3_server
+def _no_explicit_options(no_explicit_options):
+    """Every test here starts and ends without explicit storage options (tests/ctmwa_batch/io/conftest.py)."""
 
 
 def _set_catalog(monkeypatch, name: str, properties: dict[str, str]) -> None:
@@ -298,7 +285,7 @@ def sqlite_catalog(monkeypatch, tmp_path) -> str:
 
 
 def _scores(labels: list[str]) -> pa.Schema:
-    return tables.scores_schema(labels, pa.field("post_id", pa.string()))
+    return scores_schema(labels, pa.field("post_id", pa.string()))
 
 
 def test_other_labels_evolve_the_schema_and_a_clash_is_refused_before_writing(sqlite_catalog):

@@ -171,7 +171,7 @@ def test_a_second_head_rescores_from_kept_embeddings_without_an_encoder(
     assert first["source"] == "posts" and len(kept["parts"]) == 3 and kept["rows"] == 40
     assert kept["encoders"]["precision"] == "fp32" and kept["encoders"]["files"]["image_encoder.onnx"]
     rows = pa.concat_tables([pq.read_table(kept_at / p["part"]) for p in kept["parts"]])
-    assert rows.column(embeddings.ROW).to_pylist() == list(range(40))
+    assert rows.column(schema.ROW).to_pylist() == list(range(40))
     assert rows.schema.field(schema.TEXT_EMB).type == pa.list_(pa.float16())
     assert rows.column("post_id").to_pylist() == [r[0] for r in bad_rows()] + [f"p{100 + i}" for i in range(21)]
     assert rows.column(schema.TEXT_EMB).null_count == sum(1 for r in bad_rows() if not (r[1] or "").strip())
