@@ -910,9 +910,10 @@ def _delta_source(location: str, values: dict[str, str]) -> tuple[list[str], dic
 
 
 def open_target(
-    format: str, output: str, catalog: str | None, model_version: str, partition: str
+    format: str, output: str, catalog: str | None, model_version: str, partition: str, staging: str | None = None
 ) -> TableTarget | None:
-    """The target of an existing table for one partition, without creating or changing anything (None: no table)."""
+    """The target of an existing table for one partition, without creating or changing anything (None: no table);
+    `staging` is where its markers and receipts are, when not beside the data files (--staging)."""
     values = {MODEL_VERSION: model_version, **partition_values(partition)}
     if format == "iceberg":
         try:
@@ -923,10 +924,10 @@ def open_target(
             if type(e).__name__ == "NoSuchTableError":
                 return None
             raise _catalog_error(e, catalog, "load", output) from e
-        return TableTarget("iceberg", output, catalog, table.location(), tuple(values), values)
+        return TableTarget("iceberg", output, catalog, table.location(), tuple(values), values, staging)
     if _open_delta(output) is None:
         return None
-    return TableTarget("delta", output, None, output, tuple(values), values)
+    return TableTarget("delta", output, None, output, tuple(values), values, staging)
 
 
 def scores_root(format: str, output: str, catalog: str | None = None, staging: str | None = None) -> str:

@@ -341,7 +341,12 @@ def _committed(plan: Any, settings: Settings) -> bool:
     from ctmwa_batch.io import tables
 
     target = tables.open_target(
-        settings.format, settings.output_root, settings.catalog or None, plan.model_version, plan.partition
+        settings.format,
+        settings.output_root,
+        settings.catalog or None,
+        plan.model_version,
+        plan.partition,
+        settings.staging or None,
     )
     return target is not None and tables.is_committed(dataclasses.replace(plan, table=target.to_dict()))
 
